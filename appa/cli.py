@@ -1,0 +1,71 @@
+"""The ``appa`` command line. Each subcommand lives in the module that owns its job and is
+registered here; heavy imports happen inside the commands so ``appa --help`` stays instant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+import appa
+
+app = typer.Typer(
+    name="appa",
+    help="Appa: calibrated posterior ensembles p(x|y) with deep generative priors.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config file (defaults if omitted).")
+]
+OverridesOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config key: --set key.sub=value (repeatable)."),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"appa {appa.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Appa command line."""
+
+
+@app.command()
+def showcase(
+    out: Annotated[Path, typer.Option(help="Output folder for the figure and summary.")] = Path(
+        "outputs/showcase"
+    ),
+    config: ConfigOption = None,
+    overrides: OverridesOption = None,
+) -> None:
+    """Posterior sampling on a 2-D Gaussian mixture: prior, posterior and exact posterior."""
+    from appa.config import ConfigError, load_config
+    from appa.showcase import ShowcaseConfig, run_showcase
+
+    try:
+        cfg = load_config(ShowcaseConfig, config, overrides or [])
+    except ConfigError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    run_showcase(cfg, out)
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Typed, validated configuration: pydantic models loaded from YAML with command-line overrides.
+
+Overrides are ``dotted.key=value`` strings; values are parsed as YAML (``steps=32``,
+``solver=gmres``, ``levels=[500,850]``). Unknown keys and bad values raise :class:`ConfigError`
+naming the offending key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+__all__ = ["ConfigError", "StrictModel", "apply_overrides", "load_config"]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A configuration file, key or value is invalid."""
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Returns a copy of ``data`` with ``key.sub=value`` overrides applied (values parsed as YAML)."""
+    data = _deep_copy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"override {key}: cannot parse value {raw!r}: {error}") from None
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+def _format_errors(model: type[BaseModel], error: ValidationError, source: str) -> str:
+    lines = [f"invalid {model.__name__} config ({source}):"]
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "<root>"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(
+    model: type[M], path: str | Path | None = None, overrides: Iterable[str] = ()
+) -> M:
+    """Loads ``model`` from a YAML file (or its defaults when ``path`` is None) plus overrides."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping, got {type(loaded).__name__}")
+        data = loaded
+    overrides = list(overrides)
+    if overrides:
+        source += " + overrides"
+    data = apply_overrides(data, overrides)
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(model, error, source)) from None

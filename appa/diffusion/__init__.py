@@ -1,0 +1,74 @@
+"""The diffusion core: schedules, denoisers, samplers, posterior denoisers, windows. Pure torch."""
+
+from appa.diffusion.denoisers import (
+    Denoiser,
+    EDMDenoiser,
+    denoising_loss,
+    expand_sigma,
+    sample_training_sigma,
+)
+from appa.diffusion.exact import (
+    GaussianMixturePrior,
+    GaussianPrior,
+    LowRankGaussianPrior,
+    linear_gaussian_posterior,
+)
+from appa.diffusion.krylov import cg, direct_solve, gmres
+from appa.diffusion.posterior import (
+    DiagonalGaussianDenoiser,
+    DPSDenoiser,
+    GaussianObservation,
+    MMPSDenoiser,
+)
+from appa.diffusion.samplers import (
+    DDIMSampler,
+    DDPMSampler,
+    EulerSampler,
+    HeunSampler,
+    LMSSampler,
+    PCSampler,
+    Sampler,
+    make_sampler,
+)
+from appa.diffusion.schedules import (
+    LogLinearSchedule,
+    LogLogitSchedule,
+    NoiseSchedule,
+    RectifiedSchedule,
+    make_schedule,
+)
+from appa.diffusion.windows import WindowedDenoiser, WindowLayout
+
+__all__ = [
+    "DDIMSampler",
+    "DDPMSampler",
+    "DPSDenoiser",
+    "Denoiser",
+    "DiagonalGaussianDenoiser",
+    "EDMDenoiser",
+    "EulerSampler",
+    "GaussianMixturePrior",
+    "GaussianObservation",
+    "GaussianPrior",
+    "HeunSampler",
+    "LMSSampler",
+    "LogLinearSchedule",
+    "LogLogitSchedule",
+    "LowRankGaussianPrior",
+    "MMPSDenoiser",
+    "NoiseSchedule",
+    "PCSampler",
+    "RectifiedSchedule",
+    "Sampler",
+    "WindowLayout",
+    "WindowedDenoiser",
+    "cg",
+    "denoising_loss",
+    "direct_solve",
+    "expand_sigma",
+    "gmres",
+    "linear_gaussian_posterior",
+    "make_sampler",
+    "make_schedule",
+    "sample_training_sigma",
+]

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Creates (or updates) the project's virtual environment and installs Appa into it.
+#
+#   deploy/install.sh [VENV_DIR] [EXTRAS]      e.g. deploy/install.sh .venv dev
+#
+# torch: on a machine without an NVIDIA GPU the CPU build is installed (from a local wheel
+# directory configured for pip when one holds it, else from the PyTorch CPU index); with a GPU,
+# set APPA_TORCH_INDEX to the CUDA index of your driver or leave it empty to take PyPI's default
+# (a CUDA build on Linux x86_64). APPA_TORCH_VERSION overrides the pinned version.
+set -euo pipefail
+
+venv=${1:-.venv}
+extras=${2:-dev}
+torch_version=${APPA_TORCH_VERSION:-2.13.0}
+python=${PYTHON:-python3}
+
+if [ ! -x "$venv/bin/python" ]; then
+    "$python" -m venv "$venv"
+fi
+pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+
+have_torch=$("$venv/bin/python" -c "import torch; print(torch.__version__.split('+')[0])" 2>/dev/null || true)
+if [ "$have_torch" != "$torch_version" ]; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+        echo "install: NVIDIA GPU found; installing torch==$torch_version (CUDA build)"
+        if [ -n "${APPA_TORCH_INDEX:-}" ]; then
+            "${pip[@]}" install "torch==$torch_version" --index-url "$APPA_TORCH_INDEX"
+        else
+            "${pip[@]}" install "torch==$torch_version"
+        fi
+    else
+        tmp=$(mktemp -d)
+        # A CPU wheel in pip's configured local wheel directories avoids any download.
+        if "${pip[@]}" download --no-deps --no-index -d "$tmp" "torch==$torch_version" >/dev/null 2>&1 \
+            && ls "$tmp" | grep -q '+cpu'; then
+            echo "install: no GPU; installing the local CPU build of torch==$torch_version"
+            "${pip[@]}" install "$tmp"/torch-*.whl
+        else
+            echo "install: no GPU; installing torch==$torch_version from the PyTorch CPU index"
+            "${pip[@]}" install "torch==$torch_version" \
+                --index-url "${APPA_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}" \
+                --extra-index-url https://pypi.org/simple
+        fi
+        rm -rf "$tmp"
+    fi
+fi
+
+"${pip[@]}" install -e ".[${extras}]"
+"$venv/bin/python" -c "import torch, appa; print(f'install: appa {appa.__version__}, torch {torch.__version__}, cuda {torch.version.cuda}')"
