@@ -68,9 +68,7 @@ def _format_errors(model: type[BaseModel], error: ValidationError, source: str) 
     return "\n".join(lines)
 
 
-def load_config(
-    model: type[M], path: str | Path | None = None, overrides: Iterable[str] = ()
-) -> M:
+def load_config(model: type[M], path: str | Path | None = None, overrides: Iterable[str] = ()) -> M:
     """Loads ``model`` from a YAML file (or its defaults when ``path`` is None) plus overrides."""
     data: dict[str, Any] = {}
     source = "defaults"
@@ -86,7 +84,9 @@ def load_config(
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"{path}: the top level must be a mapping, got {type(loaded).__name__}"
+            )
         data = loaded
     overrides = list(overrides)
     if overrides:

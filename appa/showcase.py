@@ -49,7 +49,9 @@ def make_showcase_problem(cfg: ShowcaseConfig):
     angles = torch.arange(cfg.components, dtype=torch.float64) * 2 * math.pi / cfg.components
     means = cfg.radius * torch.stack([angles.cos(), angles.sin()], dim=-1)
     weights = 0.5 + torch.rand(cfg.components, generator=g, dtype=torch.float64)
-    prior = GaussianMixturePrior(weights, means, torch.full((cfg.components,), cfg.component_std**2))
+    prior = GaussianMixturePrior(
+        weights, means, torch.full((cfg.components,), cfg.component_std**2)
+    )
     phi = math.radians(cfg.observed_direction_deg)
     A = torch.tensor([[math.cos(phi), math.sin(phi)]], dtype=torch.float64)
     x_true = prior.sample(1, g)[0]
@@ -76,7 +78,10 @@ def run_showcase(cfg: ShowcaseConfig, out: Path) -> dict[str, float]:
         "DPS": DPSDenoiser(prior, obs),
     }
     g = torch.Generator().manual_seed(cfg.seed + 1)
-    samples = {"prior": prior.sample(cfg.samples, g), "exact posterior": exact.sample(cfg.samples, g)}
+    samples = {
+        "prior": prior.sample(cfg.samples, g),
+        "exact posterior": exact.sample(cfg.samples, g),
+    }
     reference = exact.sample(cfg.samples, g)
     with console.status("sampling"):
         for name, denoiser in guided.items():
@@ -90,7 +95,13 @@ def run_showcase(cfg: ShowcaseConfig, out: Path) -> dict[str, float]:
     a0, a1 = A[0].tolist()
     for ax, name in zip(axes, ["prior", "exact posterior", "MMPS", "DPS"], strict=True):
         pts = samples[name].numpy()
-        ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.25, color="tab:blue" if name == "prior" else "tab:red")
+        ax.scatter(
+            pts[:, 0],
+            pts[:, 1],
+            s=2,
+            alpha=0.25,
+            color="tab:blue" if name == "prior" else "tab:red",
+        )
         # the observed line a0 x0 + a1 x1 = y
         if abs(a1) > 1e-6:
             ax.plot(line, (float(y[0]) - a0 * line) / a1, "k--", lw=0.8)

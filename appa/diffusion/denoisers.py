@@ -66,7 +66,9 @@ class EDMDenoiser(nn.Module):
     ) -> None:
         super().__init__()
         if autocast_dtype not in (None, torch.bfloat16, torch.float16):
-            raise ValueError(f"autocast_dtype must be None, bfloat16 or float16, not {autocast_dtype}")
+            raise ValueError(
+                f"autocast_dtype must be None, bfloat16 or float16, not {autocast_dtype}"
+            )
         self.backbone = backbone
         self.sigma_data = float(sigma_data)
         self.autocast_dtype = autocast_dtype

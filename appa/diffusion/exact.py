@@ -14,7 +14,12 @@ from torch import Tensor, nn
 
 from appa.diffusion.denoisers import expand_sigma
 
-__all__ = ["GaussianMixturePrior", "GaussianPrior", "LowRankGaussianPrior", "linear_gaussian_posterior"]
+__all__ = [
+    "GaussianMixturePrior",
+    "GaussianPrior",
+    "LowRankGaussianPrior",
+    "linear_gaussian_posterior",
+]
 
 
 def _as_matrix_variance(noise_variance: Tensor | float, m: int) -> Tensor:
@@ -25,7 +30,9 @@ def _as_matrix_variance(noise_variance: Tensor | float, m: int) -> Tensor:
         return torch.diag(var)
     if var.shape == (m, m):
         return var
-    raise ValueError(f"noise_variance must be a scalar, ({m},) or ({m}, {m}); got {tuple(var.shape)}")
+    raise ValueError(
+        f"noise_variance must be a scalar, ({m},) or ({m}, {m}); got {tuple(var.shape)}"
+    )
 
 
 def linear_gaussian_posterior(
@@ -74,11 +81,15 @@ class GaussianPrior(nn.Module):
         cov = torch.as_tensor(cov, dtype=torch.float64)
         d = mean.shape[-1]
         if mean.shape != (d,) or cov.shape != (d, d):
-            raise ValueError(f"mean must be (d,) and cov (d, d); got {tuple(mean.shape)}, {tuple(cov.shape)}")
+            raise ValueError(
+                f"mean must be (d,) and cov (d, d); got {tuple(mean.shape)}, {tuple(cov.shape)}"
+            )
         cov = (cov + cov.T) / 2
         lam, Q = torch.linalg.eigh(cov)
         if lam.min() < -1e-8 * lam.abs().max():
-            raise ValueError(f"cov is not positive semi-definite (smallest eigenvalue {lam.min():.3g})")
+            raise ValueError(
+                f"cov is not positive semi-definite (smallest eigenvalue {lam.min():.3g})"
+            )
         self.register_buffer("mean", mean)
         self.register_buffer("cov", cov)
         self.register_buffer("eigvals", lam.clamp(min=0))
@@ -159,7 +170,7 @@ class GaussianMixturePrior(nn.Module):
     ``r_k ~ w_k N(x_t | m_k, C_k + s^2 I)``.
 
     Arguments:
-        weights: ``(K,)`` positive (normalised here).
+        weights: ``(K,)`` non-negative (normalised here).
         means: ``(K, d)``.
         covs: ``(K, d, d)`` full covariances, or ``(K,)`` isotropic variances (``C_k = c_k I``),
             or ``None`` for identity covariances.
@@ -170,8 +181,9 @@ class GaussianMixturePrior(nn.Module):
         weights = torch.as_tensor(weights, dtype=torch.float64)
         means = torch.as_tensor(means, dtype=torch.float64)
         K, d = means.shape
-        if weights.shape != (K,) or (weights <= 0).any():
-            raise ValueError(f"weights must be ({K},) and positive")
+        if weights.shape != (K,) or (weights < 0).any() or not weights.sum() > 0:
+            raise ValueError(f"weights must be ({K},), non-negative and not all zero")
+        # a posterior can give far components exactly zero weight: log 0 = -inf is fine below
         self.register_buffer("log_weights", torch.log(weights / weights.sum()))
         self.register_buffer("means", means)
         if covs is None:
@@ -188,7 +200,9 @@ class GaussianMixturePrior(nn.Module):
             self.register_buffer("eigvals", lam.clamp(min=0))
             self.register_buffer("eigvecs", Q)
         else:
-            raise ValueError(f"covs must be None, ({K},) or ({K}, {d}, {d}); got {tuple(covs.shape)}")
+            raise ValueError(
+                f"covs must be None, ({K},) or ({K}, {d}, {d}); got {tuple(covs.shape)}"
+            )
 
     @property
     def weights(self) -> Tensor:
@@ -234,13 +248,19 @@ class GaussianMixturePrior(nn.Module):
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         if self.isotropic:
             return self.means[k] + z * self.variances[k, None].sqrt()
-        return self.means[k] + torch.einsum("nd,ned->ne", z * self.eigvals[k].sqrt(), self.eigvecs[k])
+        return self.means[k] + torch.einsum(
+            "nd,ned->ne", z * self.eigvals[k].sqrt(), self.eigvecs[k]
+        )
 
-    def posterior(self, A: Tensor, y: Tensor, noise_variance: Tensor | float) -> GaussianMixturePrior:
+    def posterior(
+        self, A: Tensor, y: Tensor, noise_variance: Tensor | float
+    ) -> GaussianMixturePrior:
         """The exact posterior given ``y = A x + e``: again a Gaussian mixture."""
         means, covs, log_ev = [], [], []
         for k in range(self.means.shape[0]):
-            mk, ck, lk = linear_gaussian_posterior(self.means[k], self.covs[k], A, y, noise_variance)
+            mk, ck, lk = linear_gaussian_posterior(
+                self.means[k], self.covs[k], A, y, noise_variance
+            )
             means.append(mk)
             covs.append(ck)
             log_ev.append(lk)

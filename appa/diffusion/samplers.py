@@ -179,7 +179,11 @@ class PCSampler(Sampler):
         s_ = s.reshape(-1, *([1] * (x.ndim - 1)))
         for _ in range(self.corrections):
             x_hat = self.denoiser(x, s, **cond)
-            x = x + self.delta * (x_hat - x) + (2 * self.delta) ** 0.5 * s_ * self._noise(x, generator)
+            x = (
+                x
+                + self.delta * (x_hat - x)
+                + (2 * self.delta) ** 0.5 * s_ * self._noise(x, generator)
+            )
         return x
 
 

@@ -91,7 +91,9 @@ class WindowLayout:
         out = windows.new_zeros(B, self.length, *state)
         out.index_add_(1, self.index.reshape(-1).to(windows.device), flat)
         total = windows.new_zeros(self.length)
-        total.index_add_(0, self.index.reshape(-1).to(windows.device), self.weights.to(windows).reshape(-1))
+        total.index_add_(
+            0, self.index.reshape(-1).to(windows.device), self.weights.to(windows).reshape(-1)
+        )
         return out / total.reshape(1, -1, *([1] * len(state)))
 
 
