@@ -30,7 +30,7 @@ class StrictModel(BaseModel):
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Returns a copy of ``data`` with ``key.sub=value`` overrides applied (values parsed as YAML)."""
+    """A copy of ``data`` with ``key.sub=value`` overrides applied (values parsed as YAML)."""
     data = _deep_copy(data)
     for item in overrides:
         if "=" not in item:

@@ -59,8 +59,8 @@ def test_edm_preconditioning_coefficients():
     x = torch.randn(3, 4)
     c_skip, c_out, c_in, c_noise = den.coefficients(sigma)
     torch.testing.assert_close(den(x, sigma), c_skip[:, None] * x)
-    # c_skip^2 s^2 + c_out^2 ... EDM identity: c_out^2 + c_skip^2 sigma^2 ... = c_skip s_d^2 ... check
-    # the defining property: the effective target F has unit variance for data of std s_d.
+    # EDM's defining property: the network's effective target has unit variance for data of
+    # std s_d, i.e. c_out^2 = c_skip^2 s^2 + (1 - c_skip)^2 s_d^2.
     torch.testing.assert_close(c_skip**2 * sigma**2 + (1 - c_skip) ** 2 * 0.25, c_out**2)
     torch.testing.assert_close(c_in, 1 / torch.sqrt(sigma**2 + 0.25))
     torch.testing.assert_close(c_noise, sigma.log() / 4)

@@ -94,7 +94,7 @@ class EDMDenoiser(nn.Module):
 def sample_training_sigma(
     schedule: NoiseSchedule, batch: int, generator: torch.Generator | None = None, device=None
 ) -> Tensor:
-    """Noise levels for training, ``t ~ U(0, 1)`` mapped through the schedule; shape ``(batch,)``."""
+    """Training noise levels: ``t ~ U(0, 1)`` mapped through the schedule; shape ``(batch,)``."""
     t = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
     return schedule.sigma(t).float()
 

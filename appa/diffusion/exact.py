@@ -223,7 +223,7 @@ class GaussianMixturePrior(nn.Module):
     def forward(self, x_t: Tensor, sigma: Tensor, **_: object) -> Tensor:
         shape = x_t.shape
         x = x_t.reshape(shape[0], -1)
-        B, d = x.shape
+        d = x.shape[1]
         s2 = expand_sigma(sigma, x)[:, :, None] ** 2  # (B, 1, 1)
         m = self.means.to(x.dtype)
         diff = x[:, None, :] - m  # (B, K, d)

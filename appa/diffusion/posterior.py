@@ -93,7 +93,8 @@ class GaussianObservation:
 def _check_prediction(y_hat: Tensor, obs: GaussianObservation) -> None:
     if y_hat.ndim != 2 or y_hat.shape[-1] != obs.y.shape[-1]:
         raise ValueError(
-            f"operator returned shape {tuple(y_hat.shape)}; expected (B, {obs.y.shape[-1]}) to match y"
+            f"operator returned shape {tuple(y_hat.shape)}; "
+            f"expected (B, {obs.y.shape[-1]}) to match y"
         )
 
 

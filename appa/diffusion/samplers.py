@@ -248,5 +248,5 @@ def make_sampler(
     try:
         cls = _SAMPLERS[name]
     except KeyError:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(_SAMPLERS)}")
+        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(_SAMPLERS)}") from None
     return cls(denoiser, schedule, steps, **options)

@@ -109,5 +109,6 @@ def make_schedule(
     try:
         cls = _SCHEDULES[name]
     except KeyError:
-        raise ValueError(f"unknown noise schedule {name!r}; choose one of {sorted(_SCHEDULES)}")
+        choices = sorted(_SCHEDULES)
+        raise ValueError(f"unknown noise schedule {name!r}; choose one of {choices}") from None
     return cls(sigma_min, sigma_max, **kwargs)
