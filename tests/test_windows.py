@@ -139,13 +139,13 @@ def test_mmps_with_per_window_observations_equals_window_posteriors():
     torch.testing.assert_close(den(x_t, sigma), exact(x_t, sigma), rtol=1e-6, atol=1e-6)
 
 
-def ar1_window_errors(L, K, S, samples=2000, seed=0):
+def ar1_window_errors(L, K, S, samples=4000, seed=0):
     """Relative errors (in norm) of the mean and marginal variances of windowed exact-posterior
     denoisers against the exact posterior of a long AR(1) trajectory observed every 3 states."""
     observed, y_full, exact = _ar1_problem(L, seed=seed)
     layout = WindowLayout(L, K, S, "symmetric")
     den = WindowedDenoiser(_PerWindowGaussian(_window_posteriors(layout, observed, y_full)), K, S)
-    draws = make_sampler("heun", den, steps=32).sample(samples, (L,), seed=seed, dtype=f64)
+    draws = make_sampler("heun", den, steps=64).sample(samples, (L,), seed=seed, dtype=f64)
     mean_err = ((draws.mean(0) - exact.mean).norm() / exact.mean.norm()).item()
     var_err = ((draws.var(0) - exact.cov.diagonal()).norm() / exact.cov.diagonal().norm()).item()
     return mean_err, var_err

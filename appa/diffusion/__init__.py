@@ -13,7 +13,7 @@ from appa.diffusion.exact import (
     LowRankGaussianPrior,
     linear_gaussian_posterior,
 )
-from appa.diffusion.krylov import cg, direct_solve, gmres
+from appa.diffusion.krylov import assemble, cg, direct_solve, gmres
 from appa.diffusion.posterior import (
     DiagonalGaussianDenoiser,
     DPSDenoiser,
@@ -37,6 +37,7 @@ from appa.diffusion.schedules import (
     RectifiedSchedule,
     make_schedule,
 )
+from appa.diffusion.smc import SMCSampler, systematic_resample
 from appa.diffusion.windows import WindowedDenoiser, WindowLayout
 
 __all__ = [
@@ -59,9 +60,11 @@ __all__ = [
     "NoiseSchedule",
     "PCSampler",
     "RectifiedSchedule",
+    "SMCSampler",
     "Sampler",
     "WindowLayout",
     "WindowedDenoiser",
+    "assemble",
     "cg",
     "denoising_loss",
     "direct_solve",
@@ -71,4 +74,5 @@ __all__ = [
     "make_sampler",
     "make_schedule",
     "sample_training_sigma",
+    "systematic_resample",
 ]

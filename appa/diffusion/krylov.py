@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["cg", "direct_solve", "gmres"]
+__all__ = ["assemble", "cg", "direct_solve", "gmres"]
 
 Operator = Callable[[Tensor], Tensor]
 
@@ -79,13 +79,21 @@ def gmres(A: Operator, b: Tensor, iterations: int, dtype: torch.dtype = torch.fl
     return (V @ coef).squeeze(-1).to(b.dtype)
 
 
+def assemble(A: Operator, like: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
+    """Materialises the batched operator column by column (``m`` calls): ``(B, m, m)``.
+
+    ``like`` is a ``(B, m)`` tensor giving the batch, size, dtype and device of the operator's
+    input."""
+    m = like.shape[-1]
+    eye = torch.eye(m, dtype=like.dtype, device=like.device)
+    columns = [A(eye[i].expand_as(like).contiguous()).to(dtype) for i in range(m)]
+    return torch.stack(columns, dim=-1)
+
+
 def direct_solve(A: Operator, b: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
-    """Exact solve: materialises ``A`` column by column (``m`` operator calls) and solves densely.
+    """Exact solve: materialises ``A`` (``m`` operator calls) and solves densely.
 
     Meant for small observation counts (a few hundred at most). Same result as :func:`cg`.
     """
-    m = b.shape[-1]
-    eye = torch.eye(m, dtype=b.dtype, device=b.device)
-    columns = [A(eye[i].expand_as(b).contiguous()).to(dtype) for i in range(m)]
-    matrix = torch.stack(columns, dim=-1)  # (B, m, m)
+    matrix = assemble(A, b, dtype)
     return torch.linalg.solve(matrix, b.to(dtype)[..., None]).squeeze(-1).to(b.dtype)

@@ -8,6 +8,7 @@ approximate ``p(y | x_t)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from appa.diffusion.denoisers import Denoiser, expand_sigma
-from appa.diffusion.krylov import cg, direct_solve, gmres
+from appa.diffusion.krylov import assemble, cg, gmres
 
 __all__ = [
     "DPSDenoiser",
@@ -153,14 +154,17 @@ class MMPSDenoiser(_Guided):
         self.covariance = covariance
         self.sigma_data = sigma_data
 
-    def _solve(self, op: Callable[[Tensor], Tensor], b: Tensor) -> Tensor:
-        if self.solver == "cg":
-            return cg(op, b, self.iterations)
-        if self.solver == "gmres":
-            return gmres(op, b, self.iterations)
-        return direct_solve(op, b)
-
     def forward(self, x_t: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
+        return self.moments(x_t, sigma, **cond)[0]
+
+    def moments(
+        self, x_t: Tensor, sigma: Tensor, log_likelihood: bool = False, **cond: Any
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The posterior denoiser, the prior denoiser and, on request (``solver="direct"``
+        only), ``log N(y | A(x_hat), Sigma_y + A Sigma_t A^T)``, MMPS's approximation of
+        ``log p(y | x_t)``; shapes ``(B, *event)``, ``(B, *event)``, ``(B,)``."""
+        if log_likelihood and self.solver != "direct":
+            raise ValueError("the MMPS log-likelihood needs solver='direct'")
         obs = self.observation
         var_t = expand_sigma(sigma, x_t) ** 2
         with torch.enable_grad():
@@ -187,8 +191,29 @@ class MMPSDenoiser(_Guided):
         def system(u: Tensor) -> Tensor:
             return obs.noise_cov(u) + jvp(cov_At(u))
 
-        u = self._solve(system, obs.residual(y_hat.detach()))
-        return x_lin + cov_At(u, retain=False)
+        r = obs.residual(y_hat.detach())
+        log_lik = None
+        if self.solver == "cg":
+            u = cg(system, r, self.iterations)
+        elif self.solver == "gmres":
+            u = gmres(system, r, self.iterations)
+        else:
+            matrix = assemble(system, r)
+            if log_likelihood:
+                # a network's Jacobian is only nearly symmetric; the likelihood uses the
+                # symmetric part, which is what Tweedie's covariance is
+                chol = torch.linalg.cholesky((matrix + matrix.transpose(-1, -2)) / 2)
+                r64 = r.to(chol.dtype)[..., None]
+                u64 = torch.cholesky_solve(r64, chol)[..., 0]
+                log_lik = (
+                    -0.5 * (r64[..., 0] * u64).sum(-1)
+                    - torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+                    - 0.5 * r.shape[-1] * math.log(2 * math.pi)
+                )
+                u = u64.to(r.dtype)
+            else:
+                u = torch.linalg.solve(matrix, r.to(matrix.dtype)[..., None])[..., 0].to(r.dtype)
+        return x_lin + cov_At(u, retain=False), x_lin, log_lik
 
 
 class DPSDenoiser(_Guided):

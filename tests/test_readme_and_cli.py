@@ -1,0 +1,90 @@
+"""The README's example runs, the CLI answers, and configs reject bad input by name."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import Field
+from typer.testing import CliRunner
+
+import appa
+from appa.cli import app
+from appa.config import ConfigError, StrictModel, apply_overrides, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_posterior_example_runs_and_is_accurate(capsys):
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    example = next(b for b in blocks if "MMPSDenoiser" in b)
+    exec(compile(example, "README.md", "exec"), {})
+    relative_error = float(capsys.readouterr().out.strip().split("(")[1].split(",")[0])
+    assert relative_error < 0.1
+
+
+def test_cli_help_and_version():
+    runner = CliRunner()
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and "showcase" in result.output
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and appa.__version__ in result.output
+
+
+def test_console_script_is_installed():
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "appa"), "--version"], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and out.stdout.startswith("appa ")
+
+
+def test_showcase_runs_small(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        ["showcase", "--out", str(tmp_path), "--set", "samples=300", "--set", "steps=16"],
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "showcase.png").stat().st_size > 10_000
+    summary = (tmp_path / "summary.json").read_text()
+    assert '"MMPS"' in summary
+
+
+def test_showcase_rejects_bad_config_by_name(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["showcase", "--set", "stepz=3"])
+    assert result.exit_code == 2 and "stepz: unknown key" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: -1\n")
+    result = runner.invoke(app, ["showcase", "--config", str(bad)])
+    assert result.exit_code == 2 and "steps" in result.output
+
+
+class _Inner(StrictModel):
+    rate: float = Field(1.0, gt=0)
+
+
+class _Outer(StrictModel):
+    name: str = "x"
+    inner: _Inner = _Inner()
+
+
+def test_config_loading_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: run\ninner:\n  rate: 2.5\n")
+    cfg = load_config(_Outer, path, ["inner.rate=4"])
+    assert cfg.name == "run" and cfg.inner.rate == 4.0
+    assert apply_overrides({"a": {"b": 1}}, ["a.c=[1, 2]"]) == {"a": {"b": 1, "c": [1, 2]}}
+    with pytest.raises(ConfigError, match=r"inner\.rate"):
+        load_config(_Outer, path, ["inner.rate=-1"])
+    with pytest.raises(ConfigError, match=r"inner\.speed: unknown key"):
+        load_config(_Outer, path, ["inner.speed=1"])
+    with pytest.raises(ConfigError, match="not of the form"):
+        load_config(_Outer, None, ["inner.rate"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(_Outer, tmp_path / "missing.yaml")
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(_Outer, path)
