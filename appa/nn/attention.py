@@ -60,6 +60,8 @@ def attention(
         math_path: Use the math path even outside :func:`math_attention`.
     """
     if not (math_path or _FORCE_MATH):
+        if q.device.type == "meta":
+            return _fused_on_meta(q, k, v, mask)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     scale = 1.0 / math.sqrt(q.shape[-1])
     scores = torch.matmul(upcast(q), upcast(k).transpose(-1, -2)) * scale
@@ -67,6 +69,17 @@ def attention(
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = torch.softmax(scores, dim=-1)
     return torch.matmul(weights.to(v.dtype), v)
+
+
+def _fused_on_meta(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """On the meta device, SDPA would decompose into the math path and save ``L x L`` scores;
+    the fused GPU kernels it stands for save only ``q, k, v``, the output and the log-sum-exp.
+    Calling them directly keeps meta-device memory and FLOP estimates faithful."""
+    if mask is None:
+        return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[0]
+    bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, -1e4)
+    bias = bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, bias, True)[0]
 
 
 class RotaryEmbedding3d(nn.Module):
