@@ -15,7 +15,7 @@ from appa.diffusion import (
     denoising_loss,
 )
 from appa.nn import DenoiserConfig, LatentDiT, date_features, get_preset, math_attention
-from appa.nn.attention import attention
+from appa.nn.attention import LocalChunks, attention
 
 
 @pytest.fixture(autouse=True)
@@ -257,3 +257,20 @@ def test_date_features_of_datetimes():
     torch.testing.assert_close(a[0, :2], -b[0, :2], atol=1e-5, rtol=0)
     with pytest.raises(TypeError):
         date_features(np.array([1.0, 2.0]))
+
+
+@pytest.mark.parametrize("local_window", [(1, None, 1), (2, 1, None), (0, None, None)])
+def test_block_local_attention_equals_masked_full_attention(local_window):
+    net = LatentDiT(config(window=16, local_window=local_window)).eval()
+    randomize(net, seed=8)
+    x, c, date = inputs(T=16)
+    coords = net._coords(1, 8, 3, 4, None, x.device)
+    layout = net._layout(coords, (8, 3, 4), ordered=True)
+    assert isinstance(layout, LocalChunks)  # the block-local path is taken
+    assert layout.mask.shape[-1] == 3 * layout.mask.shape[-2]
+    chunked = net(x, c, date=date)
+    # explicit times take the full masked path
+    full = net(x, c, date=date, times=torch.arange(16.0).expand(2, 16))
+    torch.testing.assert_close(chunked, full, rtol=1e-4, atol=1e-5)
+    with math_attention():
+        torch.testing.assert_close(net(x, c, date=date), full, rtol=1e-4, atol=1e-5)

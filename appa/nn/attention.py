@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 from appa.nn.layers import upcast
 
 __all__ = [
+    "LocalChunks",
     "MultiheadSelfAttention",
     "RotaryEmbedding3d",
     "attention",
@@ -142,6 +144,44 @@ class RotaryEmbedding3d(nn.Module):
         return out.to(x.dtype)
 
 
+@dataclass
+class LocalChunks:
+    """Block-local attention along time for time-major token sequences ``(t, s)``.
+
+    The ``t`` time tokens are cut into chunks of ``chunk`` consecutive time tokens; each chunk's
+    queries attend only to the keys of the chunk and its two neighbours (``3 x chunk`` time
+    tokens) under ``mask``, so the cost is ``3 chunk / t`` of full attention. With ``chunk`` at
+    least the time half-width of the local window, this is exactly the full masked attention.
+
+    Attributes:
+        chunk: Time tokens per chunk; spatial: tokens per time step.
+        mask: ``(n, chunk * spatial, 3 * chunk * spatial)`` boolean, ``n = t / chunk``.
+    """
+
+    chunk: int
+    spatial: int
+    mask: Tensor
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, math_path: bool) -> Tensor:
+        """``(B, heads, L, d)`` tensors with ``L = n * chunk * spatial`` -> ``(B, heads, L, d)``."""
+        B, H, L, d = q.shape
+        Lq = self.chunk * self.spatial
+        n = L // Lq
+
+        def chunks(x: Tensor) -> Tensor:  # (B, H, L, d) -> (B * n, H, Lq, d)
+            return x.reshape(B, H, n, Lq, d).transpose(1, 2).reshape(B * n, H, Lq, d)
+
+        def neighbours(x: Tensor) -> Tensor:  # (B, H, L, d) -> (B * n, H, 3 Lq, d)
+            x = x.reshape(B, H, n, Lq, d).transpose(1, 2)
+            x = F.pad(x, (0, 0, 0, 0, 0, 0, 1, 1))  # an empty chunk at each end
+            x = torch.cat([x[:, :-2], x[:, 1:-1], x[:, 2:]], dim=3)
+            return x.reshape(B * n, H, 3 * Lq, d)
+
+        mask = self.mask[None, :, None].expand(B, n, 1, Lq, 3 * Lq).reshape(B * n, 1, Lq, -1)
+        y = attention(chunks(q), neighbours(k), neighbours(v), mask, math_path)
+        return y.reshape(B, n, H, Lq, d).transpose(1, 2).reshape(B, H, L, d)
+
+
 class MultiheadSelfAttention(nn.Module):
     """Self-attention over ``(B, L, D)`` tokens with QK RMS-normalisation and 3-D RoPE.
 
@@ -186,9 +226,11 @@ class MultiheadSelfAttention(nn.Module):
         coords: Tensor | None = None,
         periods: Sequence[int] = (),
         mask: Tensor | None = None,
+        chunks: LocalChunks | None = None,
     ) -> Tensor:
         """``x``: ``(B, L, D)``; ``coords``: ``(B or 1, L, 3)`` token coordinates for RoPE;
-        ``mask``: boolean, broadcastable to ``(B, heads, L, L)``."""
+        ``mask``: boolean, broadcastable to ``(B, heads, L, L)``; ``chunks``: block-local
+        attention instead (then ``mask`` is ignored)."""
         B, L, D = x.shape
         qkv = self.qkv(x).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
@@ -198,5 +240,8 @@ class MultiheadSelfAttention(nn.Module):
             if coords is None:
                 raise ValueError("rotary embeddings need token coordinates")
             q, k = self.rope(q, coords, periods), self.rope(k, coords, periods)
-        y = attention(q, k, v, mask, math_path=self.math_path)
+        if chunks is not None:
+            y = chunks.attend(q, k, v, self.math_path)
+        else:
+            y = attention(q, k, v, mask, math_path=self.math_path)
         return self.out(y.transpose(1, 2).reshape(B, L, D))

@@ -88,14 +88,16 @@ def training_step_cost(
         step: Runs a forward pass and returns a scalar loss.
         blocks: The modules that activation checkpointing would wrap.
     """
-    params = {id(p) for p in model.parameters()}
+    params = {p.untyped_storage()._cdata for p in model.parameters()}
+    # keyed by storage, so views and broadcasts of one buffer count once, at its real size
     saved: dict[int, tuple[Tensor, int, int]] = {}
     current = [-1]  # index of the block running, -1 outside blocks
 
     def pack(t: Tensor) -> Tensor:
-        if id(t) not in params and not (t._base is not None and id(t._base) in params):
-            if id(t) not in saved:
-                saved[id(t)] = (t, t.numel() * t.element_size(), current[0])
+        storage = t.untyped_storage()
+        key = storage._cdata
+        if key not in params and key not in saved:
+            saved[key] = (t, storage.nbytes(), current[0])
         return t
 
     block_inputs = [0]  # bytes of the inputs of every block: what checkpointing keeps

@@ -16,7 +16,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from appa.nn.attention import MultiheadSelfAttention, RotaryEmbedding3d
+from appa.nn.attention import LocalChunks, MultiheadSelfAttention, RotaryEmbedding3d
 from appa.nn.layers import sinusoidal_embedding
 from appa.nn.presets import DenoiserConfig
 
@@ -64,11 +64,17 @@ class DiTBlock(nn.Module):
         mod: Tensor,
         coords: Tensor,
         periods: tuple[int, int, int],
-        mask: Tensor | None,
+        layout: Tensor | LocalChunks | None,
     ) -> Tensor:
-        """``x``: ``(B, L, D)``; ``mod``: ``(B, M)`` (already passed through SiLU)."""
+        """``x``: ``(B, L, D)``; ``mod``: ``(B, M)`` (already passed through SiLU); ``layout``:
+        None (full attention), a boolean mask or :class:`LocalChunks`."""
         s1, b1, g1, s2, b2, g2 = self.ada(mod).chunk(6, dim=-1)
-        x = x + g1[:, None] * self.attn(_modulate(self.norm1(x), b1, s1), coords, periods, mask)
+        h = _modulate(self.norm1(x), b1, s1)
+        if isinstance(layout, LocalChunks):
+            h = self.attn(h, coords, periods, chunks=layout)
+        else:
+            h = self.attn(h, coords, periods, mask=layout)
+        x = x + g1[:, None] * h
         return x + g2[:, None] * self.mlp(_modulate(self.norm2(x), b2, s2))
 
 
@@ -136,20 +142,44 @@ class LatentDiT(nn.Module):
         )
         return grid.reshape(n, t * h * w, 3)
 
-    def _mask(self, coords: Tensor, periods: tuple[int, int, int]) -> Tensor | None:
-        window = self.config.local_window
-        if window is None or all(w is None for w in window):
-            return None
-        delta = (coords[:, :, None, :] - coords[:, None, :, :]).abs()  # (n, L, L, 3)
-        mask = torch.ones(delta.shape[:3], dtype=torch.bool, device=coords.device)
-        for axis, half in enumerate(window):
+    def _cross_mask(self, qc: Tensor, kc: Tensor, periods: tuple[int, int, int]) -> Tensor:
+        """``(..., Lq, Lk)`` local-window mask between query and key coordinates."""
+        delta = (qc[..., :, None, :] - kc[..., None, :, :]).abs()  # (..., Lq, Lk, 3)
+        mask = torch.ones(delta.shape[:-1], dtype=torch.bool, device=qc.device)
+        for axis, half in enumerate(self.config.local_window or ()):
             if half is None:
                 continue
             d = delta[..., axis]
             if axis == 2 and self.config.periodic_lon:
                 d = torch.minimum(d, periods[2] - d)
             mask = mask & (d <= half + 1e-4)
-        return mask[:, None]  # (n, 1, L, L)
+        return mask
+
+    def _layout(
+        self, coords: Tensor, periods: tuple[int, int, int], ordered: bool
+    ) -> Tensor | LocalChunks | None:
+        """The attention restriction: None (full), a ``(n, 1, L, L)`` mask, or block-local
+        chunks along time when the tokens are in time order and chunking saves work."""
+        window = self.config.local_window
+        if window is None or all(w is None for w in window):
+            return None
+        t, h, w = periods
+        half_t = window[0]
+        if ordered and half_t is not None:
+            # smallest chunk >= the time half-width that divides t into at least 4 chunks
+            for chunk in range(max(half_t, 1), t // 4 + 1):
+                if t % chunk == 0:
+                    s = h * w
+                    local = coords[0, : chunk * s]  # times 0 .. chunk-1
+                    keys = torch.cat([local - local.new_tensor([chunk, 0, 0]), local], 0)
+                    keys = torch.cat([keys, local + local.new_tensor([chunk, 0, 0])], 0)
+                    rel = self._cross_mask(local, keys, periods)  # (Lq, 3 Lq)
+                    n = t // chunk
+                    valid = torch.ones(n, 3, chunk * s, dtype=torch.bool, device=coords.device)
+                    valid[0, 0] = False  # no chunk before the first
+                    valid[-1, 2] = False  # nor after the last
+                    return LocalChunks(chunk, s, rel[None] & valid.reshape(n, 1, -1))
+        return self._cross_mask(coords, coords, periods)[:, None]  # (n, 1, L, L)
 
     def forward(
         self,
@@ -217,15 +247,17 @@ class LatentDiT(nn.Module):
         if times is not None and times.shape != (B, T):
             raise ValueError(f"times must have shape ({B}, {T}), got {tuple(times.shape)}")
         coords = self._coords(B, t, h, w, times, x.device)
-        mask = self._mask(coords, periods)
+        layout = self._layout(coords, periods, ordered=times is None)
 
         emb = sinusoidal_embedding(c_noise * 100, cfg.mod_features, max_period=100.0)
         mod = self.noise_mlp(emb.to(tokens.dtype))
         for block in self.blocks:
             if cfg.checkpointing and self.training and torch.is_grad_enabled():
-                tokens = checkpoint(block, tokens, mod, coords, periods, mask, use_reentrant=False)
+                tokens = checkpoint(
+                    block, tokens, mod, coords, periods, layout, use_reentrant=False
+                )
             else:
-                tokens = block(tokens, mod, coords, periods, mask)
+                tokens = block(tokens, mod, coords, periods, layout)
 
         shift, scale = self.out_ada(mod).chunk(2, dim=-1)
         tokens = self.out_proj(_modulate(self.out_norm(tokens), shift, scale))
