@@ -88,6 +88,17 @@ def test_pad_then_crop_is_identity_and_pole_rows_are_turned():
     torch.testing.assert_close(inner[..., -right:], x[..., :right])
 
 
+def test_pole_half_padding_mirrors_across_the_pole_between_rows():
+    x = torch.randn(2, 6, 8)
+    p = pole_pad(x, 2, 1, "pole-half")
+    assert p.shape == (2, 9, 8)
+    # rows -1, -2 are rows 0, 1 turned by half a revolution; row H is row H-1 turned
+    torch.testing.assert_close(p[:, 1], x[:, 0].roll(4, -1))
+    torch.testing.assert_close(p[:, 0], x[:, 1].roll(4, -1))
+    torch.testing.assert_close(p[:, -1], x[:, -1].roll(4, -1))
+    torch.testing.assert_close(p[:, 2:-1], x)
+
+
 def test_pole_pad_rejects_bad_input():
     with pytest.raises(ValueError, match="even number"):
         pole_pad(torch.zeros(1, 4, 5), 1, 1, "pole")
@@ -95,7 +106,7 @@ def test_pole_pad_rejects_bad_input():
         pole_pad(torch.zeros(1, 3, 4), 3, 0, "pole")
 
 
-@pytest.mark.parametrize("lat_padding", ["zeros", "pole"])
+@pytest.mark.parametrize("lat_padding", ["zeros", "pole", "pole-half"])
 def test_longitude_roll_commutes_with_encode_and_decode(lat_padding):
     torch.manual_seed(1)
     cfg = small_config(grid=(33, 64), lat_padding=lat_padding)
@@ -127,6 +138,19 @@ def test_saturation_bounds_latents():
     ae = StateAutoencoder(small_config(saturation_bound=0.5)).eval()
     randomize(ae, std=5.0)
     assert ae.encode(torch.randn(1, 3, 32, 64) * 10).abs().max() < 0.5
+
+
+def test_bf16_autocast_is_close_to_float32():
+    ae = StateAutoencoder(small_config()).eval()
+    randomize(ae, seed=5)
+    x = torch.randn(2, 3, 32, 64)
+    with torch.no_grad():
+        z, y = ae(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            zl, yl = ae(x)
+    assert torch.isfinite(zl).all() and torch.isfinite(yl).all()
+    assert (zl.float() - z).norm() / z.norm() < 0.05
+    assert (yl.float() - y).norm() / y.norm() < 0.05
 
 
 def test_latent_noise_only_when_asked():

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 __all__ = [
     "ChannelNorm",
     "GridConv",
+    "LatPadding",
     "Saturation",
     "pole_pad",
     "saturate",
@@ -100,14 +101,20 @@ def saturate(z: Tensor, kind: Saturation, bound: float) -> Tensor:
     raise ValueError(f"unknown saturation {kind!r}; choose softclip, softclip2, tanh or none")
 
 
-def pole_pad(x: Tensor, top: int, bottom: int, mode: Literal["zeros", "pole"]) -> Tensor:
+LatPadding = Literal["zeros", "pole", "pole-half"]
+
+
+def pole_pad(x: Tensor, top: int, bottom: int, mode: LatPadding) -> Tensor:
     """Pads the latitude axis (``-2``) of ``(..., lat, lon)`` by ``top`` rows before the first
     row and ``bottom`` rows after the last.
 
-    ``zeros`` fills with zeros. ``pole`` continues the field over the pole: the row ``d`` cells
-    beyond an edge row is the row ``d`` cells inside it, turned by half a revolution in
-    longitude (edge rows are taken to lie on the poles; needs an even number of longitudes).
-    Both commute with longitude rolls.
+    ``zeros`` fills with zeros. ``pole`` and ``pole-half`` continue the field over the pole: a
+    point beyond the pole is the point as far on the other side of it, half a revolution away in
+    longitude (needs an even number of longitudes). ``pole``: the edge rows lie on the poles
+    (grids "with poles", e.g. 721 x 1440), so the row ``d`` cells beyond an edge is the row
+    ``d`` cells inside it; ``pole-half``: the edge rows lie half a cell from the poles (e.g. the
+    32 x 64 equiangular grid), so the row ``d`` cells beyond is the row ``d - 1`` cells inside.
+    All commute with longitude rolls.
     """
     if top < 0 or bottom < 0:
         raise ValueError(f"padding must be non-negative, got top={top}, bottom={bottom}")
@@ -115,20 +122,21 @@ def pole_pad(x: Tensor, top: int, bottom: int, mode: Literal["zeros", "pole"]) -
         return x
     if mode == "zeros":
         return F.pad(x, (0, 0, top, bottom))
-    if mode != "pole":
-        raise ValueError(f"unknown latitude padding {mode!r}; choose 'zeros' or 'pole'")
+    if mode not in ("pole", "pole-half"):
+        raise ValueError(f"unknown latitude padding {mode!r}; choose zeros, pole or pole-half")
     H, W = x.shape[-2:]
     if W % 2:
         raise ValueError(f"pole padding needs an even number of longitudes, got {W}")
-    if max(top, bottom) >= H:
+    skip = 1 if mode == "pole" else 0  # whether the edge row itself is the pole
+    if max(top, bottom) + skip > H:
         raise ValueError(f"cannot pad {max(top, bottom)} rows over the pole of a {H}-row grid")
     half = W // 2
     parts = []
     if top:
-        parts.append(x[..., 1 : top + 1, :].flip(-2).roll(half, dims=-1))
+        parts.append(x[..., skip : skip + top, :].flip(-2).roll(half, dims=-1))
     parts.append(x)
     if bottom:
-        parts.append(x[..., H - 1 - bottom : H - 1, :].flip(-2).roll(half, dims=-1))
+        parts.append(x[..., H - skip - bottom : H - skip, :].flip(-2).roll(half, dims=-1))
     return torch.cat(parts, dim=-2)
 
 

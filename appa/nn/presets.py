@@ -31,7 +31,9 @@ class AutoencoderConfig(StrictModel):
 
     Each stage after the first halves both grid axes by pixel-unshuffle, so the downsampling
     factor is ``2 ** (len(channels) - 1)``. Latitude is padded up to a multiple of the factor
-    (``lat_padding``: ``zeros``, or ``pole``: continued over the pole) and cropped back on
+    (``lat_padding``: ``zeros``, or continued over the pole: ``pole`` for grids whose edge rows
+    lie on the poles, ``pole-half`` for grids whose edge rows lie half a cell from them; see
+    :func:`appa.nn.layers.pole_pad`) and cropped back on
     decoding; longitude is padded circularly to a multiple of the factor plus ``lon_margin``
     latent columns on each side (0 keeps the latent exactly periodic in longitude).
     """
@@ -42,7 +44,7 @@ class AutoencoderConfig(StrictModel):
     blocks: list[int] = Field(default_factory=lambda: [3, 3, 3, 3, 3, 3])
     latent_channels: int = Field(128, gt=0)
     kernel_size: int = Field(3, gt=0)
-    lat_padding: Literal["zeros", "pole"] = "pole"
+    lat_padding: Literal["zeros", "pole", "pole-half"] = "pole"
     lon_margin: int = Field(0, ge=0)
     saturation: Literal["softclip", "softclip2", "tanh", "none"] = "softclip2"
     saturation_bound: float = Field(5.0, gt=0)
@@ -64,8 +66,8 @@ class AutoencoderConfig(StrictModel):
             raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
         if min(self.grid) <= 0:
             raise ValueError(f"grid must be positive, got {self.grid}")
-        if self.lat_padding == "pole" and self.grid[1] % 2:
-            raise ValueError("lat_padding='pole' needs an even number of longitudes")
+        if self.lat_padding != "zeros" and self.grid[1] % 2:
+            raise ValueError(f"lat_padding={self.lat_padding!r} needs an even number of longitudes")
         return self
 
     @property
@@ -185,6 +187,7 @@ def _tiny() -> NetworkPreset:
             channels=[16, 32, 64],
             blocks=[1, 1, 1],
             latent_channels=8,
+            lat_padding="pole-half",
         ),
         denoiser=DenoiserConfig(
             channels=8,

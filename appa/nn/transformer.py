@@ -196,6 +196,9 @@ class LatentDiT(nn.Module):
             date: Date features per frame ``(B, T, F)`` (see :func:`appa.nn.date_features`);
                 required when ``config.date_features > 0``.
             context: Conditioning channels ``(B, Cc, h, w)`` (static) or ``(B, T, Cc, h, w)``.
+                Through :class:`appa.diffusion.WindowedDenoiser`, which unfolds every tensor
+                shaped ``(B, L, ...)``, pass per-frame context ``(B, L, Cc, h, w)``: a static
+                ``(B, Cc, h, w)`` with ``Cc == L`` would be unfolded as if it were frames.
             times: Frame times ``(B, T)`` in frames (default ``0 .. T-1``); only differences
                 matter. Lets a shuffled or gapped window keep its true temporal geometry.
 
