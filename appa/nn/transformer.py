@@ -128,7 +128,10 @@ class LatentDiT(nn.Module):
         if times is None:
             tc = torch.arange(t, device=device, dtype=torch.float32).expand(1, t)
         else:
-            tc = times.float().reshape(times.shape[0], t, pt).mean(-1) / pt
+            # relative to the first frame before any float32 cast: absolute hours since an
+            # epoch (~1e5) would lose the sub-frame precision rotary angles need
+            rel = times - times[:, :1]
+            tc = rel.reshape(times.shape[0], t, pt).mean(-1).float() / pt
         hc = torch.arange(h, device=device, dtype=torch.float32)
         wc = torch.arange(w, device=device, dtype=torch.float32)
         n = tc.shape[0]
