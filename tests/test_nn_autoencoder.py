@@ -121,7 +121,19 @@ def test_longitude_roll_commutes_with_encode_and_decode(lat_padding):
         ae.decode(z.roll(1, dims=-1)), ae.decode(z).roll(f, dims=-1), rtol=1e-5, atol=1e-5
     )
     # a roll by a non-multiple of the factor is not an exact symmetry (the test can fail)
+    assert not torch.allclose(ae.encode(x.roll(f // 2, dims=-1)), z.roll(1, dims=-1), atol=1e-3)
     assert not torch.allclose(ae.encode(x.roll(1, dims=-1)), z, atol=1e-3)
+
+
+def test_stride_sets_the_factor():
+    cfg = small_config(grid=(33, 64), channels=[8, 16], blocks=[1, 1], stride=4)
+    assert cfg.factor == 4 and cfg.latent_shape == (4, 9, 16)
+    ae = StateAutoencoder(cfg).eval()
+    randomize(ae, seed=2)
+    x = torch.randn(1, 3, 33, 64)
+    z = ae.encode(x)
+    assert z.shape == (1, 4, 9, 16) and ae.decode(z).shape == x.shape
+    torch.testing.assert_close(ae.encode(x.roll(4, -1)), z.roll(1, -1), rtol=1e-5, atol=1e-5)
 
 
 def test_saturation_bounds_latents():

@@ -41,25 +41,27 @@ class ResBlock(nn.Module):
 
 
 class _Down(nn.Module):
-    """Pixel-unshuffle by 2 then a conv to the next stage's channels."""
+    """Pixel-unshuffle by ``r`` then a conv to the next stage's channels."""
 
-    def __init__(self, cin: int, cout: int, kernel_size: int) -> None:
+    def __init__(self, cin: int, cout: int, kernel_size: int, r: int) -> None:
         super().__init__()
-        self.conv = GridConv(4 * cin, cout, kernel_size)
+        self.r = r
+        self.conv = GridConv(r * r * cin, cout, kernel_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.pixel_unshuffle(x, 2))
+        return self.conv(F.pixel_unshuffle(x, self.r))
 
 
 class _Up(nn.Module):
-    """A conv to four times the previous stage's channels, then pixel-shuffle by 2."""
+    """A conv to ``r^2`` times the previous stage's channels, then pixel-shuffle by ``r``."""
 
-    def __init__(self, cin: int, cout: int, kernel_size: int) -> None:
+    def __init__(self, cin: int, cout: int, kernel_size: int, r: int) -> None:
         super().__init__()
-        self.conv = GridConv(cin, 4 * cout, kernel_size)
+        self.r = r
+        self.conv = GridConv(cin, r * r * cout, kernel_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.pixel_shuffle(self.conv(x), 2)
+        return F.pixel_shuffle(self.conv(x), self.r)
 
 
 class StateAutoencoder(nn.Module):
@@ -80,7 +82,7 @@ class StateAutoencoder(nn.Module):
         enc: list[nn.Module] = [GridConv(config.in_channels, ch[0], k)]
         for i, (c, n) in enumerate(zip(ch, nb, strict=True)):
             if i > 0:
-                enc.append(_Down(ch[i - 1], c, k))
+                enc.append(_Down(ch[i - 1], c, k, config.stride))
             enc.extend(ResBlock(c, k, ckpt) for _ in range(n))
         enc += [ChannelNorm(ch[-1]), GridConv(ch[-1], config.latent_channels, k)]
         self.encoder = nn.Sequential(*enc)
@@ -89,7 +91,7 @@ class StateAutoencoder(nn.Module):
         for i in reversed(range(len(ch))):
             dec.extend(ResBlock(ch[i], k, ckpt) for _ in range(nb[i]))
             if i > 0:
-                dec.append(_Up(ch[i], ch[i - 1], k))
+                dec.append(_Up(ch[i], ch[i - 1], k, config.stride))
         dec += [ChannelNorm(ch[0]), GridConv(ch[0], config.in_channels, k)]
         self.decoder = nn.Sequential(*dec)
 

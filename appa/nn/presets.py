@@ -29,13 +29,13 @@ __all__ = [
 class AutoencoderConfig(StrictModel):
     """The state autoencoder: ``(C, lat, lon)`` states to ``(latent_channels, h, w)`` latents.
 
-    Each stage after the first halves both grid axes by pixel-unshuffle, so the downsampling
-    factor is ``2 ** (len(channels) - 1)``. Latitude is padded up to a multiple of the factor
-    (``lat_padding``: ``zeros``, or continued over the pole: ``pole`` for grids whose edge rows
-    lie on the poles, ``pole-half`` for grids whose edge rows lie half a cell from them; see
-    :func:`appa.nn.layers.pole_pad`) and cropped back on
-    decoding; longitude is padded circularly to a multiple of the factor plus ``lon_margin``
-    latent columns on each side (0 keeps the latent exactly periodic in longitude).
+    Each stage after the first divides both grid axes by ``stride`` (pixel-unshuffle), so the
+    downsampling factor is ``stride ** (len(channels) - 1)``. Latitude is padded up to a
+    multiple of the factor and cropped back on decoding (``lat_padding``: ``zeros``, or the field
+    continued over the pole: ``pole`` for grids whose edge rows lie on the poles, ``pole-half``
+    for grids whose edge rows lie half a cell from them; see :func:`appa.nn.layers.pole_pad`).
+    Longitude is padded circularly to a multiple of the factor plus ``lon_margin`` latent
+    columns on each side (0 keeps the latent exactly periodic in longitude).
     """
 
     in_channels: int = Field(71, gt=0)
@@ -43,6 +43,7 @@ class AutoencoderConfig(StrictModel):
     channels: list[int] = Field(default_factory=lambda: [64, 128, 256, 512, 768, 1024])
     blocks: list[int] = Field(default_factory=lambda: [3, 3, 3, 3, 3, 3])
     latent_channels: int = Field(128, gt=0)
+    stride: int = Field(2, ge=2)
     kernel_size: int = Field(3, gt=0)
     lat_padding: Literal["zeros", "pole", "pole-half"] = "pole"
     lon_margin: int = Field(0, ge=0)
@@ -73,7 +74,7 @@ class AutoencoderConfig(StrictModel):
     @property
     def factor(self) -> int:
         """Downsampling factor of each grid axis."""
-        return 2 ** (len(self.channels) - 1)
+        return self.stride ** (len(self.channels) - 1)
 
     @property
     def padding(self) -> tuple[int, int, int, int]:
