@@ -102,7 +102,8 @@ def run(
     lat = torch.linspace(-90, 90, H).tolist()
 
     def ae_factory() -> tuple[nn.Module, object]:
-        model = StateAutoencoder(ae_cfg).to(dev).train()
+        with dev:  # initialise on the device: a CPU init of 10^9 parameters takes a while
+            model = StateAutoencoder(ae_cfg).train()
         loss = WeightedMSE(lat, None).to(dev)
         x = torch.randn(batch, C, H, W, device=dev, generator=g)
 
@@ -113,7 +114,8 @@ def run(
         return model, step
 
     def dit_factory() -> tuple[nn.Module, object]:
-        model = LatentDiT(dn_cfg).to(dev).train()
+        with dev:
+            model = LatentDiT(dn_cfg).train()
         T = dn_cfg.window
         z = torch.randn(batch, T, c, h, w, device=dev, generator=g)
         sigma = torch.exp(torch.randn(batch, device=dev, generator=g))
