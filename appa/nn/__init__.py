@@ -2,6 +2,7 @@
 transformer, their losses and named presets from ``tiny`` (CPU) to ``paper`` scale."""
 
 from appa.nn.attention import (
+    LocalChunks,
     MultiheadSelfAttention,
     RotaryEmbedding3d,
     attention,
@@ -28,6 +29,7 @@ __all__ = [
     "DenoiserConfig",
     "DiTBlock",
     "LatentDiT",
+    "LocalChunks",
     "MultiheadSelfAttention",
     "NetworkPreset",
     "ResBlock",
