@@ -62,6 +62,32 @@ def showcase(
     run_showcase(cfg, out)
 
 
+@app.command("model-info")
+def model_info(
+    preset: Annotated[
+        str, typer.Argument(help="Network preset: tiny, small, appa-release or paper.")
+    ],
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 1,
+    overrides: OverridesOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Parameter counts, shapes, tokens and training-step memory of a preset (meta device)."""
+    import json
+
+    from appa.config import ConfigError
+    from appa.nn.info import format_info
+    from appa.nn.info import model_info as info_of
+    from appa.nn.presets import get_preset
+
+    try:
+        cfg = get_preset(preset, overrides or [])
+    except ConfigError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    info = info_of(cfg, preset, batch_size=batch_size)
+    typer.echo(json.dumps(info.as_dict(), indent=2) if as_json else format_info(info))
+
+
 def main() -> None:
     """Console entry point."""
     app()

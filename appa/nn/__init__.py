@@ -1,0 +1,47 @@
+"""Networks of the Earth-system prior: the state autoencoder, the latent trajectory
+transformer, their losses and named presets from ``tiny`` (CPU) to ``paper`` scale."""
+
+from appa.nn.attention import (
+    LocalChunks,
+    MultiheadSelfAttention,
+    RotaryEmbedding3d,
+    attention,
+    math_attention,
+    math_attention_enabled,
+)
+from appa.nn.autoencoder import ResBlock, StateAutoencoder
+from appa.nn.dates import DATE_FEATURES, date_features
+from appa.nn.losses import WeightedMSE, cell_area_weights, level_weights
+from appa.nn.presets import (
+    PRESETS,
+    AutoencoderConfig,
+    DenoiserConfig,
+    NetworkPreset,
+    get_preset,
+    preset_names,
+)
+from appa.nn.transformer import DiTBlock, LatentDiT
+
+__all__ = [
+    "DATE_FEATURES",
+    "PRESETS",
+    "AutoencoderConfig",
+    "DenoiserConfig",
+    "DiTBlock",
+    "LatentDiT",
+    "LocalChunks",
+    "MultiheadSelfAttention",
+    "NetworkPreset",
+    "ResBlock",
+    "RotaryEmbedding3d",
+    "StateAutoencoder",
+    "WeightedMSE",
+    "attention",
+    "cell_area_weights",
+    "date_features",
+    "get_preset",
+    "level_weights",
+    "math_attention",
+    "math_attention_enabled",
+    "preset_names",
+]

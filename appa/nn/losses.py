@@ -1,0 +1,109 @@
+"""The autoencoder's reconstruction loss: MSE weighted by grid-cell area and pressure level."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["WeightedMSE", "cell_area_weights", "level_weights"]
+
+
+def cell_area_weights(latitudes: Sequence[float] | Tensor) -> Tensor:
+    """Relative areas of the cells of a regular latitude-longitude grid, normalised to mean 1.
+
+    ``w_i = sin(phi_{i+1/2}) - sin(phi_{i-1/2})`` with cell bounds at the midpoints between rows
+    and at +-90 deg at the ends (WeatherBench2's definition).
+
+    Arguments:
+        latitudes: Row latitudes in degrees, strictly monotonic (ascending or descending),
+            within [-90, 90].
+
+    Returns:
+        ``(H,)`` float64 weights in the order of ``latitudes``.
+    """
+    lat = torch.as_tensor(latitudes, dtype=torch.float64).flatten()
+    if lat.numel() < 1:
+        raise ValueError("latitudes are empty")
+    if not torch.isfinite(lat).all() or lat.abs().max() > 90:
+        raise ValueError("latitudes must be finite and within [-90, 90] degrees")
+    descending = lat.numel() > 1 and bool(lat[0] > lat[-1])
+    ordered = lat.flip(0) if descending else lat
+    if lat.numel() > 1 and not bool((ordered.diff() > 0).all()):
+        raise ValueError("latitudes must be strictly monotonic")
+    mid = (ordered[1:] + ordered[:-1]) / 2
+    bounds = torch.cat([ordered.new_tensor([-90.0]), mid, ordered.new_tensor([90.0])])
+    w = torch.sin(torch.deg2rad(bounds[1:])) - torch.sin(torch.deg2rad(bounds[:-1]))
+    w = w / w.mean()
+    return w.flip(0) if descending else w
+
+
+def level_weights(
+    levels: Sequence[float | None], surface_weight: float = 1.0, power: float = 1.0
+) -> Tensor:
+    """Per-channel weights: proportional to ``pressure ** power`` for channels on pressure levels
+    (hPa, normalised to mean 1 over those channels), ``surface_weight`` for surface channels
+    (``None`` levels). Upper levels hold less mass, so they weigh less.
+
+    Returns:
+        ``(C,)`` float64.
+    """
+    if len(levels) == 0:
+        raise ValueError("levels are empty")
+    pressures = [p for p in levels if p is not None]
+    if any(not p > 0 for p in pressures):
+        raise ValueError(f"pressure levels must be positive (hPa), got {pressures}")
+    if surface_weight < 0:
+        raise ValueError(f"surface_weight must be >= 0, got {surface_weight}")
+    out = torch.full((len(levels),), float(surface_weight), dtype=torch.float64)
+    if pressures:
+        p = torch.tensor(pressures, dtype=torch.float64) ** power
+        p = p / p.mean()
+        index = torch.tensor([i for i, lv in enumerate(levels) if lv is not None])
+        out[index] = p
+    return out
+
+
+class WeightedMSE(nn.Module):
+    """``sum_{c,i,j} w_c a_i (x_hat - x)^2 / sum_{c,i,j} w_c a_i`` per sample.
+
+    A uniform error ``e`` gives ``e^2`` whatever the weights.
+
+    Arguments:
+        latitudes: Row latitudes (degrees) for the cell-area weights ``a_i``.
+        channel_weights: ``(C,)`` weights ``w_c`` (e.g. :func:`level_weights`); ones if None.
+    """
+
+    def __init__(
+        self, latitudes: Sequence[float] | Tensor, channel_weights: Sequence[float] | Tensor | None
+    ) -> None:
+        super().__init__()
+        area = cell_area_weights(latitudes).float()
+        self.register_buffer("area", area, persistent=False)
+        if channel_weights is None:
+            cw = None
+        else:
+            cw = torch.as_tensor(channel_weights, dtype=torch.float32).flatten()
+            if (cw < 0).any() or not torch.isfinite(cw).all() or cw.sum() <= 0:
+                raise ValueError("channel weights must be finite, non-negative, not all zero")
+        self.register_buffer("channel", cw, persistent=False)
+
+    def forward(self, x_hat: Tensor, x: Tensor) -> Tensor:
+        """``x_hat``, ``x``: ``(B, ..., C, H, W)``; returns the per-sample loss ``(B,)``."""
+        if x_hat.shape != x.shape:
+            raise ValueError(f"shapes differ: x_hat {tuple(x_hat.shape)} vs x {tuple(x.shape)}")
+        if x.ndim < 4 or x.shape[-2] != self.area.numel():
+            raise ValueError(
+                f"expected (B, ..., C, {self.area.numel()}, W) tensors, got {tuple(x.shape)}"
+            )
+        w = self.area[:, None]
+        if self.channel is not None:
+            if x.shape[-3] != self.channel.numel():
+                raise ValueError(
+                    f"{self.channel.numel()} channel weights for {x.shape[-3]} channels"
+                )
+            w = self.channel[:, None, None] * w
+            w = w / self.channel.mean()
+        se = (x_hat.float() - x.float()).square() * w
+        return se.flatten(1).mean(dim=1)

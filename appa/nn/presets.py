@@ -1,0 +1,302 @@
+"""Typed network configurations and the named presets, from ``tiny`` (CPU tests) to ``paper``.
+
+A preset is a :class:`NetworkPreset`: one :class:`AutoencoderConfig` and one
+:class:`DenoiserConfig` whose latent channels agree. Training configs refer to a preset by name
+and override fields with the usual ``key.sub=value`` strings::
+
+    preset = get_preset("small", ["denoiser.depth=12", "autoencoder.latent_noise=0.05"])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from appa.config import ConfigError, StrictModel, apply_overrides
+
+__all__ = [
+    "PRESETS",
+    "AutoencoderConfig",
+    "DenoiserConfig",
+    "NetworkPreset",
+    "get_preset",
+    "preset_names",
+]
+
+
+class AutoencoderConfig(StrictModel):
+    """The state autoencoder: ``(C, lat, lon)`` states to ``(latent_channels, h, w)`` latents.
+
+    Each stage after the first divides both grid axes by ``stride`` (pixel-unshuffle), so the
+    downsampling factor is ``stride ** (len(channels) - 1)``. Latitude is padded up to a
+    multiple of the factor and cropped back on decoding (``lat_padding``: ``zeros``, or the field
+    continued over the pole: ``pole`` for grids whose edge rows lie on the poles, ``pole-half``
+    for grids whose edge rows lie half a cell from them; see :func:`appa.nn.layers.pole_pad`).
+    Longitude is padded circularly to a multiple of the factor plus ``lon_margin`` latent
+    columns on each side (0 keeps the latent exactly periodic in longitude).
+    """
+
+    in_channels: int = Field(71, gt=0)
+    grid: tuple[int, int] = (721, 1440)
+    channels: list[int] = Field(default_factory=lambda: [64, 128, 256, 512, 768, 1024])
+    blocks: list[int] = Field(default_factory=lambda: [3, 3, 3, 3, 3, 3])
+    latent_channels: int = Field(128, gt=0)
+    stride: int = Field(2, ge=2)
+    kernel_size: int = Field(3, gt=0)
+    lat_padding: Literal["zeros", "pole", "pole-half"] = "pole"
+    lon_margin: int = Field(0, ge=0)
+    saturation: Literal["softclip", "softclip2", "tanh", "none"] = "softclip2"
+    saturation_bound: float = Field(5.0, gt=0)
+    latent_noise: float = Field(0.0, ge=0)
+    checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> AutoencoderConfig:
+        if not self.channels:
+            raise ValueError("channels must list at least one stage")
+        if len(self.channels) != len(self.blocks):
+            raise ValueError(
+                f"channels ({len(self.channels)} stages) and blocks ({len(self.blocks)} stages) "
+                "must have the same length"
+            )
+        if any(c <= 0 for c in self.channels) or any(b < 0 for b in self.blocks):
+            raise ValueError("channels must be positive and blocks non-negative")
+        if self.kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
+        if min(self.grid) <= 0:
+            raise ValueError(f"grid must be positive, got {self.grid}")
+        if self.lat_padding != "zeros" and self.grid[1] % 2:
+            raise ValueError(f"lat_padding={self.lat_padding!r} needs an even number of longitudes")
+        return self
+
+    @property
+    def factor(self) -> int:
+        """Downsampling factor of each grid axis."""
+        return self.stride ** (len(self.channels) - 1)
+
+    @property
+    def padding(self) -> tuple[int, int, int, int]:
+        """``(top, bottom, left, right)`` rows/columns added before encoding."""
+        H, W = self.grid
+        f = self.factor
+        dh = -H % f
+        dw = -W % f + 2 * self.lon_margin * f
+        return dh // 2, dh - dh // 2, dw // 2, dw - dw // 2
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """``(latent_channels, h, w)``."""
+        top, bottom, left, right = self.padding
+        H, W = self.grid
+        f = self.factor
+        return self.latent_channels, (H + top + bottom) // f, (W + left + right) // f
+
+    @property
+    def compression(self) -> float:
+        """Numbers in a state over numbers in its latent."""
+        c, h, w = self.latent_shape
+        return self.in_channels * self.grid[0] * self.grid[1] / (c * h * w)
+
+
+class DenoiserConfig(StrictModel):
+    """The latent trajectory transformer over windows ``(T, C, h, w)``.
+
+    Tokens are patches of ``patch = (frames, rows, columns)``. ``local_window`` optionally limits
+    attention to tokens within that many tokens along (time, lat, lon) (None on an axis: no
+    limit); ``attention="math"`` always uses the math attention path (JVP, double backward).
+    """
+
+    channels: int = Field(128, gt=0)
+    window: int = Field(24, gt=0)
+    width: int = Field(1024, gt=0)
+    depth: int = Field(16, gt=0)
+    heads: int = Field(8, gt=0)
+    ffn_factor: int = Field(4, gt=0)
+    mod_features: int = Field(256, gt=0)
+    patch: tuple[int, int, int] = (2, 1, 1)
+    date_features: int = Field(4, ge=0)
+    context_channels: int = Field(0, ge=0)
+    qk_norm: bool = True
+    rope_base: float = Field(100.0, gt=1)
+    periodic_lon: bool = True
+    local_window: tuple[int | None, int | None, int | None] | None = None
+    attention: Literal["sdpa", "math"] = "sdpa"
+    checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> DenoiserConfig:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        head_dim = self.width // self.heads
+        if head_dim % 2 or head_dim // 2 < 3:
+            raise ValueError(f"head dimension {head_dim} must be even and at least 6 (3-D RoPE)")
+        if self.mod_features % 2:
+            raise ValueError(f"mod_features must be even, got {self.mod_features}")
+        if min(self.patch) <= 0:
+            raise ValueError(f"patch sizes must be positive, got {self.patch}")
+        if self.window % self.patch[0]:
+            raise ValueError(f"window {self.window} is not divisible by patch[0]={self.patch[0]}")
+        if self.local_window is not None and any(
+            w is not None and w < 0 for w in self.local_window
+        ):
+            raise ValueError(f"local_window entries must be >= 0, got {self.local_window}")
+        return self
+
+    def tokens(self, latent_grid: tuple[int, int]) -> int:
+        """Tokens per window for a latent grid ``(h, w)``."""
+        pt, ph, pw = self.patch
+        h, w = latent_grid
+        return (self.window // pt) * (h // ph) * (w // pw)
+
+
+class NetworkPreset(StrictModel):
+    """An autoencoder and a latent denoiser that fit together."""
+
+    description: str = ""
+    autoencoder: AutoencoderConfig
+    denoiser: DenoiserConfig
+
+    @model_validator(mode="after")
+    def _check(self) -> NetworkPreset:
+        c, h, w = self.autoencoder.latent_shape
+        if self.denoiser.channels != c:
+            raise ValueError(
+                f"denoiser.channels={self.denoiser.channels} must equal "
+                f"autoencoder.latent_channels={c}"
+            )
+        _, ph, pw = self.denoiser.patch
+        if h % ph or w % pw:
+            raise ValueError(
+                f"latent grid {h}x{w} is not divisible by the denoiser patch {ph}x{pw}"
+            )
+        if self.denoiser.periodic_lon and self.autoencoder.lon_margin:
+            raise ValueError(
+                "denoiser.periodic_lon needs autoencoder.lon_margin=0 (a latent with margins "
+                "is not periodic)"
+            )
+        return self
+
+
+def _tiny() -> NetworkPreset:
+    return NetworkPreset(
+        description="CPU tests and demos: 5 channels on a 32 x 64 grid",
+        autoencoder=AutoencoderConfig(
+            in_channels=5,
+            grid=(32, 64),
+            channels=[16, 32, 64],
+            blocks=[1, 1, 1],
+            latent_channels=8,
+            lat_padding="pole-half",
+        ),
+        denoiser=DenoiserConfig(
+            channels=8,
+            window=4,
+            width=64,
+            depth=2,
+            heads=4,
+            mod_features=64,
+            patch=(1, 2, 2),
+        ),
+    )
+
+
+def _small() -> NetworkPreset:
+    return NetworkPreset(
+        description="one-GPU experiments: 71 channels on the 1.5 deg 121 x 240 grid",
+        autoencoder=AutoencoderConfig(
+            in_channels=71,
+            grid=(121, 240),
+            channels=[64, 128, 256, 256],
+            blocks=[2, 2, 2, 2],
+            latent_channels=32,
+        ),
+        denoiser=DenoiserConfig(
+            channels=32,
+            window=8,
+            width=384,
+            depth=8,
+            heads=6,
+            mod_features=128,
+            patch=(2, 1, 1),
+        ),
+    )
+
+
+def _appa_release() -> NetworkPreset:
+    # The shapes of Appa's public release: 32x down-sampling of 721 x 1440 with one latent
+    # column of circular margin on each side gives the 23 x 47 latent.
+    return NetworkPreset(
+        description="shapes of Appa's public release (0.25 deg, 71 channels)",
+        autoencoder=AutoencoderConfig(
+            in_channels=71,
+            grid=(721, 1440),
+            channels=[64, 128, 256, 512, 768, 1024],
+            blocks=[3, 3, 3, 3, 3, 3],
+            latent_channels=128,
+            lon_margin=1,
+        ),
+        denoiser=DenoiserConfig(
+            channels=128,
+            window=24,
+            width=1024,
+            depth=16,
+            heads=8,
+            mod_features=256,
+            patch=(2, 1, 1),
+            periodic_lon=False,
+        ),
+    )
+
+
+def _paper() -> NetworkPreset:
+    return NetworkPreset(
+        description="flagship: ~500M autoencoder, ~1B latent denoiser (0.25 deg, 71 channels)",
+        autoencoder=AutoencoderConfig(
+            in_channels=71,
+            grid=(721, 1440),
+            channels=[96, 192, 384, 640, 960, 1280],
+            blocks=[3, 3, 3, 3, 3, 3],
+            latent_channels=144,
+        ),
+        denoiser=DenoiserConfig(
+            channels=144,
+            window=24,
+            width=1536,
+            depth=30,
+            heads=12,
+            mod_features=512,
+            patch=(2, 1, 1),
+            checkpointing=True,
+        ),
+    )
+
+
+PRESETS: dict[str, Callable[[], NetworkPreset]] = {
+    "tiny": _tiny,
+    "small": _small,
+    "appa-release": _appa_release,
+    "paper": _paper,
+}
+
+
+def preset_names() -> list[str]:
+    """Names of the presets."""
+    return list(PRESETS)
+
+
+def get_preset(name: str, overrides: Iterable[str] = ()) -> NetworkPreset:
+    """The preset ``name`` with ``key.sub=value`` overrides applied (validated)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown network preset {name!r}; choose one of {preset_names()}")
+    base = PRESETS[name]().model_dump()
+    data = apply_overrides(base, overrides)
+    try:
+        return NetworkPreset.model_validate(data)
+    except ValidationError as error:
+        lines = [f"invalid overrides of preset {name!r}:"]
+        for item in error.errors():
+            key = ".".join(str(p) for p in item["loc"]) or "<root>"
+            lines.append(f"  {key}: {item['msg']}")
+        raise ConfigError("\n".join(lines)) from None
