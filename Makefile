@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml deploy/install.sh
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/appa showcase --out outputs/showcase
+	$(VENV)/bin/appa showcase --config pipelines/configs/showcase.yaml --out outputs/showcase
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -187,3 +187,44 @@ def test_gaussian_mixture_benchmark_mmps_beats_guidance_baselines(d, m):
     results["prior"] = sliced_wasserstein(p.prior.sample(1000), reference)
     assert results["mmps"] < 0.5 * results["prior"], results
     assert results["mmps"] < results["diag"], results
+
+
+def test_mmps_through_a_bf16_autocast_network_keeps_a_float64_solve():
+    """The network runs in bf16 under autocast; MMPS's outputs stay float32 and close to the
+    full-precision result, and the Krylov iterations see float64 vectors."""
+    from torch import nn
+
+    from appa.diffusion import EDMDenoiser, krylov
+
+    class Backbone(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(9, 32), nn.SiLU(), nn.Linear(32, 8))
+
+        def forward(self, x, c_noise):
+            return self.net(torch.cat([x, c_noise[:, None]], dim=-1))
+
+    torch.manual_seed(0)
+    backbone = Backbone()
+    A = torch.randn(3, 8)
+    obs = GaussianObservation.from_matrix(A, torch.randn(3), 0.1)
+    x_t = torch.randn(4, 8)
+    sigma = torch.full((4,), 0.8)
+    full = MMPSDenoiser(EDMDenoiser(backbone), obs, solver="cg", iterations=3)(x_t, sigma)
+    seen = []
+    original = krylov._dot
+
+    def spy(a, b):
+        seen.append(a.dtype)
+        return original(a, b)
+
+    krylov._dot = spy
+    try:
+        mixed_den = EDMDenoiser(backbone, autocast_dtype=torch.bfloat16)
+        mixed = MMPSDenoiser(mixed_den, obs, solver="cg", iterations=3)(x_t, sigma)
+    finally:
+        krylov._dot = original
+    assert mixed.dtype == torch.float32 and torch.isfinite(mixed).all()
+    assert set(seen) == {torch.float64}
+    torch.testing.assert_close(mixed, full, rtol=0.05, atol=0.05)
+    assert not torch.equal(mixed, full)  # bf16 really ran

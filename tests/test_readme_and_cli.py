@@ -88,3 +88,14 @@ def test_config_loading_and_overrides(tmp_path):
     path.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(_Outer, path)
+
+
+def test_every_pipeline_config_validates():
+    from appa.showcase import ShowcaseConfig
+
+    models = {"showcase.yaml": ShowcaseConfig}
+    paths = sorted((ROOT / "pipelines" / "configs").glob("*.yaml"))
+    assert paths
+    for path in paths:
+        assert path.name in models, f"{path.name}: no config model registered in this test"
+        load_config(models[path.name], path)
