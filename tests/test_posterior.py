@@ -228,3 +228,22 @@ def test_mmps_through_a_bf16_autocast_network_keeps_a_float64_solve():
     assert set(seen) == {torch.float64}
     torch.testing.assert_close(mixed, full, rtol=0.05, atol=0.05)
     assert not torch.equal(mixed, full)  # bf16 really ran
+
+
+def test_mmps_heuristic_covariance_is_exact_for_a_standard_normal_prior():
+    """For N(0, s_d^2 I), Cov[x | x_t] = sigma^2 s_d^2 / (sigma^2 + s_d^2) I: the heuristic is
+    exact there and needs no VJP through the denoiser; for a correlated prior it is not exact."""
+    g = torch.Generator().manual_seed(3)
+    d, m = 12, 5
+    A = torch.randn(m, d, generator=g, dtype=f64)
+    y = torch.randn(m, generator=g, dtype=f64)
+    x_t = torch.randn(3, d, generator=g, dtype=f64)
+    sigma = torch.tensor([0.1, 1.0, 10.0], dtype=f64)
+    white = GaussianPrior(torch.zeros(d, dtype=f64), 4.0 * torch.eye(d, dtype=f64))
+    obs = GaussianObservation.from_matrix(A, y, 0.05)
+    heuristic = MMPSDenoiser(white, obs, solver="direct", covariance="heuristic", sigma_data=2.0)
+    exact = white.posterior(A, y, 0.05)
+    torch.testing.assert_close(heuristic(x_t, sigma), exact(x_t, sigma))
+    p = linear_gaussian_problem(d=d, m=m, seed=2)
+    approx = MMPSDenoiser(p.prior, p.observation, solver="direct", covariance="heuristic")
+    assert not torch.allclose(approx(x_t, sigma), p.posterior(x_t, sigma), atol=1e-3)
