@@ -62,6 +62,33 @@ def showcase(
     run_showcase(cfg, out)
 
 
+@app.command("toy-earth")
+def toy_earth(
+    out: Annotated[Path, typer.Option(help="Output Zarr store (written atomically).")],
+    years: Annotated[float | None, typer.Option(help="Simulated years after spin-up.")] = None,
+    grid: Annotated[str | None, typer.Option(help="Output grid NLONxNLAT: 64x32, 128x64.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the initial perturbation.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    config: ConfigOption = None,
+    overrides: OverridesOption = None,
+) -> None:
+    """Run the toy Earth (two-layer QG atmosphere) and write it in the canonical ERA5 layout."""
+    from appa.config import ConfigError, load_config
+    from appa.data.toy_earth import ToyEarthConfig, write_toy_earth
+
+    extra = [
+        f"{k}={v}" for k, v in (("years", years), ("grid", grid), ("seed", seed)) if v is not None
+    ]
+    try:
+        cfg = load_config(ToyEarthConfig, config, [*(overrides or []), *extra])
+        path = write_toy_earth(cfg, out, progress=progress, overwrite=overwrite)
+    except (ConfigError, FileExistsError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {path}")
+
+
 def main() -> None:
     """Console entry point."""
     app()
