@@ -111,12 +111,12 @@ class ToyEarthConfig(StrictModel):
     seed: int = Field(0, description="initial perturbation; the planet is fixed by planet_seed")
     planet_seed: int = Field(1, description="continents and orography")
     spinup_days: float = Field(300.0, ge=0)
-    levels: list[int] = Field(default_factory=lambda: [250, 500, 850])
+    levels: list[int] = Field(default_factory=lambda: [250, 500, 700])
     truncation: int | None = Field(None, ge=5, description="spectral T; default nlat // 1.5")
     dt_minutes: float | None = Field(None, gt=0, description="time step; default 60 at T21")
     # Physics.
     deformation_radius_km: float = Field(500.0, gt=0)
-    equator_pole_contrast_k: float = Field(55.0, ge=0, description="radiative equilibrium")
+    equator_pole_contrast_k: float = Field(80.0, ge=0, description="radiative equilibrium")
     seasonal_contrast_k: float = Field(20.0, ge=0, description="hemispheric, at the solstices")
     radiative_days: float = Field(30.0, gt=0)
     ekman_days: float = Field(3.0, gt=0)
@@ -141,8 +141,11 @@ class ToyEarthConfig(StrictModel):
     def _levels(cls, value: list[int]) -> list[int]:
         if not value or len(set(value)) != len(value):
             raise ValueError("levels must be a non-empty list of distinct pressures in hPa")
-        if any(not 1 <= p <= 1000 for p in value):
-            raise ValueError(f"levels must lie in [1, 1000] hPa, got {value}")
+        if any(not P_UPPER <= p <= P_LOWER for p in value):
+            raise ValueError(
+                f"levels must lie between the model layers, [{P_UPPER:g}, {P_LOWER:g}] hPa, "
+                f"got {value}"
+            )
         return sorted(value)
 
     @field_validator("start")
@@ -198,6 +201,7 @@ class ToyEarth:
         mu_out = np.sin(np.radians(self.latitude))
         self.basis_out = sh.basis(mu_out)
         self.cos_out = np.cos(np.radians(self.latitude))[:, None]
+        self.f_out = 2 * OMEGA * np.sin(np.radians(self.latitude))[:, None]
 
         # Constants in spectral space.
         lap = sh.laplacian
@@ -212,11 +216,19 @@ class ToyEarth:
         self.h_spec = sh.to_spectral(h_grid)
         self.land = (self.planet_field_out > thr).astype(np.float64)
         self.orography = np.clip(self.to_output(self.h_spec), 0.0, None) * self.land
-        self.qbar = np.stack([f_spec, f_spec + F0 * self.h_spec / 5000.0])
-        # Radiative-equilibrium thickness psi1 - psi2 = (R ln(p2/p1) / f0) T_e.
-        scale = R_DRY * math.log(P_LOWER / P_UPPER) / F0
-        self.te_mean = scale * sh.to_spectral(-cfg.equator_pole_contrast_k * (mu_grid**2 - 1 / 3))
-        self.te_season = scale * sh.to_spectral(cfg.seasonal_contrast_k * mu_grid)
+        # Orography enters the lower-layer PV as f h / H2 (H2 = 5 km).
+        topo = sh.to_spectral(2 * OMEGA * mu_grid * h_grid / 5000.0)
+        self.qbar = np.stack([f_spec, f_spec + topo])
+        # Radiative equilibrium of the thickness psi1 - psi2 = R ln(p2/p1) T_e / f: an odd profile
+        # in mu, so that the thermal-wind shear is westerly in both hemispheres, and the
+        # temperature f (psi1 - psi2) / (R ln(p2/p1)) is -dT (mu^2 + 3 mu^4) / 4 (+ seasons).
+        scale = R_DRY * math.log(P_LOWER / P_UPPER) / (2 * OMEGA)
+        self.te_mean = scale * sh.to_spectral(
+            -cfg.equator_pole_contrast_k * (0.25 * mu_grid + 0.75 * mu_grid**3)
+        )
+        self.te_season = scale * sh.to_spectral(cfg.seasonal_contrast_k * mu_grid**2)
+        # The equilibrium profile has global mean -dT (1/3 + 3/5) / 4: added back to temperatures.
+        self.t_offset = cfg.equator_pole_contrast_k * (1 / 3 + 3 / 5) / 4
         # Hyperdiffusion (del^8) as an exact integrating factor per step.
         rate = (sh.l * (sh.l + 1) / (T * (T + 1))) ** 4 / (cfg.hyperdiffusion_hours * 3600.0)
         self.damp = np.exp(-rate * self.dt) * sh.mask
@@ -321,8 +333,8 @@ class ToyEarth:
     # ----------------------------------------------------------------------------- outputs
     def _temperature_anomaly(self) -> NDArray:
         psi = self.invert(self.Q)
-        bc = 0.5 * self.to_output(psi[0] - psi[1])
-        return 2.0 * F0 * bc / (R_DRY * math.log(P_LOWER / P_UPPER))
+        thickness = self.to_output(psi[0] - psi[1])
+        return self.f_out * thickness / (R_DRY * math.log(P_LOWER / P_UPPER)) + self.t_offset
 
     def fields(self) -> dict[str, NDArray]:
         """Diagnostics at the current time on the output grid, canonical names and SI units.
@@ -337,17 +349,18 @@ class ToyEarth:
         bt, bc = 0.5 * (grids[0] + grids[1]), 0.5 * (grids[0] - grids[1])
         ubt, ubc = 0.5 * (u[0] + u[1]), 0.5 * (u[0] - u[1])
         vbt, vbc = 0.5 * (v[0] + v[1]), 0.5 * (v[0] - v[1])
-        t_anom = 2.0 * F0 * bc / (R_DRY * math.log(P_LOWER / P_UPPER))
+        t_anom = 2.0 * self.f_out * bc / (R_DRY * math.log(P_LOWER / P_UPPER)) + self.t_offset
         out: dict[str, list[NDArray] | NDArray] = {name: [] for name in ATMOSPHERIC_VARIABLES}
         for p in cfg.levels:
             S = _structure(p)
-            out["geopotential"].append(_standard_geopotential(p) + F0 * (bt + S * bc))
+            out["geopotential"].append(_standard_geopotential(p) + self.f_out * (bt + S * bc))
             out["temperature"].append(_standard_temperature(p) + t_anom)
             out["u_component_of_wind"].append(ubt + S * ubc)
             out["v_component_of_wind"].append(vbt + S * vbc)
         for name in ATMOSPHERIC_VARIABLES:
             out[name] = np.stack(out[name])
-        S = _structure(1000.0)
+        # Surface fields come from the lower layer, which feels the Ekman drag (the boundary
+        # layer); its temperature is the thickness temperature at the 1000 hPa reference.
         rho0 = P0 / (R_DRY * T0)
         t1000 = _standard_temperature(1000.0) + t_anom
         hour = self.time.hour + self.time.minute / 60.0
@@ -358,9 +371,9 @@ class ToyEarth:
         out["2m_temperature"] = (
             t1000 - LAPSE * self.orography + amplitude * self.cos_out * np.cos(local)
         )
-        out["mean_sea_level_pressure"] = P0 + rho0 * F0 * (bt + S * bc)
-        out["10m_u_component_of_wind"] = 0.7 * (ubt + S * ubc)
-        out["10m_v_component_of_wind"] = 0.7 * (vbt + S * vbc)
+        out["mean_sea_level_pressure"] = P0 + rho0 * self.f_out * grids[1]
+        out["10m_u_component_of_wind"] = 0.7 * u[1]
+        out["10m_v_component_of_wind"] = 0.7 * v[1]
         out["sea_surface_temperature"] = np.where(self.land > 0.5, np.nan, self.sst)
         return out
 
@@ -381,7 +394,7 @@ class ToyEarth:
 
 
 def _day_of_year(time: pd.Timestamp) -> float:
-    return time.dayofyear - 1 + (time.hour + time.minute / 60.0) / 24.0
+    return time.day_of_year - 1 + (time.hour + time.minute / 60.0) / 24.0
 
 
 # --------------------------------------------------------------------------------- writing
@@ -510,7 +523,8 @@ def write_toy_earth(
                     mode="w",
                     encoding=encoding,
                     zarr_format=config.zarr_format,
-                    consolidated=True,
+                    # Consolidated metadata is part of format 2 only.
+                    consolidated=config.zarr_format == 2,
                 )
             else:
                 ds.to_zarr(
