@@ -108,7 +108,7 @@ def normalize(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
 def _rename(ds: xr.Dataset, source: str) -> xr.Dataset:
     names = {}
     for old, new in DIM_ALIASES.items():
-        if new is None or old not in ds.variables and old not in ds.dims:
+        if new is None or (old not in ds.variables and old not in ds.dims):
             continue
         if new in ds.variables or new in ds.dims:
             # A store with both (e.g. ``time`` and ``valid_time``): keep the canonical one.
