@@ -89,6 +89,29 @@ def toy_earth(
     typer.echo(f"wrote {path}")
 
 
+@app.command()
+def observe(
+    truth: Annotated[Path, typer.Option(help="Gridded truth store (any ERA5 layout).")],
+    out: Annotated[Path, typer.Option(help="Output observation store (written atomically).")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+    config: ConfigOption = None,
+    overrides: OverridesOption = None,
+) -> None:
+    """Simulate station, satellite and coarse-grained observations of a gridded truth."""
+    from appa.config import ConfigError, load_config
+    from appa.data.sources import SelectionError
+    from appa.observations.schema import ObservationError
+    from appa.observations.simulators import ObserveConfig, observe_store
+
+    try:
+        cfg = load_config(ObserveConfig, config, overrides or [])
+        path, n = observe_store(str(truth), cfg, str(out), overwrite=overwrite)
+    except (ConfigError, ObservationError, SelectionError, FileExistsError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {n} observations to {path}")
+
+
 def main() -> None:
     """Console entry point."""
     app()
