@@ -133,7 +133,7 @@ def test_ground_track_orbit_and_earth_rotation():
     period = 2 * np.pi * np.sqrt(((6371 + 800) * 1e3) ** 3 / 3.986004418e14)
     assert period / 60 == pytest.approx(100.7, abs=0.3)
     t = np.linspace(0, 86400, 20000)
-    lat, lon = ground_track(t, cfg)
+    lat, _ = ground_track(t, cfg)
     assert np.abs(lat).max() == pytest.approx(75.0, abs=0.1)
     # Successive ascending equator crossings drift west by the Earth's rotation in one period.
     _, lon0 = ground_track(np.array([0.0]), cfg)
