@@ -123,6 +123,7 @@ class WindowDataset(Dataset):
             raise ValueError(
                 f"no window of {window} consecutive states in {self.store} within {period}"
             )
+        self.dates = date_features(times)  # once, not per item
         self._ds: xr.Dataset | None = ds
         if self.stats is not None:
             self._mean = self.stats.mean.astype(np.float32)[:, None, None]
@@ -178,7 +179,7 @@ class WindowDataset(Dataset):
             raise ValueError(f"NaN in unmasked channels {names} at time index {start}")
         times = self.times[start : start + self.window]
         item["state"] = torch.from_numpy(np.ascontiguousarray(x))
-        item["date"] = torch.from_numpy(date_features(times))
+        item["date"] = torch.from_numpy(self.dates[start : start + self.window])
         item["time"] = torch.from_numpy(times.astype("datetime64[ns]").astype(np.int64))
         return item
 
@@ -210,6 +211,7 @@ class LatentWindowDataset(Dataset):
         if self.starts.size == 0:
             raise ValueError(f"no window of {window} consecutive latents in {self.store}")
         self.latent_shape = tuple(ds[variable].shape[1:])
+        self.dates = date_features(times)
         self._ds: xr.Dataset | None = ds
 
     def _open(self) -> xr.Dataset:
@@ -243,6 +245,6 @@ class LatentWindowDataset(Dataset):
         times = self.times[start : start + self.window]
         return {
             "latent": torch.from_numpy(z.astype(np.float32, copy=False)),
-            "date": torch.from_numpy(date_features(times)),
+            "date": torch.from_numpy(self.dates[start : start + self.window]),
             "time": torch.from_numpy(times.astype("datetime64[ns]").astype(np.int64)),
         }

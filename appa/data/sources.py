@@ -176,7 +176,11 @@ def select(
             missing = [p for p in levels if p not in have]
             if missing:
                 raise SelectionError(f"{source}: levels {missing} hPa not found; it has {have}")
-            ds = ds.sel(level=levels)
+            index = [have.index(p) for p in levels]
+            if index != list(range(len(have))):
+                # A contiguous run stays a slice (basic indexing, cheaper on stores).
+                contiguous = index == list(range(index[0], index[0] + len(index)))
+                ds = ds.isel(level=slice(index[0], index[-1] + 1) if contiguous else index)
     if time is not None:
         if "time" not in ds.dims:
             raise SelectionError(f"{source}: has no time dimension")
