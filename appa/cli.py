@@ -70,6 +70,7 @@ def toy_earth(
     seed: Annotated[int | None, typer.Option(help="Seed of the initial perturbation.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    plot: Annotated[Path | None, typer.Option(help="Also save a figure (PNG) here.")] = None,
     config: ConfigOption = None,
     overrides: OverridesOption = None,
 ) -> None:
@@ -87,6 +88,10 @@ def toy_earth(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"wrote {path}")
+    if plot is not None:
+        from appa.data.plots import plot_snapshot
+
+        typer.echo(f"figure: {plot_snapshot(path, plot)}")
 
 
 @app.command()

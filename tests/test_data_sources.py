@@ -211,3 +211,16 @@ def test_normalize_rejects_bad_layouts(reference):
         normalize(bad)
     with pytest.raises(LayoutError, match="not in the canonical layout"):
         check_canonical(reference.isel(latitude=slice(None, None, -1)))
+
+
+def test_earthkit_cfgrib_style_time_and_step(reference):
+    """GRIB through cfgrib: analysis ``time`` plus a length-1 ``step``, ``valid_time`` coord."""
+    ds = reference.rename(temperature="t", level="isobaricInhPa")[["t"]]
+    ds = ds.assign_coords(time=ds.time - np.timedelta64(6, "h")).expand_dims(
+        step=[np.timedelta64(6, "h")], axis=1
+    )
+    ds = ds.assign_coords(valid_time=(("time", "step"), (ds.time + ds.step).values))
+    out = from_earthkit(ds)
+    np.testing.assert_array_equal(out.time.values, reference.time.values)
+    assert out.temperature.dims == ("time", "level", "latitude", "longitude")
+    np.testing.assert_array_equal(out.temperature.values, reference.temperature.values)

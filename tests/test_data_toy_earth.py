@@ -21,7 +21,7 @@ from appa.data.toy_earth import (
 def test_layout_is_canonical(tmp_path, zarr_format):
     cfg = ToyEarthConfig(years=0.02, spinup_days=2, zarr_format=zarr_format, time_chunk=8)
     path = write_toy_earth(cfg, tmp_path / "toy.zarr", progress=False)
-    ds = xr.open_zarr(path, zarr_format=zarr_format)
+    ds = xr.open_zarr(path, zarr_format=zarr_format, consolidated=zarr_format == 2)
     n = round(0.02 * 365.2425 * 4)
     assert set(ds.data_vars) == {*ATMOSPHERIC_VARIABLES, *SURFACE_VARIABLES, *STATIC_VARIABLES}
     for name in ATMOSPHERIC_VARIABLES:

@@ -5,25 +5,27 @@ A small global model that runs on a laptop CPU and writes exactly the canonical 
 WeatherBench2 names, SI units, level in hPa, CF attributes, a real date axis), so that every
 later stage runs unchanged on it.
 
-Dynamics (spectral transform method, triangular truncation, Gaussian grid): potential vorticity
+Dynamics (own spectral transform solver, triangular truncation T21 for 64x32 and T43 for
+128x64, Gaussian grid, third-order Adams-Bashforth steps of one hour at T21): potential vorticity
 
     q1 = lap(psi1) - F (psi1 - psi2) + f
-    q2 = lap(psi2) + F (psi1 - psi2) + f + f0 h / H2
+    q2 = lap(psi2) + F (psi1 - psi2) + f + f h / H2
 
 is advected by the non-divergent winds of each layer. Newtonian cooling relaxes the layer
 thickness ``psi1 - psi2`` (temperature, by hydrostatic balance) towards a radiative equilibrium
-with an equator-to-pole contrast and a seasonal cycle; the lower layer feels Ekman drag and
-synthetic orography; scale-selective hyperdiffusion removes enstrophy at the truncation. The
+with an equator-to-pole contrast and a seasonal cycle (constant deformation radius; thickness
+and geopotential use the local Coriolis parameter, so that both hemispheres have westerly
+jets and cold poles); the lower layer feels Ekman drag and synthetic orography; scale-selective hyperdiffusion removes enstrophy at the truncation. The
 jets are baroclinically unstable, so the flow is chaotic and, after spin-up, statistically
 stationary (cyclostationary with the seasons).
 
 Diagnostics on pressure levels use a vertical structure linear in ``log p`` through the two
 layers (250 and 750 hPa): streamfunction ``psi(p) = psi_bt + psi_bc S(p)``; geopotential
-``Phi = Phi_std(p) + f0 psi(p)`` (geostrophic); winds from ``psi(p)``; temperature from the
-hydrostatic relation ``T = -(1/R) dPhi/dlog p`` (so from the layer thickness). Surface fields:
-mean sea-level pressure from the 1000 hPa geopotential, 2 m temperature from the 1000 hPa
-temperature with a lapse-rate correction over orography and a diurnal cycle stronger over land,
-10 m winds from the 1000 hPa winds reduced by surface friction, and a slab-ocean sea-surface
+``Phi = Phi_std(p) + f psi(p)`` (geostrophic); winds from ``psi(p)``; temperature from the
+hydrostatic relation ``T = -(1/R) dPhi/dlog p`` (so from the layer thickness). Surface fields
+come from the lower layer (the one under Ekman drag): mean sea-level pressure from its
+geostrophic pressure, 2 m temperature from the 1000 hPa temperature with a lapse-rate
+correction over orography and a diurnal cycle stronger over land, 10 m winds from its winds reduced by surface friction, and a slab-ocean sea-surface
 temperature (NaN over land, as in ERA5).
 """
 
@@ -117,6 +119,7 @@ class ToyEarthConfig(StrictModel):
     # Physics.
     deformation_radius_km: float = Field(500.0, gt=0)
     equator_pole_contrast_k: float = Field(80.0, ge=0, description="radiative equilibrium")
+    polar_weight: float = Field(0.3, ge=0, le=1, description="share of sin^4 in the profile")
     seasonal_contrast_k: float = Field(20.0, ge=0, description="hemispheric, at the solstices")
     radiative_days: float = Field(30.0, gt=0)
     ekman_days: float = Field(3.0, gt=0)
@@ -221,14 +224,15 @@ class ToyEarth:
         self.qbar = np.stack([f_spec, f_spec + topo])
         # Radiative equilibrium of the thickness psi1 - psi2 = R ln(p2/p1) T_e / f: an odd profile
         # in mu, so that the thermal-wind shear is westerly in both hemispheres, and the
-        # temperature f (psi1 - psi2) / (R ln(p2/p1)) is -dT (mu^2 + 3 mu^4) / 4 (+ seasons).
+        # temperature f (psi1 - psi2) / (R ln(p2/p1)) is -dT ((1 - w) mu^2 + w mu^4) (+ seasons).
         scale = R_DRY * math.log(P_LOWER / P_UPPER) / (2 * OMEGA)
+        w = cfg.polar_weight
         self.te_mean = scale * sh.to_spectral(
-            -cfg.equator_pole_contrast_k * (0.25 * mu_grid + 0.75 * mu_grid**3)
+            -cfg.equator_pole_contrast_k * ((1 - w) * mu_grid + w * mu_grid**3)
         )
         self.te_season = scale * sh.to_spectral(cfg.seasonal_contrast_k * mu_grid**2)
-        # The equilibrium profile has global mean -dT (1/3 + 3/5) / 4: added back to temperatures.
-        self.t_offset = cfg.equator_pole_contrast_k * (1 / 3 + 3 / 5) / 4
+        # The equilibrium profile's global mean, -dT ((1 - w) / 3 + w / 5), is added back.
+        self.t_offset = cfg.equator_pole_contrast_k * ((1 - w) / 3 + w / 5)
         # Hyperdiffusion (del^8) as an exact integrating factor per step.
         rate = (sh.l * (sh.l + 1) / (T * (T + 1))) ** 4 / (cfg.hyperdiffusion_hours * 3600.0)
         self.damp = np.exp(-rate * self.dt) * sh.mask
