@@ -5,8 +5,8 @@ A small global model that runs on a laptop CPU and writes exactly the canonical 
 WeatherBench2 names, SI units, level in hPa, CF attributes, a real date axis), so that every
 later stage runs unchanged on it.
 
-Dynamics (own spectral transform solver, triangular truncation T21 for 64x32 and T43 for
-128x64, Gaussian grid, third-order Adams-Bashforth steps of one hour at T21): potential vorticity
+Dynamics (own spectral transform solver, triangular truncation T21 for 64x32 and T43 for 128x64,
+Gaussian grid, third-order Adams-Bashforth steps of one hour at T21): potential vorticity
 
     q1 = lap(psi1) - F (psi1 - psi2) + f
     q2 = lap(psi2) + F (psi1 - psi2) + f + f h / H2
@@ -14,19 +14,19 @@ Dynamics (own spectral transform solver, triangular truncation T21 for 64x32 and
 is advected by the non-divergent winds of each layer. Newtonian cooling relaxes the layer
 thickness ``psi1 - psi2`` (temperature, by hydrostatic balance) towards a radiative equilibrium
 with an equator-to-pole contrast and a seasonal cycle (constant deformation radius; thickness
-and geopotential use the local Coriolis parameter, so that both hemispheres have westerly
-jets and cold poles); the lower layer feels Ekman drag and synthetic orography; scale-selective hyperdiffusion removes enstrophy at the truncation. The
-jets are baroclinically unstable, so the flow is chaotic and, after spin-up, statistically
-stationary (cyclostationary with the seasons).
+and geopotential use the local Coriolis parameter, so that both hemispheres have westerly jets
+and cold poles); the lower layer feels Ekman drag and synthetic orography; scale-selective
+hyperdiffusion removes enstrophy at the truncation. The jets are baroclinically unstable, so the
+flow is chaotic and, after spin-up, statistically stationary (cyclostationary with the seasons).
 
 Diagnostics on pressure levels use a vertical structure linear in ``log p`` through the two
-layers (250 and 750 hPa): streamfunction ``psi(p) = psi_bt + psi_bc S(p)``; geopotential
-``Phi = Phi_std(p) + f psi(p)`` (geostrophic); winds from ``psi(p)``; temperature from the
-hydrostatic relation ``T = -(1/R) dPhi/dlog p`` (so from the layer thickness). Surface fields
-come from the lower layer (the one under Ekman drag): mean sea-level pressure from its
-geostrophic pressure, 2 m temperature from the 1000 hPa temperature with a lapse-rate
-correction over orography and a diurnal cycle stronger over land, 10 m winds from its winds reduced by surface friction, and a slab-ocean sea-surface
-temperature (NaN over land, as in ERA5).
+layers (250 and 750 hPa): streamfunction ``psi(p) = psi_bt + psi_bc S(p)``; geopotential ``Phi =
+Phi_std(p) + f psi(p)`` (geostrophic); winds from ``psi(p)``; temperature from the hydrostatic
+relation ``T = -(1/R) dPhi/dlog p`` (so from the layer thickness). Surface fields come from the
+lower layer (the one under Ekman drag): mean sea-level pressure from its geostrophic pressure, 2
+m temperature from the 1000 hPa temperature with a lapse-rate correction over orography and a
+diurnal cycle stronger over land, 10 m winds from its winds reduced by surface friction, and a
+slab-ocean sea-surface temperature (NaN over land, as in ERA5).
 """
 
 from __future__ import annotations
