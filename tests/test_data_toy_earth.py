@@ -149,3 +149,23 @@ def test_stationary(spun_up):
         std_b = np.sqrt((((b - mean_b) ** 2) * w).mean())
         assert abs(mean_a - mean_b) < 0.1 * (std_a + std_b) / 2, ch
         assert 0.9 < std_a / std_b < 1.1, ch
+
+
+def test_cli_toy_earth(tmp_path):
+    from typer.testing import CliRunner
+
+    from appa.cli import app
+
+    out = tmp_path / "toy.zarr"
+    args = ["toy-earth", "--out", str(out), "--years", "0.005", "--seed", "2", "--no-progress"]
+    result = CliRunner().invoke(app, [*args, "--set", "spinup_days=1"])
+    assert result.exit_code == 0, result.output
+    ds = xr.open_zarr(out)
+    assert ds.sizes["time"] == round(0.005 * 365.2425 * 4)
+    assert '"seed": 2' in ds.attrs["appa_toy_earth_config"]
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2 and "exists" in again.output
+    bad = CliRunner().invoke(
+        app, ["toy-earth", "--out", str(tmp_path / "x.zarr"), "--grid", "64x64"]
+    )
+    assert bad.exit_code == 2 and "nlon = 2 * nlat" in bad.output
