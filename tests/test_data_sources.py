@@ -224,3 +224,51 @@ def test_earthkit_cfgrib_style_time_and_step(reference):
     np.testing.assert_array_equal(out.time.values, reference.time.values)
     assert out.temperature.dims == ("time", "level", "latitude", "longitude")
     np.testing.assert_array_equal(out.temperature.values, reference.temperature.values)
+
+
+def test_earthkit_grib_source(tmp_path, reference):
+    """A real GRIB file (written with ecCodes) read by earthkit-data, then made canonical."""
+    ekd = pytest.importorskip("earthkit.data")
+    eccodes = pytest.importorskip("eccodes")
+    ref = reference.isel(time=slice(0, 2))
+    grid = {
+        "Ni": 12, "Nj": 7, "latitudeOfFirstGridPointInDegrees": 90.0,
+        "latitudeOfLastGridPointInDegrees": -90.0, "longitudeOfFirstGridPointInDegrees": 0.0,
+        "longitudeOfLastGridPointInDegrees": 330.0, "iDirectionIncrementInDegrees": 30.0,
+        "jDirectionIncrementInDegrees": 30.0,
+    }  # fmt: skip
+
+    def write(f, sample, short, level, member, hour, field):
+        h = eccodes.codes_grib_new_from_samples(sample)
+        eccodes.codes_set(h, "productDefinitionTemplateNumber", 1)  # ensemble member
+        eccodes.codes_set(h, "numberOfForecastsInEnsemble", 2)
+        eccodes.codes_set(h, "perturbationNumber", member)
+        for key, value in grid.items():
+            eccodes.codes_set(h, key, value)
+        eccodes.codes_set(h, "dataDate", 20200101)
+        eccodes.codes_set(h, "dataTime", hour * 100)
+        eccodes.codes_set(h, "shortName", short)
+        if level is not None:
+            eccodes.codes_set(h, "level", level)
+        eccodes.codes_set(h, "packingType", "grid_ieee")  # exact float32
+        eccodes.codes_set_values(h, field[::-1].astype(np.float64).ravel())  # north first
+        eccodes.codes_write(h, f)
+        eccodes.codes_release(h)
+
+    path = tmp_path / "ens.grib"
+    with open(path, "wb") as f:
+        for member in (0, 1):
+            for k, hour in enumerate((0, 6)):
+                for p in (250, 500, 850):
+                    field = ref.temperature.isel(time=k).sel(level=p).values + member
+                    write(f, "regular_ll_pl_grib2", "t", p, member, hour, field)
+                field = ref["2m_temperature"].isel(time=k).values + member
+                write(f, "regular_ll_sfc_grib2", "2t", None, member, hour, field)
+    ds = from_earthkit(ekd.from_source("file", str(path))).load()
+    assert ds.temperature.dims == ("member", "time", "level", "latitude", "longitude")
+    assert ds["2m_temperature"].dims == ("member", "time", "latitude", "longitude")
+    for m in (0, 1):
+        _assert_same(
+            ds.isel(member=m)[["temperature", "2m_temperature"]],
+            ref[["temperature", "2m_temperature"]] + m,
+        )
