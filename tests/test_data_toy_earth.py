@@ -169,3 +169,31 @@ def test_cli_toy_earth(tmp_path):
         app, ["toy-earth", "--out", str(tmp_path / "x.zarr"), "--grid", "64x64"]
     )
     assert bad.exit_code == 2 and "nlon = 2 * nlat" in bad.output
+
+
+@pytest.mark.slow
+def test_stationary_with_seasons():
+    """With the seasonal cycle: two consecutive years have the same channel statistics, and
+    the winter hemisphere is colder (the date features carry information)."""
+    model = ToyEarth(ToyEarthConfig(spinup_days=300, step_hours=12))
+    model.spin_up()
+    w = area_weights(model.latitude)[:, None]
+    n = 2 * 730
+    stats, north_t2m = [], []
+    for _ in range(n):
+        model.advance()
+        f = model.fields()
+        stats.append([f["geopotential"][1], f["temperature"][1], f["2m_temperature"]])
+        north = model.latitude > 30
+        north_t2m.append((model.time.month, f["2m_temperature"][north].mean()))
+    x = np.array(stats)
+    for ch in range(x.shape[1]):
+        a, b = x[: n // 2, ch], x[n // 2 :, ch]
+        mean_a, mean_b = (a * w).mean(), (b * w).mean()
+        std_a = np.sqrt((((a - mean_a) ** 2) * w).mean())
+        std_b = np.sqrt((((b - mean_b) ** 2) * w).mean())
+        assert abs(mean_a - mean_b) < 0.1 * (std_a + std_b) / 2, ch
+        assert 0.9 < std_a / std_b < 1.1, ch
+    january = np.mean([t for m, t in north_t2m if m == 1])
+    july = np.mean([t for m, t in north_t2m if m == 7])
+    assert july > january + 5
