@@ -91,8 +91,12 @@ def test_lat_lon_names_pa_levels_signed_longitude_zarr3(tmp_path, reference):
     stored.pressure_level.attrs["units"] = "Pa"
     stored.to_zarr(path, zarr_format=3, consolidated=False)
     ds = open_era5(path)
+    assert ds.temperature.chunks is not None  # still lazy (dask) after the rotation
     _assert_same(ds, reference)
     assert ds.level.attrs["units"] == "hPa"
+    lazy = open_era5(path, chunks=None)
+    assert not isinstance(lazy.temperature.variable._data, np.ndarray)  # nothing read yet
+    _assert_same(lazy, reference)
 
 
 def test_lazy_storage_aligned_chunks(tmp_path, reference):

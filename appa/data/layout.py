@@ -19,6 +19,8 @@ __all__ = [
     "LayoutError",
     "check_canonical",
     "normalize",
+    "normalize_arrays",
+    "normalize_coords",
 ]
 
 CANONICAL_DIMS = ("member", "time", "level", "latitude", "longitude")
@@ -80,6 +82,12 @@ def normalize(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
     latitude)`` storage order -> ``(latitude, longitude)``, ecCodes short names -> WB2 names,
     and a length-1 ``step`` dimension from forecast sources.
     """
+    return normalize_arrays(normalize_coords(ds, source), source)
+
+
+def normalize_coords(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
+    """The first stage of :func:`normalize`: names, valid time range, level units; touches
+    no data array, so it is free on any store and selection can follow."""
     ds = _rename(ds, source)
     ds = _valid_time_range(ds)
     if "step" in ds.dims:
@@ -93,6 +101,12 @@ def normalize(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
             raise LayoutError(f"{source}: no {required!r} dimension (dims: {sorted(ds.dims)})")
     if "level" in ds.coords:
         ds = _levels_in_hpa(ds, source)
+    return ds
+
+
+def normalize_arrays(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
+    """The second stage of :func:`normalize`: latitude order, longitude range, dim order.
+    Best applied to dask arrays (after selection), where it only rewrites the graph."""
     lat = np.asarray(ds["latitude"].values)
     if lat.size > 1 and np.all(np.diff(lat) < 0):
         ds = ds.isel(latitude=slice(None, None, -1))
@@ -101,7 +115,10 @@ def normalize(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
     ds = _longitude_0_360(ds, source)
     order = [d for d in CANONICAL_DIMS if d in ds.dims]
     extra = [d for d in ds.dims if d not in CANONICAL_DIMS]
-    ds = ds.transpose(*extra, *order)
+    if any(
+        ds[v].dims != tuple(d for d in (*extra, *order) if d in ds[v].dims) for v in ds.variables
+    ):
+        ds = ds.transpose(*extra, *order)
     return ds
 
 
@@ -162,19 +179,9 @@ def _longitude_0_360(ds: xr.Dataset, source: str) -> xr.Dataset:
     attrs = ds["longitude"].attrs
     if np.all(order == np.arange(lon.size)):
         return ds.assign_coords(longitude=("longitude", wrapped, attrs))
-    shift = int(order[0])
-    if np.array_equal(order, np.roll(np.arange(lon.size), -shift)):
-        # A rotation (the common [-180, 180) case): two slices, cheap on dask arrays.
-        ds = xr.concat(
-            [ds.isel(longitude=slice(shift, None)), ds.isel(longitude=slice(None, shift))],
-            dim="longitude",
-            data_vars="minimal",
-            coords="minimal",
-            compat="override",
-            join="override",
-        )
-    else:
-        ds = ds.isel(longitude=order)
+    # A permutation index stays lazy (outer indexing of stores; on dask, at most two pieces
+    # per chunk for the common [-180, 180) rotation).
+    ds = ds.isel(longitude=order)
     return ds.assign_coords(longitude=("longitude", wrapped[order], attrs))
 
 

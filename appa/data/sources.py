@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from appa.data.layout import LayoutError, normalize
+from appa.data.layout import LayoutError, normalize, normalize_arrays, normalize_coords
 
 __all__ = [
     "ERA5_PRESETS",
@@ -120,13 +120,15 @@ def open_era5(
     if spec is not None:
         variables = list(spec.variables) if variables is None else variables
         levels = list(spec.levels) if levels is None and spec.atmospheric else levels
-    ds = normalize(raw, source=str(store))
+    # Names and coordinates first (free), then the selection, then dask chunks over the
+    # selection only, then the array reorderings (graph rewrites on dask arrays).
+    ds = normalize_coords(raw, source=str(store))
     ds = select(ds, variables=variables, levels=levels, time=time, source=str(store))
     if chunks == "storage":
         ds = ds.chunk(_storage_chunks(raw, ds))
     elif chunks is not None:
         ds = ds.chunk(chunks)
-    return ds
+    return normalize_arrays(ds, source=str(store))
 
 
 def _storage_chunks(raw: xr.Dataset, ds: xr.Dataset) -> dict[str, int]:
