@@ -276,3 +276,19 @@ def test_earthkit_grib_source(tmp_path, reference):
             ds.isel(member=m)[["temperature", "2m_temperature"]],
             ref[["temperature", "2m_temperature"]] + m,
         )
+
+
+def test_source_config(tmp_path, reference):
+    from appa.config import load_config
+    from appa.data.sources import SourceConfig
+
+    path = tmp_path / "wb2.zarr"
+    reference.to_zarr(path, zarr_format=2, consolidated=True)
+    yaml = tmp_path / "source.yaml"
+    yaml.write_text(f"store: {path}\nstart: 2020-01-01T06:00\nend: 2020-01-02\n")
+    cfg = load_config(SourceConfig, yaml)
+    ds = cfg.open(variables=["temperature"])
+    # A date-only end includes that whole day (06:00 on the 1st to 18:00 on the 2nd).
+    assert ds.sizes["time"] == 7 and list(ds.data_vars) == ["temperature"]
+    default = load_config(SourceConfig, None, ["store=arco-0p25-1h-37"])
+    assert default.url == ERA5_PRESETS["arco-0p25-1h-37"]

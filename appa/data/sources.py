@@ -14,12 +14,15 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+from pydantic import Field, field_validator
 
+from appa.config import StrictModel
 from appa.data.layout import LayoutError, normalize, normalize_arrays, normalize_coords
 
 __all__ = [
     "ERA5_PRESETS",
     "SelectionError",
+    "SourceConfig",
     "from_earthkit",
     "open_era5",
     "resolve_store",
@@ -196,6 +199,40 @@ def select(
             raise SelectionError(f"{source}: no time in {time}; it spans {span}")
         ds = sub
     return ds
+
+
+class SourceConfig(StrictModel):
+    """A gridded source in a config file: a preset name (see :data:`ERA5_PRESETS`), a local
+    path, ``file://``, ``gs://`` or ``s3://`` URL, plus an optional time range."""
+
+    store: str = Field("wb2-5p625-6h", description="preset name, path or URL")
+    start: str | None = None
+    end: str | None = None
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    zarr_format: int | None = Field(None, ge=2, le=3)
+    consolidated: bool | None = None
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _date(cls, value):
+        # YAML reads 2020-01-01 as a date; keep ISO strings.
+        return None if value is None else str(value)
+
+    @property
+    def url(self) -> str:
+        return resolve_store(self.store)[0]
+
+    def open(self, spec=None, **kwargs: Any) -> xr.Dataset:
+        """:func:`open_era5` with these settings (``kwargs`` override)."""
+        time = slice(self.start, self.end) if self.start or self.end else None
+        options = {
+            "spec": spec,
+            "time": time,
+            "storage_options": self.storage_options,
+            "zarr_format": self.zarr_format,
+            "consolidated": self.consolidated,
+        }
+        return open_era5(self.store, **{**options, **kwargs})
 
 
 def from_earthkit(source: Any, *, member_dim: str | None = None) -> xr.Dataset:
