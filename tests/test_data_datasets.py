@@ -164,3 +164,16 @@ def test_latent_window_dataset(tmp_path):
     np.testing.assert_allclose(item["date"].numpy(), date_features(times[2:7]))
     with pytest.raises(KeyError, match="no variable 'z'"):
         LatentWindowDataset(tmp_path / "latent.zarr", variable="z")
+
+
+def test_stack_with_members(store):
+    ds = open_era5(store, spec=SPEC).isel(time=slice(0, 3)).load()
+    ens = xr.concat([ds, ds + 1], dim="member").transpose("member", ...)
+    x, _ = stack(ens, SPEC)
+    assert x.shape == (2, 3, 6, 32, 64)
+    single, _ = stack(ds, SPEC)
+    torch.testing.assert_close(x[1], single + 1, equal_nan=True)
+    coords = {k: ens[k].values for k in ("member", "time", "latitude", "longitude")}
+    back = unstack(x, SPEC, coords)
+    assert back.geopotential.dims == ("member", "time", "level", "latitude", "longitude")
+    np.testing.assert_array_equal(back.geopotential.values, ens.geopotential.values)

@@ -85,18 +85,20 @@ def stack(
     fill_value: float | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Stacks a canonical dataset into ``(time, channel, lat, lon)`` in the spec's order.
+    """Stacks a canonical dataset into ``(time, channel, lat, lon)`` in the spec's order
+    (``(member, time, channel, lat, lon)`` when it has a member dimension).
 
     NaN is an error outside the spec's ``masked`` variables. Within them NaN is kept unless
     ``fill_value`` is given; then it is replaced and the validity mask ``(time, channel, lat,
     lon)`` (True where observed) is returned as well, else the mask is None.
     """
     arrays = _channel_arrays(ds, spec)
-    x = np.stack(arrays, axis=1)
+    x = np.stack(arrays, axis=-3)
     nan = np.isnan(x)
     if nan.any():
         allowed = np.asarray(spec.channel_mask())
-        bad = nan.any(axis=(0, 2, 3)) & ~allowed
+        others = tuple(a for a in range(x.ndim) if a != x.ndim - 3)
+        bad = nan.any(axis=others) & ~allowed
         if bad.any():
             names = [n for n, b in zip(spec.channel_names(), bad, strict=True) if b]
             raise ValueError(f"NaN in channels {names}, which are not declared masked")
@@ -134,7 +136,7 @@ def _channel_arrays(ds: xr.Dataset, spec: StateSpec) -> list[np.ndarray]:
         if var.dims[-3:] != ("level", "latitude", "longitude") or "time" not in var.dims:
             raise ValueError(f"atmospheric variable {name} has dims {var.dims}")
         values = np.asarray(var.values)
-        arrays.extend(values[:, i] for i in index)
+        arrays.extend(values[..., i, :, :] for i in index)
     return arrays
 
 
