@@ -155,7 +155,7 @@ def test_latent_window_dataset(tmp_path):
     times = pd.date_range("2000-01-01", periods=12, freq="6h")
     z = np.random.default_rng(0).normal(size=(12, 4, 3, 5)).astype("f4")
     xr.Dataset({"latent": (("time", "channel", "y", "x"), z)}, coords={"time": times}).to_zarr(
-        tmp_path / "latent.zarr"
+        tmp_path / "latent.zarr", zarr_format=2
     )
     data = LatentWindowDataset(tmp_path / "latent.zarr", window=5, stride=2)
     assert len(data) == 4 and data.latent_shape == (4, 3, 5)
