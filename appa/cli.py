@@ -88,6 +88,61 @@ def model_info(
     typer.echo(json.dumps(info.as_dict(), indent=2) if as_json else format_info(info))
 
 
+@app.command("toy-earth")
+def toy_earth(
+    out: Annotated[Path, typer.Option(help="Output Zarr store (written atomically).")],
+    years: Annotated[float | None, typer.Option(help="Simulated years after spin-up.")] = None,
+    grid: Annotated[str | None, typer.Option(help="Output grid NLONxNLAT: 64x32, 128x64.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the initial perturbation.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    plot: Annotated[Path | None, typer.Option(help="Also save a figure (PNG) here.")] = None,
+    config: ConfigOption = None,
+    overrides: OverridesOption = None,
+) -> None:
+    """Run the toy Earth (two-layer QG atmosphere) and write it in the canonical ERA5 layout."""
+    from appa.config import ConfigError, load_config
+    from appa.data.toy_earth import ToyEarthConfig, write_toy_earth
+
+    extra = [
+        f"{k}={v}" for k, v in (("years", years), ("grid", grid), ("seed", seed)) if v is not None
+    ]
+    try:
+        cfg = load_config(ToyEarthConfig, config, [*(overrides or []), *extra])
+        path = write_toy_earth(cfg, out, progress=progress, overwrite=overwrite)
+    except (ConfigError, FileExistsError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {path}")
+    if plot is not None:
+        from appa.data.plots import plot_snapshot
+
+        typer.echo(f"figure: {plot_snapshot(path, plot)}")
+
+
+@app.command()
+def observe(
+    truth: Annotated[Path, typer.Option(help="Gridded truth store (any ERA5 layout).")],
+    out: Annotated[Path, typer.Option(help="Output observation store (written atomically).")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+    config: ConfigOption = None,
+    overrides: OverridesOption = None,
+) -> None:
+    """Simulate station, satellite and coarse-grained observations of a gridded truth."""
+    from appa.config import ConfigError, load_config
+    from appa.data.sources import SelectionError
+    from appa.observations.schema import ObservationError
+    from appa.observations.simulators import ObserveConfig, observe_store
+
+    try:
+        cfg = load_config(ObserveConfig, config, overrides or [])
+        path, n = observe_store(str(truth), cfg, str(out), overwrite=overwrite)
+    except (ConfigError, ObservationError, SelectionError, FileExistsError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {n} observations to {path}")
+
+
 def main() -> None:
     """Console entry point."""
     app()

@@ -1,0 +1,207 @@
+"""From an observation table to a differentiable, linear torch operator on gridded states.
+
+Each observation is a weighted sum of grid values of one channel at one time: bilinear
+interpolation (periodic in longitude; latitudes beyond the outermost cell centres take the
+nearest row) for point observations, or the area-weighted mean over a latitude-longitude box
+for observations with a ``footprint``. The weights sum to one, so on standardised states the
+operator stays linear: observations and variances are standardised instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+from torch import Tensor
+
+from appa.data.spec import StateSpec
+from appa.data.stats import Statistics
+from appa.observations.schema import ObservationError, validate_table
+
+__all__ = ["ObservationOperator", "interpolation_weights"]
+
+
+def interpolation_weights(
+    latitude: np.ndarray, longitude: np.ndarray, grid_lat: np.ndarray, grid_lon: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear weights of points on a regular-in-longitude grid, periodic in longitude.
+
+    Returns flat cell indices ``(n, 4)`` into ``(lat, lon)`` and weights ``(n, 4)`` summing
+    to 1. ``grid_lat`` ascending; latitudes beyond its ends use the nearest row.
+    """
+    nlat, nlon = grid_lat.size, grid_lon.size
+    dlon = 360.0 / nlon
+    if not np.allclose(np.diff(grid_lon), dlon) or not 0 <= grid_lon[0] < dlon:
+        raise ObservationError("the grid's longitudes must be regular and span [0, 360)")
+    lon = np.mod(longitude - grid_lon[0], 360.0)
+    x = lon / dlon
+    i0 = np.floor(x).astype(np.int64) % nlon
+    i1 = (i0 + 1) % nlon
+    fx = x - np.floor(x)
+    lat = np.clip(latitude, grid_lat[0], grid_lat[-1])
+    j1 = np.clip(np.searchsorted(grid_lat, lat, side="right"), 1, nlat - 1)
+    j0 = j1 - 1
+    fy = (lat - grid_lat[j0]) / (grid_lat[j1] - grid_lat[j0])
+    index = np.stack([j0 * nlon + i0, j0 * nlon + i1, j1 * nlon + i0, j1 * nlon + i1], axis=1)
+    weights = np.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], axis=1)
+    return index, weights
+
+
+def _box_weights(lat: float, lon: float, size: float, grid_lat, grid_lon, area):
+    """Cells whose centres lie in the box of side ``size`` degrees, area-weighted."""
+    dlat = np.abs(grid_lat - lat) <= size / 2 + 1e-9
+    dlon = np.abs((grid_lon - lon + 180.0) % 360.0 - 180.0) <= size / 2 + 1e-9
+    jj, ii = np.nonzero(dlat[:, None] & dlon[None, :])
+    if jj.size == 0:
+        return None
+    w = area[jj]
+    return jj * grid_lon.size + ii, w / w.sum()
+
+
+class ObservationOperator:
+    """``A``: states ``(B, T, C, lat, lon)`` (or ``(B, C, lat, lon)`` when ``T = 1`` and
+    ``time_axis=False``) -> observations ``(B, m)``, with ``y`` and noise variances.
+
+    Arguments:
+        table: An observation table (:mod:`appa.observations.schema`).
+        spec: The state spec: channel of each observation from ``variable`` and ``level``.
+        latitude, longitude: The state's grid (ascending latitudes, longitudes from 0).
+        times: The state's times; each observation must fall on one of them within
+            ``time_tolerance``.
+        stats: When given, the operator acts on standardised states: ``y`` and the variances
+            are standardised per channel (exact, since the weights sum to one).
+        time_axis: Whether states carry a time axis (``(B, T, C, H, W)``).
+    """
+
+    def __init__(
+        self,
+        table: xr.Dataset,
+        spec: StateSpec,
+        latitude: Sequence[float] | np.ndarray,
+        longitude: Sequence[float] | np.ndarray,
+        times: Sequence | np.ndarray,
+        stats: Statistics | None = None,
+        time_tolerance: str | pd.Timedelta = "0s",
+        time_axis: bool = True,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        validate_table(table)
+        grid_lat = np.asarray(latitude, dtype=np.float64)
+        grid_lon = np.asarray(longitude, dtype=np.float64)
+        if grid_lat.ndim != 1 or not np.all(np.diff(grid_lat) > 0):
+            raise ObservationError("grid latitudes must be 1-D and ascending")
+        times = pd.DatetimeIndex(np.atleast_1d(times))
+        if not time_axis and len(times) != 1:
+            raise ObservationError("time_axis=False needs exactly one state time")
+        self.spec = spec
+        self.shape = (len(times), spec.num_channels, grid_lat.size, grid_lon.size)
+        self.time_axis = time_axis
+        m = table.sizes["obs"]
+
+        # Channel of each observation.
+        channels = {(v, p): c for c, (v, p) in enumerate(spec.channels)}
+        variables = table["variable"].values.astype(str)
+        names = [str(v) for v in variables]
+        levels = table["level"].values
+        channel = np.empty(m, dtype=np.int64)
+        for key in {
+            (v, None if np.isnan(p) else float(p)) for v, p in zip(names, levels, strict=True)
+        }:
+            var, lev = key
+            sel = (variables == var) & (np.isnan(levels) if lev is None else levels == lev)
+            if var not in spec.variables:
+                raise ObservationError(
+                    f"{int(sel.sum())} observation(s) of unknown variable {var!r}; the state has "
+                    f"{spec.variables}"
+                )
+            if lev is None and var in spec.atmospheric:
+                raise ObservationError(f"observations of {var} need a level (one of {spec.levels})")
+            if lev is not None and var in spec.surface:
+                raise ObservationError(f"{var} is a surface variable; its level must be NaN")
+            c = channels.get((var, None if lev is None else int(lev)))
+            if c is None or (lev is not None and lev != int(lev)):
+                raise ObservationError(
+                    f"{int(sel.sum())} observation(s) of {var} at {lev} hPa; the state has levels "
+                    f"{spec.levels}"
+                )
+            channel[sel] = c
+
+        # Time index of each observation.
+        obs_t = pd.DatetimeIndex(table["time"].values)
+        tol = pd.Timedelta(time_tolerance)
+        pos = np.clip(times.searchsorted(obs_t), 0, len(times) - 1)
+        prev = np.clip(pos - 1, 0, len(times) - 1)
+        d_pos = np.abs((times[pos] - obs_t).values)
+        d_prev = np.abs((times[prev] - obs_t).values)
+        t_index = np.where(d_prev < d_pos, prev, pos)
+        dist = np.minimum(d_pos, d_prev)
+        outside = dist > tol.to_timedelta64()
+        if outside.any():
+            first = obs_t[np.flatnonzero(outside)[0]]
+            raise ObservationError(
+                f"{int(outside.sum())} observation(s) outside the state's times "
+                f"({times[0]} to {times[-1]}, tolerance {tol}); first at {first}"
+            )
+
+        # Spatial weights: bilinear for points, box means for footprints.
+        lat = table["latitude"].values
+        lon = table["longitude"].values
+        cell, weight = interpolation_weights(lat, lon, grid_lat, grid_lon)
+        rows = np.repeat(np.arange(m), 4)
+        cells = cell.reshape(-1)
+        weights = weight.reshape(-1)
+        if "footprint" in table.variables:
+            fp = table["footprint"].values
+            boxed = np.flatnonzero(fp > 0)
+            if boxed.size:
+                area = np.cos(np.radians(grid_lat))
+                keep = ~np.isin(rows, boxed)
+                rows, cells, weights = [rows[keep]], [cells[keep]], [weights[keep]]
+                for k in boxed:
+                    got = _box_weights(lat[k], lon[k], fp[k], grid_lat, grid_lon, area)
+                    if got is None:
+                        raise ObservationError(
+                            f"observation {k}: footprint {fp[k]} deg holds no grid cell"
+                        )
+                    rows.append(np.full(got[0].size, k))
+                    cells.append(got[0])
+                    weights.append(got[1])
+                rows, cells, weights = (np.concatenate(a) for a in (rows, cells, weights))
+        hw = grid_lat.size * grid_lon.size
+        flat = (t_index[rows] * spec.num_channels + channel[rows]) * hw + cells
+        self._rows = torch.as_tensor(rows, dtype=torch.long)
+        self._index = torch.as_tensor(flat, dtype=torch.long)
+        self._weights = torch.as_tensor(weights, dtype=torch.float64)
+        self.num_obs = m
+        self.channel = channel
+        self.time_index = t_index
+
+        y = table["value"].values.astype(np.float64)
+        var = table["error_std"].values.astype(np.float64) ** 2
+        if stats is not None:
+            stats = stats.for_spec(spec)
+            y = (y - stats.mean[channel]) / stats.std[channel]
+            var = var / stats.std[channel] ** 2
+        self.y = torch.as_tensor(y, dtype=dtype)
+        self.noise_variance = torch.as_tensor(var, dtype=dtype)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """``A(x)``: ``(B, *state)`` -> ``(B, m)``; linear and differentiable."""
+        event = self.shape if self.time_axis else self.shape[1:]
+        if tuple(x.shape[1:]) != tuple(event):
+            raise ObservationError(f"state shape {tuple(x.shape[1:])}, expected {tuple(event)}")
+        flat = x.reshape(x.shape[0], -1)
+        values = flat[:, self._index.to(x.device)] * self._weights.to(x)
+        out = torch.zeros(x.shape[0], self.num_obs, dtype=x.dtype, device=x.device)
+        return out.index_add(1, self._rows.to(x.device), values)
+
+    def observation(self):
+        """The :class:`appa.diffusion.GaussianObservation` ``y = A(x) + e``."""
+        from appa.diffusion import GaussianObservation
+
+        return GaussianObservation(
+            y=self.y, operator=self, noise_variance=self.noise_variance, linear=True
+        )

@@ -1,0 +1,208 @@
+"""The observation table and its Zarr store.
+
+A table is an :class:`xarray.Dataset` along one dimension ``obs`` with the fields
+
+- ``time`` (datetime64[ns]), ``latitude`` (degrees north, [-90, 90]), ``longitude`` (degrees
+  east, any range; wrapped to [0, 360)),
+- ``level`` (hPa; NaN for surface variables), ``variable`` (canonical ERA5 name),
+- ``value`` (SI units), ``error_std`` (> 0, same units), ``platform`` (e.g. ``station``,
+  ``satellite``, ``coarse``),
+- optionally ``footprint`` (degrees; 0 for point observations, else the side of the
+  latitude-longitude box the value averages over).
+
+The store is a directory of Zarr groups, one per time partition (``YYYY-MM-DDTHH``), each
+holding the observations of ``[start, start + partition)``; reading a time window opens only
+the partitions that overlap it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+__all__ = [
+    "FIELDS",
+    "ObservationError",
+    "concat_tables",
+    "make_table",
+    "read_observations",
+    "validate_table",
+    "write_observations",
+]
+
+FIELDS = ("time", "latitude", "longitude", "level", "variable", "value", "error_std", "platform")
+_META = "observations.json"
+
+
+class ObservationError(ValueError):
+    """Observations that break the schema or do not fit the state they observe."""
+
+
+def make_table(
+    time: Sequence | np.ndarray,
+    latitude: Sequence[float] | np.ndarray,
+    longitude: Sequence[float] | np.ndarray,
+    variable: Sequence[str] | np.ndarray | str,
+    value: Sequence[float] | np.ndarray,
+    error_std: Sequence[float] | np.ndarray | float,
+    platform: Sequence[str] | np.ndarray | str,
+    level: Sequence[float] | np.ndarray | None = None,
+    footprint: Sequence[float] | np.ndarray | float | None = None,
+) -> xr.Dataset:
+    """Builds and validates an observation table (scalars broadcast over ``obs``)."""
+    value = np.asarray(value, dtype=np.float64)
+    n = value.shape[0] if value.ndim else 1
+    value = np.broadcast_to(value, (n,))
+
+    def full(x, dtype):
+        return np.broadcast_to(np.asarray(x, dtype=dtype), (n,)).copy()
+
+    data = {
+        "time": full(pd.DatetimeIndex(np.atleast_1d(time)).values, "datetime64[ns]"),
+        "latitude": full(latitude, np.float64),
+        "longitude": full(longitude, np.float64),
+        "level": full(np.nan if level is None else level, np.float64),
+        "variable": full(variable, str),
+        "value": value.copy(),
+        "error_std": full(error_std, np.float64),
+        "platform": full(platform, str),
+    }
+    if footprint is not None:
+        data["footprint"] = full(footprint, np.float64)
+    table = xr.Dataset({k: ("obs", v) for k, v in data.items()})
+    validate_table(table)
+    return table
+
+
+def validate_table(table: xr.Dataset) -> None:
+    """Raises :class:`ObservationError` naming the problem when ``table`` breaks the schema."""
+    missing = [f for f in FIELDS if f not in table.variables]
+    if missing:
+        raise ObservationError(f"observation table lacks fields {missing}")
+    for name in (*FIELDS, "footprint"):
+        if name in table.variables and table[name].dims != ("obs",):
+            raise ObservationError(f"field {name} has dims {table[name].dims}, expected ('obs',)")
+    if not np.issubdtype(table["time"].dtype, np.datetime64):
+        raise ObservationError(f"time must be datetime64, got {table['time'].dtype}")
+    value = table["value"].values
+    _check(np.isfinite(value), table, "value is NaN or infinite")
+    err = table["error_std"].values
+    _check(np.isfinite(err) & (err > 0), table, "error_std is not positive")
+    lat = table["latitude"].values
+    _check(np.isfinite(lat) & (np.abs(lat) <= 90), table, "latitude outside [-90, 90]")
+    _check(np.isfinite(table["longitude"].values), table, "longitude is not finite")
+    _check(~np.isnat(table["time"].values), table, "time is missing")
+    level = table["level"].values
+    _check(np.isnan(level) | (level > 0), table, "level is not a positive pressure (hPa)")
+    if "footprint" in table.variables:
+        fp = table["footprint"].values
+        _check(np.isfinite(fp) & (fp >= 0), table, "footprint is negative")
+
+
+def _check(ok: np.ndarray, table: xr.Dataset, message: str) -> None:
+    if not np.all(ok):
+        bad = np.flatnonzero(~ok)
+        first = int(bad[0])
+        where = {
+            k: table[k].values[first].item() if hasattr(table[k].values[first], "item") else None
+            for k in ("variable", "platform")
+        }
+        raise ObservationError(
+            f"{bad.size} observation(s) where {message}; first at obs={first} ({where})"
+        )
+
+
+def concat_tables(tables: Sequence[xr.Dataset]) -> xr.Dataset:
+    """Concatenates tables along ``obs`` (``footprint`` filled with 0 where absent)."""
+    tables = [t for t in tables if t.sizes.get("obs", 0) > 0]
+    if not tables:
+        raise ObservationError("no observations to concatenate")
+    if any("footprint" in t for t in tables):
+        tables = [
+            t if "footprint" in t else t.assign(footprint=("obs", np.zeros(t.sizes["obs"])))
+            for t in tables
+        ]
+    return xr.concat(tables, dim="obs")
+
+
+def _partition_starts(times: np.ndarray, partition: pd.Timedelta) -> np.ndarray:
+    epoch = np.datetime64("1970-01-01T00:00", "ns")
+    step = np.timedelta64(int(partition.value), "ns")
+    return epoch + ((times - epoch) // step) * step
+
+
+def write_observations(
+    table: xr.Dataset, path: str | Path, partition: str = "1D", overwrite: bool = False
+) -> Path:
+    """Writes a table as a store partitioned by time (atomic: temporary directory, rename)."""
+    validate_table(table)
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    span = pd.Timedelta(partition)
+    if span <= pd.Timedelta(0):
+        raise ObservationError(f"partition {partition!r} must be a positive duration")
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    try:
+        times = table["time"].values.astype("datetime64[ns]")
+        starts = _partition_starts(times, span)
+        parts = []
+        order = np.argsort(times, kind="stable")
+        table = table.isel(obs=order)
+        starts = starts[order]
+        for start in np.unique(starts):
+            sel = np.flatnonzero(starts == start)
+            name = pd.Timestamp(start).strftime("%Y-%m-%dT%H%M")
+            part = table.isel(obs=sel)
+            for field in ("variable", "platform"):
+                part[field] = part[field].astype(str)
+            part.to_zarr(tmp / name, zarr_format=2, consolidated=True, mode="w")
+            parts.append({"name": name, "start": str(pd.Timestamp(start)), "count": int(sel.size)})
+        meta = {"schema": list(FIELDS), "partition": str(span), "partitions": parts}
+        (tmp / _META).write_text(json.dumps(meta, indent=1))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def read_observations(
+    path: str | Path, start: str | None = None, end: str | None = None
+) -> xr.Dataset:
+    """Observations with ``start <= time < end`` (either bound optional), reading only the
+    partitions that overlap the window."""
+    path = Path(path)
+    meta_path = path / _META
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{path} is not an observation store (no {_META})")
+    meta = json.loads(meta_path.read_text())
+    span = pd.Timedelta(meta["partition"])
+    t0 = pd.Timestamp(start) if start is not None else None
+    t1 = pd.Timestamp(end) if end is not None else None
+    tables = []
+    for part in meta["partitions"]:
+        p0 = pd.Timestamp(part["start"])
+        if (t1 is not None and p0 >= t1) or (t0 is not None and p0 + span <= t0):
+            continue
+        table = xr.open_zarr(path / part["name"], consolidated=True).load()
+        keep = np.ones(table.sizes["obs"], dtype=bool)
+        if t0 is not None:
+            keep &= table["time"].values >= t0.to_datetime64()
+        if t1 is not None:
+            keep &= table["time"].values < t1.to_datetime64()
+        tables.append(table.isel(obs=np.flatnonzero(keep)))
+    if not tables or sum(t.sizes["obs"] for t in tables) == 0:
+        raise ObservationError(f"no observations in {path} between {start} and {end}")
+    return concat_tables(tables)

@@ -1,0 +1,337 @@
+"""Observation simulators from any gridded truth in the canonical layout.
+
+- Surface stations: given coordinates or a random network of a configured density, surface
+  variables at every state time.
+- A low-Earth-orbit satellite: circular orbit (altitude, inclination), Earth rotating below
+  it; grid cells within a swath radius of the ground track observe atmospheric variables on
+  all requested levels, assigned to the nearest state time.
+- Coarse-grained fields: area-weighted means over boxes of ``factor x factor`` cells.
+
+Values are the truth seen through the same weights as the operator in
+:mod:`appa.observations.operator` (so the operator is exact on the truth), plus Gaussian noise
+of standard deviation ``error_std``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from pydantic import Field, field_validator
+
+from appa.config import StrictModel
+from appa.observations.schema import ObservationError, concat_tables, make_table
+
+__all__ = [
+    "CoarseConfig",
+    "ObserveConfig",
+    "SatelliteConfig",
+    "StationsConfig",
+    "coarse_grained",
+    "ground_track",
+    "satellite_swath",
+    "simulate",
+    "surface_stations",
+]
+
+EARTH_RADIUS_KM = 6371.0
+GM = 3.986004418e14  # m^3/s^2
+SIDEREAL_DAY = 86164.0905  # s
+EARTH_AREA_MKM2 = 4 * np.pi * EARTH_RADIUS_KM**2 / 1e6  # million km^2
+
+
+class StationsConfig(StrictModel):
+    """Surface stations."""
+
+    enabled: bool = True
+    variables: list[str] = Field(
+        default_factory=lambda: ["2m_temperature", "mean_sea_level_pressure"]
+    )
+    density: float = Field(2.0, gt=0, description="stations per million km^2 (random network)")
+    latitudes: list[float] | None = Field(None, description="fixed network (with longitudes)")
+    longitudes: list[float] | None = None
+    land_only: bool = Field(False, description="keep random stations on land (land_sea_mask)")
+    error_std: dict[str, float] = Field(
+        default_factory=lambda: {"2m_temperature": 0.5, "mean_sea_level_pressure": 100.0}
+    )
+
+
+class SatelliteConfig(StrictModel):
+    """A low-Earth-orbit satellite with a swath."""
+
+    enabled: bool = True
+    variables: list[str] = Field(default_factory=lambda: ["temperature"])
+    levels: list[int] | None = Field(None, description="default: all levels of the truth")
+    altitude_km: float = Field(800.0, gt=100, lt=5000)
+    inclination_deg: float = Field(75.0, ge=0, le=180)
+    swath_radius_deg: float = Field(5.0, gt=0, le=60, description="great-circle radius")
+    ascending_node_deg: float = 0.0
+    sample_seconds: float = Field(60.0, gt=0, description="ground-track sampling")
+    error_std: dict[str, float] = Field(default_factory=lambda: {"temperature": 1.0})
+
+
+class CoarseConfig(StrictModel):
+    """Coarse-grained fields."""
+
+    enabled: bool = False
+    variables: list[str] = Field(default_factory=lambda: ["geopotential"])
+    levels: list[int] | None = None
+    factor: int = Field(4, ge=2)
+    every_hours: float = Field(24.0, gt=0)
+    error_std: dict[str, float] = Field(default_factory=lambda: {"geopotential": 50.0})
+
+
+class ObserveConfig(StrictModel):
+    """Settings of ``appa observe``."""
+
+    seed: int = 0
+    start: str | None = Field(None, description="first truth time observed (inclusive)")
+    end: str | None = Field(None, description="last truth time observed (inclusive)")
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _date(cls, value):
+        # YAML reads 2000-01-03 as a date; keep dates as ISO strings.
+        if value is None:
+            return None
+        try:
+            return pd.Timestamp(value).isoformat()
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{value!r} is not a date: {error}") from None
+
+    partition: str = "1D"
+    stations: StationsConfig = Field(default_factory=StationsConfig)
+    satellite: SatelliteConfig = Field(default_factory=SatelliteConfig)
+    coarse: CoarseConfig = Field(default_factory=CoarseConfig)
+
+
+def _errors(variables: Sequence[str], error_std: Mapping[str, float], what: str) -> dict:
+    missing = [v for v in variables if v not in error_std]
+    if missing:
+        raise ObservationError(f"{what}: no error_std for {missing}")
+    bad = {v: error_std[v] for v in variables if not error_std[v] > 0}
+    if bad:
+        raise ObservationError(f"{what}: error_std must be positive, got {bad}")
+    return {v: float(error_std[v]) for v in variables}
+
+
+def _check_truth(truth: xr.Dataset, variables: Sequence[str], surface: bool | None, what: str):
+    missing = [v for v in variables if v not in truth.data_vars]
+    if missing:
+        raise ObservationError(f"{what}: truth lacks {missing}; it has {sorted(truth.data_vars)}")
+    for v in variables:
+        has_level = "level" in truth[v].dims
+        if surface is True and has_level:
+            raise ObservationError(f"{what}: {v} is not a surface variable")
+        if surface is False and not has_level:
+            raise ObservationError(f"{what}: {v} has no levels")
+
+
+def _bilinear(field: np.ndarray, lat: np.ndarray, lon: np.ndarray, grid_lat, grid_lon):
+    from appa.observations.operator import interpolation_weights
+
+    index, weights = interpolation_weights(lat, lon, grid_lat, grid_lon)
+    flat = field.reshape(*field.shape[:-2], -1)
+    return (flat[..., index] * weights).sum(-1)
+
+
+def surface_stations(
+    truth: xr.Dataset, config: StationsConfig, rng: np.random.Generator
+) -> xr.Dataset:
+    """Stations observing surface variables at every time of ``truth``."""
+    errors = _errors(config.variables, config.error_std, "stations")
+    _check_truth(truth, config.variables, True, "stations")
+    if config.latitudes is not None or config.longitudes is not None:
+        if config.latitudes is None or config.longitudes is None:
+            raise ObservationError("stations: give both latitudes and longitudes")
+        lat = np.asarray(config.latitudes, dtype=np.float64)
+        lon = np.asarray(config.longitudes, dtype=np.float64)
+        if lat.shape != lon.shape:
+            raise ObservationError("stations: latitudes and longitudes differ in length")
+    else:
+        n = max(1, round(config.density * EARTH_AREA_MKM2))
+        # Uniform on the sphere: sin(latitude) uniform.
+        lat = np.degrees(np.arcsin(rng.uniform(-1, 1, 4 * n if config.land_only else n)))
+        lon = rng.uniform(0, 360, lat.size)
+        if config.land_only:
+            if "land_sea_mask" not in truth:
+                raise ObservationError("stations: land_only needs land_sea_mask in the truth")
+            mask = truth["land_sea_mask"].values
+            on_land = _bilinear(mask, lat, lon, truth.latitude.values, truth.longitude.values) > 0.5
+            lat, lon = lat[on_land][:n], lon[on_land][:n]
+    times = truth["time"].values
+    glat, glon = truth.latitude.values, truth.longitude.values
+    tables = []
+    for v in config.variables:
+        values = _bilinear(truth[v].values, lat, lon, glat, glon)  # (time, station)
+        keep = np.isfinite(values)  # e.g. SST seen from a station on land: no observation
+        tt = np.broadcast_to(times[:, None], values.shape)[keep]
+        la = np.broadcast_to(lat[None, :], values.shape)[keep]
+        lo = np.broadcast_to(lon[None, :], values.shape)[keep]
+        noisy = values[keep] + errors[v] * rng.standard_normal(int(keep.sum()))
+        tables.append(make_table(tt, la, lo, v, noisy, errors[v], "station"))
+    return concat_tables(tables)
+
+
+def ground_track(seconds: np.ndarray, config: SatelliteConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-satellite latitude and longitude (degrees) at ``seconds`` since the epoch of the
+    orbit: circular Kepler orbit, Earth rotating eastward underneath."""
+    a = (EARTH_RADIUS_KM + config.altitude_km) * 1e3
+    period = 2 * np.pi * np.sqrt(a**3 / GM)
+    u = 2 * np.pi * seconds / period  # argument of latitude
+    inc = np.radians(config.inclination_deg)
+    lat = np.arcsin(np.sin(inc) * np.sin(u))
+    lon = np.radians(config.ascending_node_deg) + np.arctan2(np.cos(inc) * np.sin(u), np.cos(u))
+    lon -= 2 * np.pi * seconds / SIDEREAL_DAY
+    return np.degrees(lat), np.mod(np.degrees(lon), 360.0)
+
+
+def satellite_swath(
+    truth: xr.Dataset, config: SatelliteConfig, rng: np.random.Generator
+) -> xr.Dataset:
+    """Grid cells under the swath during each state's interval, on all requested levels."""
+    errors = _errors(config.variables, config.error_std, "satellite")
+    _check_truth(truth, config.variables, False, "satellite")
+    levels = config.levels if config.levels is not None else truth["level"].values.tolist()
+    missing = [p for p in levels if p not in truth["level"].values]
+    if missing:
+        raise ObservationError(f"satellite: truth lacks levels {missing}")
+    times = pd.DatetimeIndex(truth["time"].values)
+    step = (times[1] - times[0]) if len(times) > 1 else pd.Timedelta(hours=1)
+    epoch = pd.Timestamp("2000-01-01")
+    glat, glon = truth.latitude.values, truth.longitude.values
+    cell_lat = np.radians(glat)[:, None] * np.ones((1, glon.size))
+    cell_lon = np.radians(glon)[None, :] * np.ones((glat.size, 1))
+    cos_r = np.cos(np.radians(config.swath_radius_deg))
+    tables = []
+    for k, t in enumerate(times):
+        # Track during [t - step/2, t + step/2): these cells are assigned to state t.
+        s0 = (t - step / 2 - epoch).total_seconds()
+        secs = s0 + np.arange(0, step.total_seconds(), config.sample_seconds)
+        tlat, tlon = (np.radians(a) for a in ground_track(secs, config))
+        seen = np.zeros(cell_lat.shape, dtype=bool)
+        for la, lo in zip(tlat, tlon, strict=True):
+            cos_d = np.sin(la) * np.sin(cell_lat) + np.cos(la) * np.cos(cell_lat) * np.cos(
+                cell_lon - lo
+            )
+            seen |= cos_d >= cos_r
+        jj, ii = np.nonzero(seen)
+        if jj.size == 0:
+            continue
+        for v in config.variables:
+            field = truth[v].isel(time=k).sel(level=levels).values  # (level, lat, lon)
+            vals = field[:, jj, ii]  # (level, n)
+            n = vals.size
+            noisy = vals + errors[v] * rng.standard_normal(vals.shape)
+            tables.append(
+                make_table(
+                    np.full(n, t.to_datetime64()),
+                    np.broadcast_to(glat[jj], vals.shape).reshape(-1),
+                    np.broadcast_to(glon[ii], vals.shape).reshape(-1),
+                    v,
+                    noisy.reshape(-1),
+                    errors[v],
+                    "satellite",
+                    level=np.repeat(np.asarray(levels, dtype=np.float64), jj.size),
+                )
+            )
+    if not tables:
+        raise ObservationError("satellite: the swath saw no grid cell")
+    return concat_tables(tables)
+
+
+def coarse_grained(truth: xr.Dataset, config: CoarseConfig, rng: np.random.Generator) -> xr.Dataset:
+    """Area-weighted means over ``factor x factor`` cell boxes, every ``every_hours``."""
+    errors = _errors(config.variables, config.error_std, "coarse")
+    _check_truth(truth, config.variables, None, "coarse")
+    glat, glon = truth.latitude.values, truth.longitude.values
+    f = config.factor
+    if glat.size % f or glon.size % f:
+        raise ObservationError(
+            f"coarse: factor {f} does not divide the grid {glon.size}x{glat.size}"
+        )
+    dlat, dlon = np.diff(glat).mean(), 360.0 / glon.size
+    if not np.isclose(dlat, dlon):
+        raise ObservationError("coarse: boxes need an equiangular grid")
+    times = pd.DatetimeIndex(truth["time"].values)
+    hours = np.asarray((times - times[0]) / pd.Timedelta(hours=1))
+    pick = np.flatnonzero(np.isclose(np.mod(hours, config.every_hours), 0))
+    area = np.cos(np.radians(glat))
+    box_w = area.reshape(-1, f)
+    centre_lat = (glat.reshape(-1, f)).mean(1)
+    centre_lon = (glon.reshape(-1, f)).mean(1)
+    tables = []
+    for v in config.variables:
+        da = truth[v].isel(time=pick)
+        levels = [None]
+        if "level" in da.dims:
+            levels = config.levels if config.levels is not None else da["level"].values.tolist()
+        for p in levels:
+            x = (da if p is None else da.sel(level=p)).values  # (time, lat, lon)
+            blocks = x.reshape(x.shape[0], -1, f, glon.size // f, f)
+            w = box_w[None, :, :, None, None]
+            mean = (blocks * w).sum((2, 4)) / (w.sum((2, 4)) * f)
+            # Boxes touching NaN (masked fields) are not observed.
+            keep = np.isfinite(mean)
+            tt = np.broadcast_to(times[pick].values[:, None, None], mean.shape)[keep]
+            la = np.broadcast_to(centre_lat[None, :, None], mean.shape)[keep]
+            lo = np.broadcast_to(centre_lon[None, None, :], mean.shape)[keep]
+            noisy = mean[keep] + errors[v] * rng.standard_normal(int(keep.sum()))
+            tables.append(
+                make_table(
+                    tt,
+                    la,
+                    lo,
+                    v,
+                    noisy,
+                    errors[v],
+                    "coarse",
+                    level=np.nan if p is None else float(p),
+                    footprint=f * dlon * (1 - 1e-6),
+                )
+            )
+    return concat_tables(tables)
+
+
+def simulate(truth: xr.Dataset, config: ObserveConfig) -> xr.Dataset:
+    """All enabled simulators on ``truth`` (canonical, in memory) within start/end."""
+    if config.start is not None or config.end is not None:
+        truth = truth.sel(time=slice(config.start, config.end))
+    if truth.sizes.get("time", 0) == 0:
+        raise ObservationError(f"no truth time between {config.start} and {config.end}")
+    rng = np.random.default_rng(config.seed)
+    tables = []
+    if config.stations.enabled:
+        tables.append(surface_stations(truth, config.stations, rng))
+    if config.satellite.enabled:
+        tables.append(satellite_swath(truth, config.satellite, rng))
+    if config.coarse.enabled:
+        tables.append(coarse_grained(truth, config.coarse, rng))
+    if not tables:
+        raise ObservationError("all simulators are disabled")
+    return concat_tables(tables)
+
+
+def observe_store(
+    truth: str, config: ObserveConfig, out: str, overwrite: bool = False
+) -> tuple[str, int]:
+    """Simulates observations of a gridded store and writes an observation store.
+
+    Returns the output path and the number of observations.
+    """
+    from appa.data.sources import open_era5
+    from appa.observations.schema import write_observations
+
+    variables = set()
+    for part in (config.stations, config.satellite, config.coarse):
+        if part.enabled:
+            variables |= set(part.variables)
+    if config.stations.enabled and config.stations.land_only:
+        variables.add("land_sea_mask")
+    time = slice(config.start, config.end) if config.start or config.end else None
+    ds = open_era5(truth, variables=sorted(variables), time=time).load()
+    table = simulate(ds, config)
+    path = write_observations(table, out, partition=config.partition, overwrite=overwrite)
+    return str(path), int(table.sizes["obs"])

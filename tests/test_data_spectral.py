@@ -1,0 +1,83 @@
+"""The spherical-harmonic transforms of the toy Earth against exact answers."""
+
+import numpy as np
+import pytest
+
+from appa.data.grids import area_weights, equiangular_grid, parse_grid
+from appa.data.spectral import SphericalHarmonics, legendre_functions
+
+
+def _random_coeffs(sh, rng, fields=()):
+    shape = (*fields, sh.T + 1, sh.T + 1)
+    c = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) * sh.mask
+    c[..., 0, :] = c[..., 0, :].real  # m = 0 coefficients of a real field are real
+    return c
+
+
+def test_legendre_orthonormal_and_closed_forms():
+    mu, w = np.polynomial.legendre.leggauss(40)
+    P = legendre_functions(mu, 12, 12)
+    for m in range(13):
+        gram = (P[m, m:] * w) @ P[m, m:].T
+        np.testing.assert_allclose(gram, np.eye(13 - m), atol=1e-12)
+    np.testing.assert_allclose(P[0, 1], np.sqrt(1.5) * mu, atol=1e-14)
+    np.testing.assert_allclose(P[0, 2], np.sqrt(2.5) * (3 * mu**2 - 1) / 2, atol=1e-14)
+    np.testing.assert_allclose(P[1, 1], np.sqrt(0.75) * np.sqrt(1 - mu**2), atol=1e-14)
+
+
+def test_round_trip_and_laplacian():
+    rng = np.random.default_rng(0)
+    sh = SphericalHarmonics(15)
+    c = _random_coeffs(sh, rng, (3,))
+    np.testing.assert_allclose(sh.to_spectral(sh.to_grid(c)), c, atol=1e-12)
+    # Y_2^0 ~ 3 mu^2 - 1 is an eigenfunction of the Laplacian with eigenvalue -6 / a^2.
+    mu = sh.mu[:, None] * np.ones((1, sh.nlon))
+    spec = sh.to_spectral(3 * mu**2 - 1)
+    assert np.count_nonzero(np.abs(spec) > 1e-12) == 1
+    assert sh.laplacian[0, 2] == pytest.approx(-6 / sh.radius**2)
+
+
+def test_solid_body_winds_and_advection():
+    rng = np.random.default_rng(1)
+    sh = SphericalHarmonics(21, radius=1.0)
+    omega = 0.3
+    mu = sh.mu[:, None] * np.ones((1, sh.nlon))
+    psi = sh.to_spectral(-omega * mu)  # u = omega cos(lat), v = 0
+    U, V = sh.winds(psi)
+    np.testing.assert_allclose(U, omega * (1 - mu**2), atol=1e-12)
+    np.testing.assert_allclose(V, 0.0, atol=1e-12)
+    q = _random_coeffs(sh, rng)
+    qg = sh.to_grid(q)
+    # u . grad q = omega dq/dlambda for solid-body rotation.
+    adv = sh.divergence_flux(U * qg, V * qg)
+    np.testing.assert_allclose(adv, 1j * omega * sh.m * q, atol=1e-10)
+
+
+def test_synthesis_on_other_latitudes_is_exact():
+    sh = SphericalHarmonics(10)
+    lat, lon = equiangular_grid("64x32")
+    basis = sh.basis(np.sin(np.radians(lat)))
+    # f = mu (1 - mu^2)^(1/2) cos(lambda) is in the span (l = 2, m = 1).
+    mu = sh.mu[:, None]
+    c = sh.to_spectral(mu * np.sqrt(1 - mu**2) * np.cos(np.radians(sh.longitude))[None, :])
+    out = sh.to_grid(c, basis[0], len(lon))
+    mu_o = np.sin(np.radians(lat))[:, None]
+    expected = mu_o * np.sqrt(1 - mu_o**2) * np.cos(np.radians(lon))[None, :]
+    np.testing.assert_allclose(out, expected, atol=1e-12)
+
+
+def test_grids():
+    lat, lon = equiangular_grid("64x32")
+    assert lat[0] == pytest.approx(-87.1875) and lat[-1] == pytest.approx(87.1875)
+    assert lon[0] == 0 and lon[-1] == pytest.approx(354.375)
+    assert parse_grid("128x64") == (128, 64)
+    with pytest.raises(ValueError, match="NLONxNLAT"):
+        parse_grid("64-32")
+    with pytest.raises(ValueError, match="nlon = 2"):
+        parse_grid("64x64")
+    w = area_weights(lat)
+    assert w.mean() == pytest.approx(1.0)
+    np.testing.assert_allclose(w, w[::-1])
+    assert w[16] > w[0]
+    with pytest.raises(ValueError, match="ascending"):
+        area_weights(lat[::-1])
