@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from appa.nn import LatentDiT, StateAutoencoder, WeightedMSE, date_features, get_preset
+from appa.dates import date_features
+from appa.nn import LatentDiT, StateAutoencoder, WeightedMSE, get_preset
 from appa.nn.info import model_info
 
 

@@ -7,12 +7,13 @@ import torch
 import xarray as xr
 from torch.utils.data import DataLoader
 
-from appa.data.datasets import LatentWindowDataset, WindowDataset, date_features, window_starts
+from appa.data.datasets import LatentWindowDataset, WindowDataset, window_starts
 from appa.data.grids import area_weights
 from appa.data.sources import open_era5
 from appa.data.spec import StateSpec, stack, unstack
 from appa.data.stats import Statistics, compute_statistics, default_stats_path
 from appa.data.toy_earth import ToyEarthConfig, write_toy_earth
+from appa.dates import date_features
 
 SPEC = StateSpec(
     surface=["2m_temperature", "sea_surface_temperature"],

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from appa.nn import LatentDiT, StateAutoencoder, date_features, get_preset
+from appa.dates import date_features
+from appa.nn import LatentDiT, StateAutoencoder, get_preset
 
 
 def randomize(module: torch.nn.Module, seed: int = 0) -> None:

@@ -187,8 +187,8 @@ def test_tiny_presets_learn():
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
 
+    from appa.dates import date_features
     from appa.diffusion import EDMDenoiser, denoising_loss
-    from appa.nn import date_features
 
     dit = LatentDiT(preset.denoiser).train()
     den = EDMDenoiser(dit)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from appa.dates import date_features
 from appa.diffusion import (
     EDMDenoiser,
     GaussianObservation,
@@ -14,7 +15,7 @@ from appa.diffusion import (
     WindowedDenoiser,
     denoising_loss,
 )
-from appa.nn import DenoiserConfig, LatentDiT, date_features, get_preset, math_attention
+from appa.nn import DenoiserConfig, LatentDiT, get_preset, math_attention
 from appa.nn.attention import LocalChunks, attention
 
 
@@ -250,9 +251,9 @@ def test_date_features_of_datetimes():
     torch.testing.assert_close(
         d[2, 2:], torch.tensor([-1.0, 0.0], dtype=torch.float64), atol=1e-12, rtol=0
     )
-    # half a year apart: opposite year phase
-    half = np.array(["2001-03-01T00:00"], "datetime64[m]")
-    later = half + np.timedelta64(int(365.2422 * 24 * 60 / 2), "m")
+    # half a (365-day) calendar year apart: opposite year phase
+    half = np.array(["2001-01-01T00:00"], "datetime64[m]")
+    later = half + np.timedelta64(365 * 12, "h")
     a, b = date_features(half, torch.float64), date_features(later, torch.float64)
     torch.testing.assert_close(a[0, :2], -b[0, :2], atol=1e-5, rtol=0)
     with pytest.raises(TypeError):

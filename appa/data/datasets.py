@@ -7,7 +7,6 @@ and with Ray Data readers that construct one dataset per actor.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,30 +19,9 @@ from torch.utils.data import Dataset
 from appa.data.sources import open_era5
 from appa.data.spec import StateSpec
 from appa.data.stats import Statistics
+from appa.dates import date_features
 
-__all__ = ["LatentWindowDataset", "WindowDataset", "date_features", "window_starts"]
-
-
-def date_features(times: Sequence | np.ndarray | pd.DatetimeIndex) -> np.ndarray:
-    """``(T, 4)`` float32: sin and cos of the year phase, sin and cos of the hour of day.
-
-    The year phase is the fraction of the calendar year elapsed (leap years included).
-    """
-    t = pd.DatetimeIndex(times)
-    year_start = pd.to_datetime(t.year.astype(str) + "-01-01")
-    year_end = pd.to_datetime((t.year + 1).astype(str) + "-01-01")
-    phase = np.asarray((t - year_start) / (year_end - year_start), dtype=np.float64)
-    hour = np.asarray(t.hour + t.minute / 60 + t.second / 3600, dtype=np.float64) / 24.0
-    feats = np.stack(
-        [
-            np.sin(2 * np.pi * phase),
-            np.cos(2 * np.pi * phase),
-            np.sin(2 * np.pi * hour),
-            np.cos(2 * np.pi * hour),
-        ],
-        axis=-1,
-    )
-    return feats.astype(np.float32)
+__all__ = ["LatentWindowDataset", "WindowDataset", "window_starts"]
 
 
 def window_starts(times: np.ndarray, window: int, stride: int = 1) -> np.ndarray:
@@ -123,7 +101,7 @@ class WindowDataset(Dataset):
             raise ValueError(
                 f"no window of {window} consecutive states in {self.store} within {period}"
             )
-        self.dates = date_features(times)  # once, not per item
+        self.dates = date_features(times).numpy()  # once, not per item
         self._ds: xr.Dataset | None = ds
         if self.stats is not None:
             self._mean = self.stats.mean.astype(np.float32)[:, None, None]
@@ -211,7 +189,7 @@ class LatentWindowDataset(Dataset):
         if self.starts.size == 0:
             raise ValueError(f"no window of {window} consecutive latents in {self.store}")
         self.latent_shape = tuple(ds[variable].shape[1:])
-        self.dates = date_features(times)
+        self.dates = date_features(times).numpy()
         self._ds: xr.Dataset | None = ds
 
     def _open(self) -> xr.Dataset:

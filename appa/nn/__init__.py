@@ -10,7 +10,6 @@ from appa.nn.attention import (
     math_attention_enabled,
 )
 from appa.nn.autoencoder import ResBlock, StateAutoencoder
-from appa.nn.dates import DATE_FEATURES, date_features
 from appa.nn.losses import WeightedMSE, cell_area_weights, level_weights
 from appa.nn.presets import (
     PRESETS,
@@ -23,7 +22,6 @@ from appa.nn.presets import (
 from appa.nn.transformer import DiTBlock, LatentDiT
 
 __all__ = [
-    "DATE_FEATURES",
     "PRESETS",
     "AutoencoderConfig",
     "DenoiserConfig",
@@ -38,7 +36,6 @@ __all__ = [
     "WeightedMSE",
     "attention",
     "cell_area_weights",
-    "date_features",
     "get_preset",
     "level_weights",
     "math_attention",

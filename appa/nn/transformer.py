@@ -196,7 +196,7 @@ class LatentDiT(nn.Module):
         Arguments:
             x: Latent windows ``(B, T, C, h, w)``.
             c_noise: Noise conditioning ``(B,)`` (``log(sigma) / 4`` from EDM).
-            date: Date features per frame ``(B, T, F)`` (see :func:`appa.nn.date_features`);
+            date: Date features per frame ``(B, T, F)`` (see :func:`appa.dates.date_features`);
                 required when ``config.date_features > 0``.
             context: Conditioning channels ``(B, Cc, h, w)`` (static) or ``(B, T, Cc, h, w)``.
                 Through :class:`appa.diffusion.WindowedDenoiser`, which unfolds every tensor
