@@ -1,0 +1,44 @@
+"""Dependencies flow one way (docs/architecture.md): a package imports only what lies below it."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "appa"
+BASE = {"appa.config", "appa.dates"}
+ALLOWED = {
+    "diffusion": set(),
+    "nn": {"appa.diffusion"} | BASE,
+    "data": BASE,
+    "observations": {"appa.diffusion", "appa.data"} | BASE,
+    "metrics": {"appa.data"} | BASE,
+}
+
+
+def _appa_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("appa"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("appa"))
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_package_imports_only_lower_layers(package):
+    own = f"appa.{package}"
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for module in _appa_imports(path):
+            top = ".".join(module.split(".")[:2])
+            assert top == own or top in ALLOWED[package], (
+                f"{path.relative_to(ROOT.parent)} imports {module}: not allowed in {own}"
+            )
+
+
+def test_the_core_does_not_import_heavy_stacks():
+    for path in (ROOT / "diffusion").rglob("*.py"):
+        text = path.read_text()
+        for name in ("ray", "xarray", "zarr", "fsspec"):
+            assert f"import {name}" not in text, f"{path.name} imports {name}"
