@@ -7,7 +7,7 @@ Wasserstein distance to exact posterior samples, beside the floor (two independe
 and the prior. azula's MMPS runs on the same denoiser, sampler, steps and sample count; the time
 ratio ours/azula compares identical algorithms (GMRES, same iterations).
 
-    python benchmarks/posterior_gmm.py [--seeds 5] [--samples 1000] [--dims 8 80] [--obs 1 2 4]
+    python benchmarks/bench_posterior_gmm.py [--seeds 5] [--samples 1000] [--dims 8 80]
 """
 
 from __future__ import annotations

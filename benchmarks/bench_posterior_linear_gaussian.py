@@ -6,7 +6,7 @@ noise variance 1e-2. For each step count, draws samples with the Heun sampler an
 MMPS (converged CG), DPS, the diagonal (SDA) approximation and the prior; and runs azula's MMPS
 on the same denoiser, sampler, steps and sample count, with the time ratio ours/azula.
 
-    python benchmarks/posterior_linear_gaussian.py [--samples 10000] [--steps 16 32 64 128]
+    python benchmarks/bench_posterior_linear_gaussian.py [--samples 10000] [--steps 16 32 64 128]
 """
 
 from __future__ import annotations
