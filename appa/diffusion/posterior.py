@@ -246,11 +246,15 @@ class DiagonalGaussianDenoiser(_Guided):
     """The diagonal Gaussian approximation of score-based data assimilation (Rozet & Louppe 2023):
     ``p(y | x_t) ~ N(y | A(x_hat), Sigma_y + gamma sigma^2 I)``.
 
+    ``gamma sigma^2 I`` stands for ``A Sigma_t A^T``; it is right when the operator has unit gain
+    and the data unit variance. Too small a ``gamma`` for the problem makes the guidance overshoot
+    and diverge (its update multiplies the residual by ``~ |A Sigma_t A^T| / (gamma sigma^2)``).
+
     Arguments:
         gamma: Scale of the prior's contribution to the observation-space variance.
     """
 
-    def __init__(self, prior: Denoiser, observation: GaussianObservation, gamma: float = 1e-2):
+    def __init__(self, prior: Denoiser, observation: GaussianObservation, gamma: float = 1.0):
         super().__init__(prior, observation)
         self.gamma = gamma
 
