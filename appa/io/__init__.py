@@ -9,6 +9,7 @@ from appa.io.checkpoints import (
     list_checkpoints,
     load_checkpoint,
     load_module_state,
+    read_metadata,
     save_checkpoint,
     unflatten_state,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "load_module_state",
+    "read_metadata",
     "save_checkpoint",
     "unflatten_state",
 ]

@@ -44,6 +44,7 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "load_module_state",
+    "read_metadata",
     "save_checkpoint",
     "unflatten_state",
 ]
@@ -305,24 +306,14 @@ def _prune(fs: fsspec.AbstractFileSystem, base: str, keep: int | None) -> None:
         fs.rm(fsspec.core.url_to_fs(path)[1], recursive=True)
 
 
-def load_checkpoint(path: str, verify: bool = True) -> Checkpoint:
-    """Loads a checkpoint folder (or the latest checkpoint under a run folder).
-
-    Arguments:
-        path: A ``step-*`` folder, or a run folder holding them (the newest is taken).
-        verify: Check each file's size and SHA-256 against the manifest.
-
-    Raises:
-        CheckpointError: naming the file and what is wrong with it.
-    """
+def _manifest(path: str) -> tuple[fsspec.AbstractFileSystem, str, dict[str, Any]]:
     fs, base = _fs(path)
     if not fs.exists(f"{base}/{MANIFEST}"):
         latest = latest_checkpoint(path)
         if latest is None:
             raise CheckpointError(f"no checkpoint at {path} (no {MANIFEST}, no step-* folders)")
         fs, base = _fs(latest)
-    where = _url(fs, base)
-    mpath = f"{where}/{MANIFEST}"
+    mpath = f"{_url(fs, base)}/{MANIFEST}"
     try:
         manifest = json.loads(fs.cat_file(f"{base}/{MANIFEST}"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -337,6 +328,28 @@ def load_checkpoint(path: str, verify: bool = True) -> Checkpoint:
     for key in ("step", "files", "states", "metadata"):
         if key not in manifest:
             raise CheckpointError(f"{mpath}: missing key {key!r}")
+    return fs, base, manifest
+
+
+def read_metadata(path: str) -> dict[str, Any]:
+    """The metadata of a checkpoint (or of the newest under a run folder) and its ``step``,
+    reading only the manifest."""
+    _, _, manifest = _manifest(path)
+    return {**manifest["metadata"], "step": int(manifest["step"])}
+
+
+def load_checkpoint(path: str, verify: bool = True) -> Checkpoint:
+    """Loads a checkpoint folder (or the latest checkpoint under a run folder).
+
+    Arguments:
+        path: A ``step-*`` folder, or a run folder holding them (the newest is taken).
+        verify: Check each file's size and SHA-256 against the manifest.
+
+    Raises:
+        CheckpointError: naming the file and what is wrong with it.
+    """
+    fs, base, manifest = _manifest(path)
+    where = _url(fs, base)
 
     groups: dict[str, dict[str, Tensor]] = {}
     for fname, info in manifest["files"].items():

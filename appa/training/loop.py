@@ -159,6 +159,7 @@ class Trainer:
         self.step = 0
         self.samples_seen = 0
         self.resumed_from: str | None = None
+        self.last_metrics: dict[str, float] = {}
         if resume and self.run_dir is not None:
             latest = latest_checkpoint(self.checkpoint_dir)
             if latest is not None:
@@ -264,6 +265,7 @@ class Trainer:
                     "task": self.task.metadata(),
                     "fingerprint": self.fingerprint,
                     "config": self.metadata,
+                    "metrics": self.last_metrics,
                     "loop": {
                         "step": self.step,
                         "samples_seen": self.samples_seen,
@@ -335,6 +337,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(ckpt.states["rng"]["cuda"])
         self.step = ckpt.step
         self.samples_seen = int(saved["samples_seen"])
+        self.last_metrics = dict(meta.get("metrics", {}))
         self.resumed_from = ckpt.path
 
     # -- the loop ---------------------------------------------------------------------------
@@ -453,9 +456,8 @@ class Trainer:
 
         loop = self.loop
         show = loop.progress and self.rank == 0
-        last: dict[str, float] = {}
         if self.step >= loop.steps:
-            return last
+            return dict(self.last_metrics)
         data = iter(self._loader())
         window: list[float] = []
         t0 = time.perf_counter()
@@ -480,7 +482,7 @@ class Trainer:
                 if self.step % loop.log_every == 0 or self.step == loop.steps:
                     mean_loss, mean_norm = self._reduce_mean([sum(window) / len(window), grad_norm])
                     window = []
-                    last = {
+                    self.last_metrics = {
                         "step": self.step,
                         "loss": mean_loss,
                         "grad_norm": mean_norm,
@@ -489,8 +491,8 @@ class Trainer:
                         "seconds": round(time.perf_counter() - t0, 3),
                     }
                     if self._train_log is not None:
-                        self._train_log.write(last)
-                    self._emit(self.step, last)
+                        self._train_log.write(self.last_metrics)
+                    self._emit(self.step, dict(self.last_metrics))
                 if loop.val_every and (self.step % loop.val_every == 0 or self.step == loop.steps):
                     val = {f"val_{k}": v for k, v in self.validate().items()}
                     if val:
@@ -499,13 +501,13 @@ class Trainer:
                         if show:
                             shown = val.get("val_loss", float("nan"))
                             progress.console.print(f"step {self.step}: val_loss {shown:.4g}")
-                        last = {**last, **val}
+                        self.last_metrics = {**self.last_metrics, **val}
                         self._emit(self.step, {"step": self.step, **val})
                 if loop.checkpoint_every and (
                     self.step % loop.checkpoint_every == 0 or self.step == loop.steps
                 ):
                     self.save()
-        return last
+        return dict(self.last_metrics)
 
 
 def json_round(value: Any) -> Any:
