@@ -88,6 +88,52 @@ def model_info(
     typer.echo(json.dumps(info.as_dict(), indent=2) if as_json else format_info(info))
 
 
+train_app = typer.Typer(
+    help="Train the autoencoder or the latent diffusion prior (Ray Train or in-process).",
+    no_args_is_help=True,
+)
+app.add_typer(train_app, name="train")
+
+AddressOption = Annotated[
+    str | None,
+    typer.Option("--address", help="Ray cluster address (default: start a local cluster)."),
+]
+
+
+def _train(kind: str, config: Path | None, overrides: list[str] | None, address: str | None):
+    from appa.config import ConfigError, load_config
+    from appa.distributed import run_training
+    from appa.training.jobs import AutoencoderJob, DiffusionJob
+
+    model = AutoencoderJob if kind == "autoencoder" else DiffusionJob
+    extra = [f"runner.address={address}"] if address else []
+    try:
+        job = load_config(model, config, [*(overrides or []), *extra])
+        metrics = run_training(job)
+    except (ConfigError, FileNotFoundError, KeyError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, int | float))
+    typer.echo(f"{kind}: {shown}")
+    typer.echo(f"checkpoints: {job.run_dir}/checkpoints")
+
+
+@train_app.command("autoencoder")
+def train_autoencoder(
+    config: ConfigOption = None, overrides: OverridesOption = None, address: AddressOption = None
+) -> None:
+    """Train the state autoencoder on a window store of standardised states."""
+    _train("autoencoder", config, overrides, address)
+
+
+@train_app.command("diffusion")
+def train_diffusion(
+    config: ConfigOption = None, overrides: OverridesOption = None, address: AddressOption = None
+) -> None:
+    """Train the latent trajectory denoiser on a window store of latents."""
+    _train("diffusion", config, overrides, address)
+
+
 def main() -> None:
     """Console entry point."""
     app()

@@ -157,3 +157,67 @@ def test_ray_train_two_workers_matches_one_process(state_store, tmp_path, ray_cl
         torch.testing.assert_close(a.tensors["model"][k], v, rtol=1e-4, atol=1e-5)
     assert metrics["loss"] == pytest.approx(reference["loss"], rel=1e-4)
     assert (tmp_path / "ray" / "train.csv").exists()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("command", "config"),
+    [
+        ("autoencoder", "train_autoencoder_tiny.yaml"),
+        ("diffusion", "train_diffusion_tiny.yaml"),
+    ],
+)
+def test_cli_runs_the_example_configs(command, config, state_store, latent_store, tmp_path):
+    from typer.testing import CliRunner
+
+    from appa.cli import app
+
+    store = state_store if command == "autoencoder" else latent_store
+    overrides = AE_OVERRIDES if command == "autoencoder" else DIT_OVERRIDES
+    args = [
+        "train",
+        command,
+        "--config",
+        str(ROOT / "pipelines" / "configs" / config),
+        "--set",
+        f"data.path={store}",
+        "--set",
+        "data.train=[0,12]",
+        "--set",
+        "data.val=[12,16]",
+        "--set",
+        f"overrides={overrides}",
+        "--set",
+        "loop.steps=2",
+        "--set",
+        "loop.batch_size=2",
+        "--set",
+        "loop.val_every=2",
+        "--set",
+        "loop.progress=false",
+        "--set",
+        f"run_dir={tmp_path / 'run'}",
+        "--set",
+        "runner.backend=local",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"{command}: step=2" in result.output
+    assert load_checkpoint(str(tmp_path / "run" / "checkpoints")).step == 2
+
+
+def test_cli_reports_bad_configs(tmp_path):
+    from typer.testing import CliRunner
+
+    from appa.cli import app
+
+    result = CliRunner().invoke(
+        app, ["train", "autoencoder", "--set", "data.path=/nowhere.zarr", "--set", "loop.steps=0"]
+    )
+    assert result.exit_code == 2 and "loop.steps" in result.output
+    result = CliRunner().invoke(
+        app, ["train", "diffusion", "--set", f"data.path={tmp_path}/missing.zarr"]
+    )
+    assert result.exit_code == 2 and "missing.zarr" in result.output

@@ -13,7 +13,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from appa.training.jobs import AutoencoderJob, DiffusionJob, build_trainer, parse_job
+from appa.training.jobs import (
+    AutoencoderJob,
+    DiffusionJob,
+    build_trainer,
+    parse_job,
+    prepare_job,
+)
 
 __all__ = ["fit_on_ray", "init_ray", "run_training"]
 
@@ -84,7 +90,7 @@ def fit_on_ray(job: Job) -> dict[str, float]:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     runner = job.runner
-    job = _absolute(job)
+    job = prepare_job(_absolute(job))  # fail fast on the driver, before starting workers
     started = init_ray(runner.address, runner.num_cpus, runner.object_store_memory)
     try:
         resources: dict[str, float] = {"CPU": runner.cpus_per_worker}

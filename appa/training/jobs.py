@@ -30,6 +30,7 @@ __all__ = [
     "RunnerConfig",
     "build_trainer",
     "parse_job",
+    "prepare_job",
 ]
 
 
@@ -99,6 +100,8 @@ class DiffusionJob(_Job):
     sigma_max: float = Field(1e3, gt=0)
     sigma_data: float = Field(1.0, gt=0)
     latent_stats: Literal["store", "compute", "none"] = "compute"
+    latent_mean: list[float] | None = None  # when both are given, used as they are
+    latent_std: list[float] | None = None
     val_sigmas: int = Field(6, ge=1)
 
 
@@ -113,6 +116,8 @@ def _datasets(job: Job, window: int, variable: str) -> tuple[ZarrWindows, ZarrWi
 
 
 def _latent_stats(job: DiffusionJob, data: ZarrWindows) -> tuple[list | None, list | None]:
+    if job.latent_mean is not None and job.latent_std is not None:
+        return job.latent_mean, job.latent_std
     if job.latent_stats == "none":
         return None, None
     if job.latent_stats == "store":
@@ -140,13 +145,9 @@ def _latent_stats(job: DiffusionJob, data: ZarrWindows) -> tuple[list | None, li
     return mean.tolist(), std.tolist()
 
 
-def build_trainer(job: Job, callbacks: Iterable[Callback] = (), device=None) -> Trainer:
-    """The :class:`Trainer` of ``job`` on this process (any rank of a process group).
-
-    Seeds torch with the job's seed before building the network, so every rank starts from the
-    same weights."""
+def _open_data(job: Job) -> tuple[ZarrWindows, ZarrWindows | None]:
+    """The job's datasets, checked against its preset (raises :class:`ConfigError`)."""
     preset = get_preset(job.preset, job.overrides)
-    torch.manual_seed(job.loop.seed)
     if isinstance(job, AutoencoderJob):
         variable = job.data.variable or "state"
         train, val = _datasets(job, job.window, variable)
@@ -159,26 +160,49 @@ def build_trainer(job: Job, callbacks: Iterable[Callback] = (), device=None) -> 
             )
         if "latitudes" not in train.attrs:
             raise ConfigError(f"{job.data.path} has no 'latitudes' attribute (area weights)")
+    else:
+        variable = job.data.variable or "latent"
+        train, val = _datasets(job, preset.denoiser.window, variable)
+        if train.shape[1] != preset.denoiser.channels:
+            raise ConfigError(
+                f"{job.data.path}/{variable} has {train.shape[1]} channels, preset "
+                f"{job.preset!r} expects denoiser.channels={preset.denoiser.channels}"
+            )
+    return train, val
+
+
+def prepare_job(job: Job) -> Job:
+    """Checks ``job`` against its data on the launching process and resolves what every worker
+    would otherwise recompute (latent statistics); returns the job to send to workers."""
+    train, _ = _open_data(job)
+    if isinstance(job, DiffusionJob):
+        mean, std = _latent_stats(job, train)
+        if mean is not None:
+            job = job.model_copy(update={"latent_mean": mean, "latent_std": std})
+    return job
+
+
+def build_trainer(job: Job, callbacks: Iterable[Callback] = (), device=None) -> Trainer:
+    """The :class:`Trainer` of ``job`` on this process (any rank of a process group).
+
+    Seeds torch with the job's seed before building the network, so every rank starts from the
+    same weights."""
+    preset = get_preset(job.preset, job.overrides)
+    train, val = _open_data(job)
+    torch.manual_seed(job.loop.seed)
+    if isinstance(job, AutoencoderJob):
         weights = job.channel_weights or train.attrs.get("channel_weights")
         task = AutoencoderTask(
-            cfg,
+            preset.autoencoder,
             train.attrs["latitudes"],
             channel_weights=weights,
             channel_names=train.attrs.get("channel_names"),
-            key=variable,
+            key=train.variable,
         )
     else:
-        variable = job.data.variable or "latent"
-        cfg = preset.denoiser
-        train, val = _datasets(job, cfg.window, variable)
-        if train.shape[1] != cfg.channels:
-            raise ConfigError(
-                f"{job.data.path}/{variable} has {train.shape[1]} channels, preset "
-                f"{job.preset!r} expects denoiser.channels={cfg.channels}"
-            )
         mean, std = _latent_stats(job, train)
         task = DiffusionTask(
-            cfg,
+            preset.denoiser,
             schedule=job.schedule,
             sigma_min=job.sigma_min,
             sigma_max=job.sigma_max,
@@ -186,7 +210,7 @@ def build_trainer(job: Job, callbacks: Iterable[Callback] = (), device=None) -> 
             latent_mean=mean,
             latent_std=std,
             val_sigmas=job.val_sigmas,
-            key=variable,
+            key=train.variable,
         )
     metadata: dict[str, Any] = {
         "job": job.model_dump(mode="json"),
