@@ -202,3 +202,44 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path: Path):
     trainer = _trainer(tiny_autoencoder_task(), Windows(series, 2), None, steps=5)
     with pytest.raises(TrainingError, match="non-finite loss"):
         trainer.fit()
+
+
+@pytest.fixture
+def process_group(tmp_path: Path):
+    """A one-rank gloo process group, so the DDP and FSDP2 code paths run in this process."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_ddp_and_fsdp_paths_match_plain_training_and_resume(tmp_path, process_group, strategy):
+    def run(run_dir, steps, strategy, stop=None):
+        torch.manual_seed(0)
+        cfg = LoopConfig(steps=steps, batch_size=2, seed=5, checkpoint_every=2, progress=False)
+        optim = OptimizerConfig(lr=3e-3, warmup_steps=2, accumulation=2)
+        trainer = Trainer(
+            tiny_autoencoder_task(), _ae_data(), cfg, optim, run_dir=run_dir, strategy=strategy
+        )
+        if stop is not None:
+            trainer.loop.steps = stop
+        trainer.fit()
+        return trainer
+
+    plain = run(str(tmp_path / "plain"), 4, "none")
+    sharded = run(str(tmp_path / "sharded"), 4, strategy)
+    a = load_checkpoint(str(tmp_path / "plain" / "checkpoints"))
+    b = load_checkpoint(str(tmp_path / "sharded" / "checkpoints"))
+    assert b.step == 4
+    for k, v in a.tensors["model"].items():
+        torch.testing.assert_close(b.tensors["model"][k], v, rtol=1e-5, atol=1e-6)
+    del plain, sharded
+    # interrupted at 2 and resumed under the same strategy: the same weights
+    run(str(tmp_path / "resumed"), 4, strategy, stop=2)
+    resumed = run(str(tmp_path / "resumed"), 4, strategy)
+    assert resumed.resumed_from.endswith("step-000000002")
+    c = load_checkpoint(str(tmp_path / "resumed" / "checkpoints"))
+    for k, v in b.tensors["model"].items():
+        assert torch.equal(c.tensors["model"][k], v), k

@@ -182,9 +182,13 @@ class Trainer:
         if self.strategy == "fsdp":
             from torch.distributed.fsdp import fully_shard
 
-            for child in module.children():
-                if any(p.requires_grad for p in child.parameters()):
-                    fully_shard(child)
+            from appa.nn import DiTBlock, ResBlock
+
+            # one FSDP unit per residual or transformer block (their parameters are gathered
+            # one block at a time), the rest with the root
+            for sub in list(module.modules()):
+                if isinstance(sub, DiTBlock | ResBlock):
+                    fully_shard(sub)
             fully_shard(module)
             return module
         return module
@@ -310,17 +314,18 @@ class Trainer:
                 )
         source = f"{path}/model.safetensors"
         if self.strategy == "fsdp":
-            from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions,
-                set_model_state_dict,
-                set_optimizer_state_dict,
-            )
-
-            options = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(self.task.module, ckpt.tensors["model"], options=options)
-            set_optimizer_state_dict(
-                self.task.module, self.optimizer, ckpt.states["optimizer"], options=options
-            )
+            # whole tensors in the file, shards in the model: each rank keeps its shard
+            load_module_state(_Shapes(self.task.network), ckpt.tensors["model"], source)
+            with torch.no_grad():
+                for name, t in self.task.network.state_dict().items():
+                    t.copy_(_shard_like(ckpt.tensors["model"][name], t))
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            state = ckpt.states["optimizer"]
+            for i, entries in state["state"].items():
+                state["state"][i] = {
+                    k: _shard_like(v, params[i]) if v.ndim else v for k, v in entries.items()
+                }
+            self.optimizer.load_state_dict(state)
         else:
             load_module_state(self.task.network, ckpt.tensors["model"], source)
             try:
@@ -508,6 +513,35 @@ class Trainer:
                 ):
                     self.save()
         return dict(self.last_metrics)
+
+
+def _shard_like(full: Tensor, like: Tensor) -> Tensor:
+    """``full`` distributed as ``like`` is (a DTensor's mesh and placements), else moved to its
+    device."""
+    if hasattr(like, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(
+            full.to(like.device, like.dtype), like.device_mesh, like.placements
+        )
+    return full.to(like.device)
+
+
+class _Shapes(nn.Module):
+    """A stand-in whose ``state_dict`` has a module's global (unsharded) shapes, so the strict
+    key and shape check runs before sharded loading."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self._shapes = {
+            k: torch.empty(tuple(v.shape), device="meta") for k, v in module.state_dict().items()
+        }
+
+    def state_dict(self, *args, **kwargs):  # type: ignore[override]
+        return dict(self._shapes)
+
+    def load_state_dict(self, state, strict=True, assign=False):  # type: ignore[override]
+        return None
 
 
 def json_round(value: Any) -> Any:
