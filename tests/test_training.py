@@ -131,11 +131,14 @@ def test_resume_is_bitwise_identical_to_uninterrupted_run(tmp_path: Path, kind: 
 def test_validation_metrics_and_checkpoint_contents(tmp_path: Path):
     torch.manual_seed(0)
     task = tiny_diffusion_task()
+    task.val_samples, task.val_steps = 2, 4
     latents = Windows(smooth_fields(10, 4, (4, 8), seed=2), window=4, key="latent")
     trainer = _trainer(
         task, latents, str(tmp_path), steps=2, val=latents, val_every=2, ema_decay=0.5
     )
     metrics = trainer.fit()
+    assert {"val_sample_std_ratio", "val_sample_lag1", "val_data_lag1"} <= set(metrics)
+    assert metrics["val_data_lag1"] > 0.5  # the smooth trajectories are strongly correlated
     bins = [k for k in metrics if k.startswith("val_loss_sigma_")]
     assert len(bins) == 3
     assert metrics["val_loss"] == pytest.approx(sum(metrics[k] for k in bins) / 3)
@@ -243,3 +246,31 @@ def test_ddp_and_fsdp_paths_match_plain_training_and_resume(tmp_path, process_gr
     c = load_checkpoint(str(tmp_path / "resumed" / "checkpoints"))
     for k, v in b.tensors["model"].items():
         assert torch.equal(c.tensors["model"][k], v), k
+
+
+class _GaussianDenoiser(torch.nn.Module):
+    """The exact denoiser of N(0, s^2 I) data: ``E[x | x_t] = s^2 / (s^2 + sigma^2) x_t``."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x_t, sigma, date=None):
+        s2 = self.scale**2
+        return s2 / (s2 + sigma.reshape(-1, 1, 1, 1, 1) ** 2) * x_t
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_generated_sample_statistics_with_an_exact_denoiser(scale: float):
+    task = tiny_diffusion_task()
+    task.val_samples, task.val_steps = 8, 32
+    g = torch.Generator().manual_seed(0)
+    batch = {"latent": torch.randn(8, 4, 4, 4, 8, generator=g), "date": torch.zeros(8, 4, 4)}
+    parts = task.validate_samples(_GaussianDenoiser(scale), batch, torch.Generator().manual_seed(1))
+    means = {k: float(s) / float(c) for k, (s, c) in parts.items()}
+    means.update({"loss_sigma_1": 0.0})
+    out = task.finalize(means)
+    # samples of N(0, scale^2) against N(0, 1) data: std ratio = scale, no lag-1 correlation
+    assert out["sample_std_ratio"] == pytest.approx(scale, rel=0.08)
+    assert out["sample_mean_error"] < 0.15 * scale
+    assert abs(out["sample_lag1"]) < 0.1 and abs(out["data_lag1"]) < 0.1

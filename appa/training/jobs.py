@@ -103,6 +103,9 @@ class DiffusionJob(_Job):
     latent_mean: list[float] | None = None  # when both are given, used as they are
     latent_std: list[float] | None = None
     val_sigmas: int = Field(6, ge=1)
+    val_samples: int = Field(0, ge=0)  # windows generated per worker at each validation
+    val_sampler: Literal["ddpm", "ddim", "euler", "heun", "pc", "lms"] = "heun"
+    val_steps: int = Field(16, ge=1)
 
 
 Job = AutoencoderJob | DiffusionJob
@@ -210,6 +213,9 @@ def build_trainer(job: Job, callbacks: Iterable[Callback] = (), device=None) -> 
             latent_mean=mean,
             latent_std=std,
             val_sigmas=job.val_sigmas,
+            val_samples=job.val_samples,
+            val_sampler=job.val_sampler,
+            val_steps=job.val_steps,
             key=train.variable,
         )
     metadata: dict[str, Any] = {

@@ -424,8 +424,11 @@ class Trainer:
             generator = torch.Generator(self.device).manual_seed(
                 derive_seed(self.loop.seed, 0x7A1, self.rank, i)
             )
+            batch = _to(batch, self.device)
             with self._autocast():
-                parts = self.task.validate_batch(module, _to(batch, self.device), generator)
+                parts = self.task.validate_batch(module, batch, generator)
+                if i == 0 and hasattr(self.task, "validate_samples"):
+                    parts = {**parts, **self.task.validate_samples(module, batch, generator)}
             for k, (s, c) in parts.items():
                 acc = sums.setdefault(k, [0.0, 0.0])
                 acc[0] += float(s)

@@ -15,7 +15,13 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from appa.diffusion import EDMDenoiser, denoising_loss, make_schedule, sample_training_sigma
+from appa.diffusion import (
+    EDMDenoiser,
+    denoising_loss,
+    make_sampler,
+    make_schedule,
+    sample_training_sigma,
+)
 from appa.nn import LatentDiT, StateAutoencoder, WeightedMSE
 from appa.nn.presets import AutoencoderConfig, DenoiserConfig
 
@@ -157,6 +163,10 @@ class DiffusionTask:
         sigma_data: EDM data standard deviation (1 for standardised latents).
         latent_mean, latent_std: ``(c,)`` latent statistics, or None.
         val_sigmas: Number of validation noise levels.
+        val_samples: Windows generated at each validation (per worker, dated like the first
+            validation windows): their per-channel mean, standard deviation and lag-1
+            autocorrelation along time are compared with the validation data's.
+        val_sampler, val_steps: The sampler and its steps for those windows.
         key, date_key: Batch entries of latents and date features.
     """
 
@@ -172,6 +182,9 @@ class DiffusionTask:
         latent_mean: Sequence[float] | None = None,
         latent_std: Sequence[float] | None = None,
         val_sigmas: int = 6,
+        val_samples: int = 0,
+        val_sampler: str = "heun",
+        val_steps: int = 16,
         key: str = "latent",
         date_key: str = "date",
     ) -> None:
@@ -192,6 +205,7 @@ class DiffusionTask:
         self.val_sigmas = torch.logspace(
             math.log10(sigma_min), math.log10(sigma_max), val_sigmas + 2, dtype=torch.float64
         )[1:-1].tolist()
+        self.val_samples, self.val_sampler, self.val_steps = val_samples, val_sampler, val_steps
         self.key, self.date_key = key, date_key
 
     def _inputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -235,8 +249,53 @@ class DiffusionTask:
             out[f"loss_sigma_{s:.3g}"] = (losses.sum(), n)
         return out
 
+    @torch.no_grad()
+    def validate_samples(
+        self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator
+    ) -> dict[str, tuple[Tensor, Tensor]]:
+        """Moments of ``val_samples`` generated windows and of the batch's windows, per latent
+        channel: ``E[x]``, ``E[x^2]`` and ``E[x_t x_{t+1}]`` (sums and counts)."""
+        if self.val_samples <= 0:
+            return {}
+        x, cond = self._inputs(batch)
+        n = min(self.val_samples, x.shape[0])
+        cond = {k: v[:n] for k, v in cond.items()}
+        sampler = make_sampler(self.val_sampler, model, self.schedule, self.val_steps)
+        seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))
+        samples = sampler.sample(n, tuple(x.shape[1:]), seed=seed, device=x.device, **cond)
+        out: dict[str, tuple[Tensor, Tensor]] = {}
+        for tag, y in (("gen", samples.float()), ("data", x)):
+            # y: (B, T, C, h, w); moments per channel
+            count = y.new_tensor(float(y.numel() // y.shape[2]))
+            lag_count = y.new_tensor(float(y[:, 1:].numel() // y.shape[2]))
+            m1 = y.transpose(0, 2).flatten(1).sum(1)
+            m2 = y.square().transpose(0, 2).flatten(1).sum(1)
+            l1 = (y[:, 1:] * y[:, :-1]).transpose(0, 2).flatten(1).sum(1)
+            for c in range(y.shape[2]):
+                out[f"{tag}_m1_{c}"] = (m1[c], count)
+                out[f"{tag}_m2_{c}"] = (m2[c], count)
+                out[f"{tag}_l1_{c}"] = (l1[c], lag_count)
+        return out
+
     def finalize(self, means: dict[str, float]) -> dict[str, float]:
-        return {"loss": sum(means.values()) / len(means), **means}
+        losses = {k: v for k, v in means.items() if k.startswith("loss_sigma_")}
+        out = {"loss": sum(losses.values()) / len(losses), **losses}
+        if "gen_m1_0" in means:
+            stats: dict[str, list[tuple[float, float, float]]] = {"gen": [], "data": []}
+            for tag in stats:
+                for c in range(self.config.channels):
+                    m1, m2, l1 = (means[f"{tag}_{k}_{c}"] for k in ("m1", "m2", "l1"))
+                    var = max(m2 - m1 * m1, 1e-12)
+                    stats[tag].append((m1, math.sqrt(var), (l1 - m1 * m1) / var))
+            gen, data = stats["gen"], stats["data"]
+            C = len(gen)
+            out["sample_mean_error"] = (
+                sum(abs(g[0] - d[0]) / d[1] for g, d in zip(gen, data, strict=True)) / C
+            )
+            out["sample_std_ratio"] = sum(g[1] / d[1] for g, d in zip(gen, data, strict=True)) / C
+            out["sample_lag1"] = sum(g[2] for g in gen) / C
+            out["data_lag1"] = sum(d[2] for d in data) / C
+        return out
 
     def metadata(self) -> dict[str, Any]:
         return {
