@@ -134,6 +134,30 @@ def train_diffusion(
     _train("diffusion", config, overrides, address)
 
 
+@app.command()
+def encode(
+    config: ConfigOption = None, overrides: OverridesOption = None, address: AddressOption = None
+) -> None:
+    """Encode a window store of states into a latent store (Ray Data actor pool, resumable)."""
+    from appa.config import ConfigError, load_config
+    from appa.distributed.encode import run_encode
+    from appa.io.checkpoints import CheckpointError
+    from appa.training.encode import EncodeJob
+
+    extra = [f"runner.address={address}"] if address else []
+    try:
+        job = load_config(EncodeJob, config, [*(overrides or []), *extra])
+        result = run_encode(job)
+    except (ConfigError, CheckpointError, FileNotFoundError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"encoded {result['encoded']} blocks, skipped {result['skipped']} already done; "
+        f"latent std per channel {[round(v, 3) for v in result['latent_std']]}"
+    )
+    typer.echo(f"latents: {job.output}")
+
+
 def main() -> None:
     """Console entry point."""
     app()

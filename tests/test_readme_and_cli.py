@@ -92,10 +92,12 @@ def test_config_loading_and_overrides(tmp_path):
 
 def test_every_pipeline_config_validates():
     from appa.showcase import ShowcaseConfig
+    from appa.training.encode import EncodeJob
     from appa.training.jobs import AutoencoderJob, DiffusionJob
 
     models = {
         "showcase.yaml": ShowcaseConfig,
+        "encode_tiny.yaml": EncodeJob,
         "train_autoencoder_tiny.yaml": AutoencoderJob,
         "train_diffusion_tiny.yaml": DiffusionJob,
     }
