@@ -274,3 +274,15 @@ def test_generated_sample_statistics_with_an_exact_denoiser(scale: float):
     assert out["sample_std_ratio"] == pytest.approx(scale, rel=0.08)
     assert out["sample_mean_error"] < 0.15 * scale
     assert abs(out["sample_lag1"]) < 0.1 and abs(out["data_lag1"]) < 0.1
+
+
+def test_bf16_autocast_runs_and_tracks_float32():
+    """bf16 autocast (the GPU default) on CPU: the same steps, losses within bf16 precision."""
+    losses = {}
+    for precision in ("float32", "bfloat16"):
+        torch.manual_seed(0)
+        trainer = _trainer(tiny_autoencoder_task(), _ae_data(), None, steps=2, precision=precision)
+        assert (trainer.autocast_dtype is None) == (precision == "float32")
+        losses[precision] = trainer.fit()["loss"]
+    assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=2e-2)
+    assert losses["bfloat16"] != losses["float32"]  # autocast did change the arithmetic
