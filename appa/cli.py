@@ -143,6 +143,76 @@ def observe(
     typer.echo(f"wrote {n} observations to {path}")
 
 
+train_app = typer.Typer(
+    help="Train the autoencoder or the latent diffusion prior (Ray Train or in-process).",
+    no_args_is_help=True,
+)
+app.add_typer(train_app, name="train")
+
+AddressOption = Annotated[
+    str | None,
+    typer.Option("--address", help="Ray cluster address (default: start a local cluster)."),
+]
+
+
+def _train(kind: str, config: Path | None, overrides: list[str] | None, address: str | None):
+    from appa.config import ConfigError, load_config
+    from appa.distributed import run_training
+    from appa.training.jobs import AutoencoderJob, DiffusionJob
+
+    model = AutoencoderJob if kind == "autoencoder" else DiffusionJob
+    extra = [f"runner.address={address}"] if address else []
+    try:
+        job = load_config(model, config, [*(overrides or []), *extra])
+        metrics = run_training(job)
+    except (ConfigError, FileNotFoundError, KeyError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, int | float))
+    typer.echo(f"{kind}: {shown}")
+    typer.echo(f"checkpoints: {job.run_dir}/checkpoints")
+
+
+@train_app.command("autoencoder")
+def train_autoencoder(
+    config: ConfigOption = None, overrides: OverridesOption = None, address: AddressOption = None
+) -> None:
+    """Train the state autoencoder on a window store of standardised states."""
+    _train("autoencoder", config, overrides, address)
+
+
+@train_app.command("diffusion")
+def train_diffusion(
+    config: ConfigOption = None, overrides: OverridesOption = None, address: AddressOption = None
+) -> None:
+    """Train the latent trajectory denoiser on a window store of latents."""
+    _train("diffusion", config, overrides, address)
+
+
+@app.command()
+def encode(
+    config: ConfigOption = None, overrides: OverridesOption = None, address: AddressOption = None
+) -> None:
+    """Encode a window store of states into a latent store (Ray Data actor pool, resumable)."""
+    from appa.config import ConfigError, load_config
+    from appa.distributed.encode import run_encode
+    from appa.io.checkpoints import CheckpointError
+    from appa.training.encode import EncodeJob
+
+    extra = [f"runner.address={address}"] if address else []
+    try:
+        job = load_config(EncodeJob, config, [*(overrides or []), *extra])
+        result = run_encode(job)
+    except (ConfigError, CheckpointError, FileNotFoundError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"encoded {result['encoded']} blocks, skipped {result['skipped']} already done; "
+        f"latent std per channel {[round(v, 3) for v in result['latent_std']]}"
+    )
+    typer.echo(f"latents: {job.output}")
+
+
 def main() -> None:
     """Console entry point."""
     app()

@@ -15,3 +15,13 @@ torch.set_num_threads(1)
 def _deterministic_torch():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One small local Ray cluster for the whole test session (started on first use)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200_000_000)
+    yield ray
+    ray.shutdown()

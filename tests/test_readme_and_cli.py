@@ -92,8 +92,15 @@ def test_config_loading_and_overrides(tmp_path):
 
 def test_every_pipeline_config_validates():
     from appa.showcase import ShowcaseConfig
+    from appa.training.encode import EncodeJob
+    from appa.training.jobs import AutoencoderJob, DiffusionJob
 
-    models = {"showcase.yaml": ShowcaseConfig}
+    models = {
+        "showcase.yaml": ShowcaseConfig,
+        "encode_tiny.yaml": EncodeJob,
+        "train_autoencoder_tiny.yaml": AutoencoderJob,
+        "train_diffusion_tiny.yaml": DiffusionJob,
+    }
     paths = sorted((ROOT / "pipelines" / "configs").glob("*.yaml"))
     assert paths
     for path in paths:

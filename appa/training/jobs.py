@@ -1,0 +1,249 @@
+"""Training jobs from typed configs: ``appa train autoencoder`` and ``appa train diffusion``.
+
+A job config names a network preset (with ``key=value`` overrides), a window store
+(:mod:`appa.training.data`), the loop and optimiser settings, the run folder (local or fsspec
+URL) and how to run it (:class:`RunnerConfig`: in-process, or on Ray Train workers; the
+launching lives in :mod:`appa.distributed.train`). :func:`build_trainer` turns a config into a ready
+:class:`~appa.training.loop.Trainer` on the calling process; it is what each Ray worker runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from appa.config import ConfigError, StrictModel
+from appa.nn.presets import get_preset
+from appa.training.config import LoopConfig, OptimizerConfig
+from appa.training.data import ZarrWindows
+from appa.training.loop import Callback, Trainer
+from appa.training.tasks import AutoencoderTask, DiffusionTask
+
+__all__ = [
+    "AutoencoderJob",
+    "DataConfig",
+    "DiffusionJob",
+    "RunnerConfig",
+    "build_trainer",
+    "parse_job",
+    "prepare_job",
+]
+
+
+class DataConfig(StrictModel):
+    """A window store and the time-index spans ``[start, stop)`` of training and validation."""
+
+    path: str
+    variable: str | None = None  # default: "state" (autoencoder) or "latent" (diffusion)
+    train: tuple[int, int] | None = None
+    val: tuple[int, int] | None = None
+    stride: int = Field(1, ge=1)
+
+
+class RunnerConfig(StrictModel):
+    """Where the job runs.
+
+    ``backend="ray"`` runs the loop on ``num_workers`` Ray Train workers (DDP over gloo on CPU,
+    NCCL on GPU; ``strategy="fsdp"`` shards with FSDP2) against ``address`` (None: a local
+    cluster started by ``ray.init()``). ``backend="local"`` runs it in this process.
+    """
+
+    backend: Literal["ray", "local"] = "ray"
+    address: str | None = None
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, ge=0)
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    max_failures: int = Field(0, ge=0)
+    num_cpus: int | None = Field(None, ge=1)  # for a local cluster only
+    object_store_memory: int | None = Field(None, ge=78643200)
+    torch_threads: int | None = Field(None, ge=1)
+
+
+class _Job(StrictModel):
+    preset: str = "tiny"
+    overrides: list[str] = Field(default_factory=list)
+    data: DataConfig
+    loop: LoopConfig = Field(default_factory=LoopConfig)
+    optim: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    run_dir: str = "runs/train"
+    log_dir: str | None = None
+    resume: bool = True
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+
+
+class AutoencoderJob(_Job):
+    """Autoencoder training. ``window`` states per item (flattened into the batch);
+    ``channel_weights`` weigh the loss per channel (default: the store's ``channel_weights``
+    attribute, else equal)."""
+
+    kind: Literal["autoencoder"] = "autoencoder"
+    window: int = Field(1, ge=1)
+    channel_weights: list[float] | None = None
+
+
+class DiffusionJob(_Job):
+    """Latent diffusion training on windows of the preset's ``denoiser.window`` latents.
+
+    ``latent_stats="store"`` standardises latents with the store's ``latent_mean`` /
+    ``latent_std`` attributes, ``"compute"`` with per-channel statistics of the training span,
+    ``"none"`` leaves them as they are."""
+
+    kind: Literal["diffusion"] = "diffusion"
+    schedule: Literal["loglinear", "rectified", "loglogit"] = "loglinear"
+    sigma_min: float = Field(1e-3, gt=0)
+    sigma_max: float = Field(1e3, gt=0)
+    sigma_data: float = Field(1.0, gt=0)
+    latent_stats: Literal["store", "compute", "none"] = "compute"
+    latent_mean: list[float] | None = None  # when both are given, used as they are
+    latent_std: list[float] | None = None
+    val_sigmas: int = Field(6, ge=1)
+    val_samples: int = Field(0, ge=0)  # windows generated per worker at each validation
+    val_sampler: Literal["ddpm", "ddim", "euler", "heun", "pc", "lms"] = "heun"
+    val_steps: int = Field(16, ge=1)
+
+
+Job = AutoencoderJob | DiffusionJob
+
+
+def _datasets(job: Job, window: int, variable: str) -> tuple[ZarrWindows, ZarrWindows | None]:
+    d = job.data
+    train = ZarrWindows(d.path, window, variable, d.train, d.stride)
+    val = ZarrWindows(d.path, window, variable, d.val, d.stride) if d.val is not None else None
+    return train, val
+
+
+def _latent_stats(job: DiffusionJob, data: ZarrWindows) -> tuple[list | None, list | None]:
+    if job.latent_mean is not None and job.latent_std is not None:
+        return job.latent_mean, job.latent_std
+    if job.latent_stats == "none":
+        return None, None
+    if job.latent_stats == "store":
+        try:
+            return list(data.attrs["latent_mean"]), list(data.attrs["latent_std"])
+        except KeyError:
+            raise ConfigError(
+                f"latent_stats=store but {data.path} has no latent_mean/latent_std attributes"
+            ) from None
+    import zarr
+
+    array = zarr.open_group(data.path, mode="r")[data.variable]
+    start, stop = job.data.train or (0, array.shape[0])
+    # one pass in blocks of time: float64 sums per channel
+    s = np.zeros(array.shape[1])
+    s2 = np.zeros(array.shape[1])
+    n = 0
+    for i in range(start, stop, 256):
+        block = np.asarray(array[i : min(i + 256, stop)], dtype=np.float64)
+        s += block.sum(axis=(0, 2, 3))
+        s2 += np.square(block).sum(axis=(0, 2, 3))
+        n += block.shape[0] * block.shape[2] * block.shape[3]
+    mean = s / n
+    std = np.sqrt(np.maximum(s2 / n - mean**2, 1e-12))
+    return mean.tolist(), std.tolist()
+
+
+def _open_data(job: Job) -> tuple[ZarrWindows, ZarrWindows | None]:
+    """The job's datasets, checked against its preset (raises :class:`ConfigError`)."""
+    preset = get_preset(job.preset, job.overrides)
+    if isinstance(job, AutoencoderJob):
+        variable = job.data.variable or "state"
+        train, val = _datasets(job, job.window, variable)
+        cfg = preset.autoencoder
+        expected = (cfg.in_channels, *cfg.grid)
+        if tuple(train.shape[1:]) != expected:
+            raise ConfigError(
+                f"{job.data.path}/{variable} holds states {tuple(train.shape[1:])}, preset "
+                f"{job.preset!r} expects (channels, lat, lon) = {expected}"
+            )
+        if "latitudes" not in train.attrs:
+            raise ConfigError(f"{job.data.path} has no 'latitudes' attribute (area weights)")
+    else:
+        variable = job.data.variable or "latent"
+        train, val = _datasets(job, preset.denoiser.window, variable)
+        if train.shape[1] != preset.denoiser.channels:
+            raise ConfigError(
+                f"{job.data.path}/{variable} has {train.shape[1]} channels, preset "
+                f"{job.preset!r} expects denoiser.channels={preset.denoiser.channels}"
+            )
+    return train, val
+
+
+def prepare_job(job: Job) -> Job:
+    """Checks ``job`` against its data on the launching process and resolves what every worker
+    would otherwise recompute (latent statistics); returns the job to send to workers."""
+    train, _ = _open_data(job)
+    if isinstance(job, DiffusionJob):
+        mean, std = _latent_stats(job, train)
+        if mean is not None:
+            job = job.model_copy(update={"latent_mean": mean, "latent_std": std})
+    return job
+
+
+def build_trainer(job: Job, callbacks: Iterable[Callback] = (), device=None) -> Trainer:
+    """The :class:`Trainer` of ``job`` on this process (any rank of a process group).
+
+    Seeds torch with the job's seed before building the network, so every rank starts from the
+    same weights."""
+    preset = get_preset(job.preset, job.overrides)
+    train, val = _open_data(job)
+    torch.manual_seed(job.loop.seed)
+    if isinstance(job, AutoencoderJob):
+        weights = job.channel_weights or train.attrs.get("channel_weights")
+        task = AutoencoderTask(
+            preset.autoencoder,
+            train.attrs["latitudes"],
+            channel_weights=weights,
+            channel_names=train.attrs.get("channel_names"),
+            key=train.variable,
+        )
+    else:
+        mean, std = _latent_stats(job, train)
+        task = DiffusionTask(
+            preset.denoiser,
+            schedule=job.schedule,
+            sigma_min=job.sigma_min,
+            sigma_max=job.sigma_max,
+            sigma_data=job.sigma_data,
+            latent_mean=mean,
+            latent_std=std,
+            val_sigmas=job.val_sigmas,
+            val_samples=job.val_samples,
+            val_sampler=job.val_sampler,
+            val_steps=job.val_steps,
+            key=train.variable,
+        )
+    metadata: dict[str, Any] = {
+        "job": job.model_dump(mode="json"),
+        "preset": job.preset,
+        "store": {k: train.attrs[k] for k in sorted(train.attrs)},
+    }
+    return Trainer(
+        task,
+        train,
+        job.loop,
+        job.optim,
+        run_dir=job.run_dir,
+        log_dir=job.log_dir,
+        val_data=val,
+        metadata=metadata,
+        device=device,
+        strategy=job.runner.strategy if job.runner.backend == "ray" else "none",
+        resume=job.resume,
+        callbacks=callbacks,
+    )
+
+
+def parse_job(data: dict[str, Any]) -> Job:
+    """A job config from its JSON form (``kind`` picks the model)."""
+    kind = data.get("kind")
+    if kind == "autoencoder":
+        return AutoencoderJob.model_validate(data)
+    if kind == "diffusion":
+        return DiffusionJob.model_validate(data)
+    raise ConfigError(f"unknown job kind {kind!r}; expected autoencoder or diffusion")

@@ -1,0 +1,309 @@
+"""What is trained: the loss and validation metrics of the autoencoder and the latent denoiser.
+
+A task owns its network and knows the batch layout; the loop (:mod:`appa.training.loop`) owns
+optimisation, data order, precision, checkpoints and logs. Batches are dicts of tensors as the
+window datasets yield them (collated): states ``(B, K, C, H, W)`` (or ``(B, C, H, W)``), latents
+``(B, K, c, h, w)``, date features ``(B, K, F)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from appa.diffusion import (
+    EDMDenoiser,
+    denoising_loss,
+    make_sampler,
+    make_schedule,
+    sample_training_sigma,
+)
+from appa.nn import LatentDiT, StateAutoencoder, WeightedMSE
+from appa.nn.presets import AutoencoderConfig, DenoiserConfig
+
+__all__ = ["AutoencoderTask", "DiffusionTask", "Task"]
+
+
+class Task(Protocol):
+    """The loop's view of a task."""
+
+    kind: str
+    module: nn.Module  # what the loop calls (and wraps for DDP/FSDP)
+    network: nn.Module  # whose weights are saved (the module or a part of it)
+
+    def loss(
+        self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator
+    ) -> Tensor:
+        """Per-sample training loss ``(B,)`` of ``model`` (the possibly wrapped module)."""
+        ...
+
+    def validate_batch(
+        self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator
+    ) -> dict[str, tuple[Tensor, Tensor]]:
+        """``name -> (sum, count)`` of validation quantities; the loop reduces over batches and
+        workers and passes the means to :meth:`finalize`."""
+        ...
+
+    def finalize(self, means: dict[str, float]) -> dict[str, float]:
+        """Validation metrics from the reduced means."""
+        ...
+
+    def metadata(self) -> dict[str, Any]:
+        """JSON-able facts a checkpoint must carry to be used (configs, statistics)."""
+        ...
+
+
+def _get(batch: dict[str, Tensor], key: str) -> Tensor:
+    if key not in batch:
+        raise KeyError(f"batch has no {key!r}; it has {sorted(batch)}")
+    return batch[key]
+
+
+class AutoencoderTask:
+    """Reconstruction of standardised states through the autoencoder, loss
+    :class:`~appa.nn.WeightedMSE` (cell area x channel weights).
+
+    Arguments:
+        config: The autoencoder config (a preset's ``autoencoder``).
+        latitudes: Row latitudes in degrees (``config.grid[0]`` of them).
+        channel_weights: ``(C,)`` loss weights, e.g. :func:`appa.nn.level_weights`.
+        channel_names: Names for the per-channel validation RMSE columns.
+        key: The batch entry holding states.
+    """
+
+    kind = "autoencoder"
+
+    def __init__(
+        self,
+        config: AutoencoderConfig,
+        latitudes: Sequence[float],
+        channel_weights: Sequence[float] | None = None,
+        channel_names: Sequence[str] | None = None,
+        key: str = "state",
+    ) -> None:
+        if len(latitudes) != config.grid[0]:
+            raise ValueError(f"{len(latitudes)} latitudes for a grid of {config.grid[0]} rows")
+        names = list(channel_names or [f"c{i}" for i in range(config.in_channels)])
+        if len(names) != config.in_channels:
+            raise ValueError(f"{len(names)} channel names for {config.in_channels} channels")
+        self.config = config
+        self.module = StateAutoencoder(config)
+        self.network = self.module
+        self.criterion = WeightedMSE(latitudes, channel_weights)
+        self.latitudes = [float(v) for v in latitudes]
+        self.channel_weights = (
+            None if channel_weights is None else list(map(float, channel_weights))
+        )
+        self.channel_names = names
+        self.key = key
+
+    def _states(self, batch: dict[str, Tensor]) -> Tensor:
+        x = _get(batch, self.key)
+        C, H, W = self.config.in_channels, *self.config.grid
+        if x.ndim not in (4, 5) or tuple(x.shape[-3:]) != (C, H, W):
+            raise ValueError(f"{self.key} must be (B, [K,] {C}, {H}, {W}), got {tuple(x.shape)}")
+        return x.reshape(-1, C, H, W)
+
+    def loss(
+        self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator
+    ) -> Tensor:
+        x = self._states(batch)
+        _, x_hat = model(x)
+        return self.criterion.to(x.device)(x_hat, x)
+
+    @torch.no_grad()
+    def validate_batch(
+        self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator
+    ) -> dict[str, tuple[Tensor, Tensor]]:
+        x = self._states(batch)
+        criterion = self.criterion.to(x.device)
+        _, x_hat = model(x)  # the loop validates in eval mode: no latent noise
+        x_hat = x_hat.float()
+        n = x.new_tensor(float(x.shape[0]))
+        out = {"loss": (criterion(x_hat, x).sum(), n)}
+        # area-weighted squared error per channel (the area weights have mean 1)
+        se = ((x_hat - x.float()).square() * criterion.area[:, None]).mean(dim=(-2, -1))
+        for name, column in zip(self.channel_names, se.sum(0), strict=True):
+            out[f"mse_{name}"] = (column, n)
+        return out
+
+    def finalize(self, means: dict[str, float]) -> dict[str, float]:
+        out = {"loss": means["loss"]}
+        rmse = {n: math.sqrt(means[f"mse_{n}"]) for n in self.channel_names}
+        out["rmse"] = sum(rmse.values()) / len(rmse)
+        out.update({f"rmse_{n}": v for n, v in rmse.items()})
+        return out
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "autoencoder": self.config.model_dump(mode="json"),
+            "latitudes": self.latitudes,
+            "channel_weights": self.channel_weights,
+            "channel_names": self.channel_names,
+        }
+
+
+class DiffusionTask:
+    """Denoising score matching of latent windows with :class:`~appa.diffusion.EDMDenoiser`
+    around :class:`~appa.nn.LatentDiT`.
+
+    Latents are standardised by ``latent_mean`` / ``latent_std`` (per latent channel) when
+    given. Validation reports the denoising loss at fixed noise levels (``val_sigmas``,
+    geometric between the schedule's bounds) with fixed noise, so successive validations
+    compare.
+
+    Arguments:
+        config: The denoiser config (a preset's ``denoiser``).
+        schedule: Noise schedule name for training noise levels.
+        sigma_min, sigma_max: Its bounds.
+        sigma_data: EDM data standard deviation (1 for standardised latents).
+        latent_mean, latent_std: ``(c,)`` latent statistics, or None.
+        val_sigmas: Number of validation noise levels.
+        val_samples: Windows generated at each validation (per worker, dated like the first
+            validation windows): their per-channel mean, standard deviation and lag-1
+            autocorrelation along time are compared with the validation data's.
+        val_sampler, val_steps: The sampler and its steps for those windows.
+        key, date_key: Batch entries of latents and date features.
+    """
+
+    kind = "diffusion"
+
+    def __init__(
+        self,
+        config: DenoiserConfig,
+        schedule: str = "loglinear",
+        sigma_min: float = 1e-3,
+        sigma_max: float = 1e3,
+        sigma_data: float = 1.0,
+        latent_mean: Sequence[float] | None = None,
+        latent_std: Sequence[float] | None = None,
+        val_sigmas: int = 6,
+        val_samples: int = 0,
+        val_sampler: str = "heun",
+        val_steps: int = 16,
+        key: str = "latent",
+        date_key: str = "date",
+    ) -> None:
+        self.config = config
+        self.network = LatentDiT(config)
+        self.module = EDMDenoiser(self.network, sigma_data=sigma_data)
+        self.schedule_name = schedule
+        self.schedule = make_schedule(schedule, sigma_min=sigma_min, sigma_max=sigma_max)
+        self.sigma_data = float(sigma_data)
+        c = config.channels
+        for name, v in (("latent_mean", latent_mean), ("latent_std", latent_std)):
+            if v is not None and len(v) != c:
+                raise ValueError(f"{name} has {len(v)} entries for {c} latent channels")
+        if latent_std is not None and min(latent_std) <= 0:
+            raise ValueError("latent_std must be positive")
+        self.latent_mean = None if latent_mean is None else [float(v) for v in latent_mean]
+        self.latent_std = None if latent_std is None else [float(v) for v in latent_std]
+        self.val_sigmas = torch.logspace(
+            math.log10(sigma_min), math.log10(sigma_max), val_sigmas + 2, dtype=torch.float64
+        )[1:-1].tolist()
+        self.val_samples, self.val_sampler, self.val_steps = val_samples, val_sampler, val_steps
+        self.key, self.date_key = key, date_key
+
+    def _inputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        z = _get(batch, self.key)
+        cfg = self.config
+        if z.ndim != 5 or z.shape[1] != cfg.window or z.shape[2] != cfg.channels:
+            raise ValueError(
+                f"{self.key} must be (B, {cfg.window}, {cfg.channels}, h, w), got {tuple(z.shape)}"
+            )
+        z = z.float()
+        if self.latent_mean is not None:
+            z = z - z.new_tensor(self.latent_mean)[:, None, None]
+        if self.latent_std is not None:
+            z = z / z.new_tensor(self.latent_std)[:, None, None]
+        cond = {}
+        if cfg.date_features:
+            cond["date"] = _get(batch, self.date_key).float()
+        return z, cond
+
+    def loss(
+        self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator
+    ) -> Tensor:
+        x, cond = self._inputs(batch)
+        sigma = sample_training_sigma(self.schedule, x.shape[0], generator, device=x.device)
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return denoising_loss(model, x, sigma, noise=noise, sigma_data=self.sigma_data, **cond)
+
+    @torch.no_grad()
+    def validate_batch(
+        self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator
+    ) -> dict[str, tuple[Tensor, Tensor]]:
+        x, cond = self._inputs(batch)
+        n = x.new_tensor(float(x.shape[0]))
+        out = {}
+        for s in self.val_sigmas:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            sigma = x.new_full((x.shape[0],), s)
+            losses = denoising_loss(
+                model, x, sigma, noise=noise, sigma_data=self.sigma_data, **cond
+            )
+            out[f"loss_sigma_{s:.3g}"] = (losses.sum(), n)
+        return out
+
+    @torch.no_grad()
+    def validate_samples(
+        self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator
+    ) -> dict[str, tuple[Tensor, Tensor]]:
+        """Moments of ``val_samples`` generated windows and of the batch's windows, per latent
+        channel: ``E[x]``, ``E[x^2]`` and ``E[x_t x_{t+1}]`` (sums and counts)."""
+        if self.val_samples <= 0:
+            return {}
+        x, cond = self._inputs(batch)
+        n = min(self.val_samples, x.shape[0])
+        cond = {k: v[:n] for k, v in cond.items()}
+        sampler = make_sampler(self.val_sampler, model, self.schedule, self.val_steps)
+        seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))
+        samples = sampler.sample(n, tuple(x.shape[1:]), seed=seed, device=x.device, **cond)
+        out: dict[str, tuple[Tensor, Tensor]] = {}
+        for tag, y in (("gen", samples.float()), ("data", x)):
+            # y: (B, T, C, h, w); moments per channel
+            count = y.new_tensor(float(y.numel() // y.shape[2]))
+            lag_count = y.new_tensor(float(y[:, 1:].numel() // y.shape[2]))
+            m1 = y.transpose(0, 2).flatten(1).sum(1)
+            m2 = y.square().transpose(0, 2).flatten(1).sum(1)
+            l1 = (y[:, 1:] * y[:, :-1]).transpose(0, 2).flatten(1).sum(1)
+            for c in range(y.shape[2]):
+                out[f"{tag}_m1_{c}"] = (m1[c], count)
+                out[f"{tag}_m2_{c}"] = (m2[c], count)
+                out[f"{tag}_l1_{c}"] = (l1[c], lag_count)
+        return out
+
+    def finalize(self, means: dict[str, float]) -> dict[str, float]:
+        losses = {k: v for k, v in means.items() if k.startswith("loss_sigma_")}
+        out = {"loss": sum(losses.values()) / len(losses), **losses}
+        if "gen_m1_0" in means:
+            stats: dict[str, list[tuple[float, float, float]]] = {"gen": [], "data": []}
+            for tag in stats:
+                for c in range(self.config.channels):
+                    m1, m2, l1 = (means[f"{tag}_{k}_{c}"] for k in ("m1", "m2", "l1"))
+                    var = max(m2 - m1 * m1, 1e-12)
+                    stats[tag].append((m1, math.sqrt(var), (l1 - m1 * m1) / var))
+            gen, data = stats["gen"], stats["data"]
+            C = len(gen)
+            out["sample_mean_error"] = (
+                sum(abs(g[0] - d[0]) / d[1] for g, d in zip(gen, data, strict=True)) / C
+            )
+            out["sample_std_ratio"] = sum(g[1] / d[1] for g, d in zip(gen, data, strict=True)) / C
+            out["sample_lag1"] = sum(g[2] for g in gen) / C
+            out["data_lag1"] = sum(d[2] for d in data) / C
+        return out
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "denoiser": self.config.model_dump(mode="json"),
+            "schedule": self.schedule_name,
+            "sigma_min": self.schedule.sigma_min,
+            "sigma_max": self.schedule.sigma_max,
+            "sigma_data": self.sigma_data,
+            "latent_mean": self.latent_mean,
+            "latent_std": self.latent_std,
+        }
