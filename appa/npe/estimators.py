@@ -356,7 +356,8 @@ def probability_flow_log_prob(
     ``dx/dsigma = f = (x - D(x, sigma)) / sigma`` is integrated from ``sigma_min`` to
     ``sigma_max`` (Heun, steps uniform in ``log sigma``) while accumulating the divergence
     ``div f = (d - tr dD/dx) / sigma`` with an exact trace (``d`` backward passes); then
-    ``log p_min(x) = log N(x_T; 0, (sigma_max^2 + sigma_data^2) I) + int div f dsigma``.
+    ``log p_min(x) = log N(x_T; D(x_T, sigma_max), (sigma_max^2 + sigma_data^2) I) + int div f
+    dsigma``.
     The result is the density of the data convolved with ``N(0, sigma_min^2 I)``.
 
     Arguments:
@@ -393,8 +394,13 @@ def probability_flow_log_prob(
         f1, div1 = drift_and_div(y_euler, s1)
         y = y + h * (f0 + f1) / 2
         integral = integral + h * (div0 + div1) / 2
+    # at sigma_max the marginal is nearly N(E[x], sigma_max^2 + sigma_data^2); the denoiser's
+    # own estimate of E[x] removes the first-order error of a zero-mean base
+    with torch.no_grad():
+        mean = denoiser(y, torch.full((B,), sigma_max, dtype=y.dtype, device=y.device), **cond)
     var = sigma_max**2 + sigma_data**2
-    base = -0.5 * y.double().square().sum(dim=-1) / var - 0.5 * dim * math.log(2 * math.pi * var)
+    r2 = (y - mean).double().square().sum(dim=-1)
+    base = -0.5 * r2 / var - 0.5 * dim * math.log(2 * math.pi * var)
     return base + integral
 
 
