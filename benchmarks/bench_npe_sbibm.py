@@ -100,11 +100,14 @@ def threads_check(out: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--tasks", nargs="+", default=["two_moons", "gaussian_linear", "gaussian_mixture"])
+    p.add_argument(
+        "--tasks", nargs="+", default=["two_moons", "gaussian_linear", "gaussian_mixture"]
+    )
     p.add_argument("--budgets", nargs="+", type=int, default=[1000, 10000])
     p.add_argument("--observations", nargs="+", type=int, default=list(range(1, 11)))
-    p.add_argument("--methods", nargs="+", default=["appa-flow", "sbi"],
-                   help="appa-flow, appa-diffusion, sbi")
+    p.add_argument(
+        "--methods", nargs="+", default=["appa-flow", "sbi"], help="appa-flow, appa-diffusion, sbi"
+    )
     p.add_argument("--members", type=int, default=1, help="ensemble members of appa estimators")
     p.add_argument("--samples", type=int, default=10000, help="draws per observation for C2ST")
     p.add_argument("--threads", type=int, default=1)
@@ -139,7 +142,9 @@ def main() -> None:
                         posterior, seconds = train_sbi(task, theta, x, args.seed)
                     else:
                         kind = method.split("-", 1)[1]
-                        posterior, seconds = train_appa(task, theta, x, kind, args.members, args.seed)
+                        posterior, seconds = train_appa(
+                            task, theta, x, kind, args.members, args.seed
+                        )
                 except ImportError as error:
                     print(f"skip {method}: {error}")
                     continue
@@ -151,8 +156,13 @@ def main() -> None:
                     sample_s = time.perf_counter() - t0
                     acc = c2st(ref[: args.samples], draws.reshape(args.samples, -1))
                     row = {
-                        "task": task_name, "budget": budget, "method": method, "observation": o,
-                        "c2st": acc, "train_s": seconds, "sample_s": sample_s,
+                        "task": task_name,
+                        "budget": budget,
+                        "method": method,
+                        "observation": o,
+                        "c2st": acc,
+                        "train_s": seconds,
+                        "sample_s": sample_s,
                         "members": args.members if method != "sbi" else 1,
                     }
                     with results_path.open("a") as f:

@@ -54,8 +54,12 @@ def test_parameter_transform_roundtrip_and_exact_log_det():
     tr = ParameterTransform(low, high)
     g = torch.Generator().manual_seed(1)
     theta = torch.stack(
-        [torch.rand(64, generator=g) * 1.8 - 0.9, torch.randn(64, generator=g) * 3,
-         2.1 + 2.8 * torch.rand(64, generator=g)], dim=-1,
+        [
+            torch.rand(64, generator=g) * 1.8 - 0.9,
+            torch.randn(64, generator=g) * 3,
+            2.1 + 2.8 * torch.rand(64, generator=g),
+        ],
+        dim=-1,
     ).double()
     tr.fit(theta)
     z, ladj = tr(theta)
@@ -195,7 +199,9 @@ def test_training_rejects_bad_data_and_noise_is_fresh():
         train_estimator(est, theta, x[:, :1], TrainConfig(max_epochs=1))
     box = BoxUniform([-1.0, -1.0], [1.0, 1.0])
     with pytest.raises(ValueError, match="outside the prior support"):
-        train_estimator(build_estimator(box, (2,), EstimatorConfig()), theta * 5, x, TrainConfig(max_epochs=1))
+        train_estimator(
+            build_estimator(box, (2,), EstimatorConfig()), theta * 5, x, TrainConfig(max_epochs=1)
+        )
     noise = GaussianNoise(torch.tensor([0.0, 1.0]))
     g = torch.Generator().manual_seed(0)
     a, b = noise(x, g), noise(x, g)

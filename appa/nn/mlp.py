@@ -24,7 +24,9 @@ def activation(name: str) -> nn.Module:
     try:
         return _ACTIVATIONS[name]()
     except KeyError:
-        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}")
+        raise ValueError(
+            f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}"
+        ) from None
 
 
 class MLP(nn.Sequential):
@@ -185,7 +187,9 @@ class TimeConditionedMLP(nn.Module):
         self.features = features
         self.context_features = context_features
         self.register_buffer(
-            "frequencies", torch.exp(torch.linspace(0.0, 4.0, noise_embedding // 2)), persistent=False
+            "frequencies",
+            torch.exp(torch.linspace(0.0, 4.0, noise_embedding // 2)),
+            persistent=False,
         )
         self.net = ResMLP(
             features + noise_embedding + context_features, features, width, blocks, activation_name

@@ -38,7 +38,9 @@ __all__ = [
 
 def _draws_and_truths(posterior, theta: Tensor, x: Tensor, n: int, seed: int) -> Tensor:
     if theta.ndim != 2 or theta.shape[0] != x.shape[0]:
-        raise ValueError(f"need theta (B, dim) matching x (B, ...), got {tuple(theta.shape)}, {tuple(x.shape)}")
+        raise ValueError(
+            f"need theta (B, dim) matching x (B, ...), got {tuple(theta.shape)}, {tuple(x.shape)}"
+        )
     return posterior.sample(x, n, seed=seed)  # (n, B, dim)
 
 
@@ -122,13 +124,15 @@ def tarp(
         ``(alpha, ecp, atc)``: credibility levels ``(levels,)``, expected coverage ``(levels,)``
         and the mean of ``ecp - alpha`` (0 when calibrated; < 0 over-confident).
     """
-    n, B, dim = samples.shape
+    _, B, dim = samples.shape
     if theta.shape != (B, dim):
         raise ValueError(f"theta must be ({B}, {dim}), got {tuple(theta.shape)}")
     mean, std = theta.mean(dim=0), theta.std(dim=0).clamp(min=1e-12)
     s, t = (samples - mean) / std, (theta - mean) / std
     if references is None:
-        g = torch.Generator().manual_seed(seed)
+        # a seed of its own: a generator seeded like the one that drew theta would make the
+        # references correlate with the true parameters and bias the curve
+        g = torch.Generator().manual_seed(seed ^ 0x5DEECE66D)
         lo, hi = t.min(dim=0).values, t.max(dim=0).values
         references = lo + (hi - lo) * torch.rand(B, dim, generator=g)
     else:
@@ -207,7 +211,9 @@ def plot_coverage(
     for ax, data, name in zip(axes[0], [curves, tarp_curves or {}], ["HPD", "TARP"], strict=False):
         ax.plot([0, 1], [0, 1], "k--", lw=0.8)
         for label, (lv, cov) in data.items():
-            ax.plot(np.asarray(lv), np.asarray(cov), marker="o" if len(lv) < 25 else None, label=label)
+            ax.plot(
+                np.asarray(lv), np.asarray(cov), marker="o" if len(lv) < 25 else None, label=label
+            )
         ax.set_xlabel("credibility level")
         ax.set_ylabel("empirical coverage")
         ax.set_title(f"{title} ({name})")
@@ -222,7 +228,9 @@ def plot_coverage(
     return path
 
 
-def plot_sbc(ranks: Tensor, n_samples: int, path: str | Path, names: list[str] | None = None) -> Path:
+def plot_sbc(
+    ranks: Tensor, n_samples: int, path: str | Path, names: list[str] | None = None
+) -> Path:
     """Histograms of SBC ranks per parameter with the uniform band (99% of binomial counts)."""
     plt = _plt()
     B, dim = ranks.shape
@@ -272,7 +280,15 @@ def plot_corner(
                     ax.axis("off")
                 elif i == j:
                     rng = limits[i] if limits else None
-                    ax.hist(s[:, i], bins=40, range=rng, density=True, histtype="step", color=c, label=label)
+                    ax.hist(
+                        s[:, i],
+                        bins=40,
+                        range=rng,
+                        density=True,
+                        histtype="step",
+                        color=c,
+                        label=label,
+                    )
                 else:
                     ax.scatter(s[:, j], s[:, i], s=1, alpha=0.2, color=c, rasterized=True)
     for i in range(dim):

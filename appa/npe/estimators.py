@@ -102,7 +102,9 @@ class ParameterTransform(nn.Module):
         low, high = low.double(), high.double()
         bounded = torch.isfinite(low) & torch.isfinite(high)
         if (torch.isfinite(low) != torch.isfinite(high)).any():
-            raise ValueError("half-bounded parameters are not supported: bound both sides or neither")
+            raise ValueError(
+                "half-bounded parameters are not supported: bound both sides or neither"
+            )
         self.register_buffer("bounded", bounded)
         self.register_buffer("low", torch.where(bounded, low, 0.0))
         self.register_buffer("width", torch.where(bounded, high - low, 1.0))
@@ -172,9 +174,7 @@ def make_embedding(cfg: EmbeddingConfig, x_shape: tuple[int, ...]) -> tuple[nn.M
         if len(x_shape) not in (1, 2):
             raise ValueError(f"a conv1d embedding needs x of shape (L,) or (C, L), got {x_shape}")
         in_channels = 1 if len(x_shape) == 1 else x_shape[0]
-        net = Conv1dEmbedding(
-            x_shape[-1], cfg.features, cfg.channels, in_channels, cfg.kernel_size
-        )
+        net = Conv1dEmbedding(x_shape[-1], cfg.features, cfg.channels, in_channels, cfg.kernel_size)
         return net, cfg.features
     head: nn.Module
     if cfg.kind == "mlp":
@@ -278,7 +278,10 @@ class FlowEstimator(NeuralPosterior):
         f = cfg.flow
         if f.flow == "nsf":
             self.flow = zuko.flows.NSF(
-                self.dim, self.context_features, bins=f.bins, transforms=f.transforms,
+                self.dim,
+                self.context_features,
+                bins=f.bins,
+                transforms=f.transforms,
                 hidden_features=f.hidden,
             )
         elif f.flow == "maf":
@@ -315,7 +318,9 @@ class DiffusionEstimator(NeuralPosterior):
         super().__init__(prior, x_shape, cfg)
         d = cfg.diffusion
         if d.sigma_min >= d.sigma_max:
-            raise ValueError(f"diffusion needs sigma_min < sigma_max, got {d.sigma_min}, {d.sigma_max}")
+            raise ValueError(
+                f"diffusion needs sigma_min < sigma_max, got {d.sigma_min}, {d.sigma_max}"
+            )
         backbone = TimeConditionedMLP(self.dim, self.context_features, d.width, d.blocks)
         self.denoiser = EDMDenoiser(backbone, sigma_data=1.0)
         self.schedule = make_schedule(d.schedule, d.sigma_min, d.sigma_max)

@@ -63,10 +63,21 @@ PARAMETERS = [
 
 # (centre um, width um, peak cross section m^2/molecule): rough main bands in 0.9-5 um
 BANDS: dict[str, list[tuple[float, float, float]]] = {
-    "h2o": [(0.94, 0.03, 2e-27), (1.14, 0.04, 8e-27), (1.38, 0.06, 4e-26), (1.87, 0.08, 6e-26),
-            (2.7, 0.15, 3e-25), (4.7, 0.6, 2e-26)],
-    "ch4": [(1.15, 0.03, 3e-27), (1.67, 0.05, 2e-26), (2.2, 0.08, 3e-26), (2.32, 0.06, 8e-26),
-            (3.31, 0.12, 5e-25)],
+    "h2o": [
+        (0.94, 0.03, 2e-27),
+        (1.14, 0.04, 8e-27),
+        (1.38, 0.06, 4e-26),
+        (1.87, 0.08, 6e-26),
+        (2.7, 0.15, 3e-25),
+        (4.7, 0.6, 2e-26),
+    ],
+    "ch4": [
+        (1.15, 0.03, 3e-27),
+        (1.67, 0.05, 2e-26),
+        (2.2, 0.08, 3e-26),
+        (2.32, 0.06, 8e-26),
+        (3.31, 0.12, 5e-25),
+    ],
     "nh3": [(1.5, 0.06, 1e-26), (2.0, 0.06, 2e-26), (2.25, 0.05, 1e-26), (3.0, 0.12, 3e-25)],
     "co": [(1.57, 0.02, 2e-28), (2.35, 0.06, 6e-27), (4.67, 0.12, 6e-25)],
     "co2": [(1.6, 0.02, 1e-27), (2.0, 0.03, 1e-26), (2.7, 0.05, 1e-25), (4.3, 0.08, 4e-24)],
@@ -89,7 +100,9 @@ class ExoplanetSimulator:
     """
 
     def __init__(self, wavelengths: int = 128, layers: int = 40, relative_noise: float = 0.05):
-        self.wavelength = torch.logspace(math.log10(0.9), math.log10(5.0), wavelengths, dtype=torch.float64)
+        self.wavelength = torch.logspace(
+            math.log10(0.9), math.log10(5.0), wavelengths, dtype=torch.float64
+        )
         self.pressure_bar = torch.logspace(-5, 2, layers, dtype=torch.float64)
         lam = self.wavelength[:, None]
         sigma = []
@@ -177,11 +190,21 @@ def plot_posterior_predictive(
     qn = torch.quantile(noisy, torch.tensor([0.05, 0.95]), dim=0)
     lam = model.wavelength.numpy()
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.fill_between(lam, qn[0], qn[1], color="tab:blue", alpha=0.15, label="90% predictive (with noise)")
+    ax.fill_between(
+        lam, qn[0], qn[1], color="tab:blue", alpha=0.15, label="90% predictive (with noise)"
+    )
     ax.fill_between(lam, q[0], q[2], color="tab:blue", alpha=0.35, label="90% of model spectra")
     ax.plot(lam, q[1], color="tab:blue", lw=1, label="median model spectrum")
-    ax.errorbar(lam, x_obs.numpy(), yerr=model.noise_std.numpy(), fmt=".", ms=3, color="k",
-                elinewidth=0.5, label="observed")
+    ax.errorbar(
+        lam,
+        x_obs.numpy(),
+        yerr=model.noise_std.numpy(),
+        fmt=".",
+        ms=3,
+        color="k",
+        elinewidth=0.5,
+        label="observed",
+    )
     if truth is not None:
         ax.plot(lam, model.noiseless(truth[None])[0], "r--", lw=0.8, label="true noiseless")
     ax.set_xlabel("wavelength (micron)")

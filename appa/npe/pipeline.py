@@ -31,7 +31,14 @@ from appa.npe.training import (
     train_ensemble,
 )
 
-__all__ = ["DiagnoseSection", "NPEConfig", "SampleSection", "run_diagnose", "run_sample", "run_train"]
+__all__ = [
+    "DiagnoseSection",
+    "NPEConfig",
+    "SampleSection",
+    "run_diagnose",
+    "run_sample",
+    "run_train",
+]
 
 
 class SampleSection(StrictModel):
@@ -98,8 +105,10 @@ def run_train(cfg: NPEConfig) -> Path:
     torch.set_num_threads(cfg.threads)
     task = make_task(cfg.task)
     theta, x = training_pairs(cfg, task)
-    console.print(f"npe train: task {task.name}, {theta.shape[0]} pairs, {cfg.members} member(s), "
-                  f"{cfg.estimator.kind}")
+    console.print(
+        f"npe train: task {task.name}, {theta.shape[0]} pairs, {cfg.members} member(s), "
+        f"{cfg.estimator.kind}"
+    )
     ensemble, results = train_ensemble(
         lambda: build_estimator(task.prior, task.x_shape, cfg.estimator),
         theta,
@@ -110,22 +119,33 @@ def run_train(cfg: NPEConfig) -> Path:
     )
     estimator = ensemble if cfg.members > 1 else ensemble.members[0]
     history = [
-        {"best_epoch": r.best_epoch, "best_validation": r.best_validation, "seconds": r.seconds,
-         "train_loss": r.train_loss, "validation_loss": r.validation_loss}
+        {
+            "best_epoch": r.best_epoch,
+            "best_validation": r.best_validation,
+            "seconds": r.seconds,
+            "train_loss": r.train_loss,
+            "validation_loss": r.validation_loss,
+        }
         for r in results
     ]
     path = save_estimator(
-        cfg.out / "checkpoint", estimator, {"task": task.name, "config": cfg.model_dump(mode="json")}
+        cfg.out / "checkpoint",
+        estimator,
+        {"task": task.name, "config": cfg.model_dump(mode="json")},
     )
     (cfg.out / "history.json").write_text(json.dumps(history))
     for k, r in enumerate(results):
-        console.print(f"  member {k}: best validation loss {r.best_validation:.4f} at epoch "
-                      f"{r.best_epoch} ({r.seconds:.1f} s)")
+        console.print(
+            f"  member {k}: best validation loss {r.best_validation:.4f} at epoch "
+            f"{r.best_epoch} ({r.seconds:.1f} s)"
+        )
     console.print(f"checkpoint: {path}")
     return path
 
 
-def _observation(cfg: NPEConfig, task: Task) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+def _observation(
+    cfg: NPEConfig, task: Task
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``(x_o, theta_true or None, reference samples or None)``."""
     s = cfg.sample
     if s.observation_file is not None:

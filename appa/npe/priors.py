@@ -46,7 +46,9 @@ class Prior:
     def check(self, theta: Tensor, name: str = "theta") -> Tensor:
         """Validates the trailing dimension and finiteness of ``theta``; returns it."""
         if theta.shape[-1] != self.dim:
-            raise ValueError(f"{name} must end with {self.dim} parameters, got {tuple(theta.shape)}")
+            raise ValueError(
+                f"{name} must end with {self.dim} parameters, got {tuple(theta.shape)}"
+            )
         if not torch.isfinite(theta).all():
             raise ValueError(f"{name} contains NaN or infinite values")
         return theta

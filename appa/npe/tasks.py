@@ -148,7 +148,9 @@ def _names(d: int) -> list[str]:
 
 
 TASKS: dict[str, Callable[[], Task]] = {
-    "two_moons": lambda: Task("two_moons", BoxUniform([-1.0] * 2, [1.0] * 2), _two_moons, (2,), _names(2)),
+    "two_moons": lambda: Task(
+        "two_moons", BoxUniform([-1.0] * 2, [1.0] * 2), _two_moons, (2,), _names(2)
+    ),
     "gaussian_linear": lambda: Task(
         "gaussian_linear",
         DiagonalGaussian([0.0] * 10, [math.sqrt(0.1)] * 10),
@@ -183,4 +185,6 @@ def make_task(name: str) -> Task:
     try:
         return TASKS[name]()
     except KeyError:
-        raise ValueError(f"unknown task {name!r}; choose one of {[*sorted(TASKS), 'exoplanet']}")
+        raise ValueError(
+            f"unknown task {name!r}; choose one of {[*sorted(TASKS), 'exoplanet']}"
+        ) from None

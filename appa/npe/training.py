@@ -119,9 +119,11 @@ def train_estimator(
     _check_pairs(theta, x, estimator.dim, estimator.x_shape)
     inside = estimator.theta_transform.inside(theta)
     if not inside.all():
-        raise ValueError(f"{int((~inside).sum())} training parameters lie outside the prior support")
+        raise ValueError(
+            f"{int((~inside).sum())} training parameters lie outside the prior support"
+        )
     N = theta.shape[0]
-    n_val = max(1, int(round(cfg.validation_fraction * N)))
+    n_val = max(1, round(cfg.validation_fraction * N))
     if N - n_val < 2:
         raise ValueError(f"too few pairs to train ({N})")
     old_threads = torch.get_num_threads()
@@ -246,7 +248,9 @@ def save_pairs(path: str | Path, theta: Tensor, x: Tensor, attrs: dict | None = 
         import zarr
 
         root = zarr.open_group(str(tmp), mode="w")
-        root.create_array("theta", data=theta_np, chunks=(min(len(theta_np), 65536), theta_np.shape[1]))
+        root.create_array(
+            "theta", data=theta_np, chunks=(min(len(theta_np), 65536), theta_np.shape[1])
+        )
         root.create_array("x", data=x_np, chunks=(min(len(x_np), 65536), *x_np.shape[1:]))
         root.attrs["appa_npe"] = meta
     else:
@@ -294,7 +298,9 @@ def load_pairs(path: str | Path) -> tuple[Tensor, Tensor, dict]:
             theta, x = f["theta"][...], f["x"][...]
             attrs = json.loads(f.attrs.get("appa_npe", "{}"))
     if theta.ndim != 2 or x.shape[0] != theta.shape[0]:
-        raise ValueError(f"{path}: theta must be (N, dim) and x (N, ...); got {theta.shape}, {x.shape}")
+        raise ValueError(
+            f"{path}: theta must be (N, dim) and x (N, ...); got {theta.shape}, {x.shape}"
+        )
     return torch.from_numpy(theta).float(), torch.from_numpy(x).float(), attrs
 
 
