@@ -211,6 +211,7 @@ def train_ensemble(
         raise ValueError(f"members must be >= 1, got {members}")
     trained, results = [], []
     for k in range(members):
+        torch.manual_seed(cfg.seed + k)  # reproducible initialisation
         est = make()
         results.append(
             train_estimator(est, theta, x, cfg.model_copy(update={"seed": cfg.seed + k}), noise)
