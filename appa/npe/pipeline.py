@@ -184,7 +184,10 @@ def run_sample(cfg: NPEConfig) -> Path:
     if task.name == "exoplanet":
         from appa.npe.exoplanet import plot_posterior_predictive
 
-        plot_posterior_predictive(task.model, x, samples[:500], out / "posterior_predictive.png")
+        inside = plot_posterior_predictive(
+            task.model, x, samples[:500], out / "posterior_predictive.png", truth=theta
+        )
+        print(f"posterior predictive: {inside:.1%} of observed bins inside the 90% band")
     print(f"samples: {out / 'samples.npy'} {tuple(samples.shape)}; corner: {out / 'corner.png'}")
     return out
 

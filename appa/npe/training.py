@@ -249,10 +249,10 @@ def save_pairs(path: str | Path, theta: Tensor, x: Tensor, attrs: dict | None = 
         import zarr
 
         root = zarr.open_group(str(tmp), mode="w")
-        root.create_array(
-            "theta", data=theta_np, chunks=(min(len(theta_np), 65536), theta_np.shape[1])
-        )
-        root.create_array("x", data=x_np, chunks=(min(len(x_np), 65536), *x_np.shape[1:]))
+        # zarr 3 names it create_array, zarr 2 create_dataset
+        create = getattr(root, "create_array", None) or root.create_dataset
+        for name, array in (("theta", theta_np), ("x", x_np)):
+            create(name, data=array, chunks=(min(len(array), 65536), *array.shape[1:]))
         root.attrs["appa_npe"] = meta
     else:
         import h5py
