@@ -55,7 +55,7 @@ def train_appa(task, theta, x, kind: str, members: int, seed: int):
     return sampler, sum(r.seconds for r in results)
 
 
-def train_sbi(task, theta, x, seed: int):
+def train_sbi(task, theta, x, seed: int, log_dir: Path):
     from sbi.inference import NPE
     from sbi.utils import BoxUniform as SbiBoxUniform
 
@@ -68,7 +68,15 @@ def train_sbi(task, theta, x, seed: int):
         )
     torch.manual_seed(seed)
     start = time.perf_counter()
-    inference = NPE(prior=sbi_prior, density_estimator="nsf", show_progress_bars=False)
+    from torch.utils.tensorboard import SummaryWriter
+
+    # sbi logs to ./sbi-logs unless given a writer: keep its logs under --out
+    inference = NPE(
+        prior=sbi_prior,
+        density_estimator="nsf",
+        show_progress_bars=False,
+        summary_writer=SummaryWriter(str(log_dir)),
+    )
     estimator = inference.append_simulations(theta, x).train()
     seconds = time.perf_counter() - start
     posterior = inference.build_posterior(estimator)
@@ -139,7 +147,9 @@ def main() -> None:
                     continue
                 try:
                     if method == "sbi":
-                        posterior, seconds = train_sbi(task, theta, x, args.seed)
+                        posterior, seconds = train_sbi(
+                            task, theta, x, args.seed, args.out / "sbi-logs"
+                        )
                     else:
                         kind = method.split("-", 1)[1]
                         posterior, seconds = train_appa(
