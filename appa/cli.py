@@ -213,6 +213,46 @@ def encode(
     typer.echo(f"latents: {job.output}")
 
 
+# --- appa npe: neural posterior estimation (appa.npe.pipeline) --------------------------------
+npe_app = typer.Typer(help="Neural posterior estimation p(theta | x): train, sample, diagnose.")
+app.add_typer(npe_app, name="npe")
+
+
+def _npe_config(config: Path | None, overrides: list[str] | None):
+    from appa.config import ConfigError, load_config
+    from appa.npe.pipeline import NPEConfig
+
+    try:
+        return load_config(NPEConfig, config, overrides or [])
+    except ConfigError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+
+
+@npe_app.command("train")
+def npe_train(config: ConfigOption = None, overrides: OverridesOption = None) -> None:
+    """Train a posterior estimator (or an ensemble) and write <out>/checkpoint."""
+    from appa.npe.pipeline import run_train
+
+    run_train(_npe_config(config, overrides))
+
+
+@npe_app.command("sample")
+def npe_sample(config: ConfigOption = None, overrides: OverridesOption = None) -> None:
+    """Draw posterior samples for one observation; writes samples.npy and a corner plot."""
+    from appa.npe.pipeline import run_sample
+
+    run_sample(_npe_config(config, overrides))
+
+
+@npe_app.command("diagnose")
+def npe_diagnose(config: ConfigOption = None, overrides: OverridesOption = None) -> None:
+    """Coverage, SBC, TARP (and C2ST against sbibm references) with plots."""
+    from appa.npe.pipeline import run_diagnose
+
+    run_diagnose(_npe_config(config, overrides))
+
+
 def main() -> None:
     """Console entry point."""
     app()

@@ -46,4 +46,9 @@ if [ "$have_torch" != "$torch_version" ]; then
 fi
 
 "${pip[@]}" install -e ".[${extras}]"
+if [[ ",${extras}," == *,dev,* ]]; then
+    # sbibm ships the reference posteriors the NPE tests compare against; its own dependencies
+    # (an older torch among them) are not needed to read those files.
+    "${pip[@]}" install --no-deps sbibm
+fi
 "$venv/bin/python" -c "import torch, appa; print(f'install: appa {appa.__version__}, torch {torch.__version__}, cuda {torch.version.cuda}')"

@@ -1,0 +1,207 @@
+"""C2ST benchmark of Appa's NPE against sbi's NPE and the published sbibm figures.
+
+For each task and simulation budget, one estimator of each method is trained on the same
+simulations (amortised), then for each reference observation 10,000 posterior draws are compared
+with sbibm's 10,000 reference draws by C2ST (z-scored by the reference, MLP with two hidden layers
+of 10*dim, 5-fold accuracy; 0.5 is perfect). Results are appended to a JSON-lines file as they
+come, so an interrupted run resumes where it stopped; a table with the published NPE (NSF)
+figures of Lueckmann et al. 2021 and the ratio ours/sbi is printed at the end.
+
+    python benchmarks/bench_npe_sbibm.py --tasks two_moons --budgets 1000 --observations 1 2
+    python benchmarks/bench_npe_sbibm.py                     # everything (hours on 2 cores)
+    python benchmarks/bench_npe_sbibm.py --threads-check     # 1 vs 2 torch threads, training
+
+Needs the sbibm reference files (`pip install --no-deps sbibm`) and, for the baseline, sbi
+(`pip install -e .[bench]`); methods whose package is missing are skipped with a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from appa.npe import EstimatorConfig, TrainConfig, build_estimator, make_task, train_ensemble
+from appa.npe.diagnostics import c2st
+
+# NPE (NSF) C2ST of Lueckmann et al. 2021 (sbibm 1.1.0), mean over observations 1-10
+PUBLISHED = {
+    ("two_moons", 1000): 0.725,
+    ("two_moons", 10000): 0.606,
+    ("gaussian_linear", 1000): 0.694,
+    ("gaussian_linear", 10000): 0.552,
+    ("gaussian_mixture", 1000): 0.716,
+    ("gaussian_mixture", 10000): 0.615,
+}
+
+
+def train_appa(task, theta, x, kind: str, members: int, seed: int):
+    cfg = EstimatorConfig(kind=kind)
+    if kind == "flow":
+        cfg.flow.hidden = [64, 64]
+        cfg.flow.transforms = 5
+    ensemble, results = train_ensemble(
+        lambda: build_estimator(task.prior, task.x_shape, cfg),
+        theta,
+        x,
+        members,
+        TrainConfig(seed=seed, batch_size=128, learning_rate=1e-3, patience=20, threads=0),
+    )
+    sampler = ensemble.members[0] if members == 1 else ensemble
+    return sampler, sum(r.seconds for r in results)
+
+
+def train_sbi(task, theta, x, seed: int, log_dir: Path):
+    from sbi.inference import NPE
+    from sbi.utils import BoxUniform as SbiBoxUniform
+
+    prior = task.prior
+    if np.isfinite(prior.low.numpy()).all():
+        sbi_prior = SbiBoxUniform(prior.low.float(), prior.high.float())
+    else:
+        sbi_prior = torch.distributions.MultivariateNormal(
+            prior.loc.float(), torch.diag(prior.scale.float() ** 2)
+        )
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    from torch.utils.tensorboard import SummaryWriter
+
+    # sbi logs to ./sbi-logs unless given a writer: keep its logs under --out
+    inference = NPE(
+        prior=sbi_prior,
+        density_estimator="nsf",
+        show_progress_bars=False,
+        summary_writer=SummaryWriter(str(log_dir)),
+    )
+    estimator = inference.append_simulations(theta, x).train()
+    seconds = time.perf_counter() - start
+    posterior = inference.build_posterior(estimator)
+
+    class Wrapped:
+        def sample(self, x_o, n, seed=0):
+            torch.manual_seed(seed)
+            return posterior.sample((n,), x=x_o, show_progress_bars=False)
+
+    return Wrapped(), seconds
+
+
+def threads_check(out: Path) -> None:
+    """Trains the same small flow with 1 and 2 torch threads and prints the times."""
+    task = make_task("two_moons")
+    theta, x = task.sample_joint(1000, seed=0)
+    rows = []
+    for threads in (1, 2, 1, 2):
+        torch.set_num_threads(threads)
+        est = build_estimator(task.prior, task.x_shape, EstimatorConfig())
+        cfg = TrainConfig(max_epochs=20, patience=100, threads=0)
+        from appa.npe import train_estimator
+
+        r = train_estimator(est, theta, x, cfg)
+        rows.append({"threads": threads, "seconds_20_epochs": r.seconds})
+        print(f"threads={threads}: 20 epochs on 1000 two_moons pairs in {r.seconds:.1f} s")
+    (out / "threads.json").write_text(json.dumps(rows, indent=2))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--tasks", nargs="+", default=["two_moons", "gaussian_linear", "gaussian_mixture"]
+    )
+    p.add_argument("--budgets", nargs="+", type=int, default=[1000, 10000])
+    p.add_argument("--observations", nargs="+", type=int, default=list(range(1, 11)))
+    p.add_argument(
+        "--methods", nargs="+", default=["appa-flow", "sbi"], help="appa-flow, appa-diffusion, sbi"
+    )
+    p.add_argument("--members", type=int, default=1, help="ensemble members of appa estimators")
+    p.add_argument("--samples", type=int, default=10000, help="draws per observation for C2ST")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("outputs/bench_npe"))
+    p.add_argument("--threads-check", action="store_true")
+    args = p.parse_args()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    if args.threads_check:
+        threads_check(args.out)
+        return
+    results_path = args.out / "results.jsonl"
+    done = set()
+    if results_path.exists():
+        for line in results_path.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["task"], r["budget"], r["method"], r["observation"]))
+
+    for task_name in args.tasks:
+        task = make_task(task_name)
+        references = {o: task.reference(o) for o in args.observations}
+        for budget in args.budgets:
+            theta, x = task.sample_joint(budget, seed=args.seed + budget)
+            for method in args.methods:
+                todo = [o for o in args.observations if (task_name, budget, method, o) not in done]
+                if not todo:
+                    continue
+                try:
+                    if method == "sbi":
+                        posterior, seconds = train_sbi(
+                            task, theta, x, args.seed, args.out / "sbi-logs"
+                        )
+                    else:
+                        kind = method.split("-", 1)[1]
+                        posterior, seconds = train_appa(
+                            task, theta, x, kind, args.members, args.seed
+                        )
+                except ImportError as error:
+                    print(f"skip {method}: {error}")
+                    continue
+                print(f"{task_name} n={budget} {method}: trained in {seconds:.0f} s")
+                for o in todo:
+                    x_o, _, ref = references[o]
+                    t0 = time.perf_counter()
+                    draws = posterior.sample(x_o, args.samples, seed=o)
+                    sample_s = time.perf_counter() - t0
+                    acc = c2st(ref[: args.samples], draws.reshape(args.samples, -1))
+                    row = {
+                        "task": task_name,
+                        "budget": budget,
+                        "method": method,
+                        "observation": o,
+                        "c2st": acc,
+                        "train_s": seconds,
+                        "sample_s": sample_s,
+                        "members": args.members if method != "sbi" else 1,
+                    }
+                    with results_path.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    print(f"  obs {o}: c2st {acc:.3f} (sampling {sample_s:.1f} s)", flush=True)
+    summarise(results_path)
+
+
+def summarise(results_path: Path) -> None:
+    rows = [json.loads(line) for line in results_path.read_text().splitlines()]
+    cells: dict[tuple, dict[str, list[float]]] = {}
+    for r in rows:
+        cells.setdefault((r["task"], r["budget"]), {}).setdefault(r["method"], []).append(r["c2st"])
+    methods = sorted({r["method"] for r in rows})
+    header = f"{'task':18s} {'budget':>7s} " + " ".join(f"{m:>16s}" for m in methods)
+    print("\nmean C2ST over the observations run (count in brackets); published = NPE (NSF), sbibm")
+    print(header + f" {'published':>10s} {'appa-flow/sbi':>14s}")
+    for (task, budget), by in sorted(cells.items()):
+        parts = []
+        for m in methods:
+            v = by.get(m)
+            parts.append(f"{np.mean(v):10.3f} ({len(v):2d})" if v else f"{'-':>16s}")
+        pub = PUBLISHED.get((task, budget))
+        ratio = "-"
+        if by.get("appa-flow") and by.get("sbi"):
+            ratio = f"{np.mean(by['appa-flow']) / np.mean(by['sbi']):.3f}"
+        pub_s = f"{pub:.3f}" if pub else "-"
+        print(f"{task:18s} {budget:7d} " + " ".join(parts) + f" {pub_s:>10s} {ratio:>14s}")
+
+
+if __name__ == "__main__":
+    main()
