@@ -1,4 +1,5 @@
-"""Encoding a window store of states into a latent window store, block by block, resumably.
+"""Encoding states (a gridded store or a window store) into a latent window store, block by block,
+resumably.
 
 The output is a Zarr group with ``latent`` ``(T, c, h, w)`` float32 (chunked by ``block`` time
 steps), ``time``, a ``done`` flag per block (one chunk each, so concurrent writers never share

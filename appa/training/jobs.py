@@ -1,7 +1,8 @@
 """Training jobs from typed configs: ``appa train autoencoder`` and ``appa train diffusion``.
 
-A job config names a network preset (with ``key=value`` overrides), a window store
-(:mod:`appa.training.data`), the loop and optimiser settings, the run folder (local or fsspec
+A job config names a network preset (with ``key=value`` overrides), its data (a gridded store
+read through :class:`appa.data.WindowDataset`, or a window store of :mod:`appa.training.data`),
+the loop and optimiser settings, the run folder (local or fsspec
 URL) and how to run it (:class:`RunnerConfig`: in-process, or on Ray Train workers; the
 launching lives in :mod:`appa.distributed.train`). :func:`build_trainer` turns a config into a ready
 :class:`~appa.training.loop.Trainer` on the calling process; it is what each Ray worker runs.
