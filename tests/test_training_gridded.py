@@ -226,6 +226,11 @@ def test_gridded_config_errors_name_the_culprit(toy_store: Path, tmp_path: Path)
         ),
     )  # fmt: skip
     assert result.exit_code == 2 and "expects (channels, lat, lon)" in result.output
+    assert not stats.exists()  # no statistics computed for a spec the preset cannot take
+    result = CliRunner().invoke(
+        app, _train_args(toy_store, tmp_path / "a", f"data.source.statistics={stats}")
+    )
+    assert result.exit_code == 0, result.output
     # statistics stored for another period are not silently reused
     result = CliRunner().invoke(
         app,

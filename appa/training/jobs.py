@@ -233,18 +233,25 @@ def ensure_statistics(source: GriddedSource):
 class _Gridded:
     """The datasets of a gridded source and the facts the task needs."""
 
-    def __init__(self, job: AutoencoderJob) -> None:
+    def __init__(self, job: AutoencoderJob, expected: tuple[int, int, int]) -> None:
         from appa.data.datasets import WindowDataset
         from appa.data.sources import SelectionError, open_era5
 
         src = job.data.source
         assert src is not None
-        self.source, self.stats = src, ensure_statistics(src)
+        self.source = src
         options = src.storage_options or None
         try:
             ds = open_era5(src.store, spec=src.spec, storage_options=options, chunks=None)
             self.latitudes = [float(v) for v in ds["latitude"].values]
             self.shape = (src.spec.num_channels, ds.sizes["latitude"], ds.sizes["longitude"])
+            if self.shape != expected:  # before computing statistics for a spec of no use
+                raise ConfigError(
+                    f"data.source: the spec on {src.store} gives states {self.shape} (channels "
+                    f"{src.spec.channel_names()}), preset {job.preset!r} expects (channels, "
+                    f"lat, lon) = {expected}"
+                )
+            self.stats = ensure_statistics(src)
             self.train = WindowDataset(
                 src.store, src.spec, self.stats, job.window, src.train, job.data.stride,
                 storage_options=options,
@@ -297,13 +304,7 @@ def _open_data(job: Job) -> tuple[Any, Any]:
         cfg = preset.autoencoder
         expected = (cfg.in_channels, *cfg.grid)
         if job.data.source is not None:
-            gridded = _Gridded(job)
-            if gridded.shape != expected:
-                raise ConfigError(
-                    f"data.source: the spec on {job.data.source.store} gives states "
-                    f"{gridded.shape} (channels {job.data.source.spec.channel_names()}), preset "
-                    f"{job.preset!r} expects (channels, lat, lon) = {expected}"
-                )
+            gridded = _Gridded(job, expected)
             return gridded, gridded.val
         variable = job.data.variable or "state"
         train, val = _datasets(job, job.window, variable)
