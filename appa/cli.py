@@ -177,7 +177,7 @@ def _train(kind: str, config: Path | None, overrides: list[str] | None, address:
 def train_autoencoder(
     config: ConfigOption = None, overrides: OverridesOption = None, address: AddressOption = None
 ) -> None:
-    """Train the state autoencoder on a window store of standardised states."""
+    """Train the state autoencoder on a gridded store (data.source) or a window store."""
     _train("autoencoder", config, overrides, address)
 
 
@@ -193,7 +193,7 @@ def train_diffusion(
 def encode(
     config: ConfigOption = None, overrides: OverridesOption = None, address: AddressOption = None
 ) -> None:
-    """Encode a window store of states into a latent store (Ray Data actor pool, resumable)."""
+    """Encode a gridded or window store into a latent store (Ray Data actor pool, resumable)."""
     from appa.config import ConfigError, load_config
     from appa.distributed.encode import run_encode
     from appa.io.checkpoints import CheckpointError

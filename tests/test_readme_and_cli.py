@@ -98,6 +98,8 @@ def test_every_pipeline_config_validates():
     models = {
         "showcase.yaml": ShowcaseConfig,
         "encode_tiny.yaml": EncodeJob,
+        "encode_toy_earth.yaml": EncodeJob,
+        "train_autoencoder_toy_earth.yaml": AutoencoderJob,
         "train_autoencoder_tiny.yaml": AutoencoderJob,
         "train_diffusion_tiny.yaml": DiffusionJob,
     }

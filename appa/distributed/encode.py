@@ -19,13 +19,18 @@ __all__ = ["run_encode"]
 
 
 def _absolute(job: EncodeJob) -> EncodeJob:
-    def fix(path: str) -> str:
-        return path if "://" in path else os.path.abspath(path)
+    from appa.data.sources import ERA5_PRESETS
+
+    def fix(path: str | None) -> str | None:
+        if path is None or "://" in path or path.removeprefix("preset:") in ERA5_PRESETS:
+            return path  # URLs and ERA5 preset names stay as they are
+        return os.path.abspath(path)
 
     return job.model_copy(
         update={
             "checkpoint": fix(job.checkpoint),
             "source": fix(job.source),
+            "statistics": fix(job.statistics),
             "output": fix(job.output),
         }
     )

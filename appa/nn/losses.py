@@ -89,8 +89,14 @@ class WeightedMSE(nn.Module):
                 raise ValueError("channel weights must be finite, non-negative, not all zero")
         self.register_buffer("channel", cw, persistent=False)
 
-    def forward(self, x_hat: Tensor, x: Tensor) -> Tensor:
-        """``x_hat``, ``x``: ``(B, ..., C, H, W)``; returns the per-sample loss ``(B,)``."""
+    def forward(self, x_hat: Tensor, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``x_hat``, ``x``: ``(B, ..., C, H, W)``; returns the per-sample loss ``(B,)``.
+
+        ``mask`` (bool, broadcastable to ``x``, True where valid) restricts the loss to valid
+        points: ``sum w m (x_hat - x)^2 / sum w m`` per sample. Invalid points contribute
+        neither value nor gradient, whatever they hold (NaN included); a sample without any
+        valid point has loss 0.
+        """
         if x_hat.shape != x.shape:
             raise ValueError(f"shapes differ: x_hat {tuple(x_hat.shape)} vs x {tuple(x.shape)}")
         if x.ndim < 4 or x.shape[-2] != self.area.numel():
@@ -105,5 +111,14 @@ class WeightedMSE(nn.Module):
                 )
             w = self.channel[:, None, None] * w
             w = w / self.channel.mean()
-        se = (x_hat.float() - x.float()).square() * w
-        return se.flatten(1).mean(dim=1)
+        diff = x_hat.float() - x.float()
+        if mask is None:
+            return (diff.square() * w).flatten(1).mean(dim=1)
+        if mask.dtype != torch.bool:
+            raise ValueError(f"mask must be bool (True where valid), got {mask.dtype}")
+        mask = mask.expand_as(x)
+        # where, not a product: 0 * NaN would be NaN, and the gradient must not reach
+        # invalid points at all
+        se = torch.where(mask, diff, torch.zeros_like(diff)).square() * w
+        weight = (mask * w).flatten(1).sum(dim=1)
+        return se.flatten(1).sum(dim=1) / weight.clamp_min(torch.finfo(weight.dtype).tiny)

@@ -1,4 +1,5 @@
-"""Encoding a window store of states into a latent window store, block by block, resumably.
+"""Encoding states (a gridded store or a window store) into a latent window store, block by block,
+resumably.
 
 The output is a Zarr group with ``latent`` ``(T, c, h, w)`` float32 (chunked by ``block`` time
 steps), ``time``, a ``done`` flag per block (one chunk each, so concurrent writers never share
@@ -15,10 +16,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 import appa
 from appa.config import ConfigError, StrictModel
+from appa.data.spec import StateSpec
 from appa.io.checkpoints import load_checkpoint, load_module_state
 from appa.nn import StateAutoencoder
 from appa.nn.presets import AutoencoderConfig
@@ -27,6 +29,7 @@ __all__ = [
     "BlockEncoder",
     "EncodeJob",
     "EncodeRunner",
+    "checkpoint_spec_and_statistics",
     "finalize_latent_store",
     "load_autoencoder",
     "prepare_latent_store",
@@ -49,18 +52,133 @@ class EncodeRunner(StrictModel):
 
 
 class EncodeJob(StrictModel):
-    """``appa encode``: ``source`` (window store of standardised states) through the
-    autoencoder of ``checkpoint`` (a checkpoint folder or a run's ``checkpoints`` folder) into
-    ``output``; latent statistics over ``stats_span`` time indices (None: all)."""
+    """``appa encode``: ``source`` through the autoencoder of ``checkpoint`` (a checkpoint
+    folder or a run's ``checkpoints`` folder) into ``output``; latent statistics over
+    ``stats_span`` time indices of the output (None: all).
+
+    ``source_format="window"``: a window store of standardised states (``variable``).
+    ``"gridded"``: a store in the canonical ERA5 layout (path, URL or ERA5 preset) read through
+    :class:`appa.data.WindowDataset` over ``period`` (dates, inclusive; None: all), standardised
+    with the state spec and statistics the checkpoint carries. ``spec`` / ``statistics`` (a
+    JSON file) are used only for checkpoints without them; given alongside a checkpoint that
+    has them, they must agree with it.
+    """
 
     checkpoint: str
     source: str
+    source_format: Literal["window", "gridded"] = "window"
     variable: str = "state"
+    spec: StateSpec | None = None
+    statistics: str | None = None
+    period: tuple[str, str] | None = None
+    storage_options: dict[str, Any] = Field(default_factory=dict)
     output: str
     block: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1)
     stats_span: tuple[int, int] | None = None
     runner: EncodeRunner = Field(default_factory=EncodeRunner)
+
+    @field_validator("period", mode="before")
+    @classmethod
+    def _dates(cls, value):
+        # YAML reads 2000-01-01 as a date: keep ISO strings
+        return None if value is None else tuple(str(v) for v in value)
+
+
+def checkpoint_spec_and_statistics(job: EncodeJob, meta: dict[str, Any]):
+    """The :class:`~appa.data.StateSpec` and :class:`~appa.data.Statistics` to encode with:
+    the checkpoint's when it carries them (the config's must then agree), else the config's.
+    Raises :class:`ConfigError` naming the mismatch or what is missing."""
+    from appa.data.stats import Statistics
+
+    task = meta.get("task", {})
+    where = meta.get("path", job.checkpoint)
+    saved_spec = task.get("state_spec")
+    if saved_spec is not None:
+        spec = StateSpec.model_validate(saved_spec)
+        if job.spec is not None and job.spec != spec:
+            fields = [k for k in StateSpec.model_fields if getattr(job.spec, k) != getattr(spec, k)]
+            raise ConfigError(
+                f"spec: the config's state spec differs from the one {where} was trained with "
+                f"in {fields}: config {job.spec.model_dump()} vs checkpoint {spec.model_dump()}"
+            )
+    elif job.spec is not None:
+        spec = job.spec
+    else:
+        raise ConfigError(f"{where} carries no state spec; give one as spec")
+    saved_stats = task.get("statistics")
+    given = None
+    if job.statistics is not None:
+        try:
+            given = Statistics.load(job.statistics).for_spec(spec)
+        except (FileNotFoundError, KeyError) as error:
+            raise ConfigError(f"statistics: {error}") from None
+    if saved_stats is not None:
+        stats = Statistics.from_json(saved_stats).for_spec(spec)
+        if given is not None and not (
+            np.allclose(given.mean, stats.mean, rtol=1e-6, atol=0)
+            and np.allclose(given.std, stats.std, rtol=1e-6, atol=0)
+        ):
+            raise ConfigError(
+                f"statistics: {job.statistics} differs from the statistics {where} was "
+                "trained with (leave statistics unset to use the checkpoint's)"
+            )
+    elif given is not None:
+        stats = given
+    else:
+        raise ConfigError(f"{where} carries no statistics; give a statistics file")
+    return spec, stats
+
+
+class _Source:
+    """Standardised states ``(n, C, H, W)`` of either source format, by output time index."""
+
+    def __init__(self, job: EncodeJob, meta: dict[str, Any]) -> None:
+        import zarr
+
+        self.job = job
+        self.attrs: dict[str, Any] = {}
+        if job.source_format == "window":
+            try:
+                group = zarr.open_group(job.source, mode="r")
+            except FileNotFoundError:
+                raise ConfigError(f"no window store at {job.source}") from None
+            if job.variable not in group:
+                raise ConfigError(f"{job.source}: no array {job.variable!r}")
+            self.array = group[job.variable]
+            self.times = np.asarray(group["time"][:]).astype("datetime64[ns]")
+            self.attrs = dict(group.attrs)
+            self.shape = tuple(self.array.shape[1:])
+            self.dataset = None
+            return
+        from appa.data.datasets import WindowDataset
+        from appa.data.sources import SelectionError
+
+        spec, stats = checkpoint_spec_and_statistics(job, meta)
+        try:
+            self.dataset = WindowDataset(
+                job.source, spec, stats, window=1, period=job.period,
+                storage_options=job.storage_options or None,
+            )  # fmt: skip
+        except (SelectionError, ValueError) as error:
+            raise ConfigError(f"source ({job.source}): {error}") from None
+        self.times = self.dataset.times[self.dataset.starts].astype("datetime64[ns]")
+        first = self.dataset[0]["state"]
+        self.shape = tuple(first.shape[1:])
+        self.attrs = {
+            "state_spec": spec.model_dump(mode="json"),
+            "statistics": stats.to_json(),
+            "channel_names": spec.channel_names(),
+        }
+
+    def __len__(self) -> int:
+        return int(self.times.shape[0])
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        if self.dataset is None:
+            return torch.from_numpy(np.asarray(self.array[start:stop], dtype=np.float32))
+        # masked points hold the fill value 0, as in training (AutoencoderTask zeroes them)
+        return torch.cat([self.dataset[i]["state"] for i in range(start, stop)])
 
 
 def load_autoencoder(
@@ -84,26 +202,22 @@ def prepare_latent_store(job: EncodeJob) -> list[int]:
     import zarr
 
     model, meta = load_autoencoder(job.checkpoint)
-    try:
-        source = zarr.open_group(job.source, mode="r")
-    except FileNotFoundError:
-        raise ConfigError(f"no window store at {job.source}") from None
-    if job.variable not in source:
-        raise ConfigError(f"{job.source}: no array {job.variable!r}")
-    states = source[job.variable]
+    source = _Source(job, meta)
     cfg = model.config
-    if tuple(states.shape[1:]) != (cfg.in_channels, *cfg.grid):
+    if source.shape != (cfg.in_channels, *cfg.grid):
         raise ConfigError(
-            f"{job.source}/{job.variable} holds states {tuple(states.shape[1:])}, the "
+            f"{job.source} holds states {source.shape}, the "
             f"autoencoder of {meta['path']} expects {(cfg.in_channels, *cfg.grid)}"
         )
-    T = states.shape[0]
+    T = len(source)
     n_blocks = -(-T // job.block)
     provenance = {
         "checkpoint": meta["path"],
         "checkpoint_step": meta["step"],
         "source": job.source,
-        "source_variable": job.variable,
+        "source_format": job.source_format,
+        "source_variable": job.variable if job.source_format == "window" else None,
+        "period": None if job.period is None else list(job.period),
         "block": job.block,
         "appa_version": appa.__version__,
     }
@@ -115,7 +229,7 @@ def prepare_latent_store(job: EncodeJob) -> list[int]:
         saved = dict(out.attrs.get("provenance", {}))
         differ = [
             k
-            for k in ("checkpoint", "checkpoint_step", "source", "block")
+            for k in ("checkpoint", "checkpoint_step", "source", "block", "period")
             if saved.get(k) != provenance[k]
         ]
         if differ:
@@ -128,10 +242,10 @@ def prepare_latent_store(job: EncodeJob) -> list[int]:
     out = zarr.open_group(job.output, mode="w")
     c, h, w = cfg.latent_shape
     out.create_array("latent", shape=(T, c, h, w), chunks=(job.block, c, h, w), dtype="float32")
-    out.create_array("time", data=np.asarray(source["time"][:]))
+    times = source.times
+    out.create_array("time", data=times.astype(np.int64))
     out.create_array("done", shape=(n_blocks,), chunks=(1,), dtype="int8", fill_value=0)
-    times = np.asarray(source["time"][:]).astype("datetime64[ns]")
-    attrs = dict(source.attrs)
+    attrs = source.attrs
     out.attrs.update(
         {
             "variable": "latent",
@@ -162,16 +276,16 @@ class BlockEncoder:
         self.device = torch.device(device)
         if self.job.runner.torch_threads:
             torch.set_num_threads(self.job.runner.torch_threads)
-        self.model, _ = load_autoencoder(self.job.checkpoint, self.device)
-        self.states = zarr.open_group(self.job.source, mode="r")[self.job.variable]
+        self.model, meta = load_autoencoder(self.job.checkpoint, self.device)
+        self.source = _Source(self.job, meta)
         out = zarr.open_group(self.job.output, mode="r+")
         self.latent, self.done = out["latent"], out["done"]
 
     @torch.no_grad()
     def encode_block(self, block: int) -> None:
         b = self.job.block
-        start, stop = block * b, min((block + 1) * b, self.states.shape[0])
-        x = torch.from_numpy(np.asarray(self.states[start:stop], dtype=np.float32))
+        start, stop = block * b, min((block + 1) * b, len(self.source))
+        x = self.source.read(start, stop)
         parts = []
         for i in range(0, x.shape[0], self.job.batch_size):
             chunk = x[i : i + self.job.batch_size].to(self.device)

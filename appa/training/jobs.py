@@ -1,7 +1,8 @@
 """Training jobs from typed configs: ``appa train autoencoder`` and ``appa train diffusion``.
 
-A job config names a network preset (with ``key=value`` overrides), a window store
-(:mod:`appa.training.data`), the loop and optimiser settings, the run folder (local or fsspec
+A job config names a network preset (with ``key=value`` overrides), its data (a gridded store
+read through :class:`appa.data.WindowDataset`, or a window store of :mod:`appa.training.data`),
+the loop and optimiser settings, the run folder (local or fsspec
 URL) and how to run it (:class:`RunnerConfig`: in-process, or on Ray Train workers; the
 launching lives in :mod:`appa.distributed.train`). :func:`build_trainer` turns a config into a ready
 :class:`~appa.training.loop.Trainer` on the calling process; it is what each Ray worker runs.
@@ -14,9 +15,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from appa.config import ConfigError, StrictModel
+from appa.data.spec import StateSpec
 from appa.nn.presets import get_preset
 from appa.training.config import LoopConfig, OptimizerConfig
 from appa.training.data import ZarrWindows
@@ -27,21 +29,87 @@ __all__ = [
     "AutoencoderJob",
     "DataConfig",
     "DiffusionJob",
+    "GriddedSource",
     "RunnerConfig",
     "build_trainer",
+    "ensure_statistics",
     "parse_job",
     "prepare_job",
 ]
 
 
-class DataConfig(StrictModel):
-    """A window store and the time-index spans ``[start, stop)`` of training and validation."""
+Period = tuple[str, str]
 
-    path: str
+
+class GriddedSource(StrictModel):
+    """A gridded store in the canonical ERA5 layout read through :class:`appa.data.WindowDataset`
+    (standardised on the fly, masked variables NaN-filled with a validity mask).
+
+    Attributes:
+        store: Local path, ``gs://`` / ``s3://`` URL or ERA5 preset name
+            (:data:`appa.data.ERA5_PRESETS`), e.g. a toy Earth store.
+        spec: The state spec (variables, levels, masked variables; channel order).
+        statistics: JSON statistics (:class:`appa.data.Statistics`); None: ``<store>.stats.json``
+            beside a local store. Missing files are computed over ``stats_period`` and written
+            there before training.
+        stats_period: Dates (inclusive) the statistics are computed over; default ``train``.
+        train, val: Dates (inclusive) of the training and validation windows.
+        storage_options: fsspec options of remote stores.
+    """
+
+    store: str
+    spec: StateSpec
+    statistics: str | None = None
+    stats_period: Period | None = None
+    train: Period
+    val: Period | None = None
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("train", "val", "stats_period", mode="before")
+    @classmethod
+    def _dates(cls, value):
+        # YAML reads 2000-01-01 as a date: keep ISO strings
+        if value is None:
+            return None
+        return tuple(str(v) for v in value)
+
+    def statistics_path(self) -> str:
+        """Where the statistics live (the configured path, else beside the store)."""
+        if self.statistics is not None:
+            return self.statistics
+        from appa.data.sources import ERA5_PRESETS
+        from appa.data.stats import default_stats_path
+
+        if self.store.removeprefix("preset:") in ERA5_PRESETS or "://" in self.store:
+            raise ConfigError(
+                f"data.source.statistics: {self.store} is remote; give a local statistics path"
+            )
+        return str(default_stats_path(self.store))
+
+
+class DataConfig(StrictModel):
+    """Either a window store (``path``, with time-index spans ``[start, stop)`` ``train`` and
+    ``val``) or a gridded ``source`` (:class:`GriddedSource`, with date periods)."""
+
+    path: str | None = None
+    source: GriddedSource | None = None
     variable: str | None = None  # default: "state" (autoencoder) or "latent" (diffusion)
     train: tuple[int, int] | None = None
     val: tuple[int, int] | None = None
     stride: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if (self.path is None) == (self.source is None):
+            raise ValueError("give exactly one of data.path (window store) and data.source")
+        if self.source is not None:
+            given = [k for k in ("variable", "train", "val") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(
+                    f"data.{given[0]} belongs to window stores; with data.source give the "
+                    "periods as data.source.train / data.source.val"
+                )
+        return self
 
 
 class RunnerConfig(StrictModel):
@@ -118,6 +186,86 @@ def _datasets(job: Job, window: int, variable: str) -> tuple[ZarrWindows, ZarrWi
     return train, val
 
 
+def _is_local(store: str) -> bool:
+    from appa.data.sources import ERA5_PRESETS
+
+    return "://" not in store and store.removeprefix("preset:") not in ERA5_PRESETS
+
+
+def ensure_statistics(source: GriddedSource):
+    """The :class:`appa.data.Statistics` of ``source`` for its spec: read from its statistics
+    file, or computed over ``stats_period`` (default: the training period) and written there
+    (atomically) when the file does not exist yet. A file computed over another requested
+    period is an error rather than silently reused."""
+    from pathlib import Path
+
+    from appa.data.sources import SelectionError, open_era5
+    from appa.data.stats import Statistics, compute_statistics
+
+    path = Path(source.statistics_path())
+    period = source.stats_period or source.train
+    if path.is_file():
+        stats = Statistics.load(path)
+        requested = stats.extra.get("requested_period")
+        if requested is not None and tuple(requested) != tuple(period):
+            raise ConfigError(
+                f"{path} holds statistics over {tuple(requested)}, the config asks for "
+                f"{tuple(period)} (data.source.stats_period); delete the file or point "
+                "data.source.statistics elsewhere"
+            )
+    else:
+        try:
+            ds = open_era5(
+                source.store, spec=source.spec, storage_options=source.storage_options or None
+            )
+            stats = compute_statistics(ds, source.spec, period, source=source.store)
+        except (SelectionError, ValueError) as error:
+            raise ConfigError(f"data.source ({source.store}): {error}") from None
+        stats.extra["requested_period"] = list(period)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stats.save(path)
+    try:
+        return stats.for_spec(source.spec)
+    except KeyError as error:
+        raise ConfigError(f"{path}: {error.args[0]}") from None
+
+
+class _Gridded:
+    """The datasets of a gridded source and the facts the task needs."""
+
+    def __init__(self, job: AutoencoderJob, expected: tuple[int, int, int]) -> None:
+        from appa.data.datasets import WindowDataset
+        from appa.data.sources import SelectionError, open_era5
+
+        src = job.data.source
+        assert src is not None
+        self.source = src
+        options = src.storage_options or None
+        try:
+            ds = open_era5(src.store, spec=src.spec, storage_options=options, chunks=None)
+            self.latitudes = [float(v) for v in ds["latitude"].values]
+            self.shape = (src.spec.num_channels, ds.sizes["latitude"], ds.sizes["longitude"])
+            if self.shape != expected:  # before computing statistics for a spec of no use
+                raise ConfigError(
+                    f"data.source: the spec on {src.store} gives states {self.shape} (channels "
+                    f"{src.spec.channel_names()}), preset {job.preset!r} expects (channels, "
+                    f"lat, lon) = {expected}"
+                )
+            self.stats = ensure_statistics(src)
+            self.train = WindowDataset(
+                src.store, src.spec, self.stats, job.window, src.train, job.data.stride,
+                storage_options=options,
+            )  # fmt: skip
+            self.val = None
+            if src.val is not None:
+                self.val = WindowDataset(
+                    src.store, src.spec, self.stats, job.window, src.val, job.data.stride,
+                    storage_options=options,
+                )  # fmt: skip
+        except (SelectionError, ValueError) as error:
+            raise ConfigError(f"data.source ({src.store}): {error}") from None
+
+
 def _latent_stats(job: DiffusionJob, data: ZarrWindows) -> tuple[list | None, list | None]:
     if job.latent_mean is not None and job.latent_std is not None:
         return job.latent_mean, job.latent_std
@@ -148,14 +296,18 @@ def _latent_stats(job: DiffusionJob, data: ZarrWindows) -> tuple[list | None, li
     return mean.tolist(), std.tolist()
 
 
-def _open_data(job: Job) -> tuple[ZarrWindows, ZarrWindows | None]:
-    """The job's datasets, checked against its preset (raises :class:`ConfigError`)."""
+def _open_data(job: Job) -> tuple[Any, Any]:
+    """The job's datasets, checked against its preset (raises :class:`ConfigError`); for a
+    gridded source, the :class:`_Gridded` view instead of its training set as the first."""
     preset = get_preset(job.preset, job.overrides)
     if isinstance(job, AutoencoderJob):
-        variable = job.data.variable or "state"
-        train, val = _datasets(job, job.window, variable)
         cfg = preset.autoencoder
         expected = (cfg.in_channels, *cfg.grid)
+        if job.data.source is not None:
+            gridded = _Gridded(job, expected)
+            return gridded, gridded.val
+        variable = job.data.variable or "state"
+        train, val = _datasets(job, job.window, variable)
         if tuple(train.shape[1:]) != expected:
             raise ConfigError(
                 f"{job.data.path}/{variable} holds states {tuple(train.shape[1:])}, preset "
@@ -164,6 +316,11 @@ def _open_data(job: Job) -> tuple[ZarrWindows, ZarrWindows | None]:
         if "latitudes" not in train.attrs:
             raise ConfigError(f"{job.data.path} has no 'latitudes' attribute (area weights)")
     else:
+        if job.data.source is not None:
+            raise ConfigError(
+                "data.source: diffusion trains on a latent store; encode the gridded store "
+                "with `appa encode` and give its path as data.path"
+            )
         variable = job.data.variable or "latent"
         train, val = _datasets(job, preset.denoiser.window, variable)
         if train.shape[1] != preset.denoiser.channels:
@@ -176,7 +333,17 @@ def _open_data(job: Job) -> tuple[ZarrWindows, ZarrWindows | None]:
 
 def prepare_job(job: Job) -> Job:
     """Checks ``job`` against its data on the launching process and resolves what every worker
-    would otherwise recompute (latent statistics); returns the job to send to workers."""
+    would otherwise recompute (latent statistics; the statistics of a gridded source, written
+    beside it, with local paths made absolute); returns the job to send to workers."""
+    import os
+
+    src = job.data.source
+    if src is not None:
+        update: dict[str, Any] = {"statistics": os.path.abspath(src.statistics_path())}
+        if _is_local(src.store):
+            update["store"] = os.path.abspath(src.store)
+        data = job.data.model_copy(update={"source": src.model_copy(update=update)})
+        job = job.model_copy(update={"data": data})
     train, _ = _open_data(job)
     if isinstance(job, DiffusionJob):
         mean, std = _latent_stats(job, train)
@@ -193,7 +360,22 @@ def build_trainer(job: Job, callbacks: Iterable[Callback] = (), device=None) -> 
     preset = get_preset(job.preset, job.overrides)
     train, val = _open_data(job)
     torch.manual_seed(job.loop.seed)
-    if isinstance(job, AutoencoderJob):
+    if isinstance(train, _Gridded):
+        from appa.nn import level_weights
+
+        spec = train.source.spec
+        weights = job.channel_weights or level_weights([p for _, p in spec.channels]).tolist()
+        task = AutoencoderTask(
+            preset.autoencoder,
+            train.latitudes,
+            channel_weights=weights,
+            channel_names=spec.channel_names(),
+            state_spec=spec.model_dump(mode="json"),
+            statistics=train.stats.to_json(),
+        )
+        store = {"source": train.source.store, "statistics_path": train.source.statistics}
+        train = train.train
+    elif isinstance(job, AutoencoderJob):
         weights = job.channel_weights or train.attrs.get("channel_weights")
         task = AutoencoderTask(
             preset.autoencoder,
@@ -201,7 +383,10 @@ def build_trainer(job: Job, callbacks: Iterable[Callback] = (), device=None) -> 
             channel_weights=weights,
             channel_names=train.attrs.get("channel_names"),
             key=train.variable,
+            state_spec=train.attrs.get("state_spec"),
+            statistics=train.attrs.get("statistics"),
         )
+        store = {k: train.attrs[k] for k in sorted(train.attrs)}
     else:
         mean, std = _latent_stats(job, train)
         task = DiffusionTask(
@@ -218,10 +403,11 @@ def build_trainer(job: Job, callbacks: Iterable[Callback] = (), device=None) -> 
             val_steps=job.val_steps,
             key=train.variable,
         )
+        store = {k: train.attrs[k] for k in sorted(train.attrs)}
     metadata: dict[str, Any] = {
         "job": job.model_dump(mode="json"),
         "preset": job.preset,
-        "store": {k: train.attrs[k] for k in sorted(train.attrs)},
+        "store": store,
     }
     return Trainer(
         task,

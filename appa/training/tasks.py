@@ -67,12 +67,20 @@ class AutoencoderTask:
     """Reconstruction of standardised states through the autoencoder, loss
     :class:`~appa.nn.WeightedMSE` (cell area x channel weights).
 
+    When batches carry a validity ``mask`` (masked variables such as sea-surface temperature
+    over land, as :class:`appa.data.WindowDataset` yields them), invalid points are set to 0
+    (the standardised mean) before encoding and left out of the loss and of the validation
+    errors, so whatever the store holds there changes neither the loss nor its gradients.
+
     Arguments:
         config: The autoencoder config (a preset's ``autoencoder``).
         latitudes: Row latitudes in degrees (``config.grid[0]`` of them).
         channel_weights: ``(C,)`` loss weights, e.g. :func:`appa.nn.level_weights`.
         channel_names: Names for the per-channel validation RMSE columns.
         key: The batch entry holding states.
+        mask_key: The batch entry holding the validity mask (used when present).
+        state_spec, statistics: JSON documents of the :class:`appa.data.StateSpec` and
+            :class:`appa.data.Statistics` the states were made with, carried into checkpoints.
     """
 
     kind = "autoencoder"
@@ -84,6 +92,9 @@ class AutoencoderTask:
         channel_weights: Sequence[float] | None = None,
         channel_names: Sequence[str] | None = None,
         key: str = "state",
+        mask_key: str = "mask",
+        state_spec: dict[str, Any] | None = None,
+        statistics: dict[str, Any] | None = None,
     ) -> None:
         if len(latitudes) != config.grid[0]:
             raise ValueError(f"{len(latitudes)} latitudes for a grid of {config.grid[0]} rows")
@@ -99,36 +110,51 @@ class AutoencoderTask:
             None if channel_weights is None else list(map(float, channel_weights))
         )
         self.channel_names = names
-        self.key = key
+        self.key, self.mask_key = key, mask_key
+        self.state_spec, self.statistics = state_spec, statistics
 
-    def _states(self, batch: dict[str, Tensor]) -> Tensor:
+    def _states(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        """States ``(N, C, H, W)`` with invalid points zeroed, and the mask (or None)."""
         x = _get(batch, self.key)
         C, H, W = self.config.in_channels, *self.config.grid
         if x.ndim not in (4, 5) or tuple(x.shape[-3:]) != (C, H, W):
             raise ValueError(f"{self.key} must be (B, [K,] {C}, {H}, {W}), got {tuple(x.shape)}")
-        return x.reshape(-1, C, H, W)
+        mask = batch.get(self.mask_key)
+        x = x.reshape(-1, C, H, W)
+        if mask is None:
+            return x, None
+        if mask.shape != batch[self.key].shape or mask.dtype != torch.bool:
+            raise ValueError(
+                f"{self.mask_key} must be bool with the shape of {self.key} "
+                f"{tuple(batch[self.key].shape)}, got {mask.dtype} {tuple(mask.shape)}"
+            )
+        mask = mask.reshape(-1, C, H, W)
+        return torch.where(mask, x, torch.zeros_like(x)), mask
 
     def loss(
         self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator
     ) -> Tensor:
-        x = self._states(batch)
+        x, mask = self._states(batch)
         _, x_hat = model(x)
-        return self.criterion.to(x.device)(x_hat, x)
+        return self.criterion.to(x.device)(x_hat, x, mask)
 
     @torch.no_grad()
     def validate_batch(
         self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator
     ) -> dict[str, tuple[Tensor, Tensor]]:
-        x = self._states(batch)
+        x, mask = self._states(batch)
         criterion = self.criterion.to(x.device)
         _, x_hat = model(x)  # the loop validates in eval mode: no latent noise
         x_hat = x_hat.float()
         n = x.new_tensor(float(x.shape[0]))
-        out = {"loss": (criterion(x_hat, x).sum(), n)}
-        # area-weighted squared error per channel (the area weights have mean 1)
-        se = ((x_hat - x.float()).square() * criterion.area[:, None]).mean(dim=(-2, -1))
-        for name, column in zip(self.channel_names, se.sum(0), strict=True):
-            out[f"mse_{name}"] = (column, n)
+        out = {"loss": (criterion(x_hat, x, mask).sum(), n)}
+        # area-weighted squared error per channel over valid points (sum and total weight)
+        w = criterion.area[:, None].expand(x.shape[-2:])
+        w = w.expand_as(x) if mask is None else w * mask
+        se = ((x_hat - x.float()).square() * w).sum(dim=(0, 2, 3))
+        total = w.sum(dim=(0, 2, 3))
+        for c, name in enumerate(self.channel_names):
+            out[f"mse_{name}"] = (se[c], total[c])
         return out
 
     def finalize(self, means: dict[str, float]) -> dict[str, float]:
@@ -144,6 +170,8 @@ class AutoencoderTask:
             "latitudes": self.latitudes,
             "channel_weights": self.channel_weights,
             "channel_names": self.channel_names,
+            "state_spec": self.state_spec,
+            "statistics": self.statistics,
         }
 
 
