@@ -55,6 +55,12 @@ class Sampler:
         self.steps = steps
         self.sigmas = self.schedule.sigmas(steps)  # float64, host
 
+    def levels_like(self, x: Tensor) -> list[Tensor]:
+        """The grid's noise levels as ``(B,)`` tensors in ``x``'s dtype and device, made once
+        per call so that the loop does no host-to-device copies."""
+        B = x.shape[0]
+        return [torch.full((B,), float(v), dtype=x.dtype, device=x.device) for v in self.sigmas]
+
     def step(
         self, x_t: Tensor, t: Tensor, s: Tensor, index: int, generator, cond: dict[str, Any]
     ) -> Tensor:
@@ -79,10 +85,7 @@ class Sampler:
         self, x_T: Tensor, generator: torch.Generator | None = None, **cond: Any
     ) -> Tensor:
         """Integrates from ``x_T`` (at ``sigma_max``) to ``sigma_min``; returns ``(B, *event)``."""
-        B = x_T.shape[0]
-        levels = [
-            torch.full((B,), float(v), dtype=x_T.dtype, device=x_T.device) for v in self.sigmas
-        ]
+        levels = self.levels_like(x_T)
         x = x_T
         for i in range(self.steps):
             x = self.step(x, levels[i], levels[i + 1], i, generator, cond)

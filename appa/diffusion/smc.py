@@ -69,9 +69,7 @@ class SMCSampler(Sampler):
         self, x_T: Tensor, generator: torch.Generator | None = None, **cond: Any
     ) -> Tensor:
         B = x_T.shape[0]
-        levels = [
-            torch.full((B,), float(v), dtype=x_T.dtype, device=x_T.device) for v in self.sigmas
-        ]
+        levels = self.levels_like(x_T)
         mmps: MMPSDenoiser = self.denoiser
         x = x_T
         post, prior, log_twist = mmps.moments(x, levels[0], log_likelihood=True, **cond)

@@ -62,18 +62,7 @@ def linear_gaussian_problem(
         A = torch.eye(d, dtype=torch.float64)[torch.randperm(d, generator=g)[:m].sort().values]
     else:
         raise ValueError(f"operator must be 'dense' or 'mask', got {operator!r}")
-    var = torch.full((m,), noise_variance, dtype=torch.float64)
-    x_true = prior.sample(1, g)[0]
-    y = A @ x_true + var.sqrt() * torch.randn(m, generator=g, dtype=torch.float64)
-    return InverseProblem(
-        prior=prior,
-        observation=GaussianObservation.from_matrix(A, y, var),
-        posterior=prior.posterior(A, y, var),
-        A=A,
-        y=y,
-        noise_variance=var,
-        x_true=x_true,
-    )
+    return _observe(prior, A, torch.full((m,), noise_variance, dtype=torch.float64), g)
 
 
 def gaussian_mixture_problem(d: int = 8, m: int = 2, seed: int = 0) -> InverseProblem:
@@ -95,9 +84,13 @@ def gaussian_mixture_problem(d: int = 8, m: int = 2, seed: int = 0) -> InversePr
     s = torch.rand(m, generator=g, dtype=f64).sort(descending=True).values
     A = U @ torch.diag(s) @ V[:m]
     std = float(torch.rand((), generator=g, dtype=f64)) * float(s.max())
-    var = torch.full((m,), std**2, dtype=f64)
+    return _observe(prior, A, torch.full((m,), std**2, dtype=f64), g)
+
+
+def _observe(prior, A: Tensor, var: Tensor, g: torch.Generator) -> InverseProblem:
+    """Draws a truth from the prior and observes it through ``A`` with noise variances ``var``."""
     x_true = prior.sample(1, g)[0]
-    y = A @ x_true + std * torch.randn(m, generator=g, dtype=f64)
+    y = A @ x_true + var.sqrt() * torch.randn(A.shape[0], generator=g, dtype=torch.float64)
     return InverseProblem(
         prior=prior,
         observation=GaussianObservation.from_matrix(A, y, var),
