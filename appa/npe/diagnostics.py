@@ -197,6 +197,17 @@ def _plt():
     return plt
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Writes a figure as PNG (folders made as needed) and closes it."""
+    plt = _plt()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_coverage(
     curves: dict[str, tuple[Tensor, Tensor]],
     path: str | Path,
@@ -220,12 +231,7 @@ def plot_coverage(
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_sbc(
@@ -248,12 +254,7 @@ def plot_sbc(
         ax.hist(ranks[:, j].numpy(), bins=bins, range=(0, n_samples + 1), color="tab:blue")
         ax.set_title(names[j] if names else f"theta_{j + 1}", fontsize=9)
         ax.set_yticks([])
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_corner(
