@@ -213,6 +213,26 @@ def encode(
     typer.echo(f"latents: {job.output}")
 
 
+@app.command("export-checkpoint")
+def export_checkpoint_command(
+    source: Annotated[str, typer.Argument(help="A checkpoint folder or a run's checkpoints.")],
+    destination: Annotated[str, typer.Argument(help="Folder that receives step-<N>/.")],
+    group: Annotated[
+        list[str] | None,
+        typer.Option("--group", "-g", help="Tensor group to keep (default: model and ema)."),
+    ] = None,
+) -> None:
+    """Copy a checkpoint's weights without optimiser state (for committing or sharing)."""
+    from appa.io.checkpoints import CheckpointError, export_checkpoint
+
+    try:
+        path = export_checkpoint(source, destination, group or None)
+    except (CheckpointError, FileNotFoundError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"exported: {path}")
+
+
 # --- appa npe: neural posterior estimation (appa.npe.pipeline) --------------------------------
 npe_app = typer.Typer(help="Neural posterior estimation p(theta | x): train, sample, diagnose.")
 app.add_typer(npe_app, name="npe")

@@ -184,3 +184,31 @@ def test_memory_filesystem_url():
     ckpt = load_checkpoint(latest)
     assert ckpt.metadata == {"s": 20}
     assert _equal(ckpt.tensors["model"], dict(model.state_dict()))
+
+
+def test_export_keeps_weights_and_drops_optimiser_state(tmp_path: Path):
+    from appa.io.checkpoints import export_checkpoint
+
+    model = _model()
+    run = str(tmp_path / "run")
+    for step in (10, 20):
+        save_checkpoint(
+            run,
+            step,
+            {"model": model.state_dict(), "ema": model.state_dict(), "rng": {"s": torch.ones(2)}},
+            metadata={"kind": "autoencoder", "config": {"a": 1}},
+            states={"optimizer": _optimizer_state(model)},
+        )
+    out = tmp_path / "prior"
+    save_checkpoint(str(out), 99, {"model": model.state_dict()})  # stale: replaced
+    path = export_checkpoint(run, str(out), ["ema"])
+    assert [step for step, _ in list_checkpoints(str(out))] == [20]
+    exported = load_checkpoint(str(out))
+    assert exported.path == path and exported.step == 20
+    assert set(exported.tensors) == {"ema"} and exported.states == {}
+    assert _equal(exported.tensors["ema"], model.state_dict())
+    assert exported.metadata["config"] == {"a": 1}
+    assert exported.metadata["exported_from"]["step"] == 20
+    assert not list(Path(path).glob("state-*"))
+    with pytest.raises(CheckpointError, match="no tensor group"):
+        export_checkpoint(run, str(tmp_path / "x"), ["missing"])

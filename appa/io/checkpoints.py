@@ -39,6 +39,7 @@ __all__ = [
     "FORMAT_VERSION",
     "Checkpoint",
     "CheckpointError",
+    "export_checkpoint",
     "flatten_state",
     "latest_checkpoint",
     "list_checkpoints",
@@ -388,6 +389,41 @@ def load_checkpoint(path: str, verify: bool = True) -> Checkpoint:
         states=states,
         versions=dict(manifest.get("versions", {})),
     )
+
+
+def export_checkpoint(source: str, destination: str, groups: list[str] | None = None) -> str:
+    """Copies the weights of a checkpoint, without optimiser or RNG state, for distribution.
+
+    Arguments:
+        source: A checkpoint folder or a run's checkpoints folder (the newest is taken).
+        destination: Folder receiving ``step-<N>/`` (its other checkpoints are removed).
+        groups: Tensor groups to keep (default: ``model`` and ``ema`` where present).
+
+    Returns:
+        The exported checkpoint's path. Its metadata is the source's plus ``exported_from``
+        (path, step and the SHA-256 of each kept file).
+    """
+    ckpt = load_checkpoint(source)
+    wanted = groups if groups is not None else [g for g in ("model", "ema") if g in ckpt.tensors]
+    missing = [g for g in wanted if g not in ckpt.tensors]
+    if missing or not wanted:
+        raise CheckpointError(
+            f"{ckpt.path}: no tensor group {missing or wanted}; it has {sorted(ckpt.tensors)}"
+        )
+    _, _, manifest = _manifest(ckpt.path)
+    origin = {
+        "path": ckpt.path,
+        "step": ckpt.step,
+        "sha256": {g: manifest["files"][f"{g}.safetensors"]["sha256"] for g in wanted},
+    }
+    metadata = {**ckpt.metadata, "exported_from": origin}
+    tensors = {g: ckpt.tensors[g] for g in wanted}
+    path = save_checkpoint(destination, ckpt.step, tensors, metadata=metadata, keep=None)
+    for step, other in list_checkpoints(destination):
+        if step != ckpt.step:
+            fs, local = fsspec.core.url_to_fs(other)
+            fs.rm(local, recursive=True)
+    return path
 
 
 def load_module_state(module: nn.Module, state: Mapping[str, Tensor], source: str = "") -> None:
