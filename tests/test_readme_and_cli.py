@@ -102,6 +102,7 @@ def test_every_pipeline_config_validates():
         "train_autoencoder_toy_earth.yaml": AutoencoderJob,
         "train_autoencoder_tiny.yaml": AutoencoderJob,
         "train_diffusion_tiny.yaml": DiffusionJob,
+        "train_diffusion_toy_earth.yaml": DiffusionJob,
     }
     paths = sorted((ROOT / "pipelines" / "configs").glob("*.yaml"))
     assert paths
