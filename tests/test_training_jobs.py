@@ -221,3 +221,78 @@ def test_cli_reports_bad_configs(tmp_path):
         app, ["train", "diffusion", "--set", f"data.path={tmp_path}/missing.zarr"]
     )
     assert result.exit_code == 2 and "missing.zarr" in result.output
+
+
+def _train_worker_pids() -> list[int]:
+    """Ray Train worker processes descending from this test process (Linux /proc)."""
+    import os
+
+    parents: dict[int, int] = {}
+    titles: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                titles[int(entry)] = f.read().decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+
+    def descends(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == os.getpid():
+                return True
+        return False
+
+    return sorted(p for p, t in titles.items() if "RayTrainWorker" in t and descends(p))
+
+
+@pytest.mark.slow  # about 4 min on 2 loaded cores: Ray detects the death, then restarts
+def test_ray_train_restarts_a_killed_worker_from_the_last_checkpoint(
+    state_store, tmp_path, ray_cluster
+):
+    """SIGKILL of one Ray Train worker after the first checkpoint: with ``max_failures=1``
+    Ray restarts the worker group, which resumes from that checkpoint and ends with the
+    weights of an uninterrupted run."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from appa.io import list_checkpoints
+
+    def job(run: str, **runner):
+        j = _ae_job(state_store, tmp_path / run, backend="ray", num_workers=2, **runner)
+        loop = j.loop.model_copy(update={"steps": 40, "checkpoint_every": 4})
+        return j.model_copy(update={"loop": loop})
+
+    killed: list[int] = []
+
+    def kill_after_first_checkpoint() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            found = list_checkpoints(str(tmp_path / "failing" / "checkpoints"))
+            if found and found[-1][0] < 40:
+                pids = _train_worker_pids()
+                if pids:
+                    os.kill(pids[-1], signal.SIGKILL)
+                    killed.append(found[-1][0])
+                    return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    killer.start()
+    metrics = run_training(job("failing", max_failures=1))
+    killer.join(timeout=5)
+    if not killed:
+        pytest.skip("the run finished before a worker could be killed (machine too fast)")
+    assert metrics["step"] == 40
+    run_training(job("straight"))
+    a = load_checkpoint(str(tmp_path / "failing" / "checkpoints"))
+    b = load_checkpoint(str(tmp_path / "straight" / "checkpoints"))
+    assert a.step == b.step == 40
+    for k, v in b.tensors["model"].items():
+        torch.testing.assert_close(a.tensors["model"][k], v, rtol=0, atol=0)
