@@ -233,6 +233,39 @@ def export_checkpoint_command(
     typer.echo(f"exported: {path}")
 
 
+@app.command("prior-check")
+def prior_check(
+    truth: Annotated[str, typer.Option(help="Gridded truth store (held-out period).")],
+    period: Annotated[
+        tuple[str, str], typer.Option(help="Held-out dates (inclusive): START END.")
+    ],
+    prior: Annotated[
+        Path,
+        typer.Option(help="Folder with autoencoder/ and diffusion/ checkpoints."),
+    ] = Path("pipelines/priors/toy-earth-tiny"),
+    samples: Annotated[int, typer.Option(help="Prior trajectories drawn.")] = 32,
+    window: Annotated[int, typer.Option(help="States per trajectory.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the first group of trajectories.")] = 0,
+    steps: Annotated[int, typer.Option(help="Sampler steps (Heun).")] = 32,
+) -> None:
+    """Quality bars of a latent prior on held-out data: autoencoder RMSE per channel, and the
+    moments, lag-1 autocorrelation and zonal spectra of decoded prior trajectories."""
+    from appa.assimilation import LatentPrior
+    from appa.assimilation.quality import prior_quality
+    from appa.data.sources import open_era5
+
+    model = LatentPrior.from_checkpoints(str(prior / "autoencoder"), str(prior / "diffusion"))
+    ds = open_era5(truth, spec=model.spec, time=slice(*period)).load()
+    quality = prior_quality(model, ds, samples=samples, window=window, seed=seed, steps=steps)
+    typer.echo(quality.report())
+    failures = quality.failures()
+    for line in failures:
+        typer.echo(f"FAIL {line}")
+    if failures:
+        raise typer.Exit(1)
+    typer.echo("all quality bars pass")
+
+
 # --- appa npe: neural posterior estimation (appa.npe.pipeline) --------------------------------
 npe_app = typer.Typer(help="Neural posterior estimation p(theta | x): train, sample, diagnose.")
 app.add_typer(npe_app, name="npe")

@@ -1,0 +1,126 @@
+"""Quality bars of a trained latent prior on held-out data.
+
+Two questions, both answered against a held-out period of the gridded truth:
+
+- does the autoencoder reconstruct states? (area-weighted RMSE per channel in standardised units,
+  over valid cells; the training validation's definition);
+- do unconditional trajectories of the latent prior, decoded, have the data's climate? (per
+  channel mean and standard deviation, lag-1 autocorrelation along time and zonal power spectra,
+  :func:`appa.metrics.compare_climate`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+
+from appa.assimilation.prior import LatentPrior
+from appa.data.grids import area_weights
+from appa.data.spec import stack
+from appa.metrics.climate import ClimateComparison, compare_climate
+
+__all__ = ["PriorQuality", "prior_quality", "reconstruction_rmse", "truth_states"]
+
+
+def truth_states(prior: LatentPrior, truth: xr.Dataset) -> tuple[np.ndarray, pd.DatetimeIndex]:
+    """The prior's channels of a canonical dataset: physical ``(T, C, H, W)`` float64 (NaN
+    over masked cells) and its times. The grid must be the prior's."""
+    for name, coord, own in (
+        ("latitude", truth.latitude.values, prior.latitude),
+        ("longitude", truth.longitude.values, prior.longitude),
+    ):
+        if coord.shape != own.shape or not np.allclose(coord, own):
+            raise ValueError(f"the truth's {name} grid differs from the prior's")
+    x, _ = stack(truth, prior.spec, dtype=torch.float64)
+    return x.numpy(), pd.DatetimeIndex(truth.time.values)
+
+
+def reconstruction_rmse(
+    prior: LatentPrior, states: np.ndarray, batch_size: int = 64
+) -> dict[str, float]:
+    """Autoencoder reconstruction error per channel on physical states ``(T, C, H, W)``.
+
+    Returns the area-weighted RMSE over valid (non-NaN) cells, in units of each channel's
+    standard deviation (the normalisation statistics), keyed by channel name.
+    """
+    x = torch.as_tensor(states, dtype=torch.float32)
+    valid = torch.isfinite(x)
+    reconstructed = prior.decode(prior.encode(prior.fill_masked(x), batch_size), batch_size)
+    mean, std = prior.statistics.tensors(torch.float32)
+    error = ((reconstructed - x) / std).double().nan_to_num(0.0)
+    w = torch.from_numpy(area_weights(prior.latitude))[:, None].expand(x.shape[-2:])
+    w = w * valid
+    se = (error.square() * w).sum((0, 2, 3))
+    rmse = (se / w.sum((0, 2, 3))).sqrt()
+    return dict(zip(prior.spec.channel_names(), rmse.tolist(), strict=True))
+
+
+@dataclass
+class PriorQuality:
+    """Reconstruction errors and the climate of decoded prior samples against the data."""
+
+    reconstruction: dict[str, float]
+    climate: ClimateComparison
+    samples: int
+    window: int
+
+    def failures(self, rmse_bar: float = 0.1) -> list[str]:
+        """Every quality bar missed, as readable lines (empty when all pass)."""
+        out = []
+        mean_rmse = float(np.mean(list(self.reconstruction.values())))
+        if mean_rmse > rmse_bar:
+            out.append(f"autoencoder RMSE {mean_rmse:.3f} > {rmse_bar} (standardised)")
+        return out + self.climate.failures()
+
+    def report(self) -> str:
+        """A plain-text report."""
+        rec = "  ".join(f"{k} {v:.3f}" for k, v in self.reconstruction.items())
+        mean_rmse = float(np.mean(list(self.reconstruction.values())))
+        return (
+            f"autoencoder RMSE (standardised): mean {mean_rmse:.3f}; {rec}\n"
+            f"{self.samples} prior trajectories of {self.window} states against the data:\n"
+            f"{self.climate.table()}"
+        )
+
+
+def prior_quality(
+    prior: LatentPrior,
+    truth: xr.Dataset,
+    samples: int = 32,
+    window: int = 8,
+    seed: int = 0,
+    sampler: str = "heun",
+    steps: int = 32,
+    batch: int = 8,
+) -> PriorQuality:
+    """Measures ``prior`` against a held-out period of ``truth`` (canonical layout, the
+    prior's grid, 6-hourly or whatever step the prior was trained on).
+
+    ``samples`` trajectories of ``window`` consecutive states are drawn unconditionally, in
+    groups of ``batch`` dated at evenly spread start times of the period (the prior is
+    conditioned on the date), decoded, and compared with every ``window``-state trajectory of
+    the data (non-overlapping).
+    """
+    states, times = truth_states(prior, truth)
+    if len(times) < window:
+        raise ValueError(f"the truth holds {len(times)} states, fewer than window={window}")
+    reconstruction = reconstruction_rmse(prior, states)
+    n_data = len(times) // window
+    data = states[: n_data * window].reshape(n_data, window, *states.shape[1:])
+
+    groups = -(-samples // batch)
+    starts = np.linspace(0, len(times) - window, groups).round().astype(int)
+    drawn = []
+    for g, start in enumerate(starts):
+        n = min(batch, samples - g * batch)
+        x = prior.unconditional(
+            n, times[start : start + window], seed=seed + g, sampler=sampler, steps=steps
+        )
+        drawn.append(x.double().cpu().numpy())
+    generated = np.concatenate(drawn)
+    climate = compare_climate(generated, data, prior.latitude, prior.spec.channel_names())
+    return PriorQuality(reconstruction, climate, samples=len(generated), window=window)
