@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from appa.data.spec import StateSpec
 from appa.data.stats import Statistics
-from appa.dates import date_features
+from appa.dates import DATE_FEATURES, date_features
 from appa.diffusion import NoiseSchedule, WindowedDenoiser, make_sampler, make_schedule
 from appa.io.checkpoints import CheckpointError, load_checkpoint, load_module_state
 from appa.nn import StateAutoencoder
@@ -264,6 +264,11 @@ class LatentPrior:
             raise PriorMismatchError(
                 f"{dn_ckpt.path}: the denoiser has {dn_cfg.channels} latent channels, the "
                 f"autoencoder of {ae_ckpt.path} makes {ae_cfg.latent_channels}"
+            )
+        if dn_cfg.date_features not in (0, DATE_FEATURES):
+            raise PriorMismatchError(
+                f"{dn_ckpt.path}: the denoiser takes {dn_cfg.date_features} date features; "
+                f"appa.dates makes {DATE_FEATURES}"
             )
         if ae_task.get("state_spec") is None or ae_task.get("statistics") is None:
             raise PriorMismatchError(
