@@ -5,18 +5,23 @@ autoencoder and transformer)."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from assimilation_utils import SPEC, STATS, station_table
 
-from appa.assimilation import LatentPrior, PriorMismatchError, SamplingSettings
-from appa.assimilation import filtering, forecast, reanalysis
+from appa.assimilation import (
+    LatentPrior,
+    PriorMismatchError,
+    SamplingSettings,
+    filtering,
+    forecast,
+    reanalysis,
+)
 from appa.data.spec import StateSpec
 from appa.io import save_checkpoint
 from appa.nn import get_preset
 from appa.training import AutoencoderTask, DiffusionTask
-
-import pandas as pd
 
 GRID = (8, 16)
 LAT = np.linspace(-78.75, 78.75, 8)
