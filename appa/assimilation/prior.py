@@ -23,12 +23,13 @@ from appa.data.spec import StateSpec
 from appa.data.stats import Statistics
 from appa.dates import DATE_FEATURES, date_features
 from appa.diffusion import NoiseSchedule, WindowedDenoiser, make_sampler, make_schedule
+from appa.diffusion.windows import StitchMode
 from appa.io.checkpoints import CheckpointError, load_checkpoint, load_module_state
 from appa.nn import StateAutoencoder
 from appa.nn.latent import LatentStandardizer, latent_denoiser
 from appa.nn.presets import AutoencoderConfig, DenoiserConfig
 
-__all__ = ["Codec", "LatentPrior", "PriorMismatchError"]
+__all__ = ["Codec", "LatentPrior", "PriorMismatchError", "regular_step"]
 
 
 class PriorMismatchError(ValueError):
@@ -44,7 +45,8 @@ class Codec(Protocol):
     def decode(self, z: Tensor) -> Tensor: ...
 
 
-def _regular_step(times: pd.DatetimeIndex) -> pd.Timedelta:
+def regular_step(times: pd.DatetimeIndex) -> pd.Timedelta:
+    """The constant step of increasing ``times`` (a clear error when they are irregular)."""
     if len(times) < 2:
         raise ValueError("need at least two times to know the time step")
     steps = np.unique(np.diff(times.values))
@@ -196,8 +198,11 @@ class LatentPrior:
         return {"date": dates[None].expand(batch, -1, -1).contiguous()}
 
     def windowed(
-        self, denoiser: nn.Module | None = None, stride: int | None = None, mode="symmetric"
-    ):
+        self,
+        denoiser: nn.Module | None = None,
+        stride: int | None = None,
+        mode: StitchMode = "symmetric",
+    ) -> WindowedDenoiser:
         """``denoiser`` (default: the prior's) run over trajectories of any length in windows of
         ``K`` with ``stride`` (default ``K // 2``, at least 1) and stitching ``mode``."""
         stride = max(1, self.window // 2) if stride is None else stride
@@ -218,7 +223,7 @@ class LatentPrior:
         Windows of ``K`` are stitched when ``L > K``; ``options`` go to the sampler."""
         times = pd.DatetimeIndex(np.atleast_1d(times))
         if len(times) > 1:
-            _regular_step(times)
+            regular_step(times)
         denoiser = self.windowed(stride=stride)
         smp = make_sampler(sampler, denoiser, self.schedule, steps, **options)
         u = smp.sample(

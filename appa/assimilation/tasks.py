@@ -28,7 +28,7 @@ from pydantic import Field
 from torch import Tensor
 
 from appa.assimilation.operator import WindowObservation
-from appa.assimilation.prior import LatentPrior, _regular_step
+from appa.assimilation.prior import LatentPrior, regular_step
 from appa.config import StrictModel
 from appa.diffusion import MMPSDenoiser, WindowedDenoiser, make_sampler
 
@@ -178,7 +178,7 @@ def reanalysis(
     settings: SamplingSettings | None = None,
 ) -> Tensor:
     """Reanalysis of ``times`` (regular, ``T`` of them): ``M = len(seeds)`` joint posterior
-    samples given every observation within them, physical ``(M, T, C, H, W)``.
+    samples given every observation within them, physical ``(M, T, C, H, W)`` on the CPU.
 
     Windows of ``K`` states with the settings' stride are denoised together and stitched
     symmetrically; each window conditions on the observations on its frames."""
@@ -186,13 +186,13 @@ def reanalysis(
     seeds = _check_seeds(seeds)
     times = pd.DatetimeIndex(np.atleast_1d(times))
     if len(times) > 1:
-        _regular_step(times)
+        regular_step(times)
     table = select_observations(observations, times, settings.time_tolerance)
     out = []
     for part in _batches(len(seeds), settings.member_batch):
         gens = _generators(seeds[part], prior.device)
         u = sample_latents(prior, times, gens, settings, table)
-        out.append(prior.decode(u))
+        out.append(prior.decode(u).cpu())
     return torch.cat(out)
 
 
@@ -215,7 +215,7 @@ def filtering(
     times = pd.DatetimeIndex(np.atleast_1d(times))
     T, K = len(times), prior.window
     if T > 1:
-        step = _regular_step(times)
+        step = regular_step(times)
         axis = (
             times
             if T >= K
@@ -246,7 +246,7 @@ def filtering(
             )
             u = sample_latents(prior, window, gens, settings, table, observable, known, values)
             analyses[:, i] = u[:, pos]
-        out.append(prior.decode(analyses))
+        out.append(prior.decode(analyses).cpu())
     return torch.cat(out)
 
 
