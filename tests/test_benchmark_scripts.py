@@ -42,3 +42,36 @@ def test_linear_gaussian_benchmark_runs(tmp_path):
     rows = json.loads(result.read_text())
     assert {r["operator"] for r in rows} == {"dense", "mask"}
     assert all(r["mmps_cg"] < r["prior"] for r in rows)
+
+
+def test_mmps_step_benchmark_runs(tmp_path):
+    result = tmp_path / "mmps.json"
+    overrides = [
+        "autoencoder.in_channels=5",
+        "autoencoder.grid=[8,16]",
+        "autoencoder.channels=[8,16]",
+        "autoencoder.blocks=[1,1]",
+        "autoencoder.latent_channels=4",
+        "denoiser.channels=4",
+        "denoiser.width=24",
+        "denoiser.heads=2",
+        "denoiser.depth=1",
+        "denoiser.mod_features=16",
+    ]
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_mmps_step.py"),
+         "--override", *overrides, "--obs", "10", "100", "--iterations", "1", "2",
+         "--repeats", "1", "--out", str(result)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "observed/all time ratio" in out.stdout
+    rows = json.loads(result.read_text())
+    assert len(rows) == 2 * 2 * 2 and {r["frames"] for r in rows} == {"observed", "all"}
+    for r in rows:
+        assert r["plain_ms"] > 0 and r["total_ratio"] > 0
+        # half of the frames hold observations: the observed variant decodes half as many
+        if r["frames"] == "observed":
+            assert 0 < r["decoded_frames"] < 3 * 4
+        else:
+            assert r["decoded_frames"] == 3 * 4

@@ -14,6 +14,7 @@ batched, and is reproducible from a seed or a ``torch.Generator``. With ``t`` th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -33,9 +34,11 @@ __all__ = [
     "Sampler",
     "SamplerName",
     "make_sampler",
+    "randn",
 ]
 
 SamplerName = Literal["ddpm", "ddim", "euler", "heun", "pc", "lms"]
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 class Sampler:
@@ -66,25 +69,24 @@ class Sampler:
     ) -> Tensor:
         raise NotImplementedError
 
-    def _noise(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
-        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    def _noise(self, x: Tensor, generator: Generators) -> Tensor:
+        return randn(x.shape, generator, device=x.device, dtype=x.dtype)
 
     def init(
         self,
         shape: tuple[int, ...],
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> Tensor:
         """A draw of ``N(0, sigma_max^2 I)`` of shape ``shape = (B, *event)``."""
-        z = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        z = randn(shape, generator, device=device, dtype=dtype)
         return self.schedule.sigma_max * z
 
     @torch.no_grad()
-    def __call__(
-        self, x_T: Tensor, generator: torch.Generator | None = None, **cond: Any
-    ) -> Tensor:
-        """Integrates from ``x_T`` (at ``sigma_max``) to ``sigma_min``; returns ``(B, *event)``."""
+    def __call__(self, x_T: Tensor, generator: Generators = None, **cond: Any) -> Tensor:
+        """Integrates from ``x_T`` (at ``sigma_max``) to ``sigma_min``; returns ``(B, *event)``.
+        ``generator``: one for the batch or one per sample (see :func:`randn`)."""
         levels = self.levels_like(x_T)
         x = x_T
         for i in range(self.steps):
@@ -105,6 +107,25 @@ class Sampler:
         generator.manual_seed(seed if seed is not None else torch.seed())
         x_T = self.init((n, *event_shape), generator=generator, device=device, dtype=dtype)
         return self(x_T, generator=generator, **cond)
+
+
+def randn(
+    shape: tuple[int, ...],
+    generator: Generators = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Standard normal draws of ``shape = (B, *event)``. ``generator`` is one generator for the
+    batch, or a sequence of ``B`` generators, one per sample: then sample ``b`` depends only on
+    its own generator, whatever else shares the batch (ensemble members that can be rerun alone
+    or batched differently)."""
+    if isinstance(generator, list | tuple):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        return torch.stack(
+            [torch.randn(shape[1:], generator=g, device=device, dtype=dtype) for g in generator]
+        )
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
 
 def _ratio(a: Tensor, b: Tensor, x: Tensor) -> Tensor:

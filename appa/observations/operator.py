@@ -188,6 +188,12 @@ class ObservationOperator:
         self.y = torch.as_tensor(y, dtype=dtype)
         self.noise_variance = torch.as_tensor(var, dtype=dtype)
 
+    def entries(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The operator as sparse entries ``(row, flat_index, weight)``: observation ``row``
+        gets ``weight`` times the value at ``flat_index`` of the flattened state
+        ``(T, C, lat, lon)``, summed; each a 1-D tensor (long, long, float64)."""
+        return self._rows.clone(), self._index.clone(), self._weights.clone()
+
     def __call__(self, x: Tensor) -> Tensor:
         """``A(x)``: ``(B, *state)`` -> ``(B, m)``; linear and differentiable."""
         event = self.shape if self.time_axis else self.shape[1:]

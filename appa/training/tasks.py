@@ -16,13 +16,13 @@ import torch
 from torch import Tensor, nn
 
 from appa.diffusion import (
-    EDMDenoiser,
     denoising_loss,
     make_sampler,
     make_schedule,
     sample_training_sigma,
 )
-from appa.nn import LatentDiT, StateAutoencoder, WeightedMSE
+from appa.nn import StateAutoencoder, WeightedMSE
+from appa.nn.latent import LatentStandardizer, latent_denoiser
 from appa.nn.presets import AutoencoderConfig, DenoiserConfig
 
 __all__ = ["AutoencoderTask", "DiffusionTask", "Task"]
@@ -217,19 +217,13 @@ class DiffusionTask:
         date_key: str = "date",
     ) -> None:
         self.config = config
-        self.network = LatentDiT(config)
-        self.module = EDMDenoiser(self.network, sigma_data=sigma_data)
+        self.module = latent_denoiser(config, sigma_data=sigma_data)
+        self.network = self.module.backbone
         self.schedule_name = schedule
         self.schedule = make_schedule(schedule, sigma_min=sigma_min, sigma_max=sigma_max)
         self.sigma_data = float(sigma_data)
-        c = config.channels
-        for name, v in (("latent_mean", latent_mean), ("latent_std", latent_std)):
-            if v is not None and len(v) != c:
-                raise ValueError(f"{name} has {len(v)} entries for {c} latent channels")
-        if latent_std is not None and min(latent_std) <= 0:
-            raise ValueError("latent_std must be positive")
-        self.latent_mean = None if latent_mean is None else [float(v) for v in latent_mean]
-        self.latent_std = None if latent_std is None else [float(v) for v in latent_std]
+        self.standardizer = LatentStandardizer(config.channels, latent_mean, latent_std)
+        self.latent_mean, self.latent_std = self.standardizer.mean, self.standardizer.std
         self.val_sigmas = torch.logspace(
             math.log10(sigma_min), math.log10(sigma_max), val_sigmas + 2, dtype=torch.float64
         )[1:-1].tolist()
@@ -243,11 +237,7 @@ class DiffusionTask:
             raise ValueError(
                 f"{self.key} must be (B, {cfg.window}, {cfg.channels}, h, w), got {tuple(z.shape)}"
             )
-        z = z.float()
-        if self.latent_mean is not None:
-            z = z - z.new_tensor(self.latent_mean)[:, None, None]
-        if self.latent_std is not None:
-            z = z / z.new_tensor(self.latent_std)[:, None, None]
+        z = self.standardizer.standardize(z.float())
         cond = {}
         if cfg.date_features:
             cond["date"] = _get(batch, self.date_key).float()

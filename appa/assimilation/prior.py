@@ -1,0 +1,350 @@
+"""The latent trajectory prior as sampling uses it: codec, window denoiser, statistics, grid.
+
+Three spaces, from the user's to the sampler's:
+
+- physical states ``(..., C, H, W)`` in SI units (the channel order of the state spec);
+- standardised states ``(x - mean) / std`` per channel (the autoencoder's input and output, and
+  the space the observation operator acts on with standardised observations);
+- standardised latents ``u = (encode(x) - latent_mean) / latent_std`` ``(..., c, h, w)``: the
+  diffusion model's space, where windows ``(B, K, c, h, w)`` are denoised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from appa.data.spec import StateSpec
+from appa.data.stats import Statistics
+from appa.dates import DATE_FEATURES, date_features
+from appa.diffusion import NoiseSchedule, WindowedDenoiser, make_sampler, make_schedule
+from appa.diffusion.windows import StitchMode
+from appa.io.checkpoints import CheckpointError, load_checkpoint, load_module_state
+from appa.nn import StateAutoencoder
+from appa.nn.latent import LatentStandardizer, latent_denoiser
+from appa.nn.presets import AutoencoderConfig, DenoiserConfig
+
+__all__ = ["Codec", "LatentPrior", "PriorMismatchError", "regular_step"]
+
+
+class PriorMismatchError(ValueError):
+    """An autoencoder and a denoiser that do not belong together, or bad prior parts."""
+
+
+class Codec(Protocol):
+    """Maps standardised states ``(..., C, H, W)`` to raw latents ``(..., c, h, w)`` and back
+    (:class:`~appa.nn.StateAutoencoder`, or a linear map in tests)."""
+
+    def encode(self, x: Tensor) -> Tensor: ...
+
+    def decode(self, z: Tensor) -> Tensor: ...
+
+
+def regular_step(times: pd.DatetimeIndex) -> pd.Timedelta:
+    """The constant step of increasing ``times`` (a clear error when they are irregular)."""
+    if len(times) < 2:
+        raise ValueError("need at least two times to know the time step")
+    steps = np.unique(np.diff(times.values))
+    if steps.size != 1 or steps[0] <= np.timedelta64(0):
+        raise ValueError(f"times must be regular and increasing, got steps {steps[:4]}")
+    return pd.Timedelta(steps[0])
+
+
+class LatentPrior:
+    """A frozen autoencoder and latent window denoiser, with everything needed to use them.
+
+    Arguments:
+        codec: Encoder/decoder between standardised states and raw latents (eval mode; frozen).
+        denoiser: ``D(u_t, sigma, date=...)`` over standardised latent windows
+            ``(B, K, c, h, w)`` (e.g. :func:`appa.nn.latent.latent_denoiser` with EMA weights).
+        schedule: The noise schedule the denoiser was trained with.
+        spec: The state spec (channel order of states).
+        statistics: Per-channel normalisation statistics of the states (physical units).
+        latent_shape: ``(c, h, w)``.
+        window: ``K``, the denoiser's window length.
+        latitude, longitude: The state grid (ascending degrees; longitudes in [0, 360)).
+        latent_mean, latent_std: Per-channel latent statistics (None: identity).
+        date_conditioning: Whether the denoiser takes date features (``date=(B, K, 4)``).
+        sigma_data: The EDM data standard deviation (MMPS's heuristic covariance uses it).
+        provenance: JSON facts about where the parts came from (checkpoint paths and steps).
+    """
+
+    def __init__(
+        self,
+        codec: Codec,
+        denoiser: nn.Module,
+        schedule: NoiseSchedule,
+        spec: StateSpec,
+        statistics: Statistics,
+        latent_shape: Sequence[int],
+        window: int,
+        latitude: Sequence[float],
+        longitude: Sequence[float],
+        latent_mean: Sequence[float] | None = None,
+        latent_std: Sequence[float] | None = None,
+        date_conditioning: bool = False,
+        sigma_data: float = 1.0,
+        provenance: dict[str, Any] | None = None,
+    ) -> None:
+        self.codec = codec
+        self.denoiser = denoiser
+        self.schedule = schedule
+        self.spec = spec
+        self.statistics = statistics.for_spec(spec)
+        self.latent_shape = tuple(int(v) for v in latent_shape)
+        if len(self.latent_shape) != 3:
+            raise PriorMismatchError(f"latent_shape must be (c, h, w), got {latent_shape}")
+        self.window = int(window)
+        if self.window < 1:
+            raise PriorMismatchError(f"window must be positive, got {window}")
+        self.latitude = np.asarray(latitude, dtype=np.float64)
+        self.longitude = np.asarray(longitude, dtype=np.float64)
+        if self.latitude.ndim != 1 or not np.all(np.diff(self.latitude) > 0):
+            raise PriorMismatchError("latitudes must be 1-D and ascending")
+        if self.longitude.ndim != 1 or not np.all(np.diff(self.longitude) > 0):
+            raise PriorMismatchError("longitudes must be 1-D and ascending")
+        self.standardizer = LatentStandardizer(self.latent_shape[0], latent_mean, latent_std)
+        self.date_conditioning = bool(date_conditioning)
+        self.sigma_data = float(sigma_data)
+        self.provenance = dict(provenance or {})
+        for module in (codec, denoiser):
+            if isinstance(module, nn.Module):
+                module.eval().requires_grad_(False)
+
+    # ------------------------------------------------------------------ shapes and devices
+    @property
+    def state_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)``."""
+        return (self.spec.num_channels, self.latitude.size, self.longitude.size)
+
+    @property
+    def device(self) -> torch.device:
+        for module in (self.denoiser, self.codec):
+            if isinstance(module, nn.Module):
+                for p in (*module.parameters(), *module.buffers()):
+                    return p.device
+        return torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> LatentPrior:
+        """Moves the networks to ``device`` (in place); returns self."""
+        for module in (self.codec, self.denoiser):
+            if isinstance(module, nn.Module):
+                module.to(device)
+        return self
+
+    # ------------------------------------------------------------------ codec
+    def _check_states(self, x: Tensor) -> None:
+        if x.ndim < 3 or tuple(x.shape[-3:]) != self.state_shape:
+            raise ValueError(f"states must be (..., {self.state_shape}), got {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError("states hold NaN or infinite values (fill masked points first)")
+
+    def _check_latents(self, u: Tensor) -> None:
+        if u.ndim < 3 or tuple(u.shape[-3:]) != self.latent_shape:
+            raise ValueError(f"latents must be (..., {self.latent_shape}), got {tuple(u.shape)}")
+
+    def encode(self, x: Tensor, batch_size: int = 64) -> Tensor:
+        """Physical states ``(..., C, H, W)`` to standardised latents ``(..., c, h, w)``,
+        batched over frames (``batch_size`` frames at a time). Masked points (NaN) must be
+        filled first: use :meth:`fill_masked`."""
+        self._check_states(x)
+        lead = x.shape[:-3]
+        flat = x.reshape(-1, *self.state_shape)
+        with torch.no_grad():
+            parts = [
+                self.standardizer.standardize(
+                    self.codec.encode(self.statistics.standardize(flat[i : i + batch_size]))
+                )
+                for i in range(0, flat.shape[0], batch_size)
+            ]
+        return torch.cat(parts).reshape(*lead, *self.latent_shape)
+
+    def decode_standardized(self, u: Tensor) -> Tensor:
+        """Standardised latents ``(N, c, h, w)`` to standardised states ``(N, C, H, W)``, one
+        batch, differentiable (what the observation operator goes through)."""
+        return self.codec.decode(self.standardizer.unstandardize(u))
+
+    def decode(self, u: Tensor, batch_size: int = 64) -> Tensor:
+        """Standardised latents ``(..., c, h, w)`` to physical states ``(..., C, H, W)``,
+        batched over frames."""
+        self._check_latents(u)
+        lead = u.shape[:-3]
+        flat = u.reshape(-1, *self.latent_shape)
+        with torch.no_grad():
+            parts = [
+                self.statistics.unstandardize(self.decode_standardized(flat[i : i + batch_size]))
+                for i in range(0, flat.shape[0], batch_size)
+            ]
+        return torch.cat(parts).reshape(*lead, *self.state_shape)
+
+    def fill_masked(self, x: Tensor) -> Tensor:
+        """Replaces NaN (masked variables, e.g. sea-surface temperature over land) by the
+        channel mean, the standardised 0 the autoencoder was trained with there."""
+        mean, _ = self.statistics.tensors(x.dtype)
+        return torch.where(torch.isnan(x), mean.to(x.device).expand_as(x), x)
+
+    # ------------------------------------------------------------------ conditioning
+    def conditioning(self, times: Sequence | np.ndarray, batch: int) -> dict[str, Tensor]:
+        """The denoiser's conditioning for a trajectory at ``times`` (``L`` of them), repeated
+        for ``batch`` samples: ``{"date": (batch, L, 4)}`` or ``{}``."""
+        if not self.date_conditioning:
+            return {}
+        dates = date_features(pd.DatetimeIndex(np.atleast_1d(times)).values).to(self.device)
+        return {"date": dates[None].expand(batch, -1, -1).contiguous()}
+
+    def windowed(
+        self,
+        denoiser: nn.Module | None = None,
+        stride: int | None = None,
+        mode: StitchMode = "symmetric",
+    ) -> WindowedDenoiser:
+        """``denoiser`` (default: the prior's) run over trajectories of any length in windows of
+        ``K`` with ``stride`` (default ``K // 2``, at least 1) and stitching ``mode``."""
+        stride = max(1, self.window // 2) if stride is None else stride
+        return WindowedDenoiser(denoiser or self.denoiser, self.window, stride, mode)
+
+    def unconditional(
+        self,
+        n: int,
+        times: Sequence | np.ndarray,
+        seed: int,
+        sampler: str = "pc",
+        steps: int = 32,
+        stride: int | None = None,
+        **options: Any,
+    ) -> Tensor:
+        """``n`` prior trajectories at ``times`` (regular), physical ``(n, L, C, H, W)``.
+
+        Windows of ``K`` are stitched when ``L > K``; ``options`` go to the sampler."""
+        times = pd.DatetimeIndex(np.atleast_1d(times))
+        if len(times) > 1:
+            regular_step(times)
+        denoiser = self.windowed(stride=stride)
+        smp = make_sampler(sampler, denoiser, self.schedule, steps, **options)
+        u = smp.sample(
+            n,
+            (len(times), *self.latent_shape),
+            seed=seed,
+            device=self.device,
+            **self.conditioning(times, n),
+        )
+        return self.decode(u)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_checkpoints(
+        cls,
+        autoencoder: str,
+        diffusion: str,
+        device: torch.device | str = "cpu",
+        ema: bool = True,
+    ) -> LatentPrior:
+        """Loads the prior from an autoencoder and a diffusion checkpoint as ``appa train``
+        writes them (a ``step-*`` folder, or a run's ``checkpoints`` folder: the latest).
+
+        The denoiser takes its EMA weights when the checkpoint has them (``ema=True``); the
+        autoencoder its trained weights, those the latents were encoded with.
+
+        Raises:
+            PriorMismatchError: when the two do not belong together (latent channels or grid,
+                state spec, statistics) or a checkpoint is of the wrong kind.
+        """
+        ae_ckpt = load_checkpoint(autoencoder)
+        dn_ckpt = load_checkpoint(diffusion)
+        for ckpt, kind in ((ae_ckpt, "autoencoder"), (dn_ckpt, "diffusion")):
+            if ckpt.metadata.get("kind") != kind:
+                raise PriorMismatchError(
+                    f"{ckpt.path} is a {ckpt.metadata.get('kind')!r} checkpoint, expected {kind!r}"
+                )
+        ae_task = ae_ckpt.metadata["task"]
+        dn_task = dn_ckpt.metadata["task"]
+        ae_cfg = AutoencoderConfig.model_validate(ae_task["autoencoder"])
+        dn_cfg = DenoiserConfig.model_validate(dn_task["denoiser"])
+        if dn_cfg.channels != ae_cfg.latent_channels:
+            raise PriorMismatchError(
+                f"{dn_ckpt.path}: the denoiser has {dn_cfg.channels} latent channels, the "
+                f"autoencoder of {ae_ckpt.path} makes {ae_cfg.latent_channels}"
+            )
+        if dn_cfg.date_features not in (0, DATE_FEATURES):
+            raise PriorMismatchError(
+                f"{dn_ckpt.path}: the denoiser takes {dn_cfg.date_features} date features; "
+                f"appa.dates makes {DATE_FEATURES}"
+            )
+        if ae_task.get("state_spec") is None or ae_task.get("statistics") is None:
+            raise PriorMismatchError(
+                f"{ae_ckpt.path} carries no state spec or statistics; retrain it from a gridded "
+                "source (data.source) so that it is self-describing"
+            )
+        spec = StateSpec.model_validate(ae_task["state_spec"])
+        stats = Statistics.from_json(ae_task["statistics"]).for_spec(spec)
+        # the latent store the denoiser was trained on records the autoencoder's spec and
+        # statistics (appa encode): they must be this autoencoder's
+        store = dn_ckpt.metadata.get("config", {}).get("store", {})
+        made = store.get("provenance", {})
+        if made.get("state_spec") is not None:
+            other = StateSpec.model_validate(made["state_spec"])
+            if other != spec:
+                raise PriorMismatchError(
+                    f"{dn_ckpt.path} was trained on latents of states {other.channel_names()}, "
+                    f"the autoencoder of {ae_ckpt.path} encodes {spec.channel_names()}"
+                )
+        if made.get("statistics") is not None:
+            other_stats = Statistics.from_json(made["statistics"]).for_spec(spec)
+            if not (
+                np.allclose(other_stats.mean, stats.mean, rtol=1e-6)
+                and np.allclose(other_stats.std, stats.std, rtol=1e-6)
+            ):
+                raise PriorMismatchError(
+                    f"{dn_ckpt.path} was trained on latents of states standardised with other "
+                    f"statistics than those of {ae_ckpt.path}"
+                )
+        latitude = ae_task.get("latitudes")
+        if latitude is None or len(latitude) != ae_cfg.grid[0]:
+            raise PriorMismatchError(f"{ae_ckpt.path} carries no latitudes for its grid")
+        nlon = ae_cfg.grid[1]
+        longitude = np.arange(nlon) * 360.0 / nlon
+
+        codec = StateAutoencoder(ae_cfg)
+        load_module_state(codec, ae_ckpt.tensors["model"], f"{ae_ckpt.path}/model.safetensors")
+        denoiser = latent_denoiser(dn_cfg, sigma_data=dn_task.get("sigma_data", 1.0))
+        group = "ema" if ema and "ema" in dn_ckpt.tensors else "model"
+        if group not in dn_ckpt.tensors:
+            raise CheckpointError(f"{dn_ckpt.path}: no {group}.safetensors")
+        load_module_state(
+            denoiser.backbone, dn_ckpt.tensors[group], f"{dn_ckpt.path}/{group}.safetensors"
+        )
+        schedule = make_schedule(
+            dn_task.get("schedule", "loglinear"),
+            sigma_min=dn_task.get("sigma_min", 1e-3),
+            sigma_max=dn_task.get("sigma_max", 1e3),
+        )
+        provenance = {
+            "autoencoder": {"path": ae_ckpt.path, "step": ae_ckpt.step},
+            "diffusion": {"path": dn_ckpt.path, "step": dn_ckpt.step, "weights": group},
+            "latents_encoded_with": {
+                "path": made.get("checkpoint"),
+                "step": made.get("checkpoint_step"),
+            },
+        }
+        prior = cls(
+            codec,
+            denoiser,
+            schedule,
+            spec,
+            stats,
+            ae_cfg.latent_shape,
+            dn_cfg.window,
+            latitude,
+            longitude,
+            latent_mean=dn_task.get("latent_mean"),
+            latent_std=dn_task.get("latent_std"),
+            date_conditioning=dn_cfg.date_features > 0,
+            sigma_data=dn_task.get("sigma_data", 1.0),
+            provenance=provenance,
+        )
+        return prior.to(device)

@@ -1,0 +1,394 @@
+"""Reanalysis, filtering and forecasting: posterior sampling of latent trajectories with MMPS.
+
+Every task draws ``M`` members, member ``m`` from its own seed: its noise comes from its own
+generator (:func:`appa.diffusion.samplers.randn`) and every solve is per sample, so a member's
+result depends only on its seed (and the task's inputs), never on which members share its batch.
+Results are decoded physical states.
+
+- :func:`reanalysis`: one joint sample of ``x_{1:L}`` given all observations, in overlapping
+  windows stitched symmetrically, each window conditioned on its own observations.
+- :func:`filtering`: cycles in time; the analysis at ``t_i`` is the last state of a window ending
+  at ``t_i`` whose earlier states are the member's previous analyses (latent conditions) and
+  whose observations are those at ``t_i``: nothing after ``t_i`` is ever read.
+- :func:`forecast`: from known initial states (e.g. a reanalysis) or from observations before
+  the initialisation time; autoregressive (condition on the last states, sample the next ones,
+  slide) or all-at-once (a context window followed by free states, one joint sample).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+from pydantic import Field
+from torch import Tensor
+
+from appa.assimilation.operator import WindowObservation
+from appa.assimilation.prior import LatentPrior, regular_step
+from appa.config import StrictModel
+from appa.diffusion import MMPSDenoiser, WindowedDenoiser, make_sampler
+
+__all__ = [
+    "SamplingSettings",
+    "derive_seed",
+    "filtering",
+    "forecast",
+    "reanalysis",
+    "sample_latents",
+    "select_observations",
+]
+
+
+class SamplingSettings(StrictModel):
+    """How posterior trajectories are drawn.
+
+    Attributes:
+        sampler: ``pc`` (predictor-corrector, Appa's), ``ddpm``, ``ddim``, ``euler``, ``heun``
+            or ``lms``; steps: its steps; corrections, delta: Langevin corrections (pc only).
+        solver, iterations: MMPS's linear solver (``cg``, ``gmres`` or ``direct``) and Krylov
+            iterations; covariance: ``tweedie`` or ``heuristic``.
+        stride: Window stride ``S`` (None: ``K // 2``); stitching is symmetric.
+        condition_std: Standard deviation with which known latent states are matched
+            (standardised latent units).
+        frames: Decode only the ``observed`` frames in the operator, or ``all`` (Appa's way).
+        member_batch: Members sampled together (None: all at once).
+        time_tolerance: How far an observation may lie from a state's time (e.g. ``"1h"``).
+    """
+
+    sampler: Literal["pc", "ddpm", "ddim", "euler", "heun", "lms"] = "pc"
+    steps: int = Field(32, ge=1)
+    corrections: int = Field(2, ge=0)
+    delta: float = Field(0.1, gt=0)
+    solver: Literal["cg", "gmres", "direct"] = "gmres"
+    iterations: int = Field(2, ge=1)
+    covariance: Literal["tweedie", "heuristic"] = "tweedie"
+    stride: int | None = Field(None, ge=1)
+    condition_std: float = Field(1e-2, gt=0)
+    frames: Literal["observed", "all"] = "observed"
+    member_batch: int | None = Field(None, ge=1)
+    time_tolerance: str = "0s"
+
+    def sampler_options(self) -> dict:
+        if self.sampler == "pc":
+            return {"corrections": self.corrections, "delta": self.delta}
+        return {}
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed derived from ``seed`` and integer ``keys`` (e.g. an initialisation time),
+    so that independent pieces of one member get independent, reproducible noise."""
+    state = np.random.SeedSequence([int(seed) & (2**63 - 1), *(int(k) & (2**63 - 1) for k in keys)])
+    return int(state.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def _generators(seeds: Sequence[int], device: torch.device) -> list[torch.Generator]:
+    gens = []
+    for seed in seeds:
+        g = torch.Generator(device=device)
+        g.manual_seed(int(seed))
+        gens.append(g)
+    return gens
+
+
+def _check_seeds(seeds: Sequence[int]) -> list[int]:
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("give at least one member seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"member seeds must be distinct, got {seeds}")
+    return seeds
+
+
+def select_observations(
+    table: xr.Dataset | None, times: Sequence | np.ndarray, tolerance: str = "0s"
+) -> xr.Dataset | None:
+    """The observations lying within ``tolerance`` of one of ``times`` (None when none)."""
+    if table is None or table.sizes.get("obs", 0) == 0:
+        return None
+    times = pd.DatetimeIndex(np.atleast_1d(times)).values
+    obs_t = table["time"].values.astype("datetime64[ns]")
+    tol = pd.Timedelta(tolerance).to_timedelta64()
+    pos = np.clip(np.searchsorted(times, obs_t), 0, len(times) - 1)
+    prev = np.clip(pos - 1, 0, len(times) - 1)
+    dist = np.minimum(np.abs(times[pos] - obs_t), np.abs(times[prev] - obs_t))
+    keep = np.flatnonzero(dist <= tol)
+    return table.isel(obs=keep) if keep.size else None
+
+
+def _batches(n: int, size: int | None) -> list[slice]:
+    size = n if size is None else size
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def sample_latents(
+    prior: LatentPrior,
+    times: Sequence | np.ndarray,
+    generators: Sequence[torch.Generator],
+    settings: SamplingSettings,
+    table: xr.Dataset | None = None,
+    observable: np.ndarray | None = None,
+    known: np.ndarray | None = None,
+    known_values: Tensor | None = None,
+) -> Tensor:
+    """One posterior sample of a latent trajectory per generator: ``(B, L, c, h, w)``
+    standardised latents at ``times``.
+
+    Arguments:
+        table: Observations (already within ``times``); observable: ``(L,)`` frames whose
+            observations count; known: ``(L,)`` frames conditioned on ``known_values``
+            ``(B, L, c, h, w)`` (standardised latents).
+    """
+    times = pd.DatetimeIndex(np.atleast_1d(times))
+    B, L = len(generators), len(times)
+    stride = settings.stride or max(1, prior.window // 2)
+    windowed = WindowedDenoiser(prior.denoiser, prior.window, stride, "symmetric")
+    layout = windowed.layout(L)
+    obs = WindowObservation(
+        prior, layout, times, table, observable, known,
+        condition_std=settings.condition_std, frames=settings.frames,
+        time_tolerance=settings.time_tolerance,
+    )  # fmt: skip
+    if obs.size:
+        guided = MMPSDenoiser(
+            prior.denoiser,
+            obs.observation(B, known_values),
+            solver=settings.solver,
+            iterations=settings.iterations,
+            covariance=settings.covariance,
+            sigma_data=prior.sigma_data,
+        )
+        windowed = WindowedDenoiser(guided, prior.window, stride, "symmetric")
+    sampler = make_sampler(
+        settings.sampler, windowed, prior.schedule, settings.steps, **settings.sampler_options()
+    )
+    device = prior.device
+    x_T = sampler.init((B, L, *prior.latent_shape), list(generators), device=device)
+    return sampler(x_T, generator=list(generators), **prior.conditioning(times, B))
+
+
+def reanalysis(
+    prior: LatentPrior,
+    observations: xr.Dataset | None,
+    times: Sequence | np.ndarray,
+    seeds: Sequence[int],
+    settings: SamplingSettings | None = None,
+) -> Tensor:
+    """Reanalysis of ``times`` (regular, ``T`` of them): ``M = len(seeds)`` joint posterior
+    samples given every observation within them, physical ``(M, T, C, H, W)`` on the CPU.
+
+    Windows of ``K`` states with the settings' stride are denoised together and stitched
+    symmetrically; each window conditions on the observations on its frames."""
+    settings = settings or SamplingSettings()
+    seeds = _check_seeds(seeds)
+    times = pd.DatetimeIndex(np.atleast_1d(times))
+    if len(times) > 1:
+        regular_step(times)
+    table = select_observations(observations, times, settings.time_tolerance)
+    out = []
+    for part in _batches(len(seeds), settings.member_batch):
+        gens = _generators(seeds[part], prior.device)
+        u = sample_latents(prior, times, gens, settings, table)
+        out.append(prior.decode(u).cpu())
+    return torch.cat(out)
+
+
+def filtering(
+    prior: LatentPrior,
+    observations: xr.Dataset | None,
+    times: Sequence | np.ndarray,
+    seeds: Sequence[int],
+    settings: SamplingSettings | None = None,
+) -> Tensor:
+    """Filtering analyses at each of ``times`` (regular, ``T``): physical ``(M, T, C, H, W)``.
+
+    Cycle ``i`` samples a window of ``K`` states ending at ``t_i`` (the first ``K`` times while
+    ``i < K - 1``): the states before ``t_i`` are the member's earlier analyses, held as latent
+    conditions; the observations at ``t_i`` are assimilated; later frames are free. The
+    analysis at ``t_i`` is the window's state at ``t_i``; only observations up to ``t_i`` are
+    read (``select_observations`` is applied per cycle)."""
+    settings = settings or SamplingSettings()
+    seeds = _check_seeds(seeds)
+    times = pd.DatetimeIndex(np.atleast_1d(times))
+    T, K = len(times), prior.window
+    if T > 1:
+        step = regular_step(times)
+        axis = (
+            times
+            if T >= K
+            else times.append(pd.DatetimeIndex([times[-1] + step * (j + 1) for j in range(K - T)]))
+        )
+    else:
+        if K > 1:
+            raise ValueError("filtering one time needs a window of 1; give at least two times")
+        axis = times
+    out = []
+    for part in _batches(len(seeds), settings.member_batch):
+        gens = _generators(seeds[part], prior.device)
+        B = len(gens)
+        analyses = torch.zeros(B, T, *prior.latent_shape, device=prior.device)
+        for i in range(T):
+            start = max(0, min(i - K + 1, len(axis) - K))
+            window = axis[start : start + K]
+            pos = i - start
+            known = np.arange(K) < pos
+            observable = np.arange(K) == pos
+            values = None
+            if known.any():
+                values = torch.zeros(B, K, *prior.latent_shape, device=prior.device)
+                values[:, :pos] = analyses[:, start:i]
+            # the cycle sees the observations at t_i only (earlier ones are in its conditions)
+            table = select_observations(
+                observations, window[pos : pos + 1], settings.time_tolerance
+            )
+            u = sample_latents(prior, window, gens, settings, table, observable, known, values)
+            analyses[:, i] = u[:, pos]
+        out.append(prior.decode(analyses).cpu())
+    return torch.cat(out)
+
+
+def forecast(
+    prior: LatentPrior,
+    init_times: Sequence | np.ndarray,
+    lead_steps: int,
+    step: str | pd.Timedelta,
+    seeds: Sequence[int],
+    initial: Tensor | None = None,
+    observations: xr.Dataset | None = None,
+    context: int | None = None,
+    mode: Literal["autoregressive", "all_at_once"] = "autoregressive",
+    new_states: int | None = None,
+    settings: SamplingSettings | None = None,
+) -> tuple[Tensor, pd.TimedeltaIndex]:
+    """Forecasts from each initialisation time: physical ``(M, n_init, lead_steps, C, H, W)``
+    and the lead times ``step * (1 .. lead_steps)``.
+
+    The context is the ``n_ctx`` states ending at the initialisation time (inclusive), either
+    known (``initial``, physical ``(M, n_init, n_ctx, C, H, W)`` per member, e.g. a reanalysis,
+    or ``(n_init, n_ctx, C, H, W)`` shared by all members) or observed (``observations`` on the
+    context frames, none after the initialisation time, with ``context`` states).
+
+    Arguments:
+        mode: ``autoregressive``: windows of ``K`` states, the first ``K - new_states`` known
+            (the context, then the latest sampled states), the next ``new_states`` sampled;
+            slide by ``new_states``. ``all_at_once``: one joint sample of the context followed
+            by ``lead_steps`` free states (stitched windows when longer than ``K``).
+        new_states: States sampled per autoregressive window (default ``K // 2``).
+    """
+    settings = settings or SamplingSettings()
+    seeds = _check_seeds(seeds)
+    init_times = pd.DatetimeIndex(np.atleast_1d(init_times))
+    step = pd.Timedelta(step)
+    if step <= pd.Timedelta(0):
+        raise ValueError(f"step must be positive, got {step}")
+    if lead_steps < 1:
+        raise ValueError(f"lead_steps must be >= 1, got {lead_steps}")
+    if mode not in ("autoregressive", "all_at_once"):
+        raise ValueError(f"mode must be 'autoregressive' or 'all_at_once', got {mode!r}")
+    K, M, n_init = prior.window, len(seeds), len(init_times)
+    new = new_states if new_states is not None else max(1, K // 2)
+    if mode == "autoregressive" and not 1 <= new < K:
+        raise ValueError(f"new_states must lie in [1, K - 1 = {K - 1}], got {new}")
+    if initial is None and observations is None:
+        raise ValueError("give initial states or observations to start from")
+    if initial is not None:
+        if initial.ndim == 5:
+            initial = initial[None].expand(M, *initial.shape)
+        if initial.ndim != 6 or tuple(initial.shape[:2]) != (M, n_init):
+            raise ValueError(
+                f"initial must be (M={M}, n_init={n_init}, n_ctx, C, H, W) or (n_init, n_ctx, "
+                f"C, H, W), got {tuple(initial.shape)}"
+            )
+        n_ctx = initial.shape[2]
+        if context is not None and context != n_ctx:
+            raise ValueError(f"context={context} but initial holds {n_ctx} states")
+    else:
+        n_ctx = (
+            context if context is not None else (K - new if mode == "autoregressive" else K // 2)
+        )
+    if n_ctx < 1:
+        raise ValueError(f"the context needs at least one state, got {n_ctx}")
+    if mode == "autoregressive" and initial is not None and n_ctx < K - new:
+        raise ValueError(
+            f"autoregressive windows of {K} with {new} new states condition on {K - new} "
+            f"states; initial holds {n_ctx}"
+        )
+    leads = pd.TimedeltaIndex([step * (j + 1) for j in range(lead_steps)])
+    out = torch.zeros(M, n_init, lead_steps, *prior.state_shape)
+    for n, t0 in enumerate(init_times):
+        ctx_times = pd.DatetimeIndex([t0 - step * (n_ctx - 1 - j) for j in range(n_ctx)])
+        known_ctx = None
+        if initial is not None:
+            known_ctx = prior.encode(prior.fill_masked(initial[:, n].to(prior.device)))
+        table = select_observations(observations, ctx_times, settings.time_tolerance)
+        for part in _batches(M, settings.member_batch):
+            # each (member, initialisation) draws from its own seed: units of any shape agree
+            gens = _generators(
+                [derive_seed(s, int(t0.value // 10**9)) for s in seeds[part]], prior.device
+            )
+            ctx = None if known_ctx is None else known_ctx[part]
+            if mode == "all_at_once":
+                u = _all_at_once(prior, ctx_times, lead_steps, step, gens, settings, table, ctx)
+            else:
+                u = _autoregressive(
+                    prior, ctx_times, lead_steps, step, new, gens, settings, table, ctx
+                )
+            out[part, n] = prior.decode(u).cpu()
+    return out, leads
+
+
+def _all_at_once(prior, ctx_times, lead_steps, step, gens, settings, table, ctx) -> Tensor:
+    n_ctx = len(ctx_times)
+    L = n_ctx + lead_steps
+    times = ctx_times.append(
+        pd.DatetimeIndex([ctx_times[-1] + step * (j + 1) for j in range(lead_steps)])
+    )
+    frames = np.arange(L) < n_ctx
+    values = None
+    if ctx is not None:
+        values = torch.zeros(len(gens), L, *prior.latent_shape, device=prior.device)
+        values[:, :n_ctx] = ctx
+    u = sample_latents(
+        prior, times, gens, settings,
+        table=None if ctx is not None else table,
+        observable=frames, known=frames if ctx is not None else None, known_values=values,
+    )  # fmt: skip
+    return u[:, n_ctx:]
+
+
+def _autoregressive(prior, ctx_times, lead_steps, step, new, gens, settings, table, ctx) -> Tensor:
+    K = prior.window
+    keep = K - new
+    B = len(gens)
+    if ctx is None:
+        # the first window: the context observed, the rest free
+        n_ctx = len(ctx_times)
+        if n_ctx >= K:
+            raise ValueError(f"an observed context of {n_ctx} states leaves no room in K={K}")
+        times = ctx_times.append(
+            pd.DatetimeIndex([ctx_times[-1] + step * (j + 1) for j in range(K - n_ctx)])
+        )
+        first = sample_latents(prior, times, gens, settings, table, np.arange(K) < n_ctx)
+        trajectory = first
+        done = K - n_ctx
+        last_time = times[-1]
+    else:
+        trajectory = ctx[:, -keep:]
+        done = 0
+        last_time = ctx_times[-1]
+    while done < lead_steps:
+        times = pd.DatetimeIndex([last_time - step * (keep - 1 - j) for j in range(K)])
+        known = np.arange(K) < keep
+        values = torch.zeros(B, K, *prior.latent_shape, device=prior.device)
+        values[:, :keep] = trajectory[:, -keep:]
+        u = sample_latents(prior, times, gens, settings, None, None, known, values)
+        trajectory = torch.cat([trajectory, u[:, keep:]], dim=1)
+        done += new
+        last_time = times[-1]
+    leads_total = trajectory.shape[1]
+    # the lead states are the last ``done`` ones; keep the first ``lead_steps`` of them
+    start = leads_total - done
+    return trajectory[:, start : start + lead_steps]

@@ -1,0 +1,131 @@
+"""The latent prior loaded from training checkpoints, and the tasks run end to end through tiny
+networks (random weights: a smoke test of shapes, gradients and JVPs through the real
+autoencoder and transformer)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from assimilation_utils import SPEC, STATS, station_table
+
+from appa.assimilation import (
+    LatentPrior,
+    PriorMismatchError,
+    SamplingSettings,
+    filtering,
+    forecast,
+    reanalysis,
+)
+from appa.data.spec import StateSpec
+from appa.io import save_checkpoint
+from appa.nn import get_preset
+from appa.training import AutoencoderTask, DiffusionTask
+
+GRID = (8, 16)
+LAT = np.linspace(-78.75, 78.75, 8)
+OVERRIDES = [
+    "autoencoder.in_channels=2",
+    "autoencoder.grid=[8,16]",
+    "autoencoder.channels=[8,16]",
+    "autoencoder.blocks=[1,1]",
+    "autoencoder.latent_channels=4",
+    "denoiser.channels=4",
+    "denoiser.width=24",
+    "denoiser.heads=2",
+    "denoiser.depth=1",
+    "denoiser.mod_features=16",
+    "denoiser.window=4",
+]
+TIMES = pd.date_range("2003-02-01", periods=6, freq="6h")
+
+
+def _write(tmp_path, denoiser_channels=4, spec=SPEC, stats=STATS):
+    preset = get_preset("tiny", OVERRIDES)
+    torch.manual_seed(0)
+    ae = AutoencoderTask(
+        preset.autoencoder, LAT.tolist(), channel_names=spec.channel_names(),
+        state_spec=spec.model_dump(mode="json"), statistics=stats.to_json(),
+    )  # fmt: skip
+    ae_root = str(tmp_path / "ae" / "checkpoints")
+    save_checkpoint(
+        ae_root, 5, {"model": ae.network.state_dict()},
+        metadata={"kind": "autoencoder", "task": ae.metadata()},
+    )  # fmt: skip
+    cfg = preset.denoiser.model_copy(update={"channels": denoiser_channels})
+    dn = DiffusionTask(
+        cfg, latent_mean=[0.1] * denoiser_channels, latent_std=[0.5] * denoiser_channels
+    )
+    store = {
+        "provenance": {"state_spec": spec.model_dump(mode="json"), "statistics": stats.to_json()}
+    }
+    dn_root = str(tmp_path / "dn" / "checkpoints")
+    save_checkpoint(
+        dn_root, 7, {"model": dn.network.state_dict(), "ema": dn.network.state_dict()},
+        metadata={"kind": "diffusion", "task": dn.metadata(), "config": {"store": store}},
+    )  # fmt: skip
+    return ae_root, dn_root
+
+
+@pytest.fixture
+def tiny_prior(tmp_path) -> LatentPrior:
+    ae, dn = _write(tmp_path)
+    return LatentPrior.from_checkpoints(ae, dn)
+
+
+def test_prior_loads_from_checkpoints(tiny_prior):
+    prior = tiny_prior
+    assert prior.latent_shape == (4, 4, 8) and prior.window == 4 and prior.state_shape == (2, 8, 16)
+    assert prior.date_conditioning and prior.provenance["diffusion"]["weights"] == "ema"
+    assert prior.provenance["diffusion"]["step"] == 7
+    x = torch.tensor(STATS.mean, dtype=torch.float32)[:, None, None] + torch.randn(3, 5, 2, *GRID)
+    u = prior.encode(x, batch_size=4)
+    assert u.shape == (3, 5, 4, 4, 8)
+    back = prior.decode(u, batch_size=4)
+    assert back.shape == x.shape and torch.isfinite(back).all()
+    # decode is batched over frames: the batch size changes nothing
+    torch.testing.assert_close(prior.decode(u, batch_size=64), back, atol=1e-4, rtol=1e-5)
+    with pytest.raises(ValueError, match="NaN"):
+        prior.encode(torch.full((1, 2, *GRID), float("nan")))
+    filled = prior.fill_masked(torch.full((1, 2, *GRID), float("nan")))
+    assert torch.allclose(filled[0, :, 0, 0].double(), torch.tensor(STATS.mean))
+    trajectories = prior.unconditional(2, TIMES, seed=0, sampler="ddim", steps=3)
+    assert trajectories.shape == (2, 6, 2, *GRID) and torch.isfinite(trajectories).all()
+
+
+def test_checkpoints_that_do_not_belong_together(tmp_path):
+    ae, _ = _write(tmp_path / "a")
+    _, dn_channels = _write(tmp_path / "b", denoiser_channels=3)
+    with pytest.raises(PriorMismatchError, match="3 latent channels"):
+        LatentPrior.from_checkpoints(ae, dn_channels)
+    other = StateSpec(surface=["2m_temperature", "sea_surface_temperature"])
+    _, dn_spec = _write(
+        tmp_path / "c",
+        spec=other,
+        stats=STATS.__class__(
+            channels=other.channel_names(), mean=STATS.mean, std=STATS.std, period=STATS.period
+        ),
+    )
+    with pytest.raises(PriorMismatchError, match="trained on latents of states"):
+        LatentPrior.from_checkpoints(ae, dn_spec)
+    with pytest.raises(PriorMismatchError, match="expected 'autoencoder'"):
+        LatentPrior.from_checkpoints(dn_spec, dn_spec)
+
+
+def test_tasks_run_through_tiny_networks(tiny_prior):
+    prior = tiny_prior
+    table = station_table(TIMES, n_per_time=4, seed=0)
+    # station_table draws positions for the 4 x 8 test grid's latitudes; all in range here
+    settings = SamplingSettings(steps=3, corrections=1, iterations=2, stride=2)
+    x = reanalysis(prior, table, TIMES, [0, 1], settings)
+    assert x.shape == (2, 6, 2, *GRID) and torch.isfinite(x).all()
+    assert not torch.allclose(x[0], x[1])
+    f = filtering(prior, table, TIMES[:5], [3], settings.model_copy(update={"steps": 2}))
+    assert f.shape == (1, 5, 2, *GRID) and torch.isfinite(f).all()
+    fc, leads = forecast(
+        prior, TIMES[3:4], 3, "6h", [0, 1], initial=x[:, None, 1:4], mode="autoregressive",
+        new_states=2, settings=settings.model_copy(update={"steps": 2}),
+    )  # fmt: skip
+    assert fc.shape == (2, 1, 3, 2, *GRID) and torch.isfinite(fc).all()
+    assert list(leads) == [pd.Timedelta(hours=h) for h in (6, 12, 18)]
