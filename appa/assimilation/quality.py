@@ -50,7 +50,7 @@ def reconstruction_rmse(
     x = torch.as_tensor(states, dtype=torch.float32)
     valid = torch.isfinite(x)
     reconstructed = prior.decode(prior.encode(prior.fill_masked(x), batch_size), batch_size)
-    mean, std = prior.statistics.tensors(torch.float32)
+    _, std = prior.statistics.tensors(torch.float32)
     error = ((reconstructed - x) / std).double().nan_to_num(0.0)
     w = torch.from_numpy(area_weights(prior.latitude))[:, None].expand(x.shape[-2:])
     w = w * valid

@@ -100,7 +100,7 @@ class ClimateComparison:
 
     ``mean_error`` is ``|mean_s - mean_d| / std_d``; ``std_ratio`` is ``std_s / std_d``;
     ``lag1_error`` is ``|r_s - r_d|``; ``spectrum_ratio`` is ``(C, K)`` over wavenumbers
-    1 ... lon / 2.
+    1 ... lon / 2, judged only where the data resolve them (:meth:`resolved`).
     """
 
     channels: list[str]
@@ -129,6 +129,14 @@ class ClimateComparison:
     def spectrum_ratio(self) -> NDArray:
         return self.spectrum_samples[:, 1:] / self.spectrum_data[:, 1:]
 
+    def resolved(self, floor: float = 1e-9) -> NDArray:
+        """``(C, K)``: wavenumbers 1 ... lon / 2 where the data hold power above ``floor``
+        times their power summed over those wavenumbers. Band-limited data (e.g. a spectral
+        model truncated below the grid's Nyquist wavenumber) hold only rounding errors beyond
+        their truncation; ratios there compare noise with noise and are left out."""
+        power = self.spectrum_data[:, 1:]
+        return power > floor * power.sum(axis=1, keepdims=True)
+
     def failures(
         self,
         mean_tolerance: float = 0.1,
@@ -149,7 +157,8 @@ class ClimateComparison:
                     f"{self.lag1_data[c]:.3f}"
                 )
             ratio = self.spectrum_ratio[c]
-            bad = np.nonzero((ratio > spectrum_factor) | (ratio < 1 / spectrum_factor))[0]
+            off = (ratio > spectrum_factor) | (ratio < 1 / spectrum_factor)
+            bad = np.nonzero(off & self.resolved()[c])[0]
             if bad.size:
                 k = int(bad[np.argmax(np.abs(np.log(ratio[bad])))]) + 1
                 out.append(
@@ -165,7 +174,7 @@ class ClimateComparison:
             f"{'spec min':>9}{'spec max':>9}"
         ]
         for c, name in enumerate(self.channels):
-            r = self.spectrum_ratio[c]
+            r = self.spectrum_ratio[c][self.resolved()[c]]
             lines.append(
                 f"{name:<28}{self.mean_error[c]:>9.3f}{self.std_ratio[c]:>10.3f}"
                 f"{self.lag1_samples[c]:>8.3f}{self.lag1_data[c]:>8.3f}"

@@ -1,0 +1,336 @@
+"""Reanalysis, filtering and forecasting jobs: configs, the plan of units, and the worker that
+computes one unit (members x times) with the tasks of :mod:`appa.assimilation.tasks`.
+
+No Ray here: :mod:`appa.distributed.assimilate` hands the units to a pool of actors, each
+holding one :class:`AssimilationWorker` (the prior loaded once) and writing its units straight
+into the output archive.
+
+Member ``m`` of a job draws from ``derive_seed(seed, m)`` alone, so any member can be recomputed
+by itself, and units may group members in any way without changing the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+from pydantic import Field, field_validator, model_validator
+
+import appa
+from appa.config import ConfigError, StrictModel
+from appa.data.spec import StateSpec, stack, unstack
+
+__all__ = [
+    "AssimilationJob",
+    "AssimilationWorker",
+    "ForecastSettings",
+    "PriorLayout",
+    "PriorPaths",
+    "job_times",
+    "member_seeds",
+    "prior_layout",
+    "provenance",
+]
+
+
+class PriorPaths(StrictModel):
+    """Where the prior's checkpoints are: ``path`` holds ``autoencoder/`` and ``diffusion/``
+    (each a checkpoint folder or a run's ``checkpoints`` folder); either may be given
+    explicitly instead. ``device``: ``auto`` takes the GPU when the actor has one."""
+
+    path: str | None = "pipelines/priors/toy-earth-tiny"
+    autoencoder: str | None = None
+    diffusion: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def resolved(self) -> tuple[str, str]:
+        """``(autoencoder, diffusion)`` checkpoint paths."""
+        parts = []
+        for name in ("autoencoder", "diffusion"):
+            value = getattr(self, name)
+            if value is None:
+                if self.path is None:
+                    raise ConfigError(f"prior.{name}: give it, or prior.path holding {name}/")
+                value = f"{self.path.rstrip('/')}/{name}"
+            parts.append(value)
+        return parts[0], parts[1]
+
+
+class ForecastSettings(StrictModel):
+    """Forecasts start every ``init_every`` states from ``start`` to ``end`` and run
+    ``lead_steps`` states ahead. ``initial``: a reanalysis archive whose member ``m`` gives
+    member ``m``'s ``context`` states up to each initialisation (None: start from the
+    observations on those context states)."""
+
+    lead_steps: int = Field(8, ge=1)
+    mode: Literal["autoregressive", "all_at_once"] = "autoregressive"
+    new_states: int | None = Field(None, ge=1)
+    context: int | None = Field(None, ge=1)
+    init_every: int = Field(4, ge=1)
+    initial: str | None = None
+
+
+class AssimilationJob(StrictModel):
+    """``appa reanalysis|filter|forecast``: the task over ``[start, end]`` (inclusive, states
+    every ``step``) with ``members`` members, written to the archive ``output``.
+
+    Units: ``members_per_unit`` members each; reanalysis units also split time into
+    ``segment`` states (None: the whole period, one joint trajectory per member; segments are
+    sampled independently, so choose them long)."""
+
+    task: Literal["reanalysis", "filter", "forecast"] = "reanalysis"
+    prior: PriorPaths = Field(default_factory=PriorPaths)
+    observations: list[str] = Field(default_factory=list)
+    start: str
+    end: str
+    step: str = "6h"
+    members: int = Field(8, ge=1)
+    seed: int = 0
+    members_per_unit: int = Field(1, ge=1)
+    segment: int | None = Field(None, ge=1)
+    sampling: Any = None  # SamplingSettings (typed below; imported lazily for a light config)
+    forecast: ForecastSettings = Field(default_factory=ForecastSettings)
+    output: str
+    overwrite: bool = False
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    runner: Any = None  # appa.distributed.pool.PoolConfig (validated there)
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _date(cls, value):
+        try:
+            return pd.Timestamp(value).isoformat()
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{value!r} is not a date: {error}") from None
+
+    @field_validator("step")
+    @classmethod
+    def _step(cls, value: str) -> str:
+        try:
+            step = pd.Timedelta(value)
+        except ValueError as error:
+            raise ValueError(f"{value!r} is not a time step: {error}") from None
+        if step <= pd.Timedelta(0):
+            raise ValueError(f"step must be positive, got {value!r}")
+        return value
+
+    @field_validator("sampling", mode="before")
+    @classmethod
+    def _sampling(cls, value):
+        from appa.assimilation.tasks import SamplingSettings
+
+        return SamplingSettings.model_validate(value or {})
+
+    @field_validator("runner", mode="before")
+    @classmethod
+    def _runner(cls, value):
+        from appa.distributed.pool import PoolConfig
+
+        return PoolConfig.model_validate(value or {})
+
+    @model_validator(mode="after")
+    def _check(self) -> AssimilationJob:
+        if pd.Timestamp(self.end) < pd.Timestamp(self.start):
+            raise ValueError(f"end {self.end} is before start {self.start}")
+        if self.segment is not None and self.task != "reanalysis":
+            raise ValueError("segment splits reanalysis periods only")
+        if self.task != "forecast" and not self.observations:
+            raise ValueError(f"a {self.task} needs observation stores (observations: [...])")
+        return self
+
+
+def job_times(job: AssimilationJob) -> pd.DatetimeIndex:
+    """The states of the job: analysis times, or initialisation times for forecasts."""
+    times = pd.date_range(job.start, job.end, freq=pd.Timedelta(job.step))
+    if job.task == "forecast":
+        times = times[:: job.forecast.init_every]
+    if len(times) == 0:
+        raise ConfigError(f"no {job.step} states between {job.start} and {job.end}")
+    return times
+
+
+def member_seeds(job: AssimilationJob, members: np.ndarray | list[int]) -> list[int]:
+    """The seed of each member (``derive_seed(job.seed, m)``)."""
+    from appa.assimilation.tasks import derive_seed
+
+    return [derive_seed(job.seed, int(m)) for m in members]
+
+
+class PriorLayout(StrictModel):
+    """What the archive needs to know of the prior, read from checkpoint metadata only (no
+    weights): state spec, statistics, grid and the checkpoints' digests."""
+
+    spec: StateSpec
+    latitude: list[float]
+    longitude: list[float]
+    checkpoints: dict[str, dict[str, Any]]
+
+
+def _digest(path: str) -> dict[str, Any]:
+    """A checkpoint's path, step and the SHA-256 of its manifest (which lists the SHA-256 of
+    every tensor file, so it pins the weights)."""
+    import fsspec
+
+    from appa.io.checkpoints import latest_checkpoint, list_checkpoints
+
+    folder = path if list_checkpoints(path) == [] else latest_checkpoint(path)
+    fs, local = fsspec.core.url_to_fs(folder)
+    manifest = fs.cat_file(f"{local}/checkpoint.json")
+    return {"path": str(folder), "sha256": hashlib.sha256(manifest).hexdigest()}
+
+
+def prior_layout(prior: PriorPaths) -> PriorLayout:
+    """The layout of the prior's states, from the autoencoder checkpoint's metadata."""
+    from appa.io.checkpoints import read_metadata
+
+    autoencoder, diffusion = prior.resolved()
+    for name, path in (("autoencoder", autoencoder), ("diffusion", diffusion)):
+        if not Path(path).exists() and "://" not in path:
+            raise ConfigError(f"prior.{name}: {path} does not exist")
+    task = read_metadata(autoencoder).get("task", {})
+    if task.get("state_spec") is None or task.get("latitudes") is None:
+        raise ConfigError(f"{autoencoder} carries no state spec or latitudes")
+    nlon = int(task["autoencoder"]["grid"][1])
+    return PriorLayout(
+        spec=StateSpec.model_validate(task["state_spec"]),
+        latitude=[float(v) for v in task["latitudes"]],
+        longitude=(np.arange(nlon) * 360.0 / nlon).tolist(),
+        checkpoints={"autoencoder": _digest(autoencoder), "diffusion": _digest(diffusion)},
+    )
+
+
+def _device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+class AssimilationWorker:
+    """Computes units of ``job``: loads the prior and the job's observations once, then maps a
+    unit's members and times to ``{variable: array}`` in the archive layout (physical units).
+
+    Arguments:
+        job: The job.
+        threads: torch CPU threads (None: leave torch's default).
+    """
+
+    def __init__(self, job: AssimilationJob, threads: int | None = None) -> None:
+        from appa.assimilation.prior import LatentPrior
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.job = job
+        autoencoder, diffusion = job.prior.resolved()
+        self.prior = LatentPrior.from_checkpoints(
+            autoencoder, diffusion, device=_device(job.prior.device)
+        )
+        self.step = pd.Timedelta(job.step)
+        self.observations = self._observations()
+        self.initial = (
+            None
+            if job.forecast.initial is None
+            else xr.open_zarr(job.forecast.initial, storage_options=job.storage_options or None)
+        )
+
+    def _observations(self) -> xr.Dataset | None:
+        from appa.observations.schema import concat_tables, read_observations
+
+        job = self.job
+        if not job.observations:
+            return None
+        context = (job.forecast.context or self.prior.window) if job.task == "forecast" else 0
+        first = pd.Timestamp(job.start) - self.step * context
+        # the store's end bound is exclusive: one step more keeps observations at job.end
+        last = pd.Timestamp(job.end) + self.step
+        tables = [read_observations(path, start=first, end=last) for path in job.observations]
+        tables = [t for t in tables if t.sizes.get("obs", 0)]
+        return concat_tables(tables).load() if tables else None
+
+    def _initial(self, members: np.ndarray, inits: pd.DatetimeIndex, n_ctx: int) -> torch.Tensor:
+        """``(M, n_init, n_ctx, C, H, W)`` context states of each member from the initial
+        archive."""
+        ds = self.initial
+        out = []
+        for m in members:
+            per_init = []
+            for t0 in inits:
+                times = pd.DatetimeIndex([t0 - self.step * (n_ctx - 1 - j) for j in range(n_ctx)])
+                try:
+                    sel = ds.sel(member=int(m), time=times.values)
+                except KeyError as error:
+                    raise ConfigError(
+                        f"forecast.initial {self.job.forecast.initial} lacks member {m} or the "
+                        f"context times {times[0]} .. {times[-1]} ({error})"
+                    ) from None
+                x, _ = stack(sel, self.prior.spec, dtype=torch.float32)
+                per_init.append(x)
+            out.append(torch.stack(per_init))
+        return torch.stack(out)
+
+    def __call__(self, unit: Any, coords: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from appa.assimilation import tasks
+
+        job, prior = self.job, self.prior
+        members = coords["member"]
+        times = pd.DatetimeIndex(coords["time"])
+        seeds = member_seeds(job, members)
+        if job.task == "reanalysis":
+            x = tasks.reanalysis(prior, self.observations, times, seeds, job.sampling)
+        elif job.task == "filter":
+            x = tasks.filtering(prior, self.observations, times, seeds, job.sampling)
+        else:
+            f = job.forecast
+            initial = None
+            if self.initial is not None:
+                n_ctx = f.context or (
+                    prior.window - (f.new_states or max(1, prior.window // 2))
+                    if f.mode == "autoregressive"
+                    else prior.window // 2
+                )
+                initial = self._initial(members, times, n_ctx)
+            x, _ = tasks.forecast(
+                prior,
+                times,
+                f.lead_steps,
+                self.step,
+                seeds,
+                initial=initial,
+                observations=None if initial is not None else self.observations,
+                context=None if initial is not None else f.context,
+                mode=f.mode,
+                new_states=f.new_states,
+                settings=job.sampling,
+            )
+        return _to_variables(x.cpu().numpy(), prior.spec, forecast=job.task == "forecast")
+
+
+def _to_variables(x: np.ndarray, spec: StateSpec, forecast: bool) -> dict[str, np.ndarray]:
+    """``(M, T, [lead,] C, H, W)`` to ``{variable: (M, T, [lead,] [level,] H, W)}``."""
+    if forecast:
+        M, T, L = x.shape[:3]
+        flat = unstack(x.reshape(M, T * L, *x.shape[3:]), spec, coords={})
+        return {
+            name: flat[name].values.reshape(M, T, L, *flat[name].shape[2:])
+            for name in spec.variables
+        }
+    ds = unstack(x, spec, coords={})
+    return {name: ds[name].values for name in spec.variables}
+
+
+def provenance(job: AssimilationJob, layout: PriorLayout, times: pd.DatetimeIndex) -> dict:
+    """Root attributes of the job's archive."""
+    return {
+        "appa_version": appa.__version__,
+        "task": job.task,
+        "checkpoints": layout.checkpoints,
+        "observation_sources": list(job.observations),
+        "seeds": {str(m): s for m, s in enumerate(member_seeds(job, list(range(job.members))))},
+        "seed_rule": "member m draws from appa.assimilation.tasks.derive_seed(seed, m)",
+        "period": [str(times[0]), str(times[-1])],
+        "torch_version": torch.__version__,
+    }
