@@ -236,9 +236,7 @@ def export_checkpoint_command(
 @app.command("prior-check")
 def prior_check(
     truth: Annotated[str, typer.Option(help="Gridded truth store (held-out period).")],
-    period: Annotated[
-        tuple[str, str], typer.Option(help="Held-out dates (inclusive): START END.")
-    ],
+    period: Annotated[tuple[str, str], typer.Option(help="Held-out dates (inclusive): START END.")],
     prior: Annotated[
         Path,
         typer.Option(help="Folder with autoencoder/ and diffusion/ checkpoints."),

@@ -22,11 +22,12 @@ import xarray as xr
 from pydantic import Field, field_validator, model_validator
 
 import appa
+from appa.assimilation.tasks import SamplingSettings
 from appa.config import ConfigError, StrictModel
 from appa.data.spec import StateSpec, stack, unstack
 
 __all__ = [
-    "AssimilationJob",
+    "AssimilationConfig",
     "AssimilationWorker",
     "ForecastSettings",
     "PriorLayout",
@@ -75,9 +76,10 @@ class ForecastSettings(StrictModel):
     initial: str | None = None
 
 
-class AssimilationJob(StrictModel):
-    """``appa reanalysis|filter|forecast``: the task over ``[start, end]`` (inclusive, states
-    every ``step``) with ``members`` members, written to the archive ``output``.
+class AssimilationConfig(StrictModel):
+    """What ``appa reanalysis|filter|forecast`` computes: the task over ``[start, end]``
+    (inclusive, states every ``step``) with ``members`` members, written to the archive
+    ``output``. Where it runs is added by :class:`appa.distributed.assimilate.AssimilationJob`.
 
     Units: ``members_per_unit`` members each; reanalysis units also split time into
     ``segment`` states (None: the whole period, one joint trajectory per member; segments are
@@ -93,12 +95,11 @@ class AssimilationJob(StrictModel):
     seed: int = 0
     members_per_unit: int = Field(1, ge=1)
     segment: int | None = Field(None, ge=1)
-    sampling: Any = None  # SamplingSettings (typed below; imported lazily for a light config)
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     forecast: ForecastSettings = Field(default_factory=ForecastSettings)
     output: str
     overwrite: bool = False
     storage_options: dict[str, Any] = Field(default_factory=dict)
-    runner: Any = None  # appa.distributed.pool.PoolConfig (validated there)
 
     @field_validator("start", "end", mode="before")
     @classmethod
@@ -119,22 +120,8 @@ class AssimilationJob(StrictModel):
             raise ValueError(f"step must be positive, got {value!r}")
         return value
 
-    @field_validator("sampling", mode="before")
-    @classmethod
-    def _sampling(cls, value):
-        from appa.assimilation.tasks import SamplingSettings
-
-        return SamplingSettings.model_validate(value or {})
-
-    @field_validator("runner", mode="before")
-    @classmethod
-    def _runner(cls, value):
-        from appa.distributed.pool import PoolConfig
-
-        return PoolConfig.model_validate(value or {})
-
     @model_validator(mode="after")
-    def _check(self) -> AssimilationJob:
+    def _check(self) -> AssimilationConfig:
         if pd.Timestamp(self.end) < pd.Timestamp(self.start):
             raise ValueError(f"end {self.end} is before start {self.start}")
         if self.segment is not None and self.task != "reanalysis":
@@ -144,7 +131,7 @@ class AssimilationJob(StrictModel):
         return self
 
 
-def job_times(job: AssimilationJob) -> pd.DatetimeIndex:
+def job_times(job: AssimilationConfig) -> pd.DatetimeIndex:
     """The states of the job: analysis times, or initialisation times for forecasts."""
     times = pd.date_range(job.start, job.end, freq=pd.Timedelta(job.step))
     if job.task == "forecast":
@@ -154,7 +141,7 @@ def job_times(job: AssimilationJob) -> pd.DatetimeIndex:
     return times
 
 
-def member_seeds(job: AssimilationJob, members: np.ndarray | list[int]) -> list[int]:
+def member_seeds(job: AssimilationConfig, members: np.ndarray | list[int]) -> list[int]:
     """The seed of each member (``derive_seed(job.seed, m)``)."""
     from appa.assimilation.tasks import derive_seed
 
@@ -219,7 +206,7 @@ class AssimilationWorker:
         threads: torch CPU threads (None: leave torch's default).
     """
 
-    def __init__(self, job: AssimilationJob, threads: int | None = None) -> None:
+    def __init__(self, job: AssimilationConfig, threads: int | None = None) -> None:
         from appa.assimilation.prior import LatentPrior
 
         if threads is not None:
@@ -322,7 +309,7 @@ def _to_variables(x: np.ndarray, spec: StateSpec, forecast: bool) -> dict[str, n
     return {name: ds[name].values for name in spec.variables}
 
 
-def provenance(job: AssimilationJob, layout: PriorLayout, times: pd.DatetimeIndex) -> dict:
+def provenance(job: AssimilationConfig, layout: PriorLayout, times: pd.DatetimeIndex) -> dict:
     """Root attributes of the job's archive."""
     return {
         "appa_version": appa.__version__,

@@ -7,19 +7,27 @@ units into the archive itself; the driver sees only small records of finished un
 from __future__ import annotations
 
 import functools
-from typing import Any
+
+from pydantic import Field
 
 from appa.assimilation.jobs import (
-    AssimilationJob,
+    AssimilationConfig,
     AssimilationWorker,
     job_times,
     prior_layout,
     provenance,
 )
-from appa.distributed.pool import PoolReport, run_units
+from appa.distributed.pool import PoolConfig, PoolReport, run_units
 from appa.io.archive import Archive, create_archive, template_from_spec
 
-__all__ = ["plan_archive", "run_assimilation"]
+__all__ = ["AssimilationJob", "plan_archive", "run_assimilation"]
+
+
+class AssimilationJob(AssimilationConfig):
+    """An :class:`~appa.assimilation.jobs.AssimilationConfig` and the actor pool it runs on
+    (``runner``: a local Ray cluster by default, ``runner.address`` for an existing one)."""
+
+    runner: PoolConfig = Field(default_factory=PoolConfig)
 
 
 def _worker(job: AssimilationJob, threads: int | None) -> AssimilationWorker:
@@ -62,7 +70,7 @@ def run_assimilation(job: AssimilationJob) -> tuple[Archive, PoolReport]:
     """Plans the archive, computes its pending units on Ray actors and finalises it. A rerun
     of a finished or killed job skips the units already written."""
     archive = plan_archive(job)
-    runner: Any = job.runner
+    runner = job.runner
     threads = max(1, int(runner.num_cpus)) if runner.num_gpus == 0 else None
     report = run_units(archive, functools.partial(_worker, job, threads), runner)
     archive.finalize()
