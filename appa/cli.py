@@ -213,6 +213,89 @@ def encode(
     typer.echo(f"latents: {job.output}")
 
 
+def _assimilate(
+    task: str,
+    config: Path | None,
+    overrides: list[str] | None,
+    start: str | None,
+    end: str | None,
+    members: int | None,
+    out: str | None,
+    address: str | None,
+) -> None:
+    from appa.assimilation.prior import PriorMismatchError
+    from appa.config import ConfigError, load_config
+    from appa.distributed.assimilate import AssimilationJob, run_assimilation
+    from appa.io.archive import ArchiveError
+    from appa.io.checkpoints import CheckpointError
+
+    extra = [f"task={task}"]
+    for key, value in (("start", start), ("end", end), ("members", members), ("output", out)):
+        if value is not None:
+            extra.append(f"{key}={value}")
+    if address:
+        extra.append(f"runner.address={address}")
+    try:
+        job = load_config(AssimilationJob, config, [*(overrides or []), *extra])
+        archive, report = run_assimilation(job)
+    except (ConfigError, ArchiveError, CheckpointError, PriorMismatchError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"{task}: {sum(r.written for r in report.records)} units computed, "
+        f"{report.skipped} already done, {len(report.failures)} failed attempts retried; "
+        f"archive {archive.url}"
+    )
+
+
+StartOption = Annotated[str | None, typer.Option(help="First state (date), overrides start.")]
+EndOption = Annotated[str | None, typer.Option(help="Last state (date, inclusive).")]
+MembersOption = Annotated[int | None, typer.Option(help="Ensemble members.")]
+OutOption = Annotated[str | None, typer.Option(help="Output Zarr archive (path or URL).")]
+
+
+@app.command()
+def reanalysis(
+    config: ConfigOption = None,
+    overrides: OverridesOption = None,
+    start: StartOption = None,
+    end: EndOption = None,
+    members: MembersOption = None,
+    out: OutOption = None,
+    address: AddressOption = None,
+) -> None:
+    """Reanalysis: joint posterior trajectories over [start, end] given all observations."""
+    _assimilate("reanalysis", config, overrides, start, end, members, out, address)
+
+
+@app.command("filter")
+def filter_(
+    config: ConfigOption = None,
+    overrides: OverridesOption = None,
+    start: StartOption = None,
+    end: EndOption = None,
+    members: MembersOption = None,
+    out: OutOption = None,
+    address: AddressOption = None,
+) -> None:
+    """Filtering: cycled analyses, each using only observations up to its valid time."""
+    _assimilate("filter", config, overrides, start, end, members, out, address)
+
+
+@app.command()
+def forecast(
+    config: ConfigOption = None,
+    overrides: OverridesOption = None,
+    start: StartOption = None,
+    end: EndOption = None,
+    members: MembersOption = None,
+    out: OutOption = None,
+    address: AddressOption = None,
+) -> None:
+    """Forecasts from a reanalysis archive or from observations; lead times in the archive."""
+    _assimilate("forecast", config, overrides, start, end, members, out, address)
+
+
 @app.command("export-checkpoint")
 def export_checkpoint_command(
     source: Annotated[str, typer.Argument(help="A checkpoint folder or a run's checkpoints.")],
