@@ -296,6 +296,26 @@ def forecast(
     _assimilate("forecast", config, overrides, start, end, members, out, address)
 
 
+@app.command()
+def demo(config: ConfigOption = None, overrides: OverridesOption = None) -> None:
+    """The toy-Earth demo: observe held-out days, reanalyse them with the committed tiny prior
+    on Ray actors, score against the truth and the classical baselines, plot."""
+    from appa.config import ConfigError, load_config
+    from appa.demo import DemoConfig, run_demo, verdicts
+
+    try:
+        cfg = load_config(DemoConfig, config, overrides or [])
+        result = run_demo(cfg, echo=typer.echo)
+    except (ConfigError, FileNotFoundError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    observed = ["2m_temperature", "mean_sea_level_pressure", "temperature@500"]
+    for line in verdicts(result, observed):
+        typer.echo(line)
+    typer.echo(f"figures: {', '.join(result.figures)}")
+    typer.echo(f"scores: {result.table}; timings (s): {result.seconds}")
+
+
 @app.command("export-checkpoint")
 def export_checkpoint_command(
     source: Annotated[str, typer.Argument(help="A checkpoint folder or a run's checkpoints.")],
