@@ -110,24 +110,26 @@ def test_baselines_evaluate_and_plots(world):
     sst = enoi["sea_surface_temperature"].isel(member=0, time=0).values
     np.testing.assert_array_equal(np.isnan(sst), np.isnan(truth["sea_surface_temperature"][0]))
 
+    clim = f"climatology={root / 'clim.zarr'}"
     out = _run(["evaluate", root / "enoi.zarr", "--truth", root / "truth.zarr",
-                "--baseline", f"climatology={root / 'clim.zarr'}", "--out", root / "table.nc"])  # fmt: skip
+                "--baseline", clim, "--out", root / "table.nc"])  # fmt: skip
     assert "enoi" in out and "climatology" in out and "RMSE" in out
     table = xr.open_dataset(root / "table.nc").load()
-    assert table["method"].values.tolist() == ["enoi", "climatology"]
+    assert table["system"].values.tolist() == ["enoi", "climatology"]
     assert table["ensemble_size"].values.tolist() == [8, 1]
     rmse = table["2m_temperature"].sel(metric="rmse")
     # Observed by stations: EnOI well below climatology; calibrated within loose bounds.
-    assert float(rmse.sel(method="enoi")) < 0.6 * float(rmse.sel(method="climatology"))
-    ratio = float(table["2m_temperature"].sel(metric="spread_skill", method="enoi"))
+    assert float(rmse.sel(system="enoi")) < 0.6 * float(rmse.sel(system="climatology"))
+    ratio = float(table["2m_temperature"].sel(metric="spread_skill", system="enoi"))
     assert 0.6 < ratio < 1.5, ratio
     t500 = table["temperature"].sel(metric="rmse", level=500)
-    assert float(t500.sel(method="enoi")) < float(t500.sel(method="climatology"))
+    assert float(t500.sel(system="enoi")) < float(t500.sel(system="climatology"))
 
+    clim = f"climatology={root / 'clim_fc.zarr'}"
     _run(["evaluate", root / "pers.zarr", "--truth", root / "truth.zarr", "--name", "persistence",
-          "--baseline", f"climatology={root / 'clim_fc.zarr'}", "--out", root / "fc.zarr"])  # fmt: skip
+          "--baseline", clim, "--out", root / "fc.zarr"])  # fmt: skip
     fc = xr.open_zarr(root / "fc.zarr").load()
-    pers = fc["temperature"].sel(metric="rmse", method="persistence", level=500).values
+    pers = fc["temperature"].sel(metric="rmse", system="persistence", level=500).values
     assert pers[0] < pers[1]  # persistence degrades with lead time
 
     _run(["plot", "maps", root / "enoi.zarr", "--truth", root / "truth.zarr", "--variable",

@@ -120,7 +120,7 @@ def plot_metric_curves(
     metrics: Sequence[str] = ("rmse", "spread_skill", "crps"),
     level: int | None = None,
 ) -> Path:
-    """Metric curves of every method of an :func:`appa.metrics.report.evaluate_archives`
+    """Metric curves of every system of an :func:`appa.metrics.report.evaluate_archives`
     table: against lead time (hours) when the table has ``lead_time``, else against ``time``
     (a ``by_time`` table). One row per variable, one column per metric."""
     variables = [variables] if isinstance(variables, str) else list(variables)
@@ -145,8 +145,8 @@ def plot_metric_curves(
         x = x / np.timedelta64(1, "h") if axis == "lead_time" else pd.DatetimeIndex(x)
         for j, metric in enumerate(metrics):
             ax = axes[i, j]
-            for method in var["method"].values:
-                ax.plot(x, var.sel(method=method, metric=metric).values, marker=".", label=method)
+            for method in var["system"].values:
+                ax.plot(x, var.sel(system=method, metric=metric).values, marker=".", label=method)
             if metric == "spread_skill":
                 ax.axhline(1.0, color="grey", lw=0.8, ls="--")
             label = name if level is None or "level" not in table[name].dims else f"{name}@{level}"

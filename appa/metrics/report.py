@@ -1,8 +1,8 @@
 """``appa evaluate``: score archives against a truth store, side by side, as a table.
 
 The table is an :class:`xarray.Dataset` with one data variable per scored variable, dims
-``(method, metric, [time,] [lead_time,] [level])`` (see :mod:`appa.metrics.wb2`), and the
-coordinate ``ensemble_size(method)``; it is written as NetCDF (``.nc``) or Zarr (``.zarr``).
+``(system, metric, [time,] [lead_time,] [level])`` (see :mod:`appa.metrics.wb2`), and the
+coordinate ``ensemble_size(system)``; it is written as NetCDF (``.nc``) or Zarr (``.zarr``).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def evaluate_archives(
 ) -> xr.Dataset:
     """Scores each archive (name -> path or dataset) against the truth (a store
     :func:`appa.data.open_era5` reads, or a canonical dataset); the tables are concatenated
-    along ``method`` in the given order (missing lead times or levels of a method are NaN)."""
+    along ``system`` in the given order (lead times or levels a system lacks are NaN)."""
     if not archives:
         raise EvaluationError("no archive to evaluate")
     source = "dataset"
@@ -68,9 +68,9 @@ def evaluate_archives(
         except EvaluationError as error:
             raise EvaluationError(f"{name}: {error}") from None
         size = table.attrs.pop("ensemble_size")
-        table = table.expand_dims(method=[name]).assign_coords(ensemble_size=("method", [size]))
+        table = table.expand_dims(system=[name]).assign_coords(ensemble_size=("system", [size]))
         tables.append(table)
-    out = xr.concat(tables, dim="method", join="outer", combine_attrs="drop")
+    out = xr.concat(tables, dim="system", join="outer", combine_attrs="drop")
     out.attrs = {"truth": source}
     return out
 
@@ -83,7 +83,7 @@ def write_table(table: xr.Dataset, out: str | Path) -> Path:
     try:
         if out.suffix == ".nc":
             encoded = table.copy()
-            for coord in ("method", "metric"):
+            for coord in ("system", "metric"):
                 encoded[coord] = encoded[coord].astype(str)
             encoded.to_netcdf(tmp)
         else:
@@ -110,12 +110,12 @@ def _label(name: str, level, lead) -> str:
 
 def summary_table(table: xr.Dataset, metrics: Sequence[str] = ("rmse", "spread_skill", "crps")):
     """A :class:`rich.table.Table`: one row per variable, level and lead time, columns per
-    metric and method (time-averaged tables only)."""
+    metric and system (time-averaged tables only)."""
     from rich.table import Table
 
     if "time" in table.dims:
         table = table.mean("time")
-    methods = [str(m) for m in table["method"].values]
+    methods = [str(m) for m in table["system"].values]
     out = Table(title="WeatherBench2 scores (time mean)")
     out.add_column("variable")
     short = {"rmse": "RMSE", "spread_skill": "SSR", "crps": "CRPS", "spread": "spread",
