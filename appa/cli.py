@@ -292,7 +292,9 @@ def evaluate(
     except (EvaluationError, SelectionError, FileNotFoundError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
-    Console().print(summary_table(table))
+    console = Console()
+    # Piped output (logs, CI) would otherwise wrap at 80 columns.
+    Console(width=max(console.width, 140)).print(summary_table(table))
     if out is not None:
         typer.echo(f"table: {write_table(table, out)}")
 

@@ -13,6 +13,8 @@ ALLOWED = {
     "data": BASE,
     "observations": {"appa.diffusion", "appa.data"} | BASE,
     "metrics": {"appa.data"} | BASE,
+    # Classical baselines sit with the tasks: data and observations below them, no networks.
+    "baselines": {"appa", "appa.data", "appa.observations"} | BASE,
 }
 
 

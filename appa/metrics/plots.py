@@ -20,7 +20,7 @@ def _figure(nrows: int, ncols: int, size: tuple[float, float]):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt, *plt.subplots(nrows, ncols, figsize=size, squeeze=False)
+    return plt, *plt.subplots(nrows, ncols, figsize=size, squeeze=False, layout="constrained")
 
 
 def _save(plt, fig, out: str | Path) -> Path:
@@ -122,7 +122,8 @@ def plot_metric_curves(
 ) -> Path:
     """Metric curves of every system of an :func:`appa.metrics.report.evaluate_archives`
     table: against lead time (hours) when the table has ``lead_time``, else against ``time``
-    (a ``by_time`` table). One row per variable, one column per metric."""
+    (a ``by_time`` table). One row per variable, one column per metric (metrics that are NaN
+    for every system, e.g. spread/skill of deterministic products, are left out)."""
     variables = [variables] if isinstance(variables, str) else list(variables)
     if "lead_time" in table.dims:
         axis = "lead_time"
@@ -130,9 +131,12 @@ def plot_metric_curves(
         axis = "time"
     else:
         raise ValueError("the table has neither lead_time nor time: evaluate with by_time=True")
-    plt, fig, axes = _figure(
-        len(variables), len(metrics), (4.6 * len(metrics), 3.2 * len(variables))
-    )
+    # Metrics undefined for every system (spread/skill of deterministic products) are left out.
+    metrics = [
+        m for m in metrics if any(bool(table[v].sel(metric=m).notnull().any()) for v in variables)
+    ] or list(metrics)
+    size = (4.6 * len(metrics), 3.2 * len(variables))
+    plt, fig, axes = _figure(len(variables), len(metrics), size)
     for i, name in enumerate(variables):
         var = table[name]
         if "level" in var.dims:
@@ -155,5 +159,4 @@ def plot_metric_curves(
             if axis == "time":
                 ax.tick_params(axis="x", labelrotation=30)
             ax.legend(fontsize="small")
-    fig.tight_layout()
     return _save(plt, fig, out)
