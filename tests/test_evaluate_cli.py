@@ -132,12 +132,23 @@ def test_baselines_evaluate_and_plots(world):
     pers = fc["temperature"].sel(metric="rmse", system="persistence", level=500).values
     assert pers[0] < pers[1]  # persistence degrades with lead time
 
+    clim = f"climatology={root / 'clim.zarr'}"
+    out = _run(["evaluate", root / "enoi.zarr", "--truth", root / "truth.zarr", "--by-time",
+                "--baseline", clim, "--out", root / "t.zarr"])  # fmt: skip
+    by_time = xr.open_zarr(root / "t.zarr").load()
+    assert by_time.sizes["time"] == 12
+    # The printed summary of a per-time table is the time-mean table.
+    value = float(table["temperature"].sel(metric="spread_skill", system="enoi", level=500))
+    assert f"{value:.4g}" in out
+    _run(["plot", "curves", root / "t.zarr", "--variable", "temperature", "--level", "500",
+          "--out", root / "time.png"])  # fmt: skip
+
     _run(["plot", "maps", root / "enoi.zarr", "--truth", root / "truth.zarr", "--variable",
           "2m_temperature", "--time", "2002-01-02T06", "--observations", root / "obs",
           "--out", root / "maps.png"])  # fmt: skip
     _run(["plot", "curves", root / "fc.zarr", "--variable", "2m_temperature", "--variable",
           "temperature", "--level", "500", "--out", root / "curves.png"])  # fmt: skip
-    for name in ("maps.png", "curves.png"):
+    for name in ("maps.png", "curves.png", "time.png"):
         assert (root / name).stat().st_size > 10_000
 
 

@@ -13,6 +13,7 @@ from appa.metrics.wb2 import (
     crps_fair,
     evaluate,
     latitude_weights,
+    time_mean,
 )
 
 LAT, LON = equiangular_grid("8x4")
@@ -159,8 +160,9 @@ def test_by_time_and_dask_give_the_same_numbers():
     lazy = evaluate(pred.chunk({"time": 2}), truth.chunk({"time": 3}), by_time=True, compute=False)
     assert lazy["temperature"].chunks is not None
     xr.testing.assert_allclose(eager, lazy.compute())
-    # The time mean of squared per-time RMSEs is the squared RMSE.
+    # The time mean of squared per-time RMSEs is the squared RMSE; time_mean redoes evaluate's.
     mean = evaluate(pred, truth)
+    xr.testing.assert_allclose(time_mean(eager), mean)
     rmse_t = eager["2m_temperature"].sel(metric="rmse")
     np.testing.assert_allclose(
         np.sqrt((rmse_t**2).mean("time")), mean["2m_temperature"].sel(metric="rmse")

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from appa.metrics.wb2 import EvaluationError, check_finite, evaluate
+from appa.metrics.wb2 import EvaluationError, check_finite, evaluate, time_mean
 
 __all__ = ["evaluate_archives", "open_archive", "summary_table", "write_table"]
 
@@ -110,11 +110,10 @@ def _label(name: str, level, lead) -> str:
 
 def summary_table(table: xr.Dataset, metrics: Sequence[str] = ("rmse", "spread_skill", "crps")):
     """A :class:`rich.table.Table`: one row per variable, level and lead time, columns per
-    metric and system (time-averaged tables only)."""
+    metric and system (``by_time`` tables are reduced with :func:`time_mean`)."""
     from rich.table import Table
 
-    if "time" in table.dims:
-        table = table.mean("time")
+    table = time_mean(table)
     methods = [str(m) for m in table["system"].values]
     out = Table(title="WeatherBench2 scores (time mean)")
     out.add_column("variable")

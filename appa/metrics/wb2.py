@@ -46,6 +46,7 @@ __all__ = [
     "evaluate",
     "latitude_weights",
     "spatial_mean",
+    "time_mean",
 ]
 
 METRICS = ("rmse", "spread", "spread_skill", "crps", "bias", "mae")
@@ -282,5 +283,32 @@ def check_finite(table: xr.Dataset) -> None:
     ]
     if bad:
         raise EvaluationError(
-            f"scores of {bad} are NaN: the prediction has NaN (or inf) where the truth is valid"
+            f"scores of {bad} are NaN: the prediction has NaN (or inf) where the truth is "
+            "valid (an unfinished archive?)"
         )
+
+
+def time_mean(table: xr.Dataset) -> xr.Dataset:
+    """The time-mean table from a ``by_time`` one, exactly as :func:`evaluate` computes it:
+    ``rmse`` and ``spread`` are root-mean-squares over time, ``spread_skill`` is recomputed
+    from them, the other metrics are plain means."""
+    if "time" not in table.dims:
+        return table
+    if "ensemble_size" in table.coords:
+        m = table["ensemble_size"].astype(np.float64)  # per system
+    else:
+        m = xr.DataArray(float(table.attrs["ensemble_size"]))
+    out = {}
+    for name in table.data_vars:
+        var = table[name]
+        rms = np.sqrt((var.sel(metric=["rmse", "spread"]) ** 2).mean("time", skipna=False))
+        ratio = np.sqrt((m + 1) / m) * rms.sel(metric="spread") / rms.sel(metric="rmse")
+        ratio = ratio.where(m > 1)
+        plain = var.sel(metric=["crps", "bias", "mae"]).mean("time", skipna=False)
+        ratio = ratio.expand_dims(metric=["spread_skill"])
+        merged = xr.concat([rms, ratio, plain], dim="metric").sel(metric=list(METRICS))
+        merged.attrs = var.attrs
+        out[name] = merged
+    result = xr.Dataset(out)
+    result.attrs = {k: v for k, v in table.attrs.items() if k != "num_times"}
+    return result
