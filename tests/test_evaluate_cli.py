@@ -148,7 +148,10 @@ def test_baselines_evaluate_and_plots(world):
           "--out", root / "maps.png"])  # fmt: skip
     _run(["plot", "curves", root / "fc.zarr", "--variable", "2m_temperature", "--variable",
           "temperature", "--level", "500", "--out", root / "curves.png"])  # fmt: skip
-    for name in ("maps.png", "curves.png", "time.png"):
+    _run(["plot", "maps", root / "pers.zarr", "--truth", root / "truth.zarr", "--variable",
+          "temperature", "--level", "500", "--time", "2002-01-03T06", "--lead-time", "1D",
+          "--out", root / "fc_maps.png"])  # fmt: skip
+    for name in ("maps.png", "curves.png", "time.png", "fc_maps.png"):
         assert (root / name).stat().st_size > 10_000
 
 
