@@ -1,4 +1,6 @@
-"""Metrics: distances between sample sets and (later) WeatherBench2 scores."""
+"""Metrics: distances between sample sets (here); WeatherBench2 scores in
+:mod:`appa.metrics.wb2`, score tables in :mod:`appa.metrics.report` and figures in
+:mod:`appa.metrics.plots` (imported on use: they load xarray and matplotlib)."""
 
 from appa.metrics.distances import gaussian_w2, sliced_wasserstein
 
