@@ -407,6 +407,144 @@ def npe_diagnose(config: ConfigOption = None, overrides: OverridesOption = None)
     run_diagnose(_npe_config(config, overrides))
 
 
+# --- appa evaluate / baseline / plot: WeatherBench2 scores, classical baselines, figures ------
+@app.command()
+def evaluate(
+    archive: Annotated[Path, typer.Argument(help="Archive (Zarr, archive layout) to score.")],
+    truth: Annotated[str, typer.Option(help="Truth store (path, URL or ERA5 preset).")],
+    baseline: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--baseline", "-b", help="Another archive to score: NAME=ARCHIVE (repeatable)."
+        ),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the table here (.nc or .zarr).")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Method name of ARCHIVE (default: stem).")
+    ] = None,
+    variable: Annotated[
+        list[str] | None, typer.Option("--variable", "-v", help="Score only these (repeatable).")
+    ] = None,
+    by_time: Annotated[bool, typer.Option(help="Keep per-time scores in the table.")] = False,
+) -> None:
+    """WeatherBench2 scores (RMSE, spread, spread/skill, fair CRPS, bias) against a truth."""
+    from rich.console import Console
+
+    from appa.data.sources import SelectionError
+    from appa.metrics.report import evaluate_archives, summary_table, write_table
+    from appa.metrics.wb2 import EvaluationError
+
+    archives: dict[str, Path] = {name or archive.name.removesuffix(".zarr"): archive}
+    for item in baseline or []:
+        key, sep, path = item.partition("=")
+        if not sep or not key or not path:
+            typer.echo(f"error: --baseline {item!r} is not NAME=ARCHIVE", err=True)
+            raise typer.Exit(2)
+        archives[key] = Path(path)
+    try:
+        table = evaluate_archives(archives, truth, variables=variable, by_time=by_time)
+    except (EvaluationError, SelectionError, FileNotFoundError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    console = Console()
+    # Piped output (logs, CI) would otherwise wrap at 80 columns.
+    Console(width=max(console.width, 140)).print(summary_table(table))
+    if out is not None:
+        typer.echo(f"table: {write_table(table, out)}")
+
+
+@app.command()
+def baseline(
+    kind: Annotated[str, typer.Argument(help="climatology, persistence or enoi.")],
+    out: Annotated[Path, typer.Option(help="Output archive (Zarr, written atomically).")],
+    truth: Annotated[str | None, typer.Option(help="Truth store (training period, grid).")] = None,
+    start: Annotated[str | None, typer.Option(help="First analysis/initialisation time.")] = None,
+    end: Annotated[str | None, typer.Option(help="Last analysis/initialisation time.")] = None,
+    observations: Annotated[Path | None, typer.Option(help="Observation store (enoi).")] = None,
+    members: Annotated[int | None, typer.Option(help="Analysis members (enoi).")] = None,
+    lead_time: Annotated[
+        list[str] | None,
+        typer.Option("--lead-time", help="Forecast lead time, e.g. 6h (repeatable)."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing archive.")] = False,
+    config: ConfigOption = None,
+    overrides: OverridesOption = None,
+) -> None:
+    """Classical baselines in the archive layout: climatology, persistence, EnOI."""
+    from appa.baselines.jobs import BaselineJob, run_baseline
+    from appa.config import ConfigError, load_config
+
+    if kind not in ("climatology", "persistence", "enoi"):
+        typer.echo(f"error: unknown baseline {kind!r}: climatology, persistence or enoi", err=True)
+        raise typer.Exit(2)
+    options = (("truth", truth), ("start", start), ("end", end), ("members", members))
+    extra = [f"{k}={v}" for k, v in options if v is not None]
+    if observations is not None:
+        extra.append(f"observations={observations}")
+    if lead_time:
+        extra.append(f"lead_times=[{','.join(lead_time)}]")
+    try:
+        job = load_config(BaselineJob, config, [*(overrides or []), *extra])
+        path = run_baseline(kind, job, out, overwrite=overwrite)  # type: ignore[arg-type]
+    except (ConfigError, ValueError, KeyError, FileExistsError, FileNotFoundError) as error:
+        # ValueError covers ObservationError; KeyError covers SelectionError.
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {path}")
+
+
+plot_app = typer.Typer(help="Figures: maps of an archive, metric curves of a table.")
+app.add_typer(plot_app, name="plot")
+
+
+@plot_app.command("maps")
+def plot_maps_command(
+    archive: Annotated[Path, typer.Argument(help="Archive (Zarr, archive layout).")],
+    truth: Annotated[str, typer.Option(help="Truth store.")],
+    variable: Annotated[str, typer.Option(help="Variable to map.")],
+    time: Annotated[str, typer.Option(help="Valid time.")],
+    out: Annotated[Path, typer.Option(help="Output PNG.")],
+    level: Annotated[int | None, typer.Option(help="Pressure level (hPa).")] = None,
+    lead_time: Annotated[str | None, typer.Option(help="Lead time (forecasts).")] = None,
+    observations: Annotated[Path | None, typer.Option(help="Observation store.")] = None,
+) -> None:
+    """Truth, ensemble mean, error, spread and observations at one time."""
+    import pandas as pd
+
+    from appa.data.sources import open_era5
+    from appa.metrics.plots import plot_maps
+    from appa.metrics.report import open_archive
+    from appa.observations import read_observations
+
+    obs = None
+    if observations is not None:
+        t = pd.Timestamp(time)
+        obs = read_observations(observations, t - pd.Timedelta("1D"), t + pd.Timedelta("1D"))
+    path = plot_maps(
+        open_archive(archive), open_era5(truth), variable, time, out,
+        level=level, lead_time=lead_time, observations=obs,
+    )  # fmt: skip
+    typer.echo(f"figure: {path}")
+
+
+@plot_app.command("curves")
+def plot_curves_command(
+    table: Annotated[Path, typer.Argument(help="Table of appa evaluate (.nc or .zarr).")],
+    out: Annotated[Path, typer.Option(help="Output PNG.")],
+    variable: Annotated[
+        list[str], typer.Option("--variable", "-v", help="Variables (repeatable).")
+    ],
+    level: Annotated[int | None, typer.Option(help="Pressure level (hPa).")] = None,
+) -> None:
+    """RMSE, spread/skill and CRPS against lead time (or time) for every method."""
+    import xarray as xr
+
+    from appa.metrics.plots import plot_metric_curves
+
+    ds = xr.open_dataset(table) if table.suffix == ".nc" else xr.open_zarr(table)
+    typer.echo(f"figure: {plot_metric_curves(ds.load(), variable, out, level=level)}")
+
+
 def main() -> None:
     """Console entry point."""
     app()

@@ -14,13 +14,17 @@ ALLOWED = {
     "observations": {"appa.diffusion", "appa.data"} | BASE,
     "metrics": {"appa.data"} | BASE,
     "assimilation": {
+        "appa",  # the version, for provenance
         "appa.diffusion",
         "appa.nn",
         "appa.data",
         "appa.observations",
         "appa.io.checkpoints",
+        "appa.metrics.climate",  # pure numpy statistics, for the prior's quality bars
     }
     | BASE,
+    # Classical baselines sit with the tasks: data and observations below them, no networks.
+    "baselines": {"appa", "appa.data", "appa.observations"} | BASE,
 }
 
 

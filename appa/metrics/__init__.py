@@ -1,5 +1,6 @@
-"""Metrics: distances between sample sets, climate statistics of trajectories and (later)
-WeatherBench2 scores."""
+"""Metrics: distances between sample sets and climate statistics of trajectories (here);
+WeatherBench2 scores in :mod:`appa.metrics.wb2`, score tables in :mod:`appa.metrics.report` and
+figures in :mod:`appa.metrics.plots` (imported on use: they load xarray and matplotlib)."""
 
 from appa.metrics.climate import (
     ClimateComparison,
