@@ -8,6 +8,7 @@ Spatial means weigh cells by area (:func:`appa.data.grids.area_weights`).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -63,7 +64,9 @@ def lag_autocorrelation(x: NDArray, latitude: NDArray, lag: int = 1) -> NDArray:
     x = _check(x, latitude)
     if not 1 <= lag < x.shape[1]:
         raise ValueError(f"lag must lie in [1, {x.shape[1] - 1}] for {x.shape[1]} states")
-    anomaly = x - np.nanmean(x, axis=(0, 1), keepdims=True)
+    with warnings.catch_warnings():  # cells without data (land) have no mean: NaN is right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        anomaly = x - np.nanmean(x, axis=(0, 1), keepdims=True)
     w = area_weights(latitude)[:, None]
     a, b = anomaly[:, lag:], anomaly[:, :-lag]
     axes = (0, 1, 3, 4)
@@ -84,7 +87,9 @@ def zonal_power_spectrum(x: NDArray, latitude: NDArray) -> NDArray:
     """
     x = _check(x, latitude)
     nlon = x.shape[-1]
-    row_mean = np.nanmean(x, axis=-1, keepdims=True)
+    with warnings.catch_warnings():  # rows without data have no mean: they drop out below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        row_mean = np.nanmean(x, axis=-1, keepdims=True)
     filled = np.where(np.isfinite(x), x, row_mean)
     power = np.abs(np.fft.rfft(filled, axis=-1)) ** 2 / nlon**2
     power[..., 1 : (nlon + 1) // 2] *= 2.0
