@@ -19,6 +19,7 @@ SPEC = StateSpec(
     levels=[500, 850],
     masked=["sea_surface_temperature"],
 )
+LEVELS = np.asarray(SPEC.levels, dtype=np.float64)  # a plain array: actors need not import torch
 LATITUDE = np.linspace(-67.5, 67.5, 4)
 LONGITUDE = np.arange(8) * 45.0
 
@@ -46,7 +47,7 @@ def fields(coords: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
     lat, lon = np.meshgrid(LATITUDE, LONGITUDE, indexing="ij")
     field2d = np.cos(np.deg2rad(lat)) + 0.01 * lon
     surface = base[..., None, None] + field2d
-    levels = np.asarray(SPEC.levels, dtype=np.float64)[:, None, None]
+    levels = LEVELS[:, None, None]
     sst = np.where(lon >= 270, np.nan, surface + 0.25)
     return {
         "2m_temperature": surface.astype(np.float32),

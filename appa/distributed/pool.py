@@ -30,7 +30,6 @@ import numpy as np
 from pydantic import Field
 
 from appa.config import ConfigError, StrictModel
-from appa.distributed.train import init_ray
 from appa.io.archive import Archive, ArchiveError, Unit
 
 __all__ = [
@@ -102,6 +101,9 @@ class UnitWorker(Protocol):
 
 WorkerFactory = Callable[[], UnitWorker]
 
+# probes of a restarting actor before it is given up (one every 0.1 s at least)
+MAX_PROBES = 600
+
 
 class UnitActor:
     """The body of each pool actor: builds the worker once, then computes and writes units."""
@@ -119,6 +121,10 @@ class UnitActor:
             written = self.archive.write_unit(unit, data)
         seconds = time.perf_counter() - start
         return UnitRecord(unit.key, unit.index, seconds, self.name, attempt, written)
+
+    def ready(self) -> str:
+        """Answers once the actor is up (after a restart, once the worker is built again)."""
+        return self.name
 
 
 def _pool_size(config: PoolConfig, n_units: int) -> int:
@@ -153,8 +159,10 @@ def run_units(
     :class:`~appa.io.archive.ArchiveError` when a worker returns bad data. Does not finalize
     the archive."""
     import ray
-    from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+    from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayTaskError
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from appa.distributed.train import init_ray
 
     config = config or PoolConfig()
     units = list(archive.units if units is None else units)
@@ -178,14 +186,18 @@ def run_units(
         attempts: Counter[int] = Counter()
         deaths: Counter[int] = Counter()
         idle = deque(range(size))
-        running: dict[Any, tuple[int, Unit]] = {}
+        probes: Counter[int] = Counter()
+        dead: dict[int, str] = {}
+        running: dict[Any, tuple[int, Unit | None]] = {}
 
         def fail(unit: Unit, error: Exception) -> None:
-            report.failures.append((unit.key, f"{type(error).__name__}: {error}"))
+            # a worker's exception rather than Ray's wrapper (its traceback stays on `from`)
+            cause = getattr(error, "cause", None) or error
+            report.failures.append((unit.key, f"{type(cause).__name__}: {cause}"))
             if attempts[unit.index] >= config.max_attempts:
                 raise UnitFailedError(
                     f"unit {unit.key} of {archive.url} failed {attempts[unit.index]} times; "
-                    f"last error: {error}"
+                    f"last error: {type(cause).__name__}: {cause}"
                 ) from error
             queue.append(unit)
 
@@ -207,22 +219,42 @@ def run_units(
                     ref = actors[actor].run.remote(unit, attempts[unit.index])
                     running[ref] = (actor, unit)
                 if not running:
+                    left = [u.key for u in list(queue)[:5]]
+                    last = list(dead.values())[-1] if dead else "unknown"
                     raise UnitFailedError(
-                        f"every actor died; units left: {[u.key for u in list(queue)[:5]]}"
+                        f"every actor died; units left include {left}; last error: {last}"
                     )
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=config.stall_timeout_s)
                 if not ready:
-                    keys = [u.key for _, u in running.values()]
+                    keys = [u.key for _, u in running.values() if u is not None]
                     raise GetTimeoutError(
                         f"no unit finished within {config.stall_timeout_s} s (running {keys})"
                     )
                 actor, unit = running.pop(ready[0])
+                if unit is None:  # a probe of a restarted actor
+                    try:
+                        ray.get(ready[0])
+                    except ActorDiedError as error:
+                        dead[actor] = f"{type(error).__name__}: {error}"  # for good
+                        continue
+                    except RayActorError:
+                        probes[actor] += 1
+                        if probes[actor] <= MAX_PROBES:  # still restarting: ask again
+                            time.sleep(0.1)
+                            running[actors[actor].ready.remote()] = (actor, None)
+                        continue
+                    probes[actor] = 0
+                    idle.append(actor)
+                    continue
                 try:
                     record = ray.get(ready[0])
                 except RayActorError as error:
                     deaths[actor] += 1
-                    if deaths[actor] <= config.max_restarts:
-                        idle.append(actor)  # Ray restarts it; beyond that it stays dead
+                    if deaths[actor] > config.max_restarts:
+                        dead[actor] = f"{type(error).__name__}: {error}"
+                    else:
+                        # Ray restarts it; it gets units again once it answers a probe
+                        running[actors[actor].ready.remote()] = (actor, None)
                     fail(unit, error)
                     continue
                 except RayTaskError as error:
