@@ -1,5 +1,5 @@
-"""A small pool job for the kill-and-rerun test: creates (or resumes) an archive of the dummy
-worker's fields and runs its units on Ray actors.
+"""A small pool job for the kill-and-rerun test: creates (or resumes) the archive of
+``pool_utils.job_archive`` and runs its units on Ray actors with the dummy worker.
 
     python tests/pool_job.py OUT LOG --address ADDR [--delay S]
 """
@@ -17,17 +17,6 @@ import pool_utils
 import ray.cloudpickle
 
 from appa.distributed.pool import PoolConfig, run_units
-from appa.io.archive import create_archive
-
-CONFIG = {"job": "pool-test", "seed": 5}
-UNITS = {"member": 1, "time": 2}
-
-
-def build(out: str):
-    return create_archive(
-        out, pool_utils.template(members=2, steps=8), units=UNITS, config=CONFIG,
-        allow_nan=["sea_surface_temperature"], provenance={"seeds": {"base": 5}},
-    )  # fmt: skip
 
 
 def main() -> None:
@@ -39,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     # the actors import nothing from tests/: the worker travels by value
     ray.cloudpickle.register_pickle_by_value(pool_utils)
-    archive = build(args.out)
+    archive = pool_utils.job_archive(args.out)
     factory = functools.partial(pool_utils.DummyWorker, seed=5, log=args.log, delay=args.delay)
     config = PoolConfig(address=args.address, progress=False, stall_timeout_s=120)
     report = run_units(archive, factory, config)

@@ -11,7 +11,7 @@ import numpy as np
 import xarray as xr
 
 from appa.data.spec import StateSpec
-from appa.io.archive import template_from_spec
+from appa.io.archive import Archive, create_archive, template_from_spec
 
 SPEC = StateSpec(
     surface=["2m_temperature", "sea_surface_temperature"],
@@ -100,3 +100,14 @@ def read_log(path: Path) -> list[tuple[str, int]]:
     if not path.exists():
         return []
     return [(k, int(p)) for k, p in (line.split() for line in path.read_text().splitlines())]
+
+
+JOB_CONFIG = {"job": "pool-test", "seed": 5}
+
+
+def job_archive(out) -> Archive:
+    """The archive of tests/pool_job.py (created, or reopened to resume)."""
+    return create_archive(
+        out, template(members=2, steps=8), units={"member": 1, "time": 2}, config=JOB_CONFIG,
+        allow_nan=["sea_surface_temperature"], provenance={"seeds": {"base": 5}},
+    )  # fmt: skip

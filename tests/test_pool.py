@@ -17,11 +17,11 @@ import numpy as np
 import pool_utils
 import pytest
 import xarray as xr
-from pool_utils import DummyWorker, expected, read_log, template
+from pool_utils import DummyWorker, expected, job_archive, read_log, template
 
 from appa.config import ConfigError
-from appa.distributed.pool import PoolConfig, UnitFailedError, run_units
-from appa.io.archive import ArchiveError, create_archive
+from appa.distributed.pool import PoolConfig, UnitActor, UnitFailedError, run_units
+from appa.io.archive import Archive, ArchiveError, create_archive
 
 CONFIG = {"job": "pool", "seed": 3}
 POOL = PoolConfig(progress=False, stall_timeout_s=120, max_attempts=3)
@@ -79,7 +79,7 @@ def test_a_unit_that_keeps_failing_ends_the_job_naming_it(tmp_path, ray_pool):
     bad = archive.units[1].key
     factory = functools.partial(DummyWorker, seed=3, fail=bad)
     with pytest.raises(UnitFailedError, match=rf"unit {bad} .* failed 3 times.*cannot compute"):
-        run_units(archive, factory, POOL)
+        run_units(archive, factory, POOL.model_copy(update={"actors": 1}))
     assert not archive.done_mask()[1]
 
 
@@ -89,7 +89,7 @@ def test_bad_data_from_a_worker_ends_the_job_at_once(tmp_path, ray_pool):
     log = tmp_path / "log.txt"
     factory = functools.partial(DummyWorker, seed=3, nan=bad, log=str(log))
     with pytest.raises(ArchiveError, match=rf"unit {bad}: 2m_temperature holds .* NaN"):
-        run_units(archive, factory, POOL)
+        run_units(archive, factory, POOL.model_copy(update={"actors": 1}))
     assert [k for k, _ in read_log(log)].count(bad) == 1  # not retried
     assert not archive.done_mask()[0]
 
@@ -113,22 +113,19 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, ray_pool):
     script = Path(__file__).with_name("pool_job.py")
     out, log = tmp_path / "killed.zarr", tmp_path / "log.txt"
 
-    def job():
-        command = [sys.executable, str(script), str(out), str(log), "--address", address]
-        return [*command, "--delay", "0.4"]
-
+    command = [sys.executable, str(script), str(out), str(log), "--address", address]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.Popen(job(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    sys.path.insert(0, str(script.parent))
-    from pool_job import build  # the same template and config as the job's
-
+    proc = subprocess.Popen(
+        [*command, "--delay", "0.4"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
             assert proc.poll() is None, proc.stdout.read().decode()
             assert time.monotonic() < deadline, "no unit done within 120 s"
-            if out.exists() and (out / "appa_units").exists():
-                if build(out).done_mask().sum() >= 3:
+            # the completion records are the last thing the job's create_archive writes
+            if (out / "appa_units" / "done" / ".zarray").exists():
+                if Archive(out).done_mask().sum() >= 3:
                     break
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
@@ -141,28 +138,30 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, ray_pool):
     while any(_alive(p) for p in pids):
         assert time.monotonic() < deadline, "the killed job's actors are still alive"
         time.sleep(0.1)
-    archive = build(out)
+    archive = job_archive(out)
     done_at_kill = {u.key for u, d in zip(archive.units, archive.done_mask(), strict=True) if d}
     total = len(archive.units)
     if len(done_at_kill) == total:
         pytest.skip("the job finished before it could be killed (machine too fast)")
     assert not archive.complete
 
-    rerun = subprocess.run(job(), env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert f"skipped {len(done_at_kill)}" in rerun.stdout
+    # the rerun, by another driver (this process)
+    log_at_kill = read_log(log)
+    rerun = run_units(archive, functools.partial(DummyWorker, seed=5, log=str(log)), POOL)
+    archive.finalize()
+    assert rerun.skipped == len(done_at_kill)
+    assert {r.key for r in rerun.records} == {u.key for u in archive.units} - done_at_kill
     computed = [key for key, _ in read_log(log)]
+    assert computed[: len(log_at_kill)] == [k for k, _ in log_at_kill]
     for key in done_at_kill:
         assert computed.count(key) == 1, f"finished unit {key} computed again"
     assert {u.key for u in archive.units} <= set(computed)
 
-    # the uninterrupted reference, with the same config and seeds
-    reference = create_archive(
-        tmp_path / "straight.zarr", template(members=2, steps=8), units={"member": 1, "time": 2},
-        config={"job": "pool-test", "seed": 5}, allow_nan=["sea_surface_temperature"],
-        provenance={"seeds": {"base": 5}},
-    )  # fmt: skip
-    run_units(reference, functools.partial(DummyWorker, seed=5), POOL)
+    # the uninterrupted reference, with the same config and seeds: the actors' own code, unit
+    # after unit in this process (test_pool_writes_every_unit... covers the pool itself)
+    reference = job_archive(tmp_path / "straight.zarr")
+    actor = UnitActor(functools.partial(DummyWorker, seed=5), reference)
+    assert all(actor.run(unit).written for unit in reference.units)
     reference.finalize()
     killed = xr.open_zarr(out).load()
     straight = xr.open_zarr(tmp_path / "straight.zarr").load()
