@@ -48,6 +48,8 @@ __all__ = [
     "check_layout",
     "config_hash",
     "create_archive",
+    "create_done_flags",
+    "pending_indices",
     "template_from_spec",
 ]
 
@@ -221,6 +223,18 @@ def _open_group(url: str, storage_options, mode: str = "r"):
         return None
 
 
+def create_done_flags(group: Any, n: int, name: str = "done") -> Any:
+    """A completion flag per unit of work in ``group`` (a zarr group): int8, 0 until done, one
+    chunk per flag so that concurrent writers never share a chunk. Set a flag only after the
+    unit's data are written."""
+    return group.create_array(name, shape=(n,), chunks=(1,), dtype="int8", fill_value=0)
+
+
+def pending_indices(flags: Any) -> list[int]:
+    """Indices of the flags (from :func:`create_done_flags`) still 0."""
+    return np.flatnonzero(np.asarray(flags[:]) == 0).tolist()
+
+
 def _unit_grid(sizes: Mapping[str, int], unit: Mapping[str, int]) -> list[Unit]:
     dims = [d for d in UNIT_DIMS if d in sizes]
     starts = [range(0, sizes[d], unit[d]) for d in dims]
@@ -375,7 +389,7 @@ def create_archive(
     n_units = len(_unit_grid(dict(template.sizes), unit))
     # written last: an archive without it is one whose creation was interrupted
     records = group.create_group(RECORDS_GROUP, attributes=records_attrs)
-    records.create_array("done", shape=(n_units,), chunks=(1,), dtype="int8", fill_value=0)
+    create_done_flags(records, n_units)
     return Archive(url, storage_options)
 
 
@@ -500,8 +514,7 @@ class Archive:
 
     def pending_units(self) -> list[Unit]:
         """The units not yet done, in plan order."""
-        done = self.done_mask()
-        return [u for u in self.units if not done[u.index]]
+        return [self.units[i] for i in pending_indices(self._done_array())]
 
     @property
     def complete(self) -> bool:
