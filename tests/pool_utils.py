@@ -68,15 +68,18 @@ def expected(ds: xr.Dataset, seed: int) -> xr.Dataset:
 class DummyWorker:
     """A unit worker. ``log``: a file to which each computation appends ``key pid``;
     ``crash_once``: a unit key whose first computation kills the process (``os._exit``),
-    remembered by a marker file beside the log; ``fail``: a unit key that always raises;
+    remembered by a marker file beside the log; ``crash_always``: a unit key whose every
+    computation kills the process; ``fail``: a unit key that always raises;
     ``nan``: a unit key whose 2 m temperature holds a NaN; ``delay``: seconds per unit."""
 
     def __init__(
         self, seed: int = 0, log: str | None = None, crash_once: str | None = None,
         fail: str | None = None, nan: str | None = None, delay: float = 0.0,
+        crash_always: str | None = None,
     ) -> None:  # fmt: skip
         self.seed, self.log, self.delay = seed, log, delay
         self.crash_once, self.fail, self.nan = crash_once, fail, nan
+        self.crash_always = crash_always
 
     def __call__(self, unit, coords):
         if self.log is not None:
@@ -87,6 +90,8 @@ class DummyWorker:
             if not marker.exists():
                 marker.touch()
                 os._exit(3)
+        if unit.key == self.crash_always:
+            os._exit(3)
         if unit.key == self.fail:
             raise RuntimeError(f"worker cannot compute {unit.key}")
         time.sleep(self.delay)

@@ -4,6 +4,7 @@ resumption checks and the errors for bad input (no Ray here: tests/test_pool.py 
 from __future__ import annotations
 
 import json
+import pickle
 import uuid
 
 import numpy as np
@@ -34,11 +35,16 @@ def _write_all(archive: Archive, seed: int = 7) -> None:
         assert archive.write_unit(unit, fields(archive.coords(unit), seed))
 
 
-@pytest.mark.parametrize("where", ["local", "memory"])
+@pytest.mark.parametrize("where", ["local", "memory", "memory+options"])
 def test_all_units_then_finalize_equals_expected(tmp_path, where):
     path = str(tmp_path / "a.zarr") if where == "local" else f"memory://{uuid.uuid4().hex}.zarr"
+    # storage options travel with the archive (an fsspec store), as gs:// credentials would
+    options = {"skip_instance_cache": False} if where.endswith("options") else None
     provenance = {"seeds": {"base": 7}, "checkpoint_sha256": "abc", "observations": ["stations"]}
-    archive = _new(path, provenance=provenance)
+    archive = _new(path, provenance=provenance, storage_options=options)
+    if options:
+        archive = pickle.loads(pickle.dumps(archive))  # as a Ray actor receives it
+        assert archive.storage_options == options
     assert [u.key for u in archive.units] == [
         "member=0:1,time=0:4", "member=0:1,time=4:8", "member=1:2,time=0:4", "member=1:2,time=4:8",
     ]  # fmt: skip
@@ -48,7 +54,7 @@ def test_all_units_then_finalize_equals_expected(tmp_path, where):
     assert archive.write_unit(first, fields(archive.coords(first), 7))
     # before finalisation: readable through plain xarray (no consolidated metadata yet);
     # unwritten cells are NaN, the written unit holds its values
-    partial = xr.open_zarr(path, consolidated=False)
+    partial = xr.open_zarr(path, consolidated=False, storage_options=options)
     want = expected(template(), 7)
     got = partial["2m_temperature"].isel(first.region).values
     np.testing.assert_array_equal(got, want["2m_temperature"].isel(first.region).values)
@@ -59,7 +65,7 @@ def test_all_units_then_finalize_equals_expected(tmp_path, where):
     _write_all(archive)
     archive.finalize()
     assert archive.complete
-    ds = xr.open_zarr(path)  # consolidated metadata now
+    ds = xr.open_zarr(path, storage_options=options)  # consolidated metadata now
     assert "appa_units" not in ds.variables
     xr.testing.assert_identical(ds.load().drop_attrs(), want.load().drop_attrs())
     for name in ds.variables:
@@ -75,7 +81,8 @@ def test_all_units_then_finalize_equals_expected(tmp_path, where):
     assert ds.attrs["appa_status"] == "complete" and ds.attrs["title"] == "pool test"
     # chunk-aligned: one chunk per unit along member and time, whole fields otherwise
     assert ds["geopotential"].encoding["chunks"] == (1, 4, 2, 4, 8)
-    assert zarr.open_group(path, mode="r")["appa_units"]["done"].chunks == (1,)
+    records = zarr.open_group(path, mode="r", storage_options=options)["appa_units"]
+    assert records["done"].chunks == (1,)
 
 
 def test_forecast_layout_with_lead_time_and_uneven_units(tmp_path):

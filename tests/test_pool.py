@@ -83,6 +83,22 @@ def test_a_unit_that_keeps_failing_ends_the_job_naming_it(tmp_path, ray_pool):
     assert not archive.done_mask()[1]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("restarts", [1, 0])
+def test_a_unit_that_keeps_crashing_its_actor_ends_the_job_naming_it(tmp_path, ray_pool, restarts):
+    archive = _archive(tmp_path / "a.zarr")
+    bad = archive.units[0].key
+    factory = functools.partial(DummyWorker, seed=3, crash_always=bad)
+    config = POOL.model_copy(update={"actors": 1, "max_restarts": restarts, "max_attempts": 2})
+    # restarts=1: the unit uses up its two attempts; restarts=0: the only actor is gone
+    match = (
+        rf"unit {bad} .* failed 2 times" if restarts else rf"every actor died .*while running {bad}"
+    )
+    with pytest.raises(UnitFailedError, match=match):
+        run_units(archive, factory, config)
+    assert not archive.done_mask()[0]
+
+
 def test_bad_data_from_a_worker_ends_the_job_at_once(tmp_path, ray_pool):
     archive = _archive(tmp_path / "a.zarr")
     bad = archive.units[0].key

@@ -219,10 +219,9 @@ def run_units(
                     ref = actors[actor].run.remote(unit, attempts[unit.index])
                     running[ref] = (actor, unit)
                 if not running:
-                    left = [u.key for u in list(queue)[:5]]
                     last = list(dead.values())[-1] if dead else "unknown"
                     raise UnitFailedError(
-                        f"every actor died; units left include {left}; last error: {last}"
+                        f"every actor died ({len(queue)} units left); the last while {last}"
                     )
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=config.stall_timeout_s)
                 if not ready:
@@ -235,7 +234,7 @@ def run_units(
                     try:
                         ray.get(ready[0])
                     except ActorDiedError as error:
-                        dead[actor] = f"{type(error).__name__}: {error}"  # for good
+                        dead[actor] = f"restarting: {type(error).__name__}: {error}"  # for good
                         continue
                     except RayActorError:
                         probes[actor] += 1
@@ -251,7 +250,7 @@ def run_units(
                 except RayActorError as error:
                     deaths[actor] += 1
                     if deaths[actor] > config.max_restarts:
-                        dead[actor] = f"{type(error).__name__}: {error}"
+                        dead[actor] = f"running {unit.key}: {type(error).__name__}: {error}"
                     else:
                         # Ray restarts it; it gets units again once it answers a probe
                         running[actors[actor].ready.remote()] = (actor, None)

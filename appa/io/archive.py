@@ -393,6 +393,13 @@ def create_archive(
     return Archive(url, storage_options)
 
 
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Coordinates agree: exactly, or to 1e-6 for floats (a worker's float32 latitudes)."""
+    if a.dtype.kind == "f" or b.dtype.kind == "f":
+        return bool(np.allclose(a, b, rtol=0, atol=1e-6 * max(1.0, float(np.abs(b).max()))))
+    return bool(np.array_equal(a, b))
+
+
 def _json_round_trip(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
@@ -549,7 +556,7 @@ class Archive:
                     )
                 for dim in dims:
                     if dim in value.coords and value.sizes[dim] == region.sizes[dim]:
-                        if not np.array_equal(value[dim].values, region[dim].values):
+                        if not _same(value[dim].values, region[dim].values):
                             raise ArchiveError(
                                 f"unit {unit.key}: {name}'s {dim} coordinate differs from the "
                                 f"archive's over this unit ({value[dim].values[:4]} vs "
