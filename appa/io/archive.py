@@ -332,7 +332,7 @@ def create_archive(
 
     existing = _open_group(url, storage_options)
     if existing is not None and not overwrite:
-        if RECORDS_GROUP not in existing:
+        if RECORDS_GROUP not in existing or "config_hash" not in existing[RECORDS_GROUP].attrs:
             raise ArchiveError(
                 f"{url} exists but is not an Appa archive (or its creation was interrupted); "
                 "choose another path or pass overwrite"
@@ -387,9 +387,10 @@ def create_archive(
     )
     group = _open_group(url, storage_options, mode="r+")
     n_units = len(_unit_grid(dict(template.sizes), unit))
-    # written last: an archive without it is one whose creation was interrupted
-    records = group.create_group(RECORDS_GROUP, attributes=records_attrs)
+    records = group.create_group(RECORDS_GROUP)
     create_done_flags(records, n_units)
+    # written last: an archive without them is one whose creation was interrupted
+    records.attrs.update(records_attrs)
     return Archive(url, storage_options)
 
 
@@ -417,8 +418,11 @@ class Archive:
         group = _open_group(self.url, self.storage_options)
         if group is None:
             raise ArchiveError(f"no archive at {self.url}")
-        if RECORDS_GROUP not in group:
-            raise ArchiveError(f"{self.url} is not an Appa archive (no {RECORDS_GROUP} group)")
+        if RECORDS_GROUP not in group or "config_hash" not in group[RECORDS_GROUP].attrs:
+            raise ArchiveError(
+                f"{self.url} is not an Appa archive (no complete {RECORDS_GROUP} group: not "
+                "made by create_archive, or its creation was interrupted)"
+            )
         self.records = dict(group[RECORDS_GROUP].attrs)
 
     def __getstate__(self) -> dict[str, Any]:
