@@ -35,6 +35,7 @@ from appa.io.archive import Archive, ArchiveError, Unit
 __all__ = [
     "PoolConfig",
     "PoolReport",
+    "UnitActor",
     "UnitFailedError",
     "UnitRecord",
     "UnitWorker",
