@@ -83,8 +83,12 @@ class DummyWorker:
 
     def __call__(self, unit, coords):
         if self.log is not None:
+            import ray
+
+            # the GPUs Ray gave this actor ("-" for none): the scheduling test reads them
+            gpus = ",".join(map(str, ray.get_gpu_ids())) or "-"
             with open(self.log, "a") as f:
-                f.write(f"{unit.key} {os.getpid()}\n")
+                f.write(f"{unit.key} {os.getpid()} {gpus}\n")
         if unit.key == self.crash_once:
             marker = Path(self.log + ".crashed")
             if not marker.exists():
@@ -102,9 +106,19 @@ class DummyWorker:
 
 
 def read_log(path: Path) -> list[tuple[str, int]]:
+    """``(unit key, pid)`` per computation logged by :class:`DummyWorker`."""
+    return [(k, int(p)) for k, p, _ in _log_rows(path)]
+
+
+def read_gpu_log(path: Path) -> dict[int, str]:
+    """The GPU ids Ray gave each actor process (by pid), as logged by :class:`DummyWorker`."""
+    return {int(p): g for _, p, g in _log_rows(path)}
+
+
+def _log_rows(path: Path) -> list[list[str]]:
     if not path.exists():
         return []
-    return [(k, int(p)) for k, p in (line.split() for line in path.read_text().splitlines())]
+    return [line.split() for line in path.read_text().splitlines()]
 
 
 JOB_CONFIG = {"job": "pool-test", "seed": 5}

@@ -17,7 +17,7 @@ import numpy as np
 import pool_utils
 import pytest
 import xarray as xr
-from pool_utils import DummyWorker, expected, job_archive, read_log, template
+from pool_utils import DummyWorker, expected, job_archive, read_gpu_log, read_log, template
 
 from appa.config import ConfigError
 from appa.distributed.pool import PoolConfig, UnitActor, UnitFailedError, run_units
@@ -48,7 +48,7 @@ def test_pool_writes_every_unit_and_the_archive_reads_back(tmp_path, ray_pool):
     assert sorted(r.key for r in report.records) == sorted(u.key for u in archive.units)
     assert all(r.written and r.attempt == 1 and r.seconds >= 0 for r in report.records)
     assert len({r.actor for r in report.records}) <= 2  # one actor per core
-    assert report.skipped == 0 and report.failures == []
+    assert report.skipped == 0 and report.failures == [] and report.actors == 2
     archive.finalize()
     ds = xr.open_zarr(tmp_path / "a.zarr")
     xr.testing.assert_identical(ds.load().drop_attrs(), expected(template(2, 8), 3).drop_attrs())
@@ -184,3 +184,21 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, ray_pool):
     xr.testing.assert_identical(killed, straight)
     assert np.isfinite(killed["2m_temperature"].values).all()
     print(f"killed with {len(done_at_kill)} of {total} units done; rerun finished the rest")
+
+
+@pytest.mark.slow
+def test_one_gpu_per_actor_on_a_cluster_declaring_gpus(tmp_path):
+    # its own cluster (a subprocess): this session's has no GPUs
+    out, log = tmp_path / "gpu.zarr", tmp_path / "log.txt"
+    script = Path(__file__).with_name("pool_job.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    run = subprocess.run(
+        [sys.executable, str(script), str(out), str(log), "--fake-gpus", "3"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    # three actors: one per GPU, not per CPU (each needs half a CPU), each with its own GPU
+    assert "computed 8 units on 3 actors" in run.stdout
+    gpus = list(read_gpu_log(log).values())
+    assert gpus and len(set(gpus)) == len(gpus) and set(gpus) <= {"0", "1", "2"}
+    assert Archive(out).complete

@@ -82,11 +82,12 @@ class UnitRecord:
 @dataclass
 class PoolReport:
     """The outcome of :func:`run_units`: a record per unit run now, the number of units
-    already done at the start, and the failed attempts (unit key and error) that were retried."""
+    already done at the start, the failed attempts (unit key and error) and the pool size."""
 
     records: list[UnitRecord] = field(default_factory=list)
     skipped: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    actors: int = 0
 
 
 class UnitFailedError(RuntimeError):
@@ -175,7 +176,7 @@ def run_units(
     started = init_ray(config.address, config.cluster_cpus, config.object_store_memory)
     actors: list[Any] = []
     try:
-        size = _pool_size(config, len(pending))
+        size = report.actors = _pool_size(config, len(pending))
         remote = ray.remote(UnitActor).options(
             num_cpus=config.num_cpus,
             num_gpus=config.num_gpus,
