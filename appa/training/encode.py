@@ -21,6 +21,7 @@ from pydantic import Field, field_validator
 import appa
 from appa.config import ConfigError, StrictModel
 from appa.data.spec import StateSpec
+from appa.io.archive import create_done_flags, pending_indices
 from appa.io.checkpoints import load_checkpoint, load_module_state
 from appa.nn import StateAutoencoder
 from appa.nn.presets import AutoencoderConfig
@@ -237,14 +238,13 @@ def prepare_latent_store(job: EncodeJob) -> list[int]:
                 f"{job.output} was encoded with other settings ({differ}); "
                 "choose a new output or delete it"
             )
-        done = np.asarray(out["done"][:])
-        return [i for i in range(n_blocks) if not done[i]]
+        return pending_indices(out["done"])
     out = zarr.open_group(job.output, mode="w")
     c, h, w = cfg.latent_shape
     out.create_array("latent", shape=(T, c, h, w), chunks=(job.block, c, h, w), dtype="float32")
     times = source.times
     out.create_array("time", data=times.astype(np.int64))
-    out.create_array("done", shape=(n_blocks,), chunks=(1,), dtype="int8", fill_value=0)
+    create_done_flags(out, n_blocks)
     attrs = source.attrs
     out.attrs.update(
         {
@@ -306,9 +306,8 @@ def finalize_latent_store(job: EncodeJob) -> dict[str, Any]:
     import zarr
 
     out = zarr.open_group(job.output, mode="r+")
-    done = np.asarray(out["done"][:])
-    if not done.all():
-        missing = np.flatnonzero(done == 0).tolist()
+    missing = pending_indices(out["done"])
+    if missing:
         raise RuntimeError(f"{job.output}: blocks {missing[:10]} are not encoded")
     latent = out["latent"]
     start, stop = job.stats_span or (0, latent.shape[0])
