@@ -206,11 +206,7 @@ def run_demo(config: DemoConfig, echo=print) -> DemoResult:
             )
         )
     figures.append(
-        str(
-            plot_metric_curves(
-                by_time, list(config.plot_variables), out / "scores_by_time.png"
-            )
-        )
+        str(plot_metric_curves(by_time, list(config.plot_variables), out / "scores_by_time.png"))
     )
     result = DemoResult(
         archive=archive.url,
