@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from appa.assimilation.jobs import PriorPaths
 from appa.assimilation.tasks import SamplingSettings
@@ -25,6 +25,14 @@ from appa.distributed.pool import PoolConfig
 from appa.observations.simulators import ObserveConfig
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
+
+
+def _iso(value: Any) -> str:
+    # YAML reads 2003-03-01 as a date: keep ISO strings
+    try:
+        return pd.Timestamp(str(value)).isoformat()
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{value!r} is not a date: {error}") from None
 
 
 def _toy_earth() -> ToyEarthConfig:
@@ -39,6 +47,11 @@ class BaselineSettings(StrictModel):
     window_days: int = Field(15, ge=0)
     ensemble_size: int = Field(96, ge=2)
     localisation_km: float | None = Field(2000.0, gt=0)
+
+    @field_validator("train_start", "train_end", mode="before")
+    @classmethod
+    def _date(cls, value):
+        return _iso(value)
 
 
 class DemoConfig(StrictModel):
@@ -60,6 +73,11 @@ class DemoConfig(StrictModel):
     plot_variables: list[str] = Field(
         default_factory=lambda: ["2m_temperature", "mean_sea_level_pressure", "temperature"]
     )
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _date(cls, value):
+        return _iso(value)
 
 
 class DemoResult(StrictModel):

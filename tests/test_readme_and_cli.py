@@ -91,6 +91,8 @@ def test_config_loading_and_overrides(tmp_path):
 
 
 def test_every_pipeline_config_validates():
+    from appa.demo import DemoConfig
+    from appa.distributed.assimilate import AssimilationJob
     from appa.showcase import ShowcaseConfig
     from appa.training.encode import EncodeJob
     from appa.training.jobs import AutoencoderJob, DiffusionJob
@@ -103,6 +105,10 @@ def test_every_pipeline_config_validates():
         "train_autoencoder_tiny.yaml": AutoencoderJob,
         "train_diffusion_tiny.yaml": DiffusionJob,
         "train_diffusion_toy_earth.yaml": DiffusionJob,
+        "reanalysis_toy_earth.yaml": AssimilationJob,
+        "filter_toy_earth.yaml": AssimilationJob,
+        "forecast_toy_earth.yaml": AssimilationJob,
+        "demo.yaml": DemoConfig,
     }
     paths = sorted((ROOT / "pipelines" / "configs").glob("*.yaml"))
     assert paths
