@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml deploy/install.sh
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/appa showcase --config pipelines/configs/showcase.yaml --out outputs/showcase
+	$(VENV)/bin/appa demo --config pipelines/configs/demo.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest

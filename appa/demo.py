@@ -134,6 +134,7 @@ def run_demo(config: DemoConfig, echo=print) -> DemoResult:
     from rich.console import Console
 
     from appa.baselines.jobs import BaselineJob, run_baseline
+    from appa.data.sources import open_era5
     from appa.distributed.assimilate import AssimilationJob, run_assimilation
     from appa.metrics.plots import plot_maps, plot_metric_curves
     from appa.metrics.report import evaluate_archives, summary_table, time_mean, write_table
@@ -196,36 +197,30 @@ def run_demo(config: DemoConfig, echo=print) -> DemoResult:
     table_path = write_table(table, out / "scores.nc")
     by_time = evaluate_archives(systems, config.truth, by_time=True)
     write_table(by_time, out / "scores_by_time.nc")
-    Console().print(summary_table(table))
+    Console(width=160).print(summary_table(table))
 
     figures = []
     prediction = archive.open_dataset()
-    from appa.data.sources import open_era5
-
     truth = open_era5(config.truth, time=slice(config.start, config.end))
     obs = read_observations(observations)
     middle = pd.DatetimeIndex(prediction["time"].values)[len(prediction["time"]) // 2]
+    level = int(prediction["level"].values[0]) if "level" in prediction.dims else None
     for variable in config.plot_variables:
-        level = None
-        if "level" in prediction[variable].dims:
-            level = int(prediction["level"].values[0])
-        figures.append(
-            str(
-                plot_maps(
-                    prediction,
-                    truth,
-                    variable,
-                    middle,
-                    out / f"maps_{variable}.png",
-                    level=level,
-                    observations=obs,
-                    title=f"appa reanalysis, {config.members} members",
-                )
-            )
+        path = plot_maps(
+            prediction,
+            truth,
+            variable,
+            middle,
+            out / f"maps_{variable}.png",
+            level=level if "level" in prediction[variable].dims else None,
+            observations=obs,
+            title=f"appa reanalysis, {config.members} members",
         )
-    figures.append(
-        str(plot_metric_curves(by_time, list(config.plot_variables), out / "scores_by_time.png"))
+        figures.append(str(path))
+    curves = plot_metric_curves(
+        by_time, list(config.plot_variables), out / "scores_by_time.png", level=level
     )
+    figures.append(str(curves))
     result = DemoResult(
         archive=archive.url,
         baselines=baselines,
