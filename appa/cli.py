@@ -309,8 +309,7 @@ def demo(config: ConfigOption = None, overrides: OverridesOption = None) -> None
     except (ConfigError, FileNotFoundError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
-    observed = ["2m_temperature", "mean_sea_level_pressure", "temperature@500"]
-    for line in verdicts(result, observed):
+    for line in verdicts(result, cfg.observed_channels()):
         typer.echo(line)
     typer.echo(f"figures: {', '.join(result.figures)}")
     typer.echo(f"scores: {result.table}; timings (s): {result.seconds}")

@@ -79,6 +79,16 @@ class DemoConfig(StrictModel):
     def _date(cls, value):
         return _iso(value)
 
+    def observed_channels(self) -> list[str]:
+        """The channels the simulated networks observe (``name`` or ``name@level``)."""
+        out = []
+        if self.observe.stations.enabled:
+            out += list(self.observe.stations.variables)
+        sat = self.observe.satellite
+        if sat.enabled:
+            out += [f"{v}@{level}" for v in sat.variables for level in sat.levels or []]
+        return out
+
 
 class DemoResult(StrictModel):
     """Paths of what the demo wrote and its scores (time means, per variable and system)."""
