@@ -8,14 +8,16 @@ observations (ours) and decoding every frame of every window (Appa's way). Print
 to the plain (prior) windowed denoiser call on the same batch:
 
 - ``total``: the MMPS call;
-- ``decoder``: the operator's forward and JVP passes (timed around every operator call) plus
-  the VJPs through the operator (one VJP of the operator alone, timed separately, times the
-  number the solver makes);
+- ``decoder``: the operator's forward, JVP and VJP passes, timed where they run (around each
+  call, and between gradient hooks as backpropagation enters and leaves the operator);
 - ``solver``: the Krylov arithmetic alone (the solver run on a diagonal system of the same
   size);
-- ``denoiser``: the rest (the denoiser's forward with its graph and the VJPs through it).
+- ``denoiser``: the rest (the denoiser's forward with its graph and the VJPs through it, and
+  the bookkeeping around them).
 
-Random weights (the cost does not depend on them).
+Random weights (the cost does not depend on them). Times are the least over ``--repeats`` runs,
+in CPU seconds of this process on the CPU (with one thread, insensitive to other jobs on a
+shared machine) and wall-clock seconds on a GPU.
 
     python benchmarks/bench_mmps_step.py [--preset tiny] [--override KEY=VALUE ...]
         [--obs 10 100 1000 10000]
@@ -93,31 +95,58 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def clock(device: torch.device):
+    """CPU time of this process on the CPU (one thread: the work done, whatever else runs on a
+    shared machine), wall-clock time on a GPU."""
+    return time.perf_counter if device.type == "cuda" else time.process_time
+
+
 def timed(fn, repeats: int, device: torch.device) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` runs after one warm-up."""
+    """Least seconds of ``fn()`` over ``repeats`` runs after one warm-up (the least is the
+    estimate least disturbed by other work)."""
     fn()
+    now = clock(device)
     out = []
     for _ in range(repeats):
         _sync(device)
-        t0 = time.perf_counter()
+        t0 = now()
         fn()
         _sync(device)
-        out.append(time.perf_counter() - t0)
-    return float(np.median(out))
+        out.append(now() - t0)
+    return float(np.min(out))
 
 
 class Timed:
-    """Wraps the operator and accumulates the seconds spent in it (forward and JVP passes)."""
+    """Wraps the operator and accumulates the seconds spent in it: its forward and JVP passes
+    (around each call) and its backward passes (between hooks on its output's and its input's
+    gradients, which fire as backpropagation enters and leaves the operator)."""
 
     def __init__(self, op: WindowObservation, device: torch.device) -> None:
         self.op, self.device, self.seconds = op, device, 0.0
 
     def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        now = clock(self.device)
         _sync(self.device)
-        t0 = time.perf_counter()
+        t0 = now()
         out = self.op(u)
         _sync(self.device)
-        self.seconds += time.perf_counter() - t0
+        self.seconds += now() - t0
+        if torch.is_grad_enabled() and u.requires_grad:
+            entered: list[float] = []
+
+            def enter(grad: torch.Tensor) -> torch.Tensor:
+                _sync(self.device)
+                entered.append(now())
+                return grad
+
+            def leave(grad: torch.Tensor) -> torch.Tensor:
+                _sync(self.device)
+                if entered:
+                    self.seconds += now() - entered.pop()
+                return grad
+
+            out.register_hook(enter)
+            u.register_hook(leave)
         return out
 
 
@@ -162,29 +191,27 @@ def run(args) -> list[dict]:
                 gaussian.operator = timer
                 mmps = MMPSDenoiser(prior.denoiser, gaussian, args.solver, iterations)
                 step = WindowedDenoiser(mmps, K, stride)
-                t_total = timed(lambda step=step: step(x_t, sigma, **cond), args.repeats, device)
-                timer.seconds = 0.0
+                # the total and the operator's share from the same runs; the fastest run kept
+                now = clock(device)
                 step(x_t, sigma, **cond)
-                t_op = timer.seconds
-                # one VJP through the operator alone, as the solver makes iterations + 1 of them
-                u = layout.unfold(x_t).flatten(0, 1).detach().requires_grad_(True)
-                with torch.enable_grad():
-                    y = obs(u)
-                    v = torch.randn_like(y)
-                    t_vjp = timed(
-                        lambda y=y, u=u, v=v: torch.autograd.grad(y, u, v, retain_graph=True),
-                        args.repeats,
-                        device,
-                    )
-                r = torch.randn(u.shape[0], obs.size, device=device)
+                runs = []
+                for _ in range(args.repeats):
+                    timer.seconds = 0.0
+                    _sync(device)
+                    t0 = now()
+                    step(x_t, sigma, **cond)
+                    _sync(device)
+                    runs.append((now() - t0, timer.seconds))
+                t_total, t_op = min(runs)
+                r = torch.randn(layout.num_windows, obs.size, device=device)
                 d = torch.rand(obs.size, device=device) + 1
                 t_solver = timed(
                     lambda r=r, d=d, it=iterations: solve(lambda p, d=d: d * p, r, it),
                     args.repeats,
                     device,
                 )
-                t_decoder = t_op + (iterations + 1) * t_vjp
-                t_denoiser = max(t_total - t_decoder - t_solver, 0.0)
+                t_decoder = t_op
+                t_denoiser = t_total - t_decoder - t_solver
                 row = {
                     "preset": args.preset,
                     "obs": n_eff,

@@ -248,3 +248,17 @@ def test_forecast_from_observations_uses_only_the_context():
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     with pytest.raises(ValueError, match="initial states or observations"):
         forecast(prior, TIMES[1:2], 2, "6h", [0], settings=settings)
+
+
+def test_a_diverging_sample_is_an_error_not_a_silent_nan():
+    K = 3
+    prior = exact_prior(K)
+    times = TIMES[:K]
+
+    class Broken(torch.nn.Module):
+        def forward(self, x_t, sigma, **_):
+            return x_t * float("nan")
+
+    prior.denoiser = Broken()
+    with pytest.raises(FloatingPointError, match="diverged"):
+        reanalysis(prior, station_table(times), times, [0], SamplingSettings(steps=2))

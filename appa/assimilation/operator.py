@@ -117,16 +117,17 @@ class WindowObservation:
                 in_window = np.isin(t_obs, frames_w[usable])
                 ids = np.flatnonzero(in_window)
                 positions = sorted({int(t - frames_w[0]) for t in np.unique(t_obs[ids])})
+                slot_of_pos = np.full(K, -1, dtype=np.int64)
                 if frames == "all":
-                    slot_of_pos = {k: w * K + k for k in range(K)}
+                    slot_of_pos[:] = w * K + np.arange(K)
                 else:
-                    slot_of_pos = {k: len(gather) + i for i, k in enumerate(positions)}
+                    slot_of_pos[positions] = len(gather) + np.arange(len(positions))
                     gather.extend(w * K + k for k in positions)
                 local = -np.ones(self.num_obs, dtype=np.int64)
                 local[ids] = np.arange(ids.size)
                 sel = np.flatnonzero(local[rows] >= 0)
                 pos = t_of_entry[sel] - frames_w[0]
-                slots = np.array([slot_of_pos[int(k)] for k in pos], dtype=np.int64)
+                slots = slot_of_pos[pos]
                 rows_w.append(local[rows[sel]])
                 idx_w.append(slots * chw + rest[sel])
                 wt_w.append(weights[sel])

@@ -167,7 +167,17 @@ def sample_latents(
     )
     device = prior.device
     x_T = sampler.init((B, L, *prior.latent_shape), list(generators), device=device)
-    return sampler(x_T, generator=list(generators), **prior.conditioning(times, B))
+    u = sampler(x_T, generator=list(generators), **prior.conditioning(times, B))
+    bad = ~torch.isfinite(u).flatten(1).all(dim=1)
+    if bad.any():
+        # never hand back a silent wrong answer: name the members and what to change
+        raise FloatingPointError(
+            f"posterior sampling diverged (NaN/inf) for {int(bad.sum())} of {B} members over "
+            f"{times[0]} .. {times[-1]} with {obs.m_obs} observations per window; try "
+            f"solver='gmres' (the denoiser's Jacobian is not symmetric, which CG assumes), more "
+            f"iterations, or covariance='heuristic' (settings: {settings.model_dump()})"
+        )
+    return u
 
 
 def reanalysis(
