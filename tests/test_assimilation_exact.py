@@ -262,3 +262,26 @@ def test_a_diverging_sample_is_an_error_not_a_silent_nan():
     prior.denoiser = Broken()
     with pytest.raises(FloatingPointError, match="diverged"):
         reanalysis(prior, station_table(times), times, [0], SamplingSettings(steps=2))
+
+
+def test_representation_error_adds_to_each_observation_error_by_channel():
+    K = 3
+    prior = exact_prior(K)
+    times = TIMES[:K]
+    table = station_table(times, n_per_time=2, seed=5)
+    layout = WindowLayout(K, K, 1)
+    plain = WindowObservation(prior, layout, times, table)
+    rep = np.linspace(0.1, 0.5, SPEC.num_channels)
+    widened = WindowObservation(prior, layout, times, table, representation_std=rep)
+    op = ObservationOperator(table, SPEC, prior.latitude, prior.longitude, times, STATS)
+    channel = np.asarray(op.channel)
+    m = plain.obs_counts[0]
+    torch.testing.assert_close(
+        widened._var[0, :m].double(),
+        plain._var[0, :m].double() + torch.as_tensor(rep[channel] ** 2),
+        rtol=1e-5,
+        atol=1e-7,
+    )
+    torch.testing.assert_close(widened._y, plain._y)
+    with pytest.raises(ValueError, match="representation_std must hold"):
+        WindowObservation(prior, layout, times, table, representation_std=[0.1])

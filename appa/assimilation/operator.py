@@ -56,6 +56,8 @@ class WindowObservation:
             latent units): small, so they are matched closely.
         frames: ``"observed"`` decodes only frames holding observations; ``"all"`` decodes every
             frame of every window (Appa's way; for benchmarks).
+        representation_std: Per-channel standard deviation (standardised units) added in
+            quadrature to every observation's error: what the decoder cannot represent.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class WindowObservation:
         condition_std: float = 1e-2,
         frames: Frames = "observed",
         time_tolerance: str = "0s",
+        representation_std: Sequence[float] | None = None,
     ) -> None:
         times = pd.DatetimeIndex(np.atleast_1d(times))
         L = layout.length
@@ -109,6 +112,11 @@ class WindowObservation:
             rest = flat % chw
             y_all = op.y.numpy()
             var_all = op.noise_variance.numpy()
+            if representation_std is not None:
+                rep = np.asarray(representation_std, dtype=np.float64)
+                if rep.shape != (C,):
+                    raise ValueError(f"representation_std must hold {C} values, got {rep.shape}")
+                var_all = (var_all + rep[np.asarray(op.channel)] ** 2).astype(var_all.dtype)
             t_obs = np.asarray(op.time_index)
             self.num_obs = int(op.num_obs)
             for w in range(W):

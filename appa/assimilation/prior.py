@@ -55,6 +55,13 @@ def regular_step(times: pd.DatetimeIndex) -> pd.Timedelta:
     return pd.Timedelta(steps[0])
 
 
+def _validation_rmse(metadata: dict[str, Any], spec: StateSpec) -> list[float] | None:
+    """Per-channel validation RMSE of an autoencoder checkpoint (standardised), if logged."""
+    metrics = metadata.get("metrics") or {}
+    values = [metrics.get(f"val_rmse_{name}") for name in spec.channel_names()]
+    return None if any(v is None for v in values) else [float(v) for v in values]
+
+
 class LatentPrior:
     """A frozen autoencoder and latent window denoiser, with everything needed to use them.
 
@@ -71,6 +78,9 @@ class LatentPrior:
         latent_mean, latent_std: Per-channel latent statistics (None: identity).
         date_conditioning: Whether the denoiser takes date features (``date=(B, K, 4)``).
         sigma_data: The EDM data standard deviation (MMPS's heuristic covariance uses it).
+        reconstruction_rmse: Per-channel RMSE of the autoencoder on held-out states
+            (standardised units), when known: the decoder's representation error, which
+            :class:`~appa.assimilation.tasks.SamplingSettings` can add to observation errors.
         provenance: JSON facts about where the parts came from (checkpoint paths and steps).
     """
 
@@ -90,6 +100,7 @@ class LatentPrior:
         date_conditioning: bool = False,
         sigma_data: float = 1.0,
         provenance: dict[str, Any] | None = None,
+        reconstruction_rmse: Sequence[float] | None = None,
     ) -> None:
         self.codec = codec
         self.denoiser = denoiser
@@ -112,6 +123,13 @@ class LatentPrior:
         self.date_conditioning = bool(date_conditioning)
         self.sigma_data = float(sigma_data)
         self.provenance = dict(provenance or {})
+        if reconstruction_rmse is not None and len(reconstruction_rmse) != spec.num_channels:
+            raise PriorMismatchError(
+                f"{len(reconstruction_rmse)} reconstruction RMSEs for {spec.num_channels} channels"
+            )
+        self.reconstruction_rmse = (
+            None if reconstruction_rmse is None else [float(v) for v in reconstruction_rmse]
+        )
         for module in (codec, denoiser):
             if isinstance(module, nn.Module):
                 module.eval().requires_grad_(False)
@@ -346,5 +364,6 @@ class LatentPrior:
             date_conditioning=dn_cfg.date_features > 0,
             sigma_data=dn_task.get("sigma_data", 1.0),
             provenance=provenance,
+            reconstruction_rmse=_validation_rmse(ae_ckpt.metadata, spec),
         )
         return prior.to(device)

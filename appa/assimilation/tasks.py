@@ -57,6 +57,10 @@ class SamplingSettings(StrictModel):
         frames: Decode only the ``observed`` frames in the operator, or ``all`` (Appa's way).
         member_batch: Members sampled together (None: all at once).
         time_tolerance: How far an observation may lie from a state's time (e.g. ``"1h"``).
+        representation_error: Add the autoencoder's per-channel reconstruction RMSE (from its
+            checkpoint's validation) to observation errors in quadrature: the decoder cannot
+            fit observations closer than that, and pretending it can makes ensembles
+            overconfident.
     """
 
     sampler: Literal["pc", "ddpm", "ddim", "euler", "heun", "lms"] = "pc"
@@ -71,6 +75,7 @@ class SamplingSettings(StrictModel):
     frames: Literal["observed", "all"] = "observed"
     member_batch: int | None = Field(None, ge=1)
     time_tolerance: str = "0s"
+    representation_error: bool = False
 
     def sampler_options(self) -> dict:
         if self.sampler == "pc":
@@ -124,6 +129,17 @@ def _batches(n: int, size: int | None) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def _representation_std(prior: LatentPrior, settings: SamplingSettings) -> list[float] | None:
+    if not settings.representation_error:
+        return None
+    if prior.reconstruction_rmse is None:
+        raise ValueError(
+            "sampling.representation_error needs the autoencoder's validation RMSE per channel; "
+            "this prior has none (train the autoencoder with validation)"
+        )
+    return prior.reconstruction_rmse
+
+
 def sample_latents(
     prior: LatentPrior,
     times: Sequence | np.ndarray,
@@ -151,6 +167,7 @@ def sample_latents(
         prior, layout, times, table, observable, known,
         condition_std=settings.condition_std, frames=settings.frames,
         time_tolerance=settings.time_tolerance,
+        representation_std=_representation_std(prior, settings),
     )  # fmt: skip
     if obs.size:
         guided = MMPSDenoiser(
