@@ -254,46 +254,34 @@ MembersOption = Annotated[int | None, typer.Option(help="Ensemble members.")]
 OutOption = Annotated[str | None, typer.Option(help="Output Zarr archive (path or URL).")]
 
 
-@app.command()
-def reanalysis(
-    config: ConfigOption = None,
-    overrides: OverridesOption = None,
-    start: StartOption = None,
-    end: EndOption = None,
-    members: MembersOption = None,
-    out: OutOption = None,
-    address: AddressOption = None,
-) -> None:
-    """Reanalysis: joint posterior trajectories over [start, end] given all observations."""
-    _assimilate("reanalysis", config, overrides, start, end, members, out, address)
+def _assimilation_command(task: str, doc: str):
+    def command(
+        config: ConfigOption = None,
+        overrides: OverridesOption = None,
+        start: StartOption = None,
+        end: EndOption = None,
+        members: MembersOption = None,
+        out: OutOption = None,
+        address: AddressOption = None,
+    ) -> None:
+        _assimilate(task, config, overrides, start, end, members, out, address)
+
+    command.__doc__ = doc
+    return command
 
 
-@app.command("filter")
-def filter_(
-    config: ConfigOption = None,
-    overrides: OverridesOption = None,
-    start: StartOption = None,
-    end: EndOption = None,
-    members: MembersOption = None,
-    out: OutOption = None,
-    address: AddressOption = None,
-) -> None:
-    """Filtering: cycled analyses, each using only observations up to its valid time."""
-    _assimilate("filter", config, overrides, start, end, members, out, address)
-
-
-@app.command()
-def forecast(
-    config: ConfigOption = None,
-    overrides: OverridesOption = None,
-    start: StartOption = None,
-    end: EndOption = None,
-    members: MembersOption = None,
-    out: OutOption = None,
-    address: AddressOption = None,
-) -> None:
-    """Forecasts from a reanalysis archive or from observations; lead times in the archive."""
-    _assimilate("forecast", config, overrides, start, end, members, out, address)
+for _task, _doc in (
+    (
+        "reanalysis",
+        "Reanalysis: joint posterior trajectories over [start, end] given all observations.",
+    ),
+    ("filter", "Filtering: cycled analyses, each using only observations up to its valid time."),
+    (
+        "forecast",
+        "Forecasts from a reanalysis archive or from observations; lead times in the archive.",
+    ),
+):
+    app.command(_task)(_assimilation_command(_task, _doc))
 
 
 @app.command()
