@@ -59,7 +59,10 @@ def plan_archive(job: AssimilationJob) -> Archive:
         job.output,
         template,
         units=units,
-        config=job.model_dump(mode="json", exclude={"runner", "overwrite"}),
+        # what the archive holds, not where it lives or runs: a moved archive resumes elsewhere
+        config=job.model_dump(
+            mode="json", exclude={"runner", "overwrite", "output", "storage_options"}
+        ),
         provenance=provenance(job, layout, times),
         overwrite=job.overwrite,
         storage_options=job.storage_options or None,
