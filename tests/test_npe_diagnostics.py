@@ -10,6 +10,7 @@ import torch
 
 from appa.npe.diagnostics import (
     c2st,
+    c2st_many,
     coverage_from_ranks,
     expected_coverage,
     plot_corner,
@@ -86,6 +87,36 @@ def test_c2st_chance_for_equal_and_high_for_shifted_samples():
     assert c2st(a, b + torch.tensor([3.0, 0.0])) > 0.9
     with pytest.raises(ValueError, match="NaN"):
         c2st(a, b * float("nan"))
+    with pytest.raises(ValueError, match=r"\(n, d\)"):
+        c2st(a, b[:, :1])
+
+
+def test_c2st_reaches_the_bayes_accuracy_and_agrees_with_scikit_learn():
+    """Two unit Gaussians a distance s apart are told apart at best with accuracy Phi(s / 2);
+    the batched classifiers must get there, and score as scikit-learn's MLPClassifier (the
+    sbibm reference implementation) does on the same folds."""
+    from scipy.stats import norm
+    from sklearn.model_selection import KFold, cross_val_score
+    from sklearn.neural_network import MLPClassifier
+
+    rng = np.random.default_rng(0)
+    shifts = [0.5, 1.0, 2.0]
+    pairs = []
+    for s in shifts:
+        a, b = rng.standard_normal((2000, 2)), rng.standard_normal((2000, 2))
+        pairs.append((a, b + np.array([s, 0.0])))
+    scores = c2st_many(pairs)
+    for s, score in zip(shifts, scores, strict=True):
+        assert score == pytest.approx(norm.cdf(s / 2), abs=0.025)
+
+    a, b = pairs[1]
+    mean, std = a.mean(0), a.std(0, ddof=1)
+    data = np.concatenate([(a - mean) / std, (b - mean) / std])
+    target = np.r_[np.zeros(len(a)), np.ones(len(b))]
+    clf = MLPClassifier(hidden_layer_sizes=(20, 20), max_iter=10000, random_state=1)
+    folds = KFold(n_splits=5, shuffle=True, random_state=1)
+    reference = cross_val_score(clf, data, target, cv=folds, scoring="accuracy").mean()
+    assert scores[1] == pytest.approx(reference, abs=0.02)
 
 
 def test_plots_are_written(tmp_path):
