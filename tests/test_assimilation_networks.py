@@ -129,3 +129,61 @@ def test_tasks_run_through_tiny_networks(tiny_prior):
     )  # fmt: skip
     assert fc.shape == (2, 1, 3, 2, *GRID) and torch.isfinite(fc).all()
     assert list(leads) == [pd.Timedelta(hours=h) for h in (6, 12, 18)]
+
+
+def test_a_date_conditioned_autoencoder_decodes_every_frame_at_its_own_time(tmp_path):
+    """With an autoencoder conditioned on dates (and static fields), the observation operator
+    decodes each observed frame with that frame's date: decoding only observed frames gives
+    what decoding all of them gives, and both equal decoding the trajectory at its times. The
+    tasks run through it."""
+    from appa.assimilation.operator import WindowObservation
+    from appa.diffusion import WindowLayout
+
+    overrides = [*OVERRIDES, "autoencoder.static_channels=1", "autoencoder.date_context=true"]
+    preset = get_preset("tiny", overrides)
+    torch.manual_seed(0)
+    land = (torch.rand(1, *GRID) > 0.7).float()
+    ae = AutoencoderTask(
+        preset.autoencoder, LAT.tolist(), channel_names=SPEC.channel_names(),
+        state_spec=SPEC.model_dump(mode="json"), statistics=STATS.to_json(), static=land,
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # trained-looking weights: the context embeddings start at zero
+        for name, p in ae.network.named_parameters():
+            if "context" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    ae_root = str(tmp_path / "ae" / "checkpoints")
+    save_checkpoint(
+        ae_root, 5, {"model": ae.network.state_dict()},
+        metadata={"kind": "autoencoder", "task": ae.metadata()},
+    )  # fmt: skip
+    _, dn_root = _write(tmp_path / "other")
+    prior = LatentPrior.from_checkpoints(ae_root, dn_root)
+    assert prior.codec_dates
+    assert torch.equal(prior.codec.static, land)
+
+    table = station_table(TIMES, n_per_time=4, seed=0)
+    table = table.isel(obs=np.flatnonzero(table.time.values != TIMES[2].to_datetime64()))
+    layout = WindowLayout(len(TIMES), prior.window, 2)
+    u = torch.randn(2, layout.num_windows, prior.window, *prior.latent_shape)
+    windows = u.reshape(-1, prior.window, *prior.latent_shape)
+    observed = WindowObservation(prior, layout, TIMES, table, frames="observed")
+    every = WindowObservation(prior, layout, TIMES, table, frames="all")
+    assert observed.decoded_frames < every.decoded_frames
+    with torch.no_grad():
+        assert torch.allclose(observed(windows), every(windows), atol=1e-5)
+        # a shifted clock changes what the decoder makes of the same latents
+        shifted = WindowObservation(prior, layout, TIMES + pd.Timedelta("3h"), None)
+        assert shifted.num_obs == 0
+        frames = prior.decode(windows[:1, :2], times=TIMES[:2])
+        later = prior.decode(windows[:1, :2], times=TIMES[:2] + pd.Timedelta("6h"))
+        assert (frames - later).abs().max() > 1e-4
+
+    settings = SamplingSettings(steps=2, corrections=1, iterations=2, stride=2)
+    x = reanalysis(prior, table, TIMES, [0], settings)
+    assert x.shape == (1, 6, 2, *GRID) and torch.isfinite(x).all()
+    fc, _ = forecast(
+        prior, TIMES[3:4], 2, "6h", [0], initial=x[:, None, 1:4], mode="autoregressive",
+        new_states=2, settings=settings,
+    )  # fmt: skip
+    assert torch.isfinite(fc).all()

@@ -223,3 +223,59 @@ def test_checkpointing_gives_the_same_gradients():
         y.square().mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_context_autoencoder_starts_unconditioned_then_uses_static_fields_and_dates():
+    """Context (static fields, dates) enters through zero-initialised embeddings: a fresh
+    conditioned network is the unconditioned one with the same weights; once trained (here:
+    randomised), its output depends on both."""
+    import pandas as pd
+
+    from appa.dates import date_features
+
+    cfg = small_config(static_channels=2, date_context=True)
+    assert cfg.context_channels == 6
+    torch.manual_seed(0)
+    ae = StateAutoencoder(cfg).eval()
+    plain = StateAutoencoder(small_config()).eval()
+    shared = {k: v for k, v in ae.state_dict().items() if k in plain.state_dict()}
+    plain.load_state_dict(shared)
+    static = torch.randn(2, 32, 64)
+    ae.set_static(static)
+    times = pd.date_range("2000-03-01", periods=4, freq="6h").values
+    date = date_features(times).reshape(2, 2, 4)
+    x = torch.randn(2, 2, 3, 32, 64)
+    with torch.no_grad():
+        z = ae.encode(x, date)
+        assert torch.allclose(ae.decode(z, date), plain.decode(z), atol=1e-6)
+
+        randomize(ae)
+        ae.set_static(static)
+        out = ae.decode(z, date)
+        later = date_features(times + pd.Timedelta("3h").to_numpy()).reshape(2, 2, 4)
+        assert (ae.decode(z, later) - out).abs().max() > 1e-3
+        ae.set_static(static.flip(-1))
+        assert (ae.decode(z, date) - out).abs().max() > 1e-3
+        assert (ae.encode(x, date) - z).abs().max() > 1e-3
+
+    # local solar time maps: the UTC hour's phase turned by each cell's longitude
+    context = ae.context(date.reshape(4, 4), 4)
+    hours = pd.DatetimeIndex(times).hour.to_numpy()[:, None]
+    lon = torch.arange(64) * 360.0 / 64
+    phase = 2 * torch.pi * (torch.as_tensor(hours) / 24.0 + lon / 360.0)
+    assert torch.allclose(context[:, 4, 5], phase.sin().float(), atol=1e-5)
+    assert torch.allclose(context[:, 5, 5], phase.cos().float(), atol=1e-5)
+    assert torch.equal(context[:, :2], static.flip(-1).expand(4, -1, -1, -1))
+
+    with pytest.raises(ValueError, match="conditioned on dates"):
+        ae.decode(z)
+    with pytest.raises(ValueError, match="date features must have shape"):
+        ae.decode(z, date[0])
+    with pytest.raises(ValueError, match="static fields must have shape"):
+        ae.set_static(torch.zeros(3, 32, 64))
+    with pytest.raises(ValueError, match="NaN"):
+        ae.set_static(torch.full((2, 32, 64), float("nan")))
+    with pytest.raises(ValueError, match="static_channels=0"):
+        plain.set_static(static)
+    # the static fields travel with the weights
+    assert torch.equal(ae.state_dict()["static"], static.flip(-1))

@@ -50,14 +50,14 @@ def test_committed_prior_loads_with_its_provenance(prior):
 
 
 def test_autoencoder_reconstructs_held_out_states(prior, held_out):
-    states, _ = truth_states(prior, held_out)
-    rmse = reconstruction_rmse(prior, states)
+    states, times = truth_states(prior, held_out)
+    rmse = reconstruction_rmse(prior, states, times=times)
     print({k: round(v, 4) for k, v in rmse.items()})
     assert np.mean(list(rmse.values())) <= 0.1
     # the error measure sees errors: white noise of 0.3 channel std is not reconstructed
     std = np.asarray(prior.statistics.std)[:, None, None]
     noisy = states + 0.3 * std * np.random.default_rng(0).normal(size=states.shape)
-    shifted = reconstruction_rmse(prior, noisy)
+    shifted = reconstruction_rmse(prior, noisy, times=times)
     assert shifted.keys() == rmse.keys()
     assert all(shifted[k] > rmse[k] + 0.1 for k in rmse), shifted
 

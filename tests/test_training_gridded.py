@@ -258,3 +258,91 @@ def test_gridded_config_errors_name_the_culprit(toy_store: Path, tmp_path: Path)
             ["data.train=[0,4]"],
         )
     assert json.loads(stats.read_text())["channels"][0] == "2m_temperature"
+
+
+def test_autoencoder_with_static_and_date_context_trains_encodes_and_decodes(
+    toy_store: Path, tmp_path: Path
+):
+    """The land-sea mask and orography of the store and the states' dates condition the
+    autoencoder: the fields are stored in its weights, encoding passes each state's date, and
+    the prior decodes only with times."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from appa.assimilation import LatentPrior
+    from appa.cli import app
+    from appa.data.sources import read_static
+    from appa.dates import date_features
+    from appa.training.encode import load_autoencoder
+
+    static = ["land_sea_mask", "geopotential_at_surface"]
+    context = [
+        "overrides=[autoencoder.static_channels=2,autoencoder.date_context=true]",
+        f"data.source.static=[{','.join(static)}]",
+    ]
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, _train_args(toy_store, run, *context))
+    assert result.exit_code == 0, result.output
+    model, meta = load_autoencoder(str(run / "checkpoints"))
+    fields, moments = read_static(str(toy_store), static)
+    assert torch.equal(model.static, torch.as_tensor(fields))
+    assert meta["config"]["store"]["static"]["land_sea_mask"] == pytest.approx(list(moments[0]))
+    assert np.unique(fields[0]).size == 2  # land and sea, standardised
+
+    out = tmp_path / "latents.zarr"
+    args = ["encode", "--config", str(ROOT / "pipelines/configs/encode_toy_earth.yaml")]
+    for item in (
+        f"checkpoint={run / 'checkpoints'}",
+        f"source={toy_store}",
+        f"output={out}",
+        "block=5",
+        "batch_size=4",
+        "stats_span=[0,12]",
+        "runner.backend=local",
+    ):
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    group = zarr.open_group(str(out), mode="r")
+    times = np.asarray(group["time"][:]).astype("datetime64[ns]")
+
+    from appa.data import StateSpec, Statistics, WindowDataset
+
+    task = meta["task"]
+    spec = StateSpec.model_validate(task["state_spec"])
+    item = WindowDataset(toy_store, spec, Statistics.from_json(task["statistics"]), window=1)[7]
+    with torch.no_grad():
+        z = model.encode(item["state"], date_features(times[7:8]))
+        z_noon = model.encode(item["state"], date_features(times[7:8] + np.timedelta64(6, "h")))
+    assert np.allclose(z.numpy(), group["latent"][7:8], atol=1e-5)
+    assert not np.allclose(z_noon.numpy(), z.numpy(), atol=1e-5)  # the date is used
+
+    # a prior over this autoencoder needs times to decode, and uses them
+    from appa.diffusion import make_schedule
+    from appa.nn.latent import latent_denoiser
+
+    prior = LatentPrior(
+        model, latent_denoiser(get_preset("tiny").denoiser), make_schedule("loglinear"),
+        spec, Statistics.from_json(task["statistics"]), model.latent_shape, 4,
+        task["latitudes"], np.arange(64) * 5.625,
+    )  # fmt: skip
+    u = torch.randn(2, 3, *model.latent_shape)
+    with pytest.raises(ValueError, match="pass the times"):
+        prior.decode(u)
+    three = pd.date_range("2000-01-02", periods=3, freq="6h")
+    x = prior.decode(u, times=three)
+    assert x.shape == (2, 3, 5, 32, 64)
+    assert not torch.allclose(x[:, :1], prior.decode(u[:, :1], times=three[1:2]))
+    with pytest.raises(ValueError, match="do not fit"):
+        prior.decode(u, times=three[:2])
+
+
+def test_static_fields_must_match_the_preset(toy_store: Path, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from appa.cli import app
+
+    args = _train_args(toy_store, tmp_path / "run", "data.source.static=[land_sea_mask]")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0
+    assert "data.source.static" in result.output and "static_channels=0" in result.output

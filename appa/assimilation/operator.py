@@ -162,6 +162,13 @@ class WindowObservation:
         self._y = torch.as_tensor(y_pad)
         self._var = torch.as_tensor(var_pad)
         self.decoded_frames = len(gather) if frames == "observed" else W * K
+        # the date of each decoded slot, for an autoencoder conditioned on dates
+        slot_frames = index.reshape(-1)[gather] if frames == "observed" else index.reshape(-1)
+        self._slot_dates = (
+            prior.frame_dates(times[slot_frames], (len(slot_frames),)).cpu()
+            if prior.codec_dates and self.m_obs
+            else None
+        )
 
         # --- known latents: per window, the flat positions (k, c, h, w) of its known frames
         c, h, w_ = prior.latent_shape
@@ -198,7 +205,10 @@ class WindowObservation:
             if self.frames == "observed":
                 frames = frames[:, self._gather.to(u.device)]
             F = frames.shape[1]
-            decoded = self.prior.decode_standardized(frames.reshape(B * F, *u.shape[2:]))
+            date = None
+            if self._slot_dates is not None:
+                date = self._slot_dates.to(u.device).repeat(B, 1)
+            decoded = self.prior.decode_standardized(frames.reshape(B * F, *u.shape[2:]), date)
             decoded = decoded.reshape(B, -1)
             values = decoded[:, self._out_idx.to(u.device)] * self._out_wt.to(decoded)
             out = decoded.new_zeros(B, W * self.m_obs)

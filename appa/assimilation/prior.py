@@ -38,11 +38,12 @@ class PriorMismatchError(ValueError):
 
 class Codec(Protocol):
     """Maps standardised states ``(..., C, H, W)`` to raw latents ``(..., c, h, w)`` and back
-    (:class:`~appa.nn.StateAutoencoder`, or a linear map in tests)."""
+    (:class:`~appa.nn.StateAutoencoder`, or a linear map in tests). A codec whose
+    ``config.date_context`` is true also takes the states' date features ``(..., 4)``."""
 
-    def encode(self, x: Tensor) -> Tensor: ...
+    def encode(self, x: Tensor, *args: Any) -> Tensor: ...
 
-    def decode(self, z: Tensor) -> Tensor: ...
+    def decode(self, z: Tensor, *args: Any) -> Tensor: ...
 
 
 def regular_step(times: pd.DatetimeIndex) -> pd.Timedelta:
@@ -166,38 +167,70 @@ class LatentPrior:
         if u.ndim < 3 or tuple(u.shape[-3:]) != self.latent_shape:
             raise ValueError(f"latents must be (..., {self.latent_shape}), got {tuple(u.shape)}")
 
-    def encode(self, x: Tensor, batch_size: int = 64) -> Tensor:
+    @property
+    def codec_dates(self) -> bool:
+        """Whether the codec is conditioned on the states' dates (then :meth:`encode` and
+        :meth:`decode` need ``times``)."""
+        return bool(getattr(getattr(self.codec, "config", None), "date_context", False))
+
+    def frame_dates(self, times: Sequence | np.ndarray | None, lead: Sequence[int]) -> Tensor:
+        """Date features ``(N, 4)`` of ``N = prod(lead)`` frames whose times ``times`` fill
+        the last axes of ``lead`` (broadcast over the first ones, e.g. members)."""
+        if times is None:
+            raise ValueError("this prior's autoencoder is conditioned on dates: pass the times")
+        values = np.asarray(pd.DatetimeIndex(np.ravel(times)).values).reshape(np.shape(times))
+        shape = tuple(lead)
+        if values.ndim > len(shape) or shape[len(shape) - values.ndim :] != values.shape:
+            raise ValueError(f"times of shape {values.shape} do not fit frames of shape {shape}")
+        dates = date_features(values).to(self.device)
+        return dates.expand(*shape, DATE_FEATURES).reshape(-1, DATE_FEATURES)
+
+    def encode(
+        self, x: Tensor, batch_size: int = 64, times: Sequence | np.ndarray | None = None
+    ) -> Tensor:
         """Physical states ``(..., C, H, W)`` to standardised latents ``(..., c, h, w)``,
         batched over frames (``batch_size`` frames at a time). Masked points (NaN) must be
-        filled first: use :meth:`fill_masked`."""
+        filled first: use :meth:`fill_masked`. ``times``: the states' times (the trailing
+        axes of ``...``), needed when :attr:`codec_dates`."""
         self._check_states(x)
         lead = x.shape[:-3]
         flat = x.reshape(-1, *self.state_shape)
+        dates = self.frame_dates(times, lead) if self.codec_dates else None
         with torch.no_grad():
-            parts = [
-                self.standardizer.standardize(
-                    self.codec.encode(self.statistics.standardize(flat[i : i + batch_size]))
-                )
-                for i in range(0, flat.shape[0], batch_size)
-            ]
+            parts = []
+            for i in range(0, flat.shape[0], batch_size):
+                args = () if dates is None else (dates[i : i + batch_size],)
+                x_std = self.statistics.standardize(flat[i : i + batch_size])
+                parts.append(self.standardizer.standardize(self.codec.encode(x_std, *args)))
         return torch.cat(parts).reshape(*lead, *self.latent_shape)
 
-    def decode_standardized(self, u: Tensor) -> Tensor:
+    def decode_standardized(self, u: Tensor, date: Tensor | None = None) -> Tensor:
         """Standardised latents ``(N, c, h, w)`` to standardised states ``(N, C, H, W)``, one
-        batch, differentiable (what the observation operator goes through)."""
-        return self.codec.decode(self.standardizer.unstandardize(u))
+        batch, differentiable (what the observation operator goes through). ``date``: the
+        frames' date features ``(N, 4)``, needed when :attr:`codec_dates`."""
+        z = self.standardizer.unstandardize(u)
+        if not self.codec_dates:
+            return self.codec.decode(z)
+        if date is None:
+            raise ValueError("this prior's autoencoder is conditioned on dates: pass them")
+        return self.codec.decode(z, date.to(z.device))
 
-    def decode(self, u: Tensor, batch_size: int = 64) -> Tensor:
+    def decode(
+        self, u: Tensor, batch_size: int = 64, times: Sequence | np.ndarray | None = None
+    ) -> Tensor:
         """Standardised latents ``(..., c, h, w)`` to physical states ``(..., C, H, W)``,
-        batched over frames."""
+        batched over frames. ``times``: the frames' times (the trailing axes of ``...``),
+        needed when :attr:`codec_dates`."""
         self._check_latents(u)
         lead = u.shape[:-3]
         flat = u.reshape(-1, *self.latent_shape)
+        dates = self.frame_dates(times, lead) if self.codec_dates else None
         with torch.no_grad():
-            parts = [
-                self.statistics.unstandardize(self.decode_standardized(flat[i : i + batch_size]))
-                for i in range(0, flat.shape[0], batch_size)
-            ]
+            parts = []
+            for i in range(0, flat.shape[0], batch_size):
+                date = None if dates is None else dates[i : i + batch_size]
+                decoded = self.decode_standardized(flat[i : i + batch_size], date)
+                parts.append(self.statistics.unstandardize(decoded))
         return torch.cat(parts).reshape(*lead, *self.state_shape)
 
     def fill_masked(self, x: Tensor) -> Tensor:
@@ -251,7 +284,7 @@ class LatentPrior:
             device=self.device,
             **self.conditioning(times, n),
         )
-        return self.decode(u)
+        return self.decode(u, times=times)
 
     # ------------------------------------------------------------------ loading
     @classmethod

@@ -40,16 +40,21 @@ def truth_states(prior: LatentPrior, truth: xr.Dataset) -> tuple[np.ndarray, pd.
 
 
 def reconstruction_rmse(
-    prior: LatentPrior, states: np.ndarray, batch_size: int = 64
+    prior: LatentPrior,
+    states: np.ndarray,
+    batch_size: int = 64,
+    times: pd.DatetimeIndex | None = None,
 ) -> dict[str, float]:
-    """Autoencoder reconstruction error per channel on physical states ``(T, C, H, W)``.
+    """Autoencoder reconstruction error per channel on physical states ``(T, C, H, W)`` at
+    ``times`` (needed by an autoencoder conditioned on dates).
 
     Returns the area-weighted RMSE over valid (non-NaN) cells, in units of each channel's
     standard deviation (the normalisation statistics), keyed by channel name.
     """
     x = torch.as_tensor(states, dtype=torch.float32)
     valid = torch.isfinite(x)
-    reconstructed = prior.decode(prior.encode(prior.fill_masked(x), batch_size), batch_size)
+    latents = prior.encode(prior.fill_masked(x), batch_size, times=times)
+    reconstructed = prior.decode(latents, batch_size, times=times)
     _, std = prior.statistics.tensors(torch.float32)
     error = ((reconstructed - x) / std).double().nan_to_num(0.0)
     w = torch.from_numpy(area_weights(prior.latitude))[:, None].expand(x.shape[-2:])
@@ -108,7 +113,7 @@ def prior_quality(
     states, times = truth_states(prior, truth)
     if len(times) < window:
         raise ValueError(f"the truth holds {len(times)} states, fewer than window={window}")
-    reconstruction = reconstruction_rmse(prior, states)
+    reconstruction = reconstruction_rmse(prior, states, times=times)
     n_data = len(times) // window
     data = states[: n_data * window].reshape(n_data, window, *states.shape[1:])
 

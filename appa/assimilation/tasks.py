@@ -219,7 +219,7 @@ def reanalysis(
     for part in _batches(len(seeds), settings.member_batch):
         gens = _generators(seeds[part], prior.device)
         u = sample_latents(prior, times, gens, settings, table)
-        out.append(prior.decode(u).cpu())
+        out.append(prior.decode(u, times=times).cpu())
     return torch.cat(out)
 
 
@@ -273,7 +273,7 @@ def filtering(
             )
             u = sample_latents(prior, window, gens, settings, table, observable, known, values)
             analyses[:, i] = u[:, pos]
-        out.append(prior.decode(analyses).cpu())
+        out.append(prior.decode(analyses, times=times).cpu())
     return torch.cat(out)
 
 
@@ -349,7 +349,9 @@ def forecast(
         ctx_times = pd.DatetimeIndex([t0 - step * (n_ctx - 1 - j) for j in range(n_ctx)])
         known_ctx = None
         if initial is not None:
-            known_ctx = prior.encode(prior.fill_masked(initial[:, n].to(prior.device)))
+            known_ctx = prior.encode(
+                prior.fill_masked(initial[:, n].to(prior.device)), times=ctx_times
+            )
         table = select_observations(observations, ctx_times, settings.time_tolerance)
         for part in _batches(M, settings.member_batch):
             # each (member, initialisation) draws from its own seed: units of any shape agree
@@ -363,7 +365,7 @@ def forecast(
                 u = _autoregressive(
                     prior, ctx_times, lead_steps, step, new, gens, settings, table, ctx
                 )
-            out[part, n] = prior.decode(u).cpu()
+            out[part, n] = prior.decode(u, times=t0 + leads).cpu()
     return out, leads
 
 

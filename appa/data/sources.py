@@ -25,6 +25,7 @@ __all__ = [
     "SourceConfig",
     "from_earthkit",
     "open_era5",
+    "read_static",
     "resolve_store",
     "select",
 ]
@@ -132,6 +133,37 @@ def open_era5(
     elif chunks is not None:
         ds = ds.chunk(chunks)
     return normalize_arrays(ds, source=str(store))
+
+
+def read_static(
+    store: str | Path,
+    names: Sequence[str],
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Static fields of a store (variables without ``time``, e.g. ``land_sea_mask`` and
+    ``geopotential_at_surface``), standardised over the grid for a network's context.
+
+    Returns:
+        ``(S, lat, lon)`` float32 fields in the canonical layout, each ``(f - mean) / std``
+        (std 1 for a constant field), and the ``(mean, std)`` of each in its units.
+
+    Raises :class:`SelectionError` when a name is missing and ``ValueError`` when a field has a
+    time axis or non-finite values.
+    """
+    ds = open_era5(store, variables=list(names), storage_options=storage_options, chunks=None)
+    fields, moments = [], []
+    for name in names:
+        da = ds[name]
+        if set(da.dims) != {"latitude", "longitude"}:
+            raise ValueError(f"{store}: static field {name!r} has dims {da.dims}, not (lat, lon)")
+        values = np.asarray(da.transpose("latitude", "longitude").values, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError(f"{store}: static field {name!r} holds NaN or infinite values")
+        mean, std = float(values.mean()), float(values.std())
+        std = std if std > 0 else 1.0
+        fields.append((values - mean) / std)
+        moments.append((mean, std))
+    return np.stack(fields).astype(np.float32), moments
 
 
 def _storage_chunks(raw: xr.Dataset, ds: xr.Dataset) -> dict[str, int]:

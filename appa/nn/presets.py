@@ -36,6 +36,12 @@ class AutoencoderConfig(StrictModel):
     for grids whose edge rows lie half a cell from them; see :func:`appa.nn.layers.pole_pad`).
     Longitude is padded circularly to a multiple of the factor plus ``lon_margin`` latent
     columns on each side (0 keeps the latent exactly periodic in longitude).
+
+    Context (as Appa's autoencoder has it): ``static_channels`` fixed fields (land-sea mask,
+    orography, ...) stored with the weights, and with ``date_context`` the date of each state
+    (year phase and local solar time per longitude), both fed to the encoder's input and added
+    at every decoder stage. Known forcings, such as the diurnal cycle over land, then need not
+    be carried by the latent.
     """
 
     in_channels: int = Field(71, gt=0)
@@ -50,6 +56,8 @@ class AutoencoderConfig(StrictModel):
     saturation: Literal["softclip", "softclip2", "tanh", "none"] = "softclip2"
     saturation_bound: float = Field(5.0, gt=0)
     latent_noise: float = Field(0.0, ge=0)
+    static_channels: int = Field(0, ge=0)
+    date_context: bool = False
     checkpointing: bool = False
 
     @model_validator(mode="after")
@@ -84,6 +92,11 @@ class AutoencoderConfig(StrictModel):
         dh = -H % f
         dw = -W % f + 2 * self.lon_margin * f
         return dh // 2, dh - dh // 2, dw // 2, dw - dw // 2
+
+    @property
+    def context_channels(self) -> int:
+        """Context maps per state: static fields, then 4 date maps with ``date_context``."""
+        return self.static_channels + (4 if self.date_context else 0)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:

@@ -21,6 +21,7 @@ from pydantic import Field, field_validator
 import appa
 from appa.config import ConfigError, StrictModel
 from appa.data.spec import StateSpec
+from appa.dates import date_features
 from appa.io.archive import create_done_flags, pending_indices
 from appa.io.checkpoints import load_checkpoint, load_module_state
 from appa.nn import StateAutoencoder
@@ -286,10 +287,13 @@ class BlockEncoder:
         b = self.job.block
         start, stop = block * b, min((block + 1) * b, len(self.source))
         x = self.source.read(start, stop)
+        dates = date_features(self.source.times[start:stop]).to(self.device)
+        conditioned = self.model.config.date_context
         parts = []
         for i in range(0, x.shape[0], self.job.batch_size):
             chunk = x[i : i + self.job.batch_size].to(self.device)
-            parts.append(self.model.encode(chunk).float().cpu())
+            date = dates[i : i + self.job.batch_size] if conditioned else None
+            parts.append(self.model.encode(chunk, date).float().cpu())
         self.latent[start:stop] = torch.cat(parts).numpy()
         self.done[block] = 1  # after the data: a crash in between re-encodes the block
 

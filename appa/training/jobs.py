@@ -54,11 +54,15 @@ class GriddedSource(StrictModel):
             there before training.
         stats_period: Dates (inclusive) the statistics are computed over; default ``train``.
         train, val: Dates (inclusive) of the training and validation windows.
+        static: Static fields of the store given to the autoencoder as context (e.g.
+            ``[land_sea_mask, geopotential_at_surface]``; the preset's
+            ``autoencoder.static_channels`` must match).
         storage_options: fsspec options of remote stores.
     """
 
     store: str
     spec: StateSpec
+    static: list[str] = Field(default_factory=list)
     statistics: str | None = None
     stats_period: Period | None = None
     train: Period
@@ -251,6 +255,12 @@ class _Gridded:
                     f"{src.spec.channel_names()}), preset {job.preset!r} expects (channels, "
                     f"lat, lon) = {expected}"
                 )
+            self.static = None
+            if src.static:
+                from appa.data.sources import read_static
+
+                self.static, moments = read_static(src.store, src.static, options)
+                self.static_moments = dict(zip(src.static, moments, strict=True))
             self.stats = ensure_statistics(src)
             self.train = WindowDataset(
                 src.store, src.spec, self.stats, job.window, src.train, job.data.stride,
@@ -303,6 +313,12 @@ def _open_data(job: Job) -> tuple[Any, Any]:
     if isinstance(job, AutoencoderJob):
         cfg = preset.autoencoder
         expected = (cfg.in_channels, *cfg.grid)
+        given = len(job.data.source.static) if job.data.source is not None else 0
+        if given != cfg.static_channels:
+            raise ConfigError(
+                f"data.source.static names {given} static fields, preset {job.preset!r} "
+                f"takes autoencoder.static_channels={cfg.static_channels}"
+            )
         if job.data.source is not None:
             gridded = _Gridded(job, expected)
             return gridded, gridded.val
@@ -372,8 +388,11 @@ def build_trainer(job: Job, callbacks: Iterable[Callback] = (), device=None) -> 
             channel_names=spec.channel_names(),
             state_spec=spec.model_dump(mode="json"),
             statistics=train.stats.to_json(),
+            static=train.static,
         )
         store = {"source": train.source.store, "statistics_path": train.source.statistics}
+        if train.static is not None:
+            store["static"] = train.static_moments
         train = train.train
     elif isinstance(job, AutoencoderJob):
         weights = job.channel_weights or train.attrs.get("channel_weights")

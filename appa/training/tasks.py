@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -81,6 +82,10 @@ class AutoencoderTask:
         mask_key: The batch entry holding the validity mask (used when present).
         state_spec, statistics: JSON documents of the :class:`appa.data.StateSpec` and
             :class:`appa.data.Statistics` the states were made with, carried into checkpoints.
+        static: ``(static_channels, H, W)`` standardised static fields of a context-conditioned
+            autoencoder (stored in its weights). With ``date_context``, batches must carry
+            ``date`` features ``(B, [K,] 4)``.
+        date_key: The batch entry holding date features.
     """
 
     kind = "autoencoder"
@@ -95,6 +100,8 @@ class AutoencoderTask:
         mask_key: str = "mask",
         state_spec: dict[str, Any] | None = None,
         statistics: dict[str, Any] | None = None,
+        static: np.ndarray | None = None,
+        date_key: str = "date",
     ) -> None:
         if len(latitudes) != config.grid[0]:
             raise ValueError(f"{len(latitudes)} latitudes for a grid of {config.grid[0]} rows")
@@ -103,7 +110,16 @@ class AutoencoderTask:
             raise ValueError(f"{len(names)} channel names for {config.in_channels} channels")
         self.config = config
         self.module = StateAutoencoder(config)
+        if config.static_channels:
+            if static is None:
+                raise ValueError(
+                    f"the autoencoder takes {config.static_channels} static fields; none given"
+                )
+            self.module.set_static(torch.as_tensor(static, dtype=torch.float32))
+        elif static is not None:
+            raise ValueError("static fields given to an autoencoder with static_channels=0")
         self.network = self.module
+        self.date_key = date_key
         self.criterion = WeightedMSE(latitudes, channel_weights)
         self.latitudes = [float(v) for v in latitudes]
         self.channel_weights = (
@@ -131,11 +147,17 @@ class AutoencoderTask:
         mask = mask.reshape(-1, C, H, W)
         return torch.where(mask, x, torch.zeros_like(x)), mask
 
+    def _dates(self, batch: dict[str, Tensor]) -> Tensor | None:
+        """Date features ``(N, 4)`` of the flattened states, when the network takes them."""
+        if not self.config.date_context:
+            return None
+        return _get(batch, self.date_key).reshape(-1, 4).float()
+
     def loss(
         self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator
     ) -> Tensor:
         x, mask = self._states(batch)
-        _, x_hat = model(x)
+        _, x_hat = model(x, self._dates(batch))
         return self.criterion.to(x.device)(x_hat, x, mask)
 
     @torch.no_grad()
@@ -144,7 +166,7 @@ class AutoencoderTask:
     ) -> dict[str, tuple[Tensor, Tensor]]:
         x, mask = self._states(batch)
         criterion = self.criterion.to(x.device)
-        _, x_hat = model(x)  # the loop validates in eval mode: no latent noise
+        _, x_hat = model(x, self._dates(batch))  # validated in eval mode: no latent noise
         x_hat = x_hat.float()
         n = x.new_tensor(float(x.shape[0]))
         out = {"loss": (criterion(x_hat, x, mask).sum(), n)}
