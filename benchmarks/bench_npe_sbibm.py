@@ -42,17 +42,20 @@ PUBLISHED = {
 }
 
 
-def train_appa(task, theta, x, kind: str, members: int, seed: int):
+def train_appa(task, theta, x, kind: str, members: int, seed: int, args):
     cfg = EstimatorConfig(kind=kind)
     if kind == "flow":
         cfg.flow.hidden = [64, 64]
         cfg.flow.transforms = 5
+    train = TrainConfig(
+        seed=seed,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        patience=args.patience,
+        threads=0,
+    )
     ensemble, results = train_ensemble(
-        lambda: build_estimator(task.prior, task.x_shape, cfg),
-        theta,
-        x,
-        members,
-        TrainConfig(seed=seed, batch_size=128, learning_rate=1e-3, patience=20, threads=0),
+        lambda: build_estimator(task.prior, task.x_shape, cfg), theta, x, members, train
     )
     sampler = ensemble.members[0] if members == 1 else ensemble
     return sampler, sum(r.seconds for r in results)
@@ -120,6 +123,9 @@ def main() -> None:
         "--methods", nargs="+", default=["appa-flow", "sbi"], help="appa-flow, appa-diffusion, sbi"
     )
     p.add_argument("--members", type=int, default=1, help="ensemble members of appa estimators")
+    p.add_argument("--batch-size", type=int, default=128, help="appa estimators' batch size")
+    p.add_argument("--learning-rate", type=float, default=1e-3, help="appa estimators' rate")
+    p.add_argument("--patience", type=int, default=20, help="appa early-stopping patience")
     p.add_argument("--samples", type=int, default=10000, help="draws per observation for C2ST")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -191,7 +197,7 @@ def posterior_draws(task, task_name, budget, method, observations, references, a
             posterior, seconds = train_sbi(task, theta, x, args.seed, args.out / "sbi-logs")
         else:
             kind = method.split("-", 1)[1]
-            posterior, seconds = train_appa(task, theta, x, kind, args.members, args.seed)
+            posterior, seconds = train_appa(task, theta, x, kind, args.members, args.seed, args)
     except ImportError as error:
         print(f"skip {method}: {error}")
         return None
