@@ -124,6 +124,21 @@ def _train_args(store: Path, run: Path, *extra: str) -> list[str]:
     return args
 
 
+def _encode_args(run: Path, store: Path, out: Path) -> list[str]:
+    args = ["encode", "--config", str(ROOT / "pipelines/configs/encode_toy_earth.yaml")]
+    for item in (
+        f"checkpoint={run / 'checkpoints'}",
+        f"source={store}",
+        f"output={out}",
+        "block=5",
+        "batch_size=4",
+        "stats_span=[0,12]",
+        "runner.backend=local",
+    ):
+        args += ["--set", item]
+    return args
+
+
 def test_toy_earth_train_then_encode_end_to_end(toy_store: Path, tmp_path: Path):
     from typer.testing import CliRunner
 
@@ -156,18 +171,7 @@ def test_toy_earth_train_then_encode_end_to_end(toy_store: Path, tmp_path: Path)
     assert np.isfinite(val["val_rmse_sea_surface_temperature"])
 
     out = tmp_path / "latents.zarr"
-    args = ["encode", "--config", str(ROOT / "pipelines/configs/encode_toy_earth.yaml")]
-    for item in (
-        f"checkpoint={run / 'checkpoints'}",
-        f"source={toy_store}",
-        f"output={out}",
-        "block=5",
-        "batch_size=4",
-        "stats_span=[0,12]",
-        "runner.backend=local",
-    ):
-        args += ["--set", item]
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, _encode_args(run, toy_store, out))
     assert result.exit_code == 0, result.output
     group = zarr.open_group(str(out), mode="r")
     latent_shape = get_preset("tiny").autoencoder.latent_shape
@@ -204,6 +208,7 @@ def test_toy_earth_train_then_encode_end_to_end(toy_store: Path, tmp_path: Path)
         f"output={tmp_path / 'other.zarr'}",
         "spec={surface: [2m_temperature], atmospheric: [geopotential], levels: [500]}",
     ]
+    args = _encode_args(run, toy_store, out)
     result = CliRunner().invoke(app, [*args, *(a for s in spec_args for a in ("--set", s))])
     assert result.exit_code == 2
     assert "spec" in result.output and "differs" in result.output
@@ -291,18 +296,7 @@ def test_autoencoder_with_static_and_date_context_trains_encodes_and_decodes(
     assert np.unique(fields[0]).size == 2  # land and sea, standardised
 
     out = tmp_path / "latents.zarr"
-    args = ["encode", "--config", str(ROOT / "pipelines/configs/encode_toy_earth.yaml")]
-    for item in (
-        f"checkpoint={run / 'checkpoints'}",
-        f"source={toy_store}",
-        f"output={out}",
-        "block=5",
-        "batch_size=4",
-        "stats_span=[0,12]",
-        "runner.backend=local",
-    ):
-        args += ["--set", item]
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, _encode_args(run, toy_store, out))
     assert result.exit_code == 0, result.output
     group = zarr.open_group(str(out), mode="r")
     times = np.asarray(group["time"][:]).astype("datetime64[ns]")
