@@ -110,9 +110,9 @@ class StateAutoencoder(nn.Module):
         self.encoder = nn.Sequential(*enc)
 
         dec: list[nn.Module] = [GridConv(config.latent_channels, ch[-1], k)]
-        self._stage_starts: dict[int, int] = {}  # decoder stage -> index of its first module
+        self._stage_at: dict[int, int] = {}  # index of a stage's first decoder module -> stage
         for i in reversed(range(len(ch))):
-            self._stage_starts[i] = len(dec)
+            self._stage_at[len(dec)] = i
             dec.extend(ResBlock(ch[i], k, ckpt) for _ in range(nb[i]))
             if i > 0:
                 dec.append(_Up(ch[i], ch[i - 1], k, config.stride))
@@ -234,9 +234,8 @@ class StateAutoencoder(nn.Module):
             h = self.decoder(h)
         else:
             context = self.pad(context).to(h)
-            starts = {v: s for s, v in self._stage_starts.items()}
             for index, module in enumerate(self.decoder):
-                stage = starts.get(index)
+                stage = self._stage_at.get(index)
                 if stage is not None:
                     factor = self.config.stride**stage
                     pooled = F.avg_pool2d(context, factor) if factor > 1 else context
