@@ -11,7 +11,7 @@ import numpy as np
 import xarray as xr
 
 from appa.data.spec import StateSpec
-from appa.io.archive import Archive, create_archive, template_from_spec
+from appa.io.archive import Archive, ArchiveError, create_archive, template_from_spec
 
 SPEC = StateSpec(
     surface=["2m_temperature", "sea_surface_temperature"],
@@ -130,3 +130,12 @@ def job_archive(out) -> Archive:
         out, template(members=2, steps=8), units={"member": 1, "time": 2}, config=JOB_CONFIG,
         allow_nan=["sea_surface_temperature"], provenance={"seeds": {"base": 5}},
     )  # fmt: skip
+
+
+def done_units(path: Path) -> int:
+    """Units a running job has recorded as done in its archive; 0 while the archive is still
+    being created (its records' attributes are written last and may be seen half-written)."""
+    try:
+        return int(Archive(path).done_mask().sum())
+    except (ArchiveError, ValueError):
+        return 0

@@ -17,6 +17,7 @@ import pytest
 import torch
 import xarray as xr
 import yaml
+from pool_utils import done_units
 
 from appa.assimilation.jobs import AssimilationWorker, member_seeds
 from appa.config import ConfigError, load_config
@@ -96,9 +97,8 @@ def test_killed_reanalysis_reruns_to_the_uninterrupted_archive(tmp_path, world, 
         while True:
             assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
             assert time.monotonic() < deadline, "no unit done within 300 s"
-            if (out / "appa_units" / "done" / ".zarray").exists():
-                if Archive(out).done_mask().sum() >= 1:
-                    break
+            if done_units(out) >= 1:
+                break
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
     finally:

@@ -17,7 +17,15 @@ import numpy as np
 import pool_utils
 import pytest
 import xarray as xr
-from pool_utils import DummyWorker, expected, job_archive, read_gpu_log, read_log, template
+from pool_utils import (
+    DummyWorker,
+    done_units,
+    expected,
+    job_archive,
+    read_gpu_log,
+    read_log,
+    template,
+)
 
 from appa.config import ConfigError
 from appa.distributed.pool import PoolConfig, UnitActor, UnitFailedError, run_units
@@ -124,15 +132,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _done_units(path: Path) -> int:
-    """Units the job has recorded as done; 0 while its archive is still being created."""
-    try:
-        return int(Archive(path).done_mask().sum())
-    except (ArchiveError, ValueError):
-        # the job writes the records' attributes last, and a reader may see them half-written
-        return 0
-
-
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, ray_pool):
     address = ray_pool.get_runtime_context().gcs_address
     script = Path(__file__).with_name("pool_job.py")
@@ -148,7 +147,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, ray_pool):
         while True:
             assert proc.poll() is None, proc.stdout.read().decode()
             assert time.monotonic() < deadline, "no unit done within 120 s"
-            if _done_units(out) >= 3:
+            if done_units(out) >= 3:
                 break
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
