@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "appa"
-BASE = {"appa.config", "appa.dates"}
+BASE = {"appa.config", "appa.dates", "appa.files"}
 ALLOWED = {
     "diffusion": set(),
     "nn": {"appa.diffusion"} | BASE,

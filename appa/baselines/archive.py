@@ -9,9 +9,6 @@ longitude)``, forecasts ``(member, time, lead_time, [level,] latitude, longitude
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ import numpy as np
 import xarray as xr
 
 import appa
+from appa.files import written_whole
 
 __all__ = ["ARCHIVE_ORDER", "to_archive_layout", "write_archive"]
 
@@ -72,20 +70,12 @@ def write_archive(ds: xr.Dataset, out: str | Path, overwrite: bool = False) -> P
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with written_whole(out) as tmp:
         encoding = {name: {"chunks": _chunks(ds[name])} for name in ds.data_vars}
         if any(ds[name].chunks is not None for name in ds.data_vars):
             # dask chunks must tile the Zarr chunks
             ds = ds.chunk({d: 1 for d in ("member", "time") if d in ds.dims})
         ds.to_zarr(tmp, mode="w", zarr_format=2, consolidated=True, encoding=encoding)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 import xarray as xr
 
+from appa.files import written_whole
 from appa.data.grids import area_weights
 from appa.data.spec import StateSpec
 
@@ -95,9 +96,8 @@ class Statistics:
     def save(self, path: str | Path) -> Path:
         """Writes JSON atomically (temporary file, then rename)."""
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        os.replace(tmp, path)
+        with written_whole(path) as tmp:
+            tmp.write_text(json.dumps(self.to_json(), indent=1))
         return path
 
     @classmethod

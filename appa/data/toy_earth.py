@@ -45,6 +45,7 @@ import pandas as pd
 from numpy.typing import NDArray
 from pydantic import Field, field_validator
 
+from appa.files import written_whole
 from appa.config import StrictModel
 from appa.data.grids import equiangular_grid, parse_grid
 from appa.data.spectral import SphericalHarmonics
@@ -470,7 +471,6 @@ def write_toy_earth(
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     model = ToyEarth(config)
     n_total = round(config.years * YEAR_DAYS * 24 / config.step_hours)
     if n_total < 1:
@@ -484,65 +484,60 @@ def write_toy_earth(
         mininterval=1.0,
     )
     try:
-        start = pd.Timestamp(config.start)
-        while model.time < start - pd.Timedelta(seconds=1):
-            model.advance()
-            bar.update(1)
-        encoding_chunks = {"time": config.time_chunk}
-        written = 0
-        iterator = model.run(n_total)
-        while written < n_total:
-            block = min(config.time_chunk * max(1, 256 // config.time_chunk), n_total - written)
-            times, states = [], []
-            for _ in range(block):
-                t, fields = next(iterator)
-                times.append(t)
-                states.append(fields)
+        with written_whole(out) as tmp:
+            start = pd.Timestamp(config.start)
+            while model.time < start - pd.Timedelta(seconds=1):
+                model.advance()
                 bar.update(1)
-            ds = _dataset(model, times, states)
-            if written == 0:
-                for name, value in model.statics().items():
-                    units, standard, long = CF_ATTRS[name]
-                    ds[name] = (("latitude", "longitude"), value.astype(np.float32))
-                    ds[name].attrs = {"units": units, "standard_name": standard, "long_name": long}
-                ds.attrs = {
-                    "Conventions": "CF-1.8",
-                    "title": "Appa toy Earth",
-                    "source": "appa.data.toy_earth: two-layer quasi-geostrophic spectral model "
-                    f"T{model.sh.T} on a {model.sh.nlon}x{model.sh.nlat} Gaussian grid",
-                    "history": f"created {pd.Timestamp.now(tz='UTC').isoformat()} by appa",
-                    "appa_toy_earth_config": json.dumps(config.model_dump()),
-                }
-                encoding = {
-                    name: {"chunks": _chunks(ds[name].dims, ds[name].shape, encoding_chunks)}
-                    for name in ds.data_vars
-                }
-                encoding["time"] = {
-                    "units": "hours since 1970-01-01",
-                    "calendar": "proleptic_gregorian",
-                    "dtype": "int64",
-                }
-                ds.to_zarr(
-                    tmp,
-                    mode="w",
-                    encoding=encoding,
-                    zarr_format=config.zarr_format,
-                    # Consolidated metadata is part of format 2 only.
-                    consolidated=config.zarr_format == 2,
-                )
-            else:
-                ds.to_zarr(
-                    tmp, append_dim="time", zarr_format=config.zarr_format, consolidated=True
-                )
-            written += block
+            encoding_chunks = {"time": config.time_chunk}
+            written = 0
+            iterator = model.run(n_total)
+            while written < n_total:
+                block = min(config.time_chunk * max(1, 256 // config.time_chunk), n_total - written)
+                times, states = [], []
+                for _ in range(block):
+                    t, fields = next(iterator)
+                    times.append(t)
+                    states.append(fields)
+                    bar.update(1)
+                ds = _dataset(model, times, states)
+                if written == 0:
+                    for name, value in model.statics().items():
+                        units, standard, long = CF_ATTRS[name]
+                        ds[name] = (("latitude", "longitude"), value.astype(np.float32))
+                        ds[name].attrs = {"units": units, "standard_name": standard, "long_name": long}
+                    ds.attrs = {
+                        "Conventions": "CF-1.8",
+                        "title": "Appa toy Earth",
+                        "source": "appa.data.toy_earth: two-layer quasi-geostrophic spectral model "
+                        f"T{model.sh.T} on a {model.sh.nlon}x{model.sh.nlat} Gaussian grid",
+                        "history": f"created {pd.Timestamp.now(tz='UTC').isoformat()} by appa",
+                        "appa_toy_earth_config": json.dumps(config.model_dump()),
+                    }
+                    encoding = {
+                        name: {"chunks": _chunks(ds[name].dims, ds[name].shape, encoding_chunks)}
+                        for name in ds.data_vars
+                    }
+                    encoding["time"] = {
+                        "units": "hours since 1970-01-01",
+                        "calendar": "proleptic_gregorian",
+                        "dtype": "int64",
+                    }
+                    ds.to_zarr(
+                        tmp,
+                        mode="w",
+                        encoding=encoding,
+                        zarr_format=config.zarr_format,
+                        # Consolidated metadata is part of format 2 only.
+                        consolidated=config.zarr_format == 2,
+                    )
+                else:
+                    ds.to_zarr(
+                        tmp, append_dim="time", zarr_format=config.zarr_format, consolidated=True
+                    )
+                written += block
+    finally:
         bar.close()
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        bar.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

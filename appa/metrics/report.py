@@ -7,9 +7,6 @@ coordinate ``ensemble_size(system)``; it is written as NetCDF (``.nc``) or Zarr 
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -17,6 +14,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from appa.files import written_whole
 from appa.metrics.wb2 import EvaluationError, check_finite, evaluate, time_mean
 
 __all__ = ["evaluate_archives", "open_archive", "summary_table", "write_table"]
@@ -78,9 +76,7 @@ def evaluate_archives(
 def write_table(table: xr.Dataset, out: str | Path) -> Path:
     """Writes the table atomically: NetCDF for ``.nc`` (scipy engine), Zarr otherwise."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with written_whole(out) as tmp:
         if out.suffix == ".nc":
             encoded = table.copy()
             for coord in ("system", "metric"):
@@ -88,15 +84,6 @@ def write_table(table: xr.Dataset, out: str | Path) -> Path:
             encoded.to_netcdf(tmp)
         else:
             table.to_zarr(tmp, mode="w", zarr_format=2, consolidated=True)
-        if out.is_dir():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
-        raise
     return out
 
 

@@ -18,15 +18,14 @@ the partitions that overlap it.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import xarray as xr
+
+from appa.files import written_whole
 
 __all__ = [
     "FIELDS",
@@ -150,9 +149,8 @@ def write_observations(
     span = pd.Timedelta(partition)
     if span <= pd.Timedelta(0):
         raise ObservationError(f"partition {partition!r} must be a positive duration")
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
-    try:
+    with written_whole(path) as tmp:
+        tmp.mkdir()
         times = table["time"].values.astype("datetime64[ns]")
         starts = _partition_starts(times, span)
         parts = []
@@ -169,12 +167,6 @@ def write_observations(
             parts.append({"name": name, "start": str(pd.Timestamp(start)), "count": int(sel.size)})
         meta = {"schema": list(FIELDS), "partition": str(span), "partitions": parts}
         (tmp / _META).write_text(json.dumps(meta, indent=1))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
