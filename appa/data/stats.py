@@ -4,7 +4,6 @@ configured training period only, and stored next to the data as JSON."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,9 +13,9 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from appa.files import written_whole
 from appa.data.grids import area_weights
 from appa.data.spec import StateSpec
+from appa.files import written_whole
 
 __all__ = ["Statistics", "compute_statistics", "default_stats_path"]
 

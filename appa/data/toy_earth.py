@@ -33,9 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -45,10 +42,10 @@ import pandas as pd
 from numpy.typing import NDArray
 from pydantic import Field, field_validator
 
-from appa.files import written_whole
 from appa.config import StrictModel
 from appa.data.grids import equiangular_grid, parse_grid
 from appa.data.spectral import SphericalHarmonics
+from appa.files import written_whole
 
 __all__ = [
     "ATMOSPHERIC_VARIABLES",
@@ -505,7 +502,11 @@ def write_toy_earth(
                     for name, value in model.statics().items():
                         units, standard, long = CF_ATTRS[name]
                         ds[name] = (("latitude", "longitude"), value.astype(np.float32))
-                        ds[name].attrs = {"units": units, "standard_name": standard, "long_name": long}
+                        ds[name].attrs = {
+                            "units": units,
+                            "standard_name": standard,
+                            "long_name": long,
+                        }
                     ds.attrs = {
                         "Conventions": "CF-1.8",
                         "title": "Appa toy Earth",
