@@ -45,12 +45,14 @@ PUBLISHED = {
 def train_appa(task, theta, x, kind: str, members: int, seed: int, args):
     cfg = EstimatorConfig(kind=kind)
     if kind == "flow":
-        cfg.flow.hidden = [64, 64]
-        cfg.flow.transforms = 5
+        cfg.flow.hidden = args.hidden
+        cfg.flow.transforms = args.transforms
+        cfg.flow.bins = args.bins
     train = TrainConfig(
         seed=seed,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
+        lr_schedule=args.lr_schedule,
         patience=args.patience,
         threads=0,
     )
@@ -126,6 +128,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128, help="appa estimators' batch size")
     p.add_argument("--learning-rate", type=float, default=1e-3, help="appa estimators' rate")
     p.add_argument("--patience", type=int, default=20, help="appa early-stopping patience")
+    p.add_argument("--lr-schedule", choices=["constant", "plateau"], default="constant")
+    p.add_argument("--hidden", nargs="+", type=int, default=[64, 64], help="appa flow layers")
+    p.add_argument("--transforms", type=int, default=5, help="appa flow transforms")
+    p.add_argument("--bins", type=int, default=8, help="appa spline bins")
     p.add_argument("--samples", type=int, default=10000, help="draws per observation for C2ST")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -176,11 +182,21 @@ def main() -> None:
                             "sample_s": draws["sample_s"][o],
                             "c2st_s": c2st_s,
                             "members": args.members if method != "sbi" else 1,
+                            "settings": draws["settings"],
                         }
                         f.write(json.dumps(row) + "\n")
                         print(f"  {task_name} n={budget} {method} obs {o}: c2st {acc:.3f}")
     if results_path.exists():
         summarise(results_path)
+
+
+def settings(method: str, args) -> dict:
+    """The options that shape a method's estimator (recorded with its draws and scores)."""
+    if method == "sbi":
+        return {"seed": args.seed}
+    names = ["members", "batch_size", "learning_rate", "lr_schedule", "patience"]
+    names += ["hidden", "transforms", "bins", "seed"]
+    return {name: getattr(args, name) for name in names}
 
 
 def posterior_draws(task, task_name, budget, method, observations, references, args):
@@ -189,6 +205,11 @@ def posterior_draws(task, task_name, budget, method, observations, references, a
     (or resumed) without retraining. ``None`` when the method's package is missing."""
     path = args.out / "draws" / f"{task_name}-{budget}-{method}.pt"
     cached = torch.load(path) if path.exists() else None
+    if cached is not None and cached.get("settings") != settings(method, args):
+        raise SystemExit(
+            f"{path} was drawn with settings {cached.get('settings')}, not "
+            f"{settings(method, args)}: give another --out"
+        )
     if cached is not None and all(o in cached["draws"] for o in observations):
         return cached
     theta, x = task.sample_joint(budget, seed=args.seed + budget)
@@ -202,7 +223,7 @@ def posterior_draws(task, task_name, budget, method, observations, references, a
         print(f"skip {method}: {error}")
         return None
     print(f"{task_name} n={budget} {method}: trained in {seconds:.0f} s", flush=True)
-    out = {"train_s": seconds, "draws": {}, "sample_s": {}}
+    out = {"train_s": seconds, "draws": {}, "sample_s": {}, "settings": settings(method, args)}
     for o in observations:
         t0 = time.perf_counter()
         samples = posterior.sample(references[o][0], args.samples, seed=o)

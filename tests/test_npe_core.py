@@ -215,6 +215,27 @@ def test_training_rejects_bad_data_and_noise_is_fresh():
         est.sample(torch.zeros(3), 5)
 
 
+def test_plateau_schedule_halves_the_rate_only_after_stale_epochs():
+    prior, theta, x = _gaussian_problem(200)
+    cfg = EstimatorConfig()
+    cfg.flow.transforms, cfg.flow.hidden = 1, [8]
+    runs = {}
+    for schedule in ("constant", "plateau"):
+        torch.manual_seed(0)
+        est = build_estimator(prior, (2,), cfg)
+        train = TrainConfig(max_epochs=80, patience=8, learning_rate=3e-2, lr_schedule=schedule)
+        runs[schedule] = train_estimator(est, theta, x, train)
+    assert set(runs["constant"].learning_rate) == {3e-2}
+    rates, losses = runs["plateau"].learning_rate, runs["plateau"].validation_loss
+    assert len(rates) == len(losses) and rates[0] == 3e-2
+    drops = [e for e in range(1, len(rates)) if rates[e] < rates[e - 1]]
+    assert drops, "a rate this high must stall, and the schedule must then lower it"
+    for e in drops:
+        assert rates[e] == rates[e - 1] / 2
+        # a drop follows more than patience // 4 = 2 epochs that did not beat the best so far
+        assert e >= 4 and min(losses[e - 3 : e]) >= min(losses[: e - 3])
+
+
 def test_small_networks_shapes_and_errors():
     assert MLP(3, 2, [8])(torch.zeros(4, 3)).shape == (4, 2)
     res = ResMLP(3, 2, width=16, blocks=2)

@@ -125,6 +125,7 @@ def run_train(cfg: NPEConfig) -> Path:
             "seconds": r.seconds,
             "train_loss": r.train_loss,
             "validation_loss": r.validation_loss,
+            "learning_rate": r.learning_rate,
         }
         for r in results
     ]

@@ -10,11 +10,10 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,6 +21,7 @@ from pydantic import Field
 from torch import Tensor
 
 from appa.config import StrictModel
+from appa.files import written_whole
 from appa.npe.estimators import Ensemble, NeuralPosterior, build_estimator
 
 __all__ = [
@@ -48,6 +48,10 @@ class TrainConfig(StrictModel):
     weight_decay: float = Field(0.0, ge=0)
     max_epochs: int = Field(500, ge=1)
     patience: int = Field(20, ge=1)
+    lr_schedule: Literal["constant", "plateau"] = Field(
+        "constant",
+        description="plateau: halve the rate after patience/4 epochs without improvement",
+    )
     validation_fraction: float = Field(0.1, gt=0, lt=1)
     clip_norm: float = Field(5.0, gt=0)
     seed: int = 0
@@ -61,6 +65,7 @@ class TrainResult:
 
     train_loss: list[float] = field(default_factory=list)
     validation_loss: list[float] = field(default_factory=list)
+    learning_rate: list[float] = field(default_factory=list)
     best_epoch: int = 0
     best_validation: float = math.inf
     seconds: float = 0.0
@@ -147,6 +152,13 @@ def train_estimator(
             estimator.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
         )
         result = TrainResult()
+        scheduler = (
+            torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, factor=0.5, patience=max(1, cfg.patience // 4), threshold=0.0
+            )
+            if cfg.lr_schedule == "plateau"
+            else None
+        )
         best_state = copy.deepcopy(estimator.state_dict())
         stale = 0
         with Progress(disable=not cfg.progress, transient=True) as progress:
@@ -179,6 +191,9 @@ def train_estimator(
                     )
                 result.train_loss.append(total / count)
                 result.validation_loss.append(v)
+                result.learning_rate.append(float(optimizer.param_groups[0]["lr"]))
+                if scheduler is not None:
+                    scheduler.step(v)
                 if v < result.best_validation:
                     result.best_validation, result.best_epoch = v, epoch
                     best_state = copy.deepcopy(estimator.state_dict())
@@ -242,34 +257,24 @@ def save_pairs(path: str | Path, theta: Tensor, x: Tensor, attrs: dict | None = 
     x_np = torch.as_tensor(x).float().numpy()
     if theta_np.ndim != 2 or x_np.shape[0] != theta_np.shape[0]:
         raise ValueError(f"need theta (N, dim) and x (N, ...), got {theta_np.shape}, {x_np.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent)) / path.name
     meta = json.dumps(attrs or {})
-    if kind == "zarr":
-        import zarr
+    with written_whole(path) as tmp:
+        if kind == "zarr":
+            import zarr
 
-        root = zarr.open_group(str(tmp), mode="w")
-        # zarr 3 names it create_array, zarr 2 create_dataset
-        create = getattr(root, "create_array", None) or root.create_dataset
-        for name, array in (("theta", theta_np), ("x", x_np)):
-            create(name, data=array, chunks=(min(len(array), 65536), *array.shape[1:]))
-        root.attrs["appa_npe"] = meta
-    else:
-        import h5py
-
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("theta", data=theta_np)
-            f.create_dataset("x", data=x_np)
-            f.attrs["appa_npe"] = meta
-    if path.exists():
-        import shutil
-
-        if path.is_dir():
-            shutil.rmtree(path)
+            root = zarr.open_group(str(tmp), mode="w")
+            # zarr 3 names it create_array, zarr 2 create_dataset
+            create = getattr(root, "create_array", None) or root.create_dataset
+            for name, array in (("theta", theta_np), ("x", x_np)):
+                create(name, data=array, chunks=(min(len(array), 65536), *array.shape[1:]))
+            root.attrs["appa_npe"] = meta
         else:
-            path.unlink()
-    os.replace(tmp, path)
-    tmp.parent.rmdir()
+            import h5py
+
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("theta", data=theta_np)
+                f.create_dataset("x", data=x_np)
+                f.attrs["appa_npe"] = meta
     return path
 
 
@@ -312,11 +317,11 @@ def load_pairs(path: str | Path) -> tuple[Tensor, Tensor, dict]:
 def save_estimator(
     path: str | Path, estimator: NeuralPosterior | Ensemble, extra: dict | None = None
 ) -> Path:
-    """Saves weights (safetensors) and the rebuild spec (JSON) into folder ``path``."""
+    """Saves weights (safetensors) and the rebuild spec (JSON) as folder ``path``, written
+    whole: a folder already there is replaced, and an interrupted save leaves it untouched."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     members = list(estimator.members) if isinstance(estimator, Ensemble) else [estimator]
     tensors = {
         f"member{k}.{name}": t.detach().contiguous().cpu()
@@ -328,13 +333,10 @@ def save_estimator(
         "members": [m.spec() for m in members],
         "extra": extra or {},
     }
-    for name, write in (
-        ("weights.safetensors", lambda p: save_file(tensors, str(p))),
-        ("estimator.json", lambda p: p.write_text(json.dumps(doc, indent=2))),
-    ):
-        tmp = path / f".{name}.tmp"
-        write(tmp)
-        os.replace(tmp, path / name)
+    with written_whole(path) as tmp:
+        tmp.mkdir()
+        save_file(tensors, str(tmp / "weights.safetensors"))
+        (tmp / "estimator.json").write_text(json.dumps(doc, indent=2))
     return path
 
 
