@@ -42,6 +42,9 @@ PUBLISHED = {
 }
 
 
+HELDOUT_SEED = 10**6  # apart from every training seed (seed + budget)
+
+
 def train_appa(task, theta, x, kind: str, members: int, seed: int, args):
     cfg = EstimatorConfig(kind=kind)
     if kind == "flow":
@@ -132,6 +135,12 @@ def main() -> None:
     p.add_argument("--hidden", nargs="+", type=int, default=[64, 64], help="appa flow layers")
     p.add_argument("--transforms", type=int, default=5, help="appa flow transforms")
     p.add_argument("--bins", type=int, default=8, help="appa spline bins")
+    p.add_argument(
+        "--heldout",
+        type=int,
+        default=5000,
+        help="fresh simulations on which appa's mean log q(theta | x) is reported (0: none)",
+    )
     p.add_argument("--samples", type=int, default=10000, help="draws per observation for C2ST")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -152,14 +161,19 @@ def main() -> None:
     if results_path.exists():
         for line in results_path.read_text().splitlines():
             r = json.loads(line)
-            done.add((r["task"], r["budget"], r["method"], r["observation"]))
+            # a row counts only for the settings it was scored with
+            settings_key = json.dumps(r.get("settings"), sort_keys=True)
+            done.add((r["task"], r["budget"], r["method"], r["observation"], settings_key))
 
     for task_name in args.tasks:
         task = make_task(task_name)
         references = {o: task.reference(o) for o in args.observations}
         for budget in args.budgets:
             for method in args.methods:
-                todo = [o for o in args.observations if (task_name, budget, method, o) not in done]
+                key = json.dumps(settings(method, args), sort_keys=True)
+                todo = [
+                    o for o in args.observations if (task_name, budget, method, o, key) not in done
+                ]
                 if not todo:
                     continue
                 draws = posterior_draws(task, task_name, budget, method, todo, references, args)
@@ -183,6 +197,7 @@ def main() -> None:
                             "c2st_s": c2st_s,
                             "members": args.members if method != "sbi" else 1,
                             "settings": draws["settings"],
+                            "heldout_logq": draws.get("heldout_logq"),
                         }
                         f.write(json.dumps(row) + "\n")
                         print(f"  {task_name} n={budget} {method} obs {o}: c2st {acc:.3f}")
@@ -222,8 +237,15 @@ def posterior_draws(task, task_name, budget, method, observations, references, a
     except ImportError as error:
         print(f"skip {method}: {error}")
         return None
-    print(f"{task_name} n={budget} {method}: trained in {seconds:.0f} s", flush=True)
     out = {"train_s": seconds, "draws": {}, "sample_s": {}, "settings": settings(method, args)}
+    message = f"{task_name} n={budget} {method}: trained in {seconds:.0f} s"
+    if method != "sbi" and args.heldout:
+        # the choice of settings is made on this, never on the reference posteriors
+        theta_h, x_h = task.sample_joint(args.heldout, seed=args.seed + budget + HELDOUT_SEED)
+        with torch.no_grad():
+            out["heldout_logq"] = float(posterior.log_prob(theta_h, x_h).mean())
+        message += f"; mean log q on {args.heldout} held-out pairs {out['heldout_logq']:.4f}"
+    print(message, flush=True)
     for o in observations:
         t0 = time.perf_counter()
         samples = posterior.sample(references[o][0], args.samples, seed=o)

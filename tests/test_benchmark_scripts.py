@@ -1,10 +1,14 @@
 """The posterior-sampling benchmarks run end to end at toy size (without the azula baseline,
 which is installed only for benchmarking)."""
 
+import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,3 +79,33 @@ def test_mmps_step_benchmark_runs(tmp_path):
             assert 0 < r["decoded_frames"] < 3 * 4
         else:
             assert r["decoded_frames"] == 3 * 4
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("sbibm") is None,
+    reason="sbibm reference files not installed (pip install --no-deps sbibm)",
+)
+def test_npe_benchmark_scores_resumes_and_refuses_other_settings(tmp_path):
+    script = str(ROOT / "benchmarks" / "bench_npe_sbibm.py")
+    common = [
+        *("--tasks", "two_moons", "--budgets", "200", "--methods", "appa-flow"),
+        *("--samples", "400", "--heldout", "200", "--out", str(tmp_path)),
+    ]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, script, *common, *args], capture_output=True, text=True, timeout=300
+        )
+
+    first = run("--observations", "1", "--lr-schedule", "plateau")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "held-out pairs" in first.stdout
+    (row,) = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert row["observation"] == 1 and 0.5 <= row["c2st"] <= 1.0
+    assert row["settings"]["lr_schedule"] == "plateau" and math.isfinite(row["heldout_logq"])
+    # a rerun with the same settings scores nothing again
+    again = run("--observations", "1", "--lr-schedule", "plateau")
+    assert again.returncode == 0 and "obs 1: c2st" not in again.stdout
+    # draws made with other settings are never scored as these
+    other = run("--observations", "2")
+    assert other.returncode != 0 and "give another --out" in other.stdout + other.stderr
