@@ -13,6 +13,7 @@ published NPE (NSF) figures of Lueckmann et al. 2021 and the ratio ours/sbi is p
     python benchmarks/bench_npe_sbibm.py                     # everything (hours on 2 cores)
     python benchmarks/bench_npe_sbibm.py --draw-only         # train and draw, score later
     python benchmarks/bench_npe_sbibm.py --threads-check     # 1 vs 2 torch threads, training
+    python benchmarks/bench_npe_sbibm.py --summarise docs/npe/*.jsonl --out docs/npe  # table, plot
 
 Needs the sbibm reference files (`pip install --no-deps sbibm`) and, for the baseline, sbi
 (`pip install -e .[bench]`); methods whose package is missing are skipped with a message.
@@ -147,6 +148,13 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("outputs/bench_npe"))
     p.add_argument("--threads-check", action="store_true")
     p.add_argument(
+        "--summarise",
+        nargs="+",
+        type=Path,
+        metavar="RESULTS",
+        help="only tabulate and plot these results.jsonl files (plot under --out)",
+    )
+    p.add_argument(
         "--draw-only", action="store_true", help="train and cache posterior draws, no C2ST"
     )
     args = p.parse_args()
@@ -155,6 +163,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.threads_check:
         threads_check(args.out)
+        return
+    if args.summarise:
+        summarise(args.summarise, args.out / "c2st.png")
         return
     results_path = args.out / "results.jsonl"
     done = set()
@@ -202,7 +213,7 @@ def main() -> None:
                         f.write(json.dumps(row) + "\n")
                         print(f"  {task_name} n={budget} {method} obs {o}: c2st {acc:.3f}")
     if results_path.exists():
-        summarise(results_path)
+        summarise([results_path], args.out / "c2st.png")
 
 
 def settings(method: str, args) -> dict:
@@ -258,26 +269,76 @@ def posterior_draws(task, task_name, budget, method, observations, references, a
     return out
 
 
-def summarise(results_path: Path) -> None:
-    rows = [json.loads(line) for line in results_path.read_text().splitlines()]
+def _label(row: dict) -> str:
+    """The method, with the ensemble size and learning-rate schedule where they differ."""
+    label = row["method"]
+    if row.get("members", 1) > 1:
+        label += f" x{row['members']}"
+    if (row.get("settings") or {}).get("lr_schedule", "constant") != "constant":
+        label += f" {row['settings']['lr_schedule']}"
+    return label
+
+
+def summarise(results_paths: list[Path], plot: Path | None = None) -> None:
+    """Prints mean C2ST per task, budget and method (ensembles labelled by their size) beside
+    the published figures, and plots them to ``plot`` (PNG) when given."""
+    rows = [json.loads(line) for p in results_paths for line in p.read_text().splitlines()]
     cells: dict[tuple, dict[str, list[float]]] = {}
     for r in rows:
-        cells.setdefault((r["task"], r["budget"]), {}).setdefault(r["method"], []).append(r["c2st"])
-    methods = sorted({r["method"] for r in rows})
-    header = f"{'task':18s} {'budget':>7s} " + " ".join(f"{m:>16s}" for m in methods)
+        cells.setdefault((r["task"], r["budget"]), {}).setdefault(_label(r), []).append(r["c2st"])
+    labels = sorted({_label(r) for r in rows})
+    header = f"{'task':18s} {'budget':>7s} " + " ".join(f"{m:>16s}" for m in labels)
     print("\nmean C2ST over the observations run (count in brackets); published = NPE (NSF), sbibm")
-    print(header + f" {'published':>10s} {'appa-flow/sbi':>14s}")
+    print(header + f" {'published':>10s} {'best appa/sbi':>14s}")
     for (task, budget), by in sorted(cells.items()):
         parts = []
-        for m in methods:
+        for m in labels:
             v = by.get(m)
             parts.append(f"{np.mean(v):10.3f} ({len(v):2d})" if v else f"{'-':>16s}")
         pub = PUBLISHED.get((task, budget))
-        ratio = "-"
-        if by.get("appa-flow") and by.get("sbi"):
-            ratio = f"{np.mean(by['appa-flow']) / np.mean(by['sbi']):.3f}"
+        ours = [np.mean(v) for m, v in by.items() if m.startswith("appa")]
+        ratio = f"{min(ours) / np.mean(by['sbi']):.3f}" if ours and by.get("sbi") else "-"
         pub_s = f"{pub:.3f}" if pub else "-"
         print(f"{task:18s} {budget:7d} " + " ".join(parts) + f" {pub_s:>10s} {ratio:>14s}")
+    if plot is not None:
+        _plot(cells, labels, plot)
+
+
+def _plot(cells: dict, labels: list[str], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({task for task, _ in cells})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        budgets = sorted(b for t, b in cells if t == task)
+        for k, m in enumerate(labels):
+            xs = [b for b in budgets if m in cells[(task, b)]]
+            values = [cells[(task, b)][m] for b in xs]
+            if not xs:
+                continue
+            shift = [b * 1.06 ** (k - len(labels) / 2) for b in xs]
+            lo = [np.mean(v) - min(v) for v in values]
+            hi = [max(v) - np.mean(v) for v in values]
+            ax.errorbar(shift, [np.mean(v) for v in values], yerr=[lo, hi], fmt="o-", label=m,
+                        capsize=3)  # fmt: skip
+        pub = [(b, PUBLISHED[(task, b)]) for b in budgets if (task, b) in PUBLISHED]
+        if pub:
+            ax.plot(*zip(*pub, strict=True), "kx--", label="published NPE")
+        ax.set_xscale("log")
+        ax.set_title(task)
+        ax.set_xlabel("simulations")
+        ax.axhline(0.5, color="0.7", lw=0.8)
+    axes[0][0].set_ylabel("C2ST (0.5 best)")
+    fig.suptitle("mean and min-max over observations", fontsize=8, y=0.99)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    print(f"plot: {out}")
 
 
 if __name__ == "__main__":

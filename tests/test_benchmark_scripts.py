@@ -103,6 +103,7 @@ def test_npe_benchmark_scores_resumes_and_refuses_other_settings(tmp_path):
     (row,) = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert row["observation"] == 1 and 0.5 <= row["c2st"] <= 1.0
     assert row["settings"]["lr_schedule"] == "plateau" and math.isfinite(row["heldout_logq"])
+    assert "appa-flow plateau" in first.stdout and (tmp_path / "c2st.png").stat().st_size > 0
     # a rerun with the same settings scores nothing again
     again = run("--observations", "1", "--lr-schedule", "plateau")
     assert again.returncode == 0 and "obs 1: c2st" not in again.stdout
