@@ -50,7 +50,8 @@ class TrainConfig(StrictModel):
     patience: int = Field(20, ge=1)
     lr_schedule: Literal["constant", "plateau"] = Field(
         "constant",
-        description="plateau: halve the rate after patience/4 epochs without improvement",
+        description="plateau: halve the rate once more than patience // 4 epochs pass without "
+        "improving the best validation loss",
     )
     validation_fraction: float = Field(0.1, gt=0, lt=1)
     clip_norm: float = Field(5.0, gt=0)
