@@ -13,8 +13,12 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
+    """Every test starts seeded and on one intra-op thread (code under test may change the
+    thread count; it is restored to one after each test)."""
     torch.manual_seed(0)
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -9,15 +9,6 @@ from appa.nn import AutoencoderConfig, StateAutoencoder, get_preset
 from appa.nn.layers import pole_pad, saturate
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run faster on one thread, above all on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def randomize(module: torch.nn.Module, seed: int = 0, std: float = 0.2) -> None:
     """Replaces every parameter by noise so no small or zero initialisation hides a bug."""
     g = torch.Generator().manual_seed(seed)

@@ -27,14 +27,6 @@ from appa.nn.info import model_info
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

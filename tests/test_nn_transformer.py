@@ -19,14 +19,6 @@ from appa.nn import DenoiserConfig, LatentDiT, get_preset, math_attention
 from appa.nn.attention import LocalChunks, attention
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def randomize(module: torch.nn.Module, seed: int = 0, std: float = 1.0) -> None:
     """Noise in every parameter: the adaLN-zero and zero output layers would otherwise make the
     network output exactly zero and every symmetry test pass trivially."""

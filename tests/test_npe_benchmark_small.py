@@ -16,14 +16,6 @@ TASKS = ["two_moons", "gaussian_mixture", "gaussian_linear"]
 DRAWS = 3000
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.mark.skipif(
     importlib.util.find_spec("sbibm") is None,
     reason="sbibm reference files not installed (pip install --no-deps sbibm)",

@@ -27,14 +27,6 @@ from appa.npe import (
 from appa.npe.estimators import ParameterTransform
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_box_uniform_density_and_errors():
     prior = BoxUniform([-1.0, 0.0], [1.0, 4.0])
     theta = prior.sample(1000, torch.Generator().manual_seed(0))
