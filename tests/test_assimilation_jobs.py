@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import xarray as xr
 import yaml
 from pool_utils import done_units
@@ -131,7 +130,6 @@ def test_killed_reanalysis_reruns_to_the_uninterrupted_archive(tmp_path, world, 
     assert result["time"].values[0] == np.datetime64("2003-03-01T00:00")
     assert result.attrs["seeds"]  # provenance: seeds, checkpoints, code version
     assert "sha256" in result.attrs["checkpoints"]
-    torch.set_num_threads(1)
     reference = _reference(job)
     for name, values in reference.items():
         np.testing.assert_array_equal(result[name].values, values, err_msg=name)

@@ -1,14 +1,13 @@
 """The posterior-sampling benchmarks run end to end at toy size (without the azula baseline,
 which is installed only for benchmarking)."""
 
-import importlib.util
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from npe_utils import needs_sbibm
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,10 +80,7 @@ def test_mmps_step_benchmark_runs(tmp_path):
             assert r["decoded_frames"] == 3 * 4
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("sbibm") is None,
-    reason="sbibm reference files not installed (pip install --no-deps sbibm)",
-)
+@needs_sbibm
 def test_npe_benchmark_scores_resumes_and_refuses_other_settings(tmp_path):
     script = str(ROOT / "benchmarks" / "bench_npe_sbibm.py")
     common = [

@@ -4,10 +4,8 @@ trained on 10^3 simulations, scored by C2ST against sbibm's reference posterior 
 
 from __future__ import annotations
 
-import importlib.util
-
-import pytest
 import torch
+from npe_utils import needs_sbibm
 
 from appa.npe import EstimatorConfig, TrainConfig, build_estimator, make_task, train_estimator
 from appa.npe.diagnostics import c2st_many
@@ -16,10 +14,7 @@ TASKS = ["two_moons", "gaussian_mixture", "gaussian_linear"]
 DRAWS = 3000
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("sbibm") is None,
-    reason="sbibm reference files not installed (pip install --no-deps sbibm)",
-)
+@needs_sbibm
 def test_flows_trained_on_a_thousand_simulations_approach_the_reference_posteriors():
     pairs, names = [], []
     for name in TASKS:

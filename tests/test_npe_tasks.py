@@ -3,19 +3,14 @@ samples that the sbibm package ships (skipped when it is not installed)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
 import torch
+from npe_utils import needs_sbibm
 
 from appa.npe import make_task
 from appa.npe.tasks import TASKS
-
-needs_sbibm = pytest.mark.skipif(
-    importlib.util.find_spec("sbibm") is None,
-    reason="sbibm reference files not installed (pip install --no-deps sbibm)",
-)
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
