@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -17,6 +18,7 @@ from appa.nn import (
     LatentDiT,
     StateAutoencoder,
     WeightedMSE,
+    ZonalSpectrumLoss,
     cell_area_weights,
     get_preset,
     level_weights,
@@ -140,6 +142,64 @@ def test_level_weights_and_weighted_mse():
         loss(torch.zeros(1, 3, 5, 6), torch.zeros(1, 3, 5, 6))
     with pytest.raises(ValueError, match="shapes differ"):
         loss(x, x[:1])
+
+
+def test_zonal_spectrum_loss_exact_values():
+    lat = torch.linspace(-80.0, 80.0, 9)
+    loss = ZonalSpectrumLoss(lat, floor=1e-8)
+    lon = torch.arange(16) * 2 * math.pi / 16
+    # one channel holds wavenumbers 2 and 5; amplifying the 5 by a leaves the 2 alone: the
+    # loss is the mean over the 8 wavenumbers of the squared log power ratios, 2 log a at k=5
+    # and (nearly) log(f / f) = 0 where neither has power
+    x = (torch.cos(2 * lon) + 0.1 * torch.sin(5 * lon)).expand(3, 1, 9, 16).clone()
+    a = 3.0
+    y = (torch.cos(2 * lon) + a * 0.1 * torch.sin(5 * lon)).expand(3, 1, 9, 16).clone()
+    assert float(loss(x, x)) == 0.0
+    expected = torch.tensor((2 * math.log(a)) ** 2 / 8)
+    torch.testing.assert_close(loss(y, x), expected, rtol=1e-4, atol=0)
+    # the power scale does not matter, only ratios
+    torch.testing.assert_close(loss(10 * y, 10 * x), loss(y, x), rtol=1e-4, atol=0)
+    # invalid points take their row's mean of valid points: a wild value there costs
+    # nothing, and what is left is the spectrum that appa.metrics computes
+    mask = torch.ones_like(x, dtype=torch.bool)
+    mask[:, :, 4, 3:9] = False
+    wild = x.clone()
+    wild[:, :, 4, 3:9] = 1e3
+    assert float(loss(wild, x, mask)) == 0.0 and float(loss(wild, x)) > 1.0
+    from appa.metrics.climate import zonal_power_spectrum
+
+    nan = torch.where(mask, y, torch.nan).double().numpy()[None]
+    truth = torch.where(mask, x, torch.nan).double().numpy()[None]
+    ratio = zonal_power_spectrum(nan, lat.numpy()) / zonal_power_spectrum(truth, lat.numpy())
+    floor = 1e-8 * zonal_power_spectrum(truth, lat.numpy())[:, 1:].sum()
+    p, q = (zonal_power_spectrum(a, lat.numpy())[:, 1:] + floor for a in (truth, nan))
+    expected = float(np.mean(np.log(q / p) ** 2))
+    assert np.isfinite(ratio[:, 1:]).all()
+    assert float(loss(y, x, mask)) == pytest.approx(expected, rel=1e-3)
+    with pytest.raises(ValueError, match="shapes differ"):
+        loss(x, x[:1])
+    with pytest.raises(ValueError, match="floor"):
+        ZonalSpectrumLoss(lat, floor=0.0)
+
+
+def test_zonal_spectrum_loss_sees_what_the_mse_misses():
+    """Removing the small scales costs the MSE little (they hold little variance) but the
+    spectrum term much; the floor leaves wavenumbers the truth does not hold (rounding noise)
+    out of it."""
+    torch.manual_seed(0)
+    lat = torch.linspace(-87.0, 87.0, 32)
+    k = torch.arange(33)
+    amplitude = torch.where(k <= 21, 1.0 / (1.0 + k.float()) ** 2, torch.zeros(()))
+    spectrum = amplitude * torch.randn(8, 2, 32, 33, dtype=torch.complex64)
+    x = torch.fft.irfft(spectrum, n=64, dim=-1)
+    smoothed = torch.fft.irfft(torch.where(k < 12, spectrum, 0), n=64, dim=-1)
+    mse = WeightedMSE(lat, None)
+    spec = ZonalSpectrumLoss(lat, floor=1e-6)
+    assert float(mse(smoothed, x).mean()) < 1e-3 * float(x.square().mean())
+    assert float(spec(smoothed, x)) > 1.0
+    # noise far below the floor beyond the truth's cut-off barely counts
+    noisy = x + 1e-8 * torch.randn_like(x)
+    assert float(spec(noisy, x)) < 1e-3
 
 
 def test_gpu_benchmark_script_runs_on_cpu_with_tiny(tmp_path):

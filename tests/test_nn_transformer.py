@@ -15,7 +15,7 @@ from appa.diffusion import (
     WindowedDenoiser,
     denoising_loss,
 )
-from appa.nn import DenoiserConfig, LatentDiT, get_preset, math_attention
+from appa.nn import DenoiserConfig, LatentDiT, get_preset, known_frames_input, math_attention
 from appa.nn.attention import LocalChunks, attention
 
 
@@ -103,6 +103,33 @@ def test_conditioning_changes_the_output_and_static_context_broadcasts():
     assert not torch.allclose(net(x, c, date=date.roll(1, 1), context=context), out, atol=1e-4)
     assert not torch.allclose(net(x, c + 0.5, date=date, context=context), out, atol=1e-4)
     assert not torch.allclose(net(x, c, date=date, context=context + 1), out, atol=1e-4)
+
+
+def test_known_frames_input():
+    net = LatentDiT(config(known_frames=True)).eval()
+    randomize(net, seed=3)
+    x, c, date = inputs()
+    frames = torch.randn_like(x)
+    nothing = known_frames_input(torch.zeros(2, 4, dtype=torch.bool), frames)
+    assert nothing.shape == (2, 4, 4, 3, 8) and not nothing.any()
+    # nothing known is the joint prior's input: the default
+    torch.testing.assert_close(net(x, c, date=date, known=nothing), net(x, c, date=date))
+    mask = torch.tensor([[True, True, False, False], [True, False, False, False]])
+    known = known_frames_input(mask, frames)
+    assert torch.equal(known[:, :, 0, 0, 0], mask.float())
+    torch.testing.assert_close(known[0, 1, 1:], frames[0, 1])
+    assert not known[1, 1:].any()  # unknown frames' values are not passed on
+    out = net(x, c, date=date, known=known)
+    assert not torch.allclose(out, net(x, c, date=date), atol=1e-4)
+    # only the known frames' values matter
+    changed = known_frames_input(mask, torch.where(mask[..., None, None, None], frames, 5.0))
+    torch.testing.assert_close(net(x, c, date=date, known=changed), out)
+    with pytest.raises(ValueError, match="known must have shape"):
+        net(x, c, date=date, known=known[:, :, 1:])
+    with pytest.raises(ValueError, match="known_frames is off"):
+        LatentDiT(config())(x, c, date=date, known=known)
+    with pytest.raises(ValueError, match="does not match"):
+        known_frames_input(mask[:, :3], frames)
 
 
 def test_bad_inputs_are_named():

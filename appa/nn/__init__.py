@@ -10,7 +10,7 @@ from appa.nn.attention import (
     math_attention_enabled,
 )
 from appa.nn.autoencoder import ResBlock, StateAutoencoder
-from appa.nn.losses import WeightedMSE, cell_area_weights, level_weights
+from appa.nn.losses import WeightedMSE, ZonalSpectrumLoss, cell_area_weights, level_weights
 from appa.nn.presets import (
     PRESETS,
     AutoencoderConfig,
@@ -19,7 +19,7 @@ from appa.nn.presets import (
     get_preset,
     preset_names,
 )
-from appa.nn.transformer import DiTBlock, LatentDiT
+from appa.nn.transformer import DiTBlock, LatentDiT, known_frames_input
 
 __all__ = [
     "PRESETS",
@@ -34,9 +34,11 @@ __all__ = [
     "RotaryEmbedding3d",
     "StateAutoencoder",
     "WeightedMSE",
+    "ZonalSpectrumLoss",
     "attention",
     "cell_area_weights",
     "get_preset",
+    "known_frames_input",
     "level_weights",
     "math_attention",
     "math_attention_enabled",

@@ -1,4 +1,5 @@
-"""The autoencoder's reconstruction loss: MSE weighted by grid-cell area and pressure level."""
+"""The autoencoder's reconstruction losses: MSE weighted by grid-cell area and pressure level,
+and a zonal power spectrum term that keeps the small scales' variance."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["WeightedMSE", "cell_area_weights", "level_weights"]
+__all__ = ["WeightedMSE", "ZonalSpectrumLoss", "cell_area_weights", "level_weights"]
 
 
 def cell_area_weights(latitudes: Sequence[float] | Tensor) -> Tensor:
@@ -122,3 +123,69 @@ class WeightedMSE(nn.Module):
         se = torch.where(mask, diff, torch.zeros_like(diff)).square() * w
         weight = (mask * w).flatten(1).sum(dim=1)
         return se.flatten(1).sum(dim=1) / weight.clamp_min(torch.finfo(weight.dtype).tiny)
+
+
+def _fill_rows(x: Tensor, mask: Tensor) -> Tensor:
+    """``x`` with invalid points set to the mean of their row's valid points (0 for rows
+    without any)."""
+    valid = torch.where(mask, x, torch.zeros_like(x))
+    count = mask.sum(dim=-1, keepdim=True)
+    mean = valid.sum(dim=-1, keepdim=True) / count.clamp_min(1)
+    return torch.where(mask, x, mean)
+
+
+class ZonalSpectrumLoss(nn.Module):
+    """Squared log ratio of reconstructed to true zonal power, per channel and wavenumber.
+
+    Over the batch, ``P_ck`` is the area-weighted mean over samples and latitude rows of
+    ``|FFT_lon(x)_k|^2`` (channel ``c``, wavenumber ``k = 1 ... W / 2``), likewise ``Q_ck`` of
+    ``x_hat``; the loss is the mean over ``c, k`` of ``(log(Q_ck + f_c) - log(P_ck + f_c))^2``
+    with the floor ``f_c = floor * sum_k P_ck``.
+
+    A mean squared error alone lets an autoencoder smooth the small scales away (they hold
+    little of the variance): their power can be off by orders of magnitude for a tiny error.
+    This term weighs every resolved wavenumber alike, so the decoded states keep the data's
+    spectrum; the floor stops it from chasing rounding noise beyond a band-limited truth's
+    cut-off. It compares batch-mean spectra, not single states: phases are the MSE's task.
+
+    Arguments:
+        latitudes: Row latitudes (degrees) for the cell-area weights.
+        floor: Relative power floor (of each channel's total zonal power).
+    """
+
+    def __init__(self, latitudes: Sequence[float] | Tensor, floor: float = 1e-6) -> None:
+        super().__init__()
+        if not floor > 0:
+            raise ValueError(f"floor must be positive, got {floor}")
+        self.floor = float(floor)
+        self.register_buffer("area", cell_area_weights(latitudes).float(), persistent=False)
+
+    def _power(self, x: Tensor) -> Tensor:
+        """``(C, W // 2)``: batch- and area-weighted mean zonal power of ``(N, C, H, W)``."""
+        power = torch.fft.rfft(x, dim=-1, norm="forward").abs().square()[..., 1:]
+        w = self.area / self.area.sum()
+        return torch.einsum("nchk,h->ck", power, w) / x.shape[0]
+
+    def forward(self, x_hat: Tensor, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``x_hat``, ``x``: ``(B, ..., C, H, W)``; returns the batch's loss, a scalar.
+
+        ``mask`` (bool, True where valid) leaves invalid points out: on each latitude row of
+        each field they take the mean of the row's valid points (as
+        :func:`appa.metrics.zonal_power_spectrum` fills NaN), so neither what they hold nor the
+        steps at their edges (coastlines) count, and they pass no gradient.
+        """
+        if x_hat.shape != x.shape:
+            raise ValueError(f"shapes differ: x_hat {tuple(x_hat.shape)} vs x {tuple(x.shape)}")
+        if x.ndim < 4 or x.shape[-2] != self.area.numel():
+            raise ValueError(
+                f"expected (B, ..., C, {self.area.numel()}, W) tensors, got {tuple(x.shape)}"
+            )
+        x_hat, x = x_hat.float(), x.float()
+        if mask is not None:
+            mask = mask.expand_as(x)
+            x_hat, x = _fill_rows(x_hat, mask), _fill_rows(x, mask)
+        x_hat, x = x_hat.flatten(0, -4), x.flatten(0, -4)
+        target = self._power(x).detach()
+        floor = self.floor * target.sum(dim=1, keepdim=True)
+        ratio = (self._power(x_hat) + floor).log() - (target + floor).log()
+        return ratio.square().mean()

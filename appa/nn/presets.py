@@ -119,6 +119,9 @@ class DenoiserConfig(StrictModel):
     Tokens are patches of ``patch = (frames, rows, columns)``. ``local_window`` optionally limits
     attention to tokens within that many tokens along (time, lat, lon) (None on an axis: no
     limit); ``attention="math"`` always uses the math attention path (JVP, double backward).
+    ``known_frames`` adds an input of clean frames that are known (``channels + 1`` maps per
+    frame: a known-flag map and the frame's latent, zeros where unknown), so one network is both
+    the joint prior (nothing known) and a conditional one (e.g. a forecast from past states).
     """
 
     channels: int = Field(128, gt=0)
@@ -131,6 +134,7 @@ class DenoiserConfig(StrictModel):
     patch: tuple[int, int, int] = (2, 1, 1)
     date_features: int = Field(4, ge=0)
     context_channels: int = Field(0, ge=0)
+    known_frames: bool = False
     qk_norm: bool = True
     rope_base: float = Field(100.0, gt=1)
     periodic_lon: bool = True

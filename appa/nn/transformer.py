@@ -20,7 +20,18 @@ from appa.nn.attention import LocalChunks, MultiheadSelfAttention, RotaryEmbeddi
 from appa.nn.layers import sinusoidal_embedding
 from appa.nn.presets import DenoiserConfig
 
-__all__ = ["DiTBlock", "LatentDiT"]
+__all__ = ["DiTBlock", "LatentDiT", "known_frames_input"]
+
+
+def known_frames_input(mask: Tensor, frames: Tensor) -> Tensor:
+    """The ``known`` input of a :class:`LatentDiT` with ``known_frames``: ``(B, T, C + 1, h, w)``
+    from a ``(B, T)`` bool ``mask`` of known frames and ``frames`` ``(B, T, C, h, w)`` (their
+    values where known; whatever elsewhere, zeroed here)."""
+    if mask.shape != frames.shape[:2]:
+        raise ValueError(f"mask {tuple(mask.shape)} does not match frames {tuple(frames.shape)}")
+    flag = mask.to(frames.dtype)[:, :, None, None, None]
+    values = torch.where(flag > 0, frames, torch.zeros_like(frames))
+    return torch.cat([flag.expand(*frames.shape[:2], 1, *frames.shape[3:]), values], dim=2)
 
 
 def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -91,7 +102,10 @@ class LatentDiT(nn.Module):
         D, M = config.width, config.mod_features
         pt, ph, pw = config.patch
         patch_numel = pt * ph * pw
-        self.in_proj = nn.Linear(patch_numel * (config.channels + config.context_channels), D)
+        known = config.channels + 1 if config.known_frames else 0
+        self.in_proj = nn.Linear(
+            patch_numel * (config.channels + config.context_channels + known), D
+        )
         self.date_proj = (
             nn.Linear(pt * config.date_features, D) if config.date_features > 0 else None
         )
@@ -191,6 +205,7 @@ class LatentDiT(nn.Module):
         date: Tensor | None = None,
         context: Tensor | None = None,
         times: Tensor | None = None,
+        known: Tensor | None = None,
     ) -> Tensor:
         """
         Arguments:
@@ -204,6 +219,9 @@ class LatentDiT(nn.Module):
                 ``(B, Cc, h, w)`` with ``Cc == L`` would be unfolded as if it were frames.
             times: Frame times ``(B, T)`` in frames (default ``0 .. T-1``); only differences
                 matter. Lets a shuffled or gapped window keep its true temporal geometry.
+            known: With ``config.known_frames``: clean known frames ``(B, T, C + 1, h, w)``,
+                :func:`known_frames_input` of a ``(B, T)`` mask and the frames; None: nothing
+                known (the joint prior).
 
         Returns:
             ``(B, T, C, h, w)``.
@@ -232,6 +250,17 @@ class LatentDiT(nn.Module):
             x = torch.cat([x, context.to(x.dtype)], dim=2)
         elif context is not None:
             raise ValueError("context given but config.context_channels is 0")
+        if cfg.known_frames:
+            if known is None:
+                known = x.new_zeros(B, T, cfg.channels + 1, H, W)
+            elif known.shape != (B, T, cfg.channels + 1, H, W):
+                raise ValueError(
+                    f"known must have shape ({B}, {T}, {cfg.channels + 1}, {H}, {W}), "
+                    f"got {tuple(known.shape)}"
+                )
+            x = torch.cat([x, known.to(x.dtype)], dim=2)
+        elif known is not None:
+            raise ValueError("known frames given but config.known_frames is off")
         t, h, w = T // pt, H // ph, W // pw
         periods = (t, h, w)
 
