@@ -175,6 +175,83 @@ def test_autoencoder_validation_rmse_per_channel(tmp_path: Path):
     assert out["rmse"] == pytest.approx(expected.mean().item(), rel=1e-5)
 
 
+def test_autoencoder_spectral_term_adds_to_the_loss_and_is_validated():
+    torch.manual_seed(0)
+    task = tiny_autoencoder_task()
+    data = _ae_data()
+    batch = {"state": torch.stack([data[i]["state"] for i in range(3)])}
+    generator = torch.Generator().manual_seed(0)
+    task.module.eval()  # deterministic: no latent noise
+    mse_only = task.loss(task.module, batch, generator)
+    task.spectral_weight = 0.5
+    combined = task.loss(task.module, batch, generator)
+    x = batch["state"].reshape(-1, 2, 8, 16)
+    with torch.no_grad():
+        _, x_hat = task.module(x)
+    spectrum = task.spectrum(x_hat, x)
+    assert float(spectrum) > 0
+    torch.testing.assert_close(combined, mse_only + 0.5 * spectrum)
+    # validation reports the term and counts it in the loss, whatever the weight
+    trainer = _trainer(task, data, None, steps=1, val=data)
+    trainer.loop.val_batches = 1
+    with_weight = trainer.validate()
+    task.spectral_weight = 0.0
+    without = trainer.validate()
+    assert with_weight["spectrum"] == pytest.approx(without["spectrum"]) and without["spectrum"] > 0
+    assert with_weight["loss"] == pytest.approx(without["loss"] + 0.5 * without["spectrum"])
+    with pytest.raises(ValueError, match="spectral_weight"):
+        type(task)(task.config, task.latitudes, spectral_weight=-1.0)
+
+
+def test_lognormal_training_noise_levels():
+    from appa.diffusion import sample_lognormal_sigma
+
+    g = torch.Generator().manual_seed(0)
+    sigma = sample_lognormal_sigma(200_000, -1.2, 1.2, 1e-3, 1e3, g).double()
+    log = sigma.log()
+    assert abs(float(log.median()) + 1.2) < 0.01 and abs(float(log.std()) - 1.2) < 0.01
+    clipped = sample_lognormal_sigma(1000, 0.0, 5.0, 0.1, 10.0, g)
+    assert float(clipped.min()) == pytest.approx(0.1)
+    assert float(clipped.max()) == pytest.approx(10.0)
+    # a diffusion task draws them when asked, through its generator (reproducibly)
+    task = tiny_diffusion_task()
+    latents = Windows(smooth_fields(6, 4, (4, 8), seed=2), window=4, key="latent")
+    batch = torch.utils.data.default_collate([latents[i] for i in range(2)])
+    task.train_sigma = "lognormal"
+    a = task.loss(task.module, batch, torch.Generator().manual_seed(3))
+    b = task.loss(task.module, batch, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="train_sigma"):
+        type(task)(task.config, train_sigma="uniform")
+
+
+def test_known_frame_training_and_forecast_validation():
+    torch.manual_seed(0)
+    base = tiny_diffusion_task()
+    config = base.config.model_copy(update={"known_frames": True})
+    task = type(base)(config, latent_mean=[0.0] * 4, latent_std=[1.0] * 4, val_sigmas=3,
+                      known_probability=0.5)  # fmt: skip
+    latents = Windows(smooth_fields(10, 4, (4, 8), seed=2), window=4, key="latent")
+    trainer = _trainer(task, latents, None, steps=2, val=latents, val_every=2)
+    metrics = trainer.fit()
+    forecast = [k for k in metrics if k.startswith("val_forecast_sigma_")]
+    assert len(forecast) == 3 and metrics["val_forecast_loss"] > 0
+    assert metrics["val_forecast_loss"] == pytest.approx(sum(metrics[k] for k in forecast) / 3)
+    # the loss sees the known frames: it changes with them, as the same draws are used
+    batch = torch.utils.data.default_collate([latents[i] for i in range(4)])
+    for p in task.network.parameters():
+        if not p.any():
+            torch.nn.init.normal_(p, std=0.1)
+    a = task.loss(task.module, batch, torch.Generator().manual_seed(0))
+    task.known_probability = 0.0
+    b = task.loss(task.module, batch, torch.Generator().manual_seed(0))
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="known_frames"):
+        type(base)(base.config, known_probability=0.5)
+    with pytest.raises(ValueError, match="known_probability"):
+        type(base)(config, known_probability=1.5)
+
+
 def test_autoencoder_learns(tmp_path: Path):
     torch.manual_seed(0)
     task = tiny_autoencoder_task()

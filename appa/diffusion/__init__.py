@@ -5,6 +5,7 @@ from appa.diffusion.denoisers import (
     EDMDenoiser,
     denoising_loss,
     expand_sigma,
+    sample_lognormal_sigma,
     sample_training_sigma,
 )
 from appa.diffusion.exact import (
@@ -73,6 +74,7 @@ __all__ = [
     "linear_gaussian_posterior",
     "make_sampler",
     "make_schedule",
+    "sample_lognormal_sigma",
     "sample_training_sigma",
     "systematic_resample",
 ]

@@ -20,6 +20,7 @@ __all__ = [
     "EDMDenoiser",
     "denoising_loss",
     "expand_sigma",
+    "sample_lognormal_sigma",
     "sample_training_sigma",
 ]
 
@@ -97,6 +98,26 @@ def sample_training_sigma(
     """Training noise levels: ``t ~ U(0, 1)`` mapped through the schedule; shape ``(batch,)``."""
     t = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
     return schedule.sigma(t).float()
+
+
+def sample_lognormal_sigma(
+    batch: int,
+    log_mean: float,
+    log_std: float,
+    sigma_min: float,
+    sigma_max: float,
+    generator: torch.Generator | None = None,
+    device=None,
+) -> Tensor:
+    """Training noise levels ``exp(log_mean + log_std z)``, ``z ~ N(0, 1)``, clipped to
+    ``[sigma_min, sigma_max]``; shape ``(batch,)``.
+
+    EDM's choice: a log-uniform draw over many decades spends most steps where denoising is
+    trivial (``sigma`` far below the data's finest structure, or far above its scale); a
+    log-normal one concentrates them where the network has something to learn.
+    """
+    z = torch.randn(batch, generator=generator, device=device, dtype=torch.float64)
+    return (log_mean + log_std * z).exp().clamp(sigma_min, sigma_max).float()
 
 
 def denoising_loss(

@@ -157,6 +157,9 @@ class AutoencoderJob(_Job):
     kind: Literal["autoencoder"] = "autoencoder"
     window: int = Field(1, ge=1)
     channel_weights: list[float] | None = None
+    # weight of appa.nn.ZonalSpectrumLoss beside the MSE (0: MSE only), and its power floor
+    spectral_weight: float = Field(0.0, ge=0)
+    spectral_floor: float = Field(1e-6, gt=0)
 
 
 class DiffusionJob(_Job):
@@ -171,6 +174,14 @@ class DiffusionJob(_Job):
     sigma_min: float = Field(1e-3, gt=0)
     sigma_max: float = Field(1e3, gt=0)
     sigma_data: float = Field(1.0, gt=0)
+    # how training noise levels are drawn: uniform time through the schedule, or EDM's
+    # log-normal (log sigma ~ N(sigma_log_mean, sigma_log_std^2), clipped to the bounds)
+    train_sigma: Literal["schedule", "lognormal"] = "schedule"
+    # with denoiser.known_frames: the share of training windows whose first frames are given
+    # clean (the forecast's situation); the rest train the joint prior
+    known_probability: float = Field(0.0, ge=0, le=1)
+    sigma_log_mean: float = -1.2
+    sigma_log_std: float = Field(1.2, gt=0)
     latent_stats: Literal["store", "compute", "none"] = "compute"
     latent_mean: list[float] | None = None  # when both are given, used as they are
     latent_std: list[float] | None = None
@@ -389,6 +400,8 @@ def build_trainer(job: Job, callbacks: Iterable[Callback] = (), device=None) -> 
             state_spec=spec.model_dump(mode="json"),
             statistics=train.stats.to_json(),
             static=train.static,
+            spectral_weight=job.spectral_weight,
+            spectral_floor=job.spectral_floor,
         )
         store = {"source": train.source.store, "statistics_path": train.source.statistics}
         if train.static is not None:
@@ -404,6 +417,8 @@ def build_trainer(job: Job, callbacks: Iterable[Callback] = (), device=None) -> 
             key=train.variable,
             state_spec=train.attrs.get("state_spec"),
             statistics=train.attrs.get("statistics"),
+            spectral_weight=job.spectral_weight,
+            spectral_floor=job.spectral_floor,
         )
         store = {k: train.attrs[k] for k in sorted(train.attrs)}
     else:
@@ -417,6 +432,10 @@ def build_trainer(job: Job, callbacks: Iterable[Callback] = (), device=None) -> 
             latent_mean=mean,
             latent_std=std,
             val_sigmas=job.val_sigmas,
+            known_probability=job.known_probability,
+            train_sigma=job.train_sigma,
+            sigma_log_mean=job.sigma_log_mean,
+            sigma_log_std=job.sigma_log_std,
             val_samples=job.val_samples,
             val_sampler=job.val_sampler,
             val_steps=job.val_steps,

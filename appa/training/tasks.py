@@ -20,9 +20,10 @@ from appa.diffusion import (
     denoising_loss,
     make_sampler,
     make_schedule,
+    sample_lognormal_sigma,
     sample_training_sigma,
 )
-from appa.nn import StateAutoencoder, WeightedMSE
+from appa.nn import StateAutoencoder, WeightedMSE, ZonalSpectrumLoss, known_frames_input
 from appa.nn.latent import LatentStandardizer, latent_denoiser
 from appa.nn.presets import AutoencoderConfig, DenoiserConfig
 
@@ -66,7 +67,10 @@ def _get(batch: dict[str, Tensor], key: str) -> Tensor:
 
 class AutoencoderTask:
     """Reconstruction of standardised states through the autoencoder, loss
-    :class:`~appa.nn.WeightedMSE` (cell area x channel weights).
+    :class:`~appa.nn.WeightedMSE` (cell area x channel weights), plus ``spectral_weight``
+    times :class:`~appa.nn.ZonalSpectrumLoss` (the batch's log zonal power ratios), which
+    keeps the small scales that an MSE alone lets the decoder smooth away. Validation reports
+    that term (``spectrum``) whatever its weight.
 
     When batches carry a validity ``mask`` (masked variables such as sea-surface temperature
     over land, as :class:`appa.data.WindowDataset` yields them), invalid points are set to 0
@@ -86,6 +90,8 @@ class AutoencoderTask:
             autoencoder (stored in its weights). With ``date_context``, batches must carry
             ``date`` features ``(B, [K,] 4)``.
         date_key: The batch entry holding date features.
+        spectral_weight: Weight of the zonal spectrum term (0: MSE only).
+        spectral_floor: Its relative power floor.
     """
 
     kind = "autoencoder"
@@ -102,6 +108,8 @@ class AutoencoderTask:
         statistics: dict[str, Any] | None = None,
         static: np.ndarray | None = None,
         date_key: str = "date",
+        spectral_weight: float = 0.0,
+        spectral_floor: float = 1e-6,
     ) -> None:
         if len(latitudes) != config.grid[0]:
             raise ValueError(f"{len(latitudes)} latitudes for a grid of {config.grid[0]} rows")
@@ -121,6 +129,10 @@ class AutoencoderTask:
         self.network = self.module
         self.date_key = date_key
         self.criterion = WeightedMSE(latitudes, channel_weights)
+        if not spectral_weight >= 0:
+            raise ValueError(f"spectral_weight must be >= 0, got {spectral_weight}")
+        self.spectral_weight = float(spectral_weight)
+        self.spectrum = ZonalSpectrumLoss(latitudes, spectral_floor)
         self.latitudes = [float(v) for v in latitudes]
         self.channel_weights = (
             None if channel_weights is None else list(map(float, channel_weights))
@@ -158,7 +170,10 @@ class AutoencoderTask:
     ) -> Tensor:
         x, mask = self._states(batch)
         _, x_hat = model(x, self._dates(batch))
-        return self.criterion.to(x.device)(x_hat, x, mask)
+        loss = self.criterion.to(x.device)(x_hat, x, mask)
+        if self.spectral_weight:
+            loss = loss + self.spectral_weight * self.spectrum.to(x.device)(x_hat, x, mask)
+        return loss
 
     @torch.no_grad()
     def validate_batch(
@@ -170,6 +185,10 @@ class AutoencoderTask:
         x_hat = x_hat.float()
         n = x.new_tensor(float(x.shape[0]))
         out = {"loss": (criterion(x_hat, x, mask).sum(), n)}
+        spectrum = self.spectrum.to(x.device)(x_hat, x, mask)
+        if self.spectral_weight:
+            out["loss"] = (out["loss"][0] + self.spectral_weight * spectrum * n, n)
+        out["spectrum"] = (spectrum, x.new_tensor(1.0))
         # area-weighted squared error per channel over valid points (sum and total weight)
         w = criterion.area[:, None].expand(x.shape[-2:])
         w = w.expand_as(x) if mask is None else w * mask
@@ -180,7 +199,7 @@ class AutoencoderTask:
         return out
 
     def finalize(self, means: dict[str, float]) -> dict[str, float]:
-        out = {"loss": means["loss"]}
+        out = {"loss": means["loss"], "spectrum": means["spectrum"]}
         rmse = {n: math.sqrt(means[f"mse_{n}"]) for n in self.channel_names}
         out["rmse"] = sum(rmse.values()) / len(rmse)
         out.update({f"rmse_{n}": v for n, v in rmse.items()})
@@ -192,6 +211,8 @@ class AutoencoderTask:
             "latitudes": self.latitudes,
             "channel_weights": self.channel_weights,
             "channel_names": self.channel_names,
+            "spectral_weight": self.spectral_weight,
+            "spectral_floor": self.spectrum.floor,
             "state_spec": self.state_spec,
             "statistics": self.statistics,
         }
@@ -211,6 +232,14 @@ class DiffusionTask:
         schedule: Noise schedule name for training noise levels.
         sigma_min, sigma_max: Its bounds.
         sigma_data: EDM data standard deviation (1 for standardised latents).
+        known_probability: With a ``known_frames`` denoiser, the share of training windows
+            whose first ``n`` frames (``n`` uniform in ``1 ... K - 1``) are given clean as
+            known frames (the forecast's situation); the rest train the joint prior.
+            Validation then also reports ``forecast_loss``: the loss on the second half of
+            windows whose first half is known, averaged over the validation noise levels.
+        train_sigma: How training noise levels are drawn: ``"schedule"`` (uniform time
+            through the schedule) or ``"lognormal"`` (``log sigma ~ N(sigma_log_mean,
+            sigma_log_std^2)``, clipped to the bounds).
         latent_mean, latent_std: ``(c,)`` latent statistics, or None.
         val_sigmas: Number of validation noise levels.
         val_samples: Windows generated at each validation (per worker, dated like the first
@@ -232,6 +261,10 @@ class DiffusionTask:
         latent_mean: Sequence[float] | None = None,
         latent_std: Sequence[float] | None = None,
         val_sigmas: int = 6,
+        known_probability: float = 0.0,
+        train_sigma: str = "schedule",
+        sigma_log_mean: float = -1.2,
+        sigma_log_std: float = 1.2,
         val_samples: int = 0,
         val_sampler: str = "heun",
         val_steps: int = 16,
@@ -244,6 +277,19 @@ class DiffusionTask:
         self.schedule_name = schedule
         self.schedule = make_schedule(schedule, sigma_min=sigma_min, sigma_max=sigma_max)
         self.sigma_data = float(sigma_data)
+        if train_sigma not in ("schedule", "lognormal"):
+            raise ValueError(f"train_sigma must be 'schedule' or 'lognormal', got {train_sigma!r}")
+        if sigma_log_std <= 0:
+            raise ValueError(f"sigma_log_std must be positive, got {sigma_log_std}")
+        self.train_sigma = train_sigma
+        if not 0 <= known_probability <= 1:
+            raise ValueError(f"known_probability must lie in [0, 1], got {known_probability}")
+        if known_probability and not config.known_frames:
+            raise ValueError("known_probability > 0 needs a denoiser with known_frames")
+        if config.known_frames and config.window < 2:
+            raise ValueError("known frames need windows of at least 2 frames")
+        self.known_probability = float(known_probability)
+        self.sigma_log_mean, self.sigma_log_std = float(sigma_log_mean), float(sigma_log_std)
         self.standardizer = LatentStandardizer(config.channels, latent_mean, latent_std)
         self.latent_mean, self.latent_std = self.standardizer.mean, self.standardizer.std
         self.val_sigmas = torch.logspace(
@@ -269,8 +315,25 @@ class DiffusionTask:
         self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator
     ) -> Tensor:
         x, cond = self._inputs(batch)
-        sigma = sample_training_sigma(self.schedule, x.shape[0], generator, device=x.device)
+        if self.train_sigma == "lognormal":
+            sigma = sample_lognormal_sigma(
+                x.shape[0],
+                self.sigma_log_mean,
+                self.sigma_log_std,
+                self.schedule.sigma_min,
+                self.schedule.sigma_max,
+                generator,
+                device=x.device,
+            )
+        else:
+            sigma = sample_training_sigma(self.schedule, x.shape[0], generator, device=x.device)
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        if self.known_probability:
+            B, K = x.shape[:2]
+            n = torch.randint(1, K, (B,), generator=generator, device=x.device)
+            used = torch.rand(B, generator=generator, device=x.device) < self.known_probability
+            mask = (torch.arange(K, device=x.device) < n[:, None]) & used[:, None]
+            cond["known"] = known_frames_input(mask, x)
         return denoising_loss(model, x, sigma, noise=noise, sigma_data=self.sigma_data, **cond)
 
     @torch.no_grad()
@@ -287,7 +350,24 @@ class DiffusionTask:
                 model, x, sigma, noise=noise, sigma_data=self.sigma_data, **cond
             )
             out[f"loss_sigma_{s:.3g}"] = (losses.sum(), n)
+            if self.config.known_frames:
+                out[f"forecast_sigma_{s:.3g}"] = (
+                    self._forecast_loss(model, x, sigma, noise, cond).sum(),
+                    n,
+                )
         return out
+
+    def _forecast_loss(
+        self, model: nn.Module, x: Tensor, sigma: Tensor, noise: Tensor, cond: dict[str, Tensor]
+    ) -> Tensor:
+        """The weighted denoising loss ``(B,)`` on the second half of windows ``x`` whose
+        first half is known."""
+        B, K = x.shape[:2]
+        mask = (torch.arange(K, device=x.device) < K // 2).expand(B, K)
+        s = sigma.reshape(B, 1, 1, 1, 1)
+        x_hat = model(x + s * noise, sigma, known=known_frames_input(mask, x), **cond)
+        weight = (s**2 + self.sigma_data**2) / (s * self.sigma_data) ** 2
+        return (weight * (x_hat - x) ** 2)[:, K // 2 :].flatten(1).mean(dim=1)
 
     @torch.no_grad()
     def validate_samples(
@@ -320,6 +400,10 @@ class DiffusionTask:
     def finalize(self, means: dict[str, float]) -> dict[str, float]:
         losses = {k: v for k, v in means.items() if k.startswith("loss_sigma_")}
         out = {"loss": sum(losses.values()) / len(losses), **losses}
+        forecast = {k: v for k, v in means.items() if k.startswith("forecast_sigma_")}
+        if forecast:
+            out["forecast_loss"] = sum(forecast.values()) / len(forecast)
+            out.update(forecast)
         if "gen_m1_0" in means:
             stats: dict[str, list[tuple[float, float, float]]] = {"gen": [], "data": []}
             for tag in stats:
