@@ -41,7 +41,7 @@ OVERRIDES = [
 TIMES = pd.date_range("2003-02-01", periods=6, freq="6h")
 
 
-def _write(tmp_path, denoiser_channels=4, spec=SPEC, stats=STATS):
+def _write(tmp_path, denoiser_channels=4, spec=SPEC, stats=STATS, known_frames=False):
     preset = get_preset("tiny", OVERRIDES)
     torch.manual_seed(0)
     ae = AutoencoderTask(
@@ -53,7 +53,9 @@ def _write(tmp_path, denoiser_channels=4, spec=SPEC, stats=STATS):
         ae_root, 5, {"model": ae.network.state_dict()},
         metadata={"kind": "autoencoder", "task": ae.metadata()},
     )  # fmt: skip
-    cfg = preset.denoiser.model_copy(update={"channels": denoiser_channels})
+    cfg = preset.denoiser.model_copy(
+        update={"channels": denoiser_channels, "known_frames": known_frames}
+    )
     dn = DiffusionTask(
         cfg, latent_mean=[0.1] * denoiser_channels, latent_std=[0.5] * denoiser_channels
     )
@@ -129,6 +131,42 @@ def test_tasks_run_through_tiny_networks(tiny_prior):
     )  # fmt: skip
     assert fc.shape == (2, 1, 3, 2, *GRID) and torch.isfinite(fc).all()
     assert list(leads) == [pd.Timedelta(hours=h) for h in (6, 12, 18)]
+
+
+def test_a_known_frames_denoiser_conditions_on_known_states_as_an_input(tmp_path):
+    """With a denoiser trained on known frames, tasks hand it the known latents as an input:
+    the sample holds them exactly, what follows depends on them, and a forecast runs."""
+    from appa.assimilation.tasks import _generators, sample_latents
+
+    prior = LatentPrior.from_checkpoints(*_write(tmp_path, known_frames=True))
+    assert prior.known_frames
+    assert not LatentPrior.from_checkpoints(*_write(tmp_path / "plain")).known_frames
+    torch.manual_seed(1)
+    for p in prior.denoiser.backbone.parameters():
+        if not p.any():  # zero at initialisation (outputs, adaLN gates): frames would not mix
+            torch.nn.init.normal_(p, std=0.1)
+    settings = SamplingSettings(sampler="ddim", steps=3)
+    known = np.array([True, True, False, False])
+    values = torch.randn(2, 4, *prior.latent_shape)
+    times = TIMES[:4]
+
+    def draw(v):
+        return sample_latents(prior, times, _generators([1, 2], prior.device), settings,
+                              known=known, known_values=v)  # fmt: skip
+
+    u = draw(values)
+    torch.testing.assert_close(u[:, :2], values[:, :2])
+    assert torch.isfinite(u).all()
+    other = draw(values + torch.randn_like(values))
+    assert not torch.allclose(u[:, 2:], other[:, 2:])  # the known frames reach the network
+    with pytest.raises(ValueError, match="known_values"):
+        sample_latents(prior, times, _generators([1], prior.device), settings, known=known)
+    x = prior.unconditional(2, TIMES, seed=0, sampler="ddim", steps=2)
+    fc, _ = forecast(
+        prior, TIMES[3:4], 2, "6h", [0, 1], initial=x[:, None, 1:4], mode="autoregressive",
+        new_states=2, settings=settings,
+    )  # fmt: skip
+    assert fc.shape == (2, 1, 2, 2, *GRID) and torch.isfinite(fc).all()
 
 
 def test_a_date_conditioned_autoencoder_decodes_every_frame_at_its_own_time(tmp_path):

@@ -137,6 +137,13 @@ class LatentPrior:
 
     # ------------------------------------------------------------------ shapes and devices
     @property
+    def known_frames(self) -> bool:
+        """Whether the denoiser takes clean known frames as an input (``known_frames`` of its
+        config), so tasks condition on known states through it rather than by guidance."""
+        config = getattr(getattr(self.denoiser, "backbone", None), "config", None)
+        return bool(getattr(config, "known_frames", False))
+
+    @property
     def state_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)``."""
         return (self.spec.num_channels, self.latitude.size, self.longitude.size)

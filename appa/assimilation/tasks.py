@@ -31,6 +31,7 @@ from appa.assimilation.operator import WindowObservation
 from appa.assimilation.prior import LatentPrior, regular_step
 from appa.config import StrictModel
 from appa.diffusion import MMPSDenoiser, WindowedDenoiser, make_sampler
+from appa.nn import known_frames_input
 
 __all__ = [
     "SamplingSettings",
@@ -156,10 +157,24 @@ def sample_latents(
     Arguments:
         table: Observations (already within ``times``); observable: ``(L,)`` frames whose
             observations count; known: ``(L,)`` frames conditioned on ``known_values``
-            ``(B, L, c, h, w)`` (standardised latents).
+            ``(B, L, c, h, w)`` (standardised latents): through the denoiser's known-frame
+            input when it has one (:attr:`LatentPrior.known_frames`; the sample then holds
+            those values exactly), else by guidance with ``settings.condition_std``.
     """
     times = pd.DatetimeIndex(np.atleast_1d(times))
     B, L = len(generators), len(times)
+    device = prior.device
+    cond = prior.conditioning(times, B)
+    held = None
+    if known is not None and np.any(known) and prior.known_frames:
+        # a denoiser trained with known frames takes them as an input: exact conditioning
+        # on them, no guidance (which an approximate covariance makes weak)
+        if known_values is None:
+            raise ValueError("known frames need known_values")
+        held = torch.as_tensor(np.asarray(known, bool), device=device)
+        values = known_values.to(device)
+        cond["known"] = known_frames_input(held.expand(B, L), values)
+        known = None
     stride = settings.stride or max(1, prior.window // 2)
     windowed = WindowedDenoiser(prior.denoiser, prior.window, stride, "symmetric")
     layout = windowed.layout(L)
@@ -182,9 +197,10 @@ def sample_latents(
     sampler = make_sampler(
         settings.sampler, windowed, prior.schedule, settings.steps, **settings.sampler_options()
     )
-    device = prior.device
     x_T = sampler.init((B, L, *prior.latent_shape), list(generators), device=device)
-    u = sampler(x_T, generator=list(generators), **prior.conditioning(times, B))
+    u = sampler(x_T, generator=list(generators), **cond)
+    if held is not None:
+        u[:, held] = values[:, held].to(u.dtype)
     bad = ~torch.isfinite(u).flatten(1).all(dim=1)
     if bad.any():
         # never hand back a silent wrong answer: name the members and what to change
