@@ -273,7 +273,7 @@ def _assimilation_command(task: str, doc: str):
 for _task, _doc in (
     (
         "reanalysis",
-        "Reanalysis: joint posterior trajectories over [start, end] given all observations.",
+        "Reanalysis: joint posterior trajectories from start to end, given all observations.",
     ),
     ("filter", "Filtering: cycled analyses, each using only observations up to its valid time."),
     (
