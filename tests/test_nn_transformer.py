@@ -118,7 +118,11 @@ def test_known_frames_input():
     known = known_frames_input(mask, frames)
     assert torch.equal(known[:, :, 0, 0, 0], mask.float())
     torch.testing.assert_close(known[0, 1, 1:], frames[0, 1])
-    assert not known[1, 1:].any()  # unknown frames' values are not passed on
+    # later frames carry the latest known frame (persistence), earlier ones nothing
+    torch.testing.assert_close(known[1, 1:, 1:], frames[1, :1].expand(3, 3, 3, 8))
+    torch.testing.assert_close(known[0, 2:, 1:], frames[0, 1:2].expand(2, 3, 3, 8))
+    later = known_frames_input(torch.tensor([[False, True, False, False]]), frames[:1])
+    assert not later[0, 0].any()
     out = net(x, c, date=date, known=known)
     assert not torch.allclose(out, net(x, c, date=date), atol=1e-4)
     # only the known frames' values matter

@@ -120,8 +120,9 @@ class DenoiserConfig(StrictModel):
     attention to tokens within that many tokens along (time, lat, lon) (None on an axis: no
     limit); ``attention="math"`` always uses the math attention path (JVP, double backward).
     ``known_frames`` adds an input of clean frames that are known (``channels + 1`` maps per
-    frame: a known-flag map and the frame's latent, zeros where unknown), so one network is both
-    the joint prior (nothing known) and a conditional one (e.g. a forecast from past states).
+    frame: a known-flag map and the frame's latent, or where unknown the latest known frame's),
+    so one network is both the joint prior (nothing known: zeros) and a conditional one (e.g. a
+    forecast from past states).
     """
 
     channels: int = Field(128, gt=0)

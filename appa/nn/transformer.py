@@ -26,12 +26,32 @@ __all__ = ["DiTBlock", "LatentDiT", "known_frames_input"]
 def known_frames_input(mask: Tensor, frames: Tensor) -> Tensor:
     """The ``known`` input of a :class:`LatentDiT` with ``known_frames``: ``(B, T, C + 1, h, w)``
     from a ``(B, T)`` bool ``mask`` of known frames and ``frames`` ``(B, T, C, h, w)`` (their
-    values where known; whatever elsewhere, zeroed here)."""
+    values where known; whatever elsewhere).
+
+    Map 0 flags the known frames. The others carry each frame's latest known frame before it
+    (persistence; zeros before the first known frame), so a network that forecasts learns a
+    correction to persistence where it stands, token by token, instead of having to fetch the
+    past through attention first.
+    """
     if mask.shape != frames.shape[:2]:
         raise ValueError(f"mask {tuple(mask.shape)} does not match frames {tuple(frames.shape)}")
+    T = frames.shape[1]
+    steps = torch.arange(T, device=frames.device).expand_as(mask)
+    latest = torch.where(mask, steps, -1).cummax(dim=1).values  # (B, T): -1 before any
+    index = latest.clamp_min(0)[:, :, None, None, None].expand_as(frames)
+    values = frames.gather(1, index) * (latest >= 0)[:, :, None, None, None].to(frames.dtype)
     flag = mask.to(frames.dtype)[:, :, None, None, None]
-    values = torch.where(flag > 0, frames, torch.zeros_like(frames))
     return torch.cat([flag.expand(*frames.shape[:2], 1, *frames.shape[3:]), values], dim=2)
+
+
+def _append_maps(x: Tensor, maps: Tensor, name: str, channels: int) -> Tensor:
+    """``x`` ``(B, T, C, H, W)`` with ``maps`` ``(B, T, channels, H, W)`` appended along C."""
+    B, T, _, H, W = x.shape
+    if maps.shape != (B, T, channels, H, W):
+        raise ValueError(
+            f"{name} must have shape ({B}, {T}, {channels}, {H}, {W}), got {tuple(maps.shape)}"
+        )
+    return torch.cat([x, maps.to(x.dtype)], dim=2)
 
 
 def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -242,23 +262,13 @@ class LatentDiT(nn.Module):
                 raise ValueError(f"this denoiser needs {cfg.context_channels} context channels")
             if context.ndim == 4:
                 context = context[:, None].expand(B, T, *context.shape[1:])
-            if context.shape != (B, T, cfg.context_channels, H, W):
-                raise ValueError(
-                    f"context must have shape (B, [T,] {cfg.context_channels}, {H}, {W}), "
-                    f"got {tuple(context.shape)}"
-                )
-            x = torch.cat([x, context.to(x.dtype)], dim=2)
+            x = _append_maps(x, context, "context", cfg.context_channels)
         elif context is not None:
             raise ValueError("context given but config.context_channels is 0")
         if cfg.known_frames:
             if known is None:
                 known = x.new_zeros(B, T, cfg.channels + 1, H, W)
-            elif known.shape != (B, T, cfg.channels + 1, H, W):
-                raise ValueError(
-                    f"known must have shape ({B}, {T}, {cfg.channels + 1}, {H}, {W}), "
-                    f"got {tuple(known.shape)}"
-                )
-            x = torch.cat([x, known.to(x.dtype)], dim=2)
+            x = _append_maps(x, known, "known", cfg.channels + 1)
         elif known is not None:
             raise ValueError("known frames given but config.known_frames is off")
         t, h, w = T // pt, H // ph, W // pw
