@@ -177,11 +177,11 @@ class DiffusionJob(_Job):
     # how training noise levels are drawn: uniform time through the schedule, or EDM's
     # log-normal (log sigma ~ N(sigma_log_mean, sigma_log_std^2), clipped to the bounds)
     train_sigma: Literal["schedule", "lognormal"] = "schedule"
+    sigma_log_mean: float = -1.2
+    sigma_log_std: float = Field(1.2, gt=0)
     # with denoiser.known_frames: the share of training windows whose first frames are given
     # clean (the forecast's situation); the rest train the joint prior
     known_probability: float = Field(0.0, ge=0, le=1)
-    sigma_log_mean: float = -1.2
-    sigma_log_std: float = Field(1.2, gt=0)
     latent_stats: Literal["store", "compute", "none"] = "compute"
     latent_mean: list[float] | None = None  # when both are given, used as they are
     latent_std: list[float] | None = None
