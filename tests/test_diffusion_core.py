@@ -79,6 +79,24 @@ def test_denoising_loss_is_minimised_by_the_exact_denoiser():
     assert worse > best
 
 
+def test_denoising_loss_over_counted_elements_only():
+    x = torch.randn(4, 6, 2, dtype=f64)
+    sigma = torch.tensor([0.1, 0.5, 1.0, 3.0], dtype=f64)
+    noise = torch.randn_like(x)
+
+    def denoiser(x_t, s):
+        return 0.5 * x_t
+
+    s = sigma[:, None, None]
+    elementwise = (s**2 + 1) / s**2 * (0.5 * (x + s * noise) - x) ** 2
+    later = torch.arange(6)[None, :, None] >= 4  # the last 2 of 6 frames
+    loss = denoising_loss(denoiser, x, sigma, noise=noise, counted=later)
+    torch.testing.assert_close(loss, elementwise[:, 4:].mean(dim=(1, 2)))
+    everything = denoising_loss(denoiser, x, sigma, noise=noise, counted=torch.ones_like(later))
+    torch.testing.assert_close(everything, denoising_loss(denoiser, x, sigma, noise=noise))
+    torch.testing.assert_close(everything, elementwise.mean(dim=(1, 2)))
+
+
 def test_edm_autocast_keeps_output_dtype():
     net = nn.Sequential(nn.Linear(5, 16), nn.SiLU(), nn.Linear(16, 5))
 

@@ -126,6 +126,7 @@ def denoising_loss(
     sigma: Tensor,
     noise: Tensor | None = None,
     sigma_data: float = 1.0,
+    counted: Tensor | None = None,
     **cond: Any,
 ) -> Tensor:
     """Weighted denoising score-matching loss, per sample.
@@ -137,6 +138,8 @@ def denoising_loss(
         x: Clean data ``(B, *event)``.
         sigma: Noise levels ``(B,)``.
         noise: Optional fixed ``z`` of the shape of ``x``.
+        counted: Optional bool mask broadcastable to ``x``: the average runs over these
+            elements only (e.g. the frames a forecast samples).
 
     Returns:
         Loss per sample, shape ``(B,)``.
@@ -146,4 +149,9 @@ def denoising_loss(
     s = expand_sigma(sigma, x)
     x_hat = denoiser(x + s * noise, sigma, **cond)
     weight = (s**2 + sigma_data**2) / (s * sigma_data) ** 2
-    return (weight * (x_hat - x) ** 2).flatten(1).mean(dim=1)
+    error = weight * (x_hat - x) ** 2
+    if counted is None:
+        return error.flatten(1).mean(dim=1)
+    counted = counted.expand_as(x)
+    error = torch.where(counted, error, torch.zeros_like(error))
+    return error.flatten(1).sum(dim=1) / counted.flatten(1).sum(dim=1).clamp_min(1)

@@ -363,11 +363,12 @@ class DiffusionTask:
         """The weighted denoising loss ``(B,)`` on the second half of windows ``x`` whose
         first half is known."""
         B, K = x.shape[:2]
-        mask = (torch.arange(K, device=x.device) < K // 2).expand(B, K)
-        s = sigma.reshape(B, 1, 1, 1, 1)
-        x_hat = model(x + s * noise, sigma, known=known_frames_input(mask, x), **cond)
-        weight = (s**2 + self.sigma_data**2) / (s * self.sigma_data) ** 2
-        return (weight * (x_hat - x) ** 2)[:, K // 2 :].flatten(1).mean(dim=1)
+        known = torch.arange(K, device=x.device) < K // 2
+        return denoising_loss(
+            model, x, sigma, noise=noise, sigma_data=self.sigma_data,
+            counted=~known[None, :, None, None, None],
+            known=known_frames_input(known.expand(B, K), x), **cond,
+        )  # fmt: skip
 
     @torch.no_grad()
     def validate_samples(
