@@ -85,6 +85,13 @@ def test_window_store_items_and_errors(state_store: str):
     expected = smooth_fields(16, 2, (8, 16))[3:6]
     assert torch.equal(item["state"], expected)
     assert item["time"][0] == _times(16)[3].astype(np.int64)
+    # a span under the memory limit is served from memory, the same items as window reads
+    streamed = ZarrWindows(state_store, window=3, span=(2, 10), memory_limit=0)
+    assert data.in_memory and not streamed.in_memory
+    for i in range(len(data)):
+        assert all(torch.equal(data[i][k], streamed[i][k]) for k in item)
+    data[0]["state"].zero_()  # items are copies: editing one leaves the cache alone
+    assert torch.equal(data[0]["state"], streamed[0]["state"])
     with pytest.raises(ValueError, match="holds no window"):
         ZarrWindows(state_store, window=5, span=(0, 3))
     with pytest.raises(KeyError, match="no array 'latent'"):

@@ -72,6 +72,10 @@ class ZarrWindows(Dataset):
         variable: The array to read.
         span: ``(start, stop)`` time indices the windows lie in (None: all).
         stride: Keep every ``stride``-th window start.
+        memory_limit: Spans up to this many bytes are read whole on first access and served
+            from memory (each process its own copy): a latent store of a few years is tens of
+            MB, and one Zarr read per window would cost more than the network's step on CPU.
+            Larger spans are read window by window.
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class ZarrWindows(Dataset):
         variable: str = "state",
         span: tuple[int, int] | None = None,
         stride: int = 1,
+        memory_limit: int = 2**30,
     ) -> None:
         self.path, self.window, self.variable = str(path), int(window), variable
         group = self._open()
@@ -100,6 +105,8 @@ class ZarrWindows(Dataset):
         if window < 1 or stop - start < window:
             raise ValueError(f"span {start}..{stop} holds no window of {window}")
         self.starts = np.arange(start, stop - window + 1, stride)
+        self.span = (int(start), int(stop))
+        self.in_memory = (stop - start) * int(np.prod(self.shape[1:])) * 4 <= memory_limit
         self.dates = date_features(times)
         self.times = times.astype(np.int64)
         self._array = None
@@ -127,11 +134,18 @@ class ZarrWindows(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if not 0 <= i < len(self):
             raise IndexError(f"window {i} out of range [0, {len(self)})")
-        if self._array is None:
-            self._array = self._open()[self.variable]
         s = int(self.starts[i])
         sl = slice(s, s + self.window)
-        x = np.asarray(self._array[sl], dtype=np.float32)
+        if self._array is None:
+            array = self._open()[self.variable]
+            if self.in_memory:
+                start, stop = self.span
+                self._array = np.asarray(array[start:stop], dtype=np.float32)
+                self._offset = start
+            else:
+                self._array, self._offset = array, 0
+        local = slice(s - self._offset, s - self._offset + self.window)
+        x = np.array(self._array[local], dtype=np.float32)  # a copy: never a view of the cache
         return {
             self.variable: torch.from_numpy(x),
             "date": self.dates[sl].clone(),
