@@ -128,7 +128,8 @@ def test_window_dataset(store):
     ds = open_era5(store, spec=SPEC)
     times = pd.DatetimeIndex(ds.time.values)
     stats = compute_statistics(ds, SPEC, (str(times[0]), str(times[39])))
-    data = WindowDataset(store, SPEC, stats, window=4, period=(str(times[0]), str(times[39])))
+    data_period = (str(times[0]), str(times[39]))
+    data = WindowDataset(store, SPEC, stats, window=4, period=data_period)
     assert len(data) == 37
     item = data[5]
     assert item["state"].shape == (4, 6, 32, 64) and item["state"].dtype == torch.float32
@@ -148,6 +149,13 @@ def test_window_dataset(store):
     batches = torch.cat([b["state"] for b in loader])
     serial = torch.stack([data[i]["state"] for i in range(len(data))])
     torch.testing.assert_close(batches, serial)
+    # the span (40 states, 2 MB) is served from memory; item by item from the store, the same
+    streamed = WindowDataset(store, SPEC, stats, window=4, period=data_period, memory_limit=0)
+    assert data.in_memory and not streamed.in_memory and data.span == (0, 40)
+    for i in (0, 17, len(data) - 1):
+        assert all(torch.equal(data[i][k], streamed[i][k]) for k in item)
+    data[0]["state"].zero_()  # items are copies, never views of the cache
+    assert torch.equal(data[0]["state"], streamed[0]["state"])
     with pytest.raises(ValueError, match="no window"):
         WindowDataset(store, SPEC, stats, window=400)
 
