@@ -363,3 +363,21 @@ def test_bf16_autocast_runs_and_tracks_float32():
         losses[precision] = trainer.fit()["loss"]
     assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=2e-2)
     assert losses["bfloat16"] != losses["float32"]  # autocast did change the arithmetic
+
+
+def test_compiled_training_steps_match_eager_ones(tmp_path: Path):
+    """``loop.compile``: the same losses and weights as eager steps (to float rounding), and
+    checkpoints of the plain module (no compiler prefixes in the names)."""
+    latents = Windows(smooth_fields(12, 4, (4, 8), seed=1), window=4, key="latent")
+    runs = {}
+    for compile in (False, True):
+        torch.manual_seed(0)
+        trainer = _trainer(
+            tiny_diffusion_task(), latents, str(tmp_path / str(compile)), steps=3, compile=compile
+        )
+        runs[compile] = (trainer.fit()["loss"], _weights(trainer))
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-4)
+    for name, weight in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][name], weight, rtol=1e-4, atol=1e-5)
+    saved = load_checkpoint(list_checkpoints(str(tmp_path / "True" / "checkpoints"))[-1][1])
+    assert set(saved.tensors["model"]) == set(runs[False][1])

@@ -59,6 +59,10 @@ class LoopConfig(StrictModel):
     workers`` samples. ``precision="auto"`` is bf16 autocast on GPU and float32 on CPU.
     ``ema_decay`` keeps an exponential moving average of the weights (diffusion), used for
     validation and saved beside the raw weights. Intervals of 0 disable the action.
+    ``compile`` runs the training steps through ``torch.compile`` (validation and checkpoints
+    use the plain module): on CPU it needs a C++ compiler and costs a minute of compiling, and
+    speeds up small networks' steps by fusing their element-wise work (measured in
+    ``benchmarks/bench_training_step.py``).
     """
 
     steps: int = Field(1000, ge=1)
@@ -72,4 +76,5 @@ class LoopConfig(StrictModel):
     checkpoint_every: int = Field(100, ge=0)
     keep_checkpoints: int = Field(3, ge=1)
     loader_workers: int = Field(0, ge=0)
+    compile: bool = False
     progress: bool = True

@@ -149,6 +149,9 @@ class Trainer:
         if self.ema is not None and strategy == "fsdp":
             raise ValueError("EMA of FSDP-sharded weights is not supported yet; use ddp")
         self.model = self._wrap(task.module)
+        # the compiled callable shares the wrapped module's parameters; state dicts, EMA and
+        # validation keep using the plain module
+        self._step_model = torch.compile(self.model) if loop.compile else self.model
         self.optimizer = torch.optim.AdamW(
             [p for p in task.module.parameters() if p.requires_grad],
             lr=optim.lr,
@@ -380,7 +383,8 @@ class Trainer:
             torch.manual_seed(seed)
             generator = torch.Generator(self.device).manual_seed(seed ^ 0x5EED)
             with self._sync(micro == acc - 1), self._autocast():
-                loss = self.task.loss(self.model, _to(batch, self.device), generator).mean() / acc
+                batch = _to(batch, self.device)
+                loss = self.task.loss(self._step_model, batch, generator).mean() / acc
             loss.backward()
             total += loss.detach()
         params = [p for p in self.task.module.parameters() if p.requires_grad]
