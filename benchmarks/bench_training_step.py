@@ -4,10 +4,11 @@ store, window by window against from memory (``ZarrWindows(memory_limit=...)``).
 
     python benchmarks/bench_training_step.py [--steps 20] [--threads 1]
 
-Shapes are those of ``pipelines/configs/train_*_toy_earth.yaml``: the ``tiny`` autoencoder on
-5 x 32 x 64 states (batch 16) and the ``tiny`` denoiser on windows of 8 latents 8 x 8 x 16
-(batch 16), one worker's share of a step. The data are random; only the time is measured.
-One intra-op thread per worker is what the 2-worker Ray runs use on a 2-core machine.
+Networks and shapes are those of ``pipelines/configs/train_*_toy_earth.yaml`` (presets and
+overrides read from them): the autoencoder on 5 x 32 x 64 states (batch 16) and the denoiser on
+windows of 8 latents 8 x 8 x 16 (batch 16), one worker's share of a step. The data are
+random; only the time is measured. One intra-op thread per worker is what the 2-worker Ray
+runs use on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -20,12 +21,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from appa.nn import get_preset
 from appa.training import AutoencoderTask, DiffusionTask, LoopConfig, OptimizerConfig, Trainer
 from appa.training.data import ZarrWindows, write_window_store
 
 BATCH = 16
+CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
+
+
+def _preset(config: str):
+    """The network preset of a committed training config (preset name and overrides)."""
+    data = yaml.safe_load((CONFIGS / config).read_text())
+    return get_preset(data["preset"], data.get("overrides", []))
 
 
 def _latent_store(path: str, n: int = 4384) -> str:
@@ -83,10 +92,8 @@ def main() -> None:
         }
         latent_batch = _batch(cached, 0)
 
-    preset = get_preset("tiny", ["denoiser.window=8"])
-    ae_preset = get_preset(
-        "tiny", ["autoencoder.static_channels=2", "autoencoder.date_context=true"]
-    )
+    preset = _preset("train_diffusion_toy_earth.yaml")
+    ae_preset = _preset("train_autoencoder_toy_earth.yaml")
     lat = np.linspace(-87.1875, 87.1875, 32).tolist()
     state_batch = {
         "state": torch.randn(BATCH, 1, 5, 32, 64),

@@ -73,9 +73,10 @@ def quality(prior, held_out):
 @pytest.mark.xfail(
     strict=True,
     reason="issue #5 bars not all met by the committed tiny prior (measured on 2003 of the "
-    "training run, 128 trajectories: msl std ratio 0.85; zonal power of msl, z500 and t500 "
-    "samples 3.8-6.3x the data's at k=21 and 0.38-0.42 at a few wavenumbers, while the "
-    "autoencoder alone is within 0.60-1.45 everywhere); strict: this test fails once a better "
+    "training run, 128 trajectories: zonal power of msl, z500 and t500 samples 2.41-2.45x the "
+    "data's at k=21, the last resolved wavenumber, while the autoencoder alone is within "
+    "0.59-1.43 everywhere; here, winter of another trajectory, 32 trajectories: z500 and t500 "
+    "at 2.05 and 2.20x, sst lag-1 0.94 against 1.00); strict: this test fails once a better "
     "prior meets every bar, so the mark must then go",
 )
 def test_prior_samples_meet_every_issue_bar(quality):
@@ -85,7 +86,7 @@ def test_prior_samples_meet_every_issue_bar(quality):
 def test_autoencoder_keeps_the_zonal_spectrum(quality):
     """The data's own trajectories through the autoencoder have the data's zonal power within
     a factor 2 at every resolved wavenumber (the spectral term of its training loss; measured
-    0.59-1.41 here). An autoencoder trained on the MSE alone was off by factors of 0.12-65
+    0.57-1.37 here). An autoencoder trained on the MSE alone was off by factors of 0.12-65
     at wavenumbers 11-21."""
     codec = quality.codec_climate
     ratio = codec.spectrum_ratio[codec.resolved()]
@@ -97,15 +98,15 @@ def test_prior_samples_stay_near_the_data_climate(quality):
     """A regression guard on the committed prior (not the issue's bars: the xfail test above),
     to catch a broken prior (wrong weights, decoder or date conditioning): the bar it meets
     (per-channel means within 0.1 data standard deviations), and loose bounds around what it
-    reaches on the others here (measured: standard deviation 0.87-1.01 of the data's, lag-1
-    autocorrelation off by up to 0.08, zonal power at 0.34-5.4 of the data's at the resolved
+    reaches on the others here (measured: standard deviation 0.93-1.01 of the data's, lag-1
+    autocorrelation off by up to 0.07, zonal power at 0.57-2.20 of the data's at the resolved
     wavenumbers in this winter quarter)."""
     c = quality.climate
     assert np.all(c.mean_error <= 0.1), c.table()
-    assert np.all(np.abs(c.std_ratio - 1) <= 0.25), c.table()
-    assert np.all(c.lag1_error <= 0.2), c.table()
+    assert np.all(np.abs(c.std_ratio - 1) <= 0.2), c.table()
+    assert np.all(c.lag1_error <= 0.15), c.table()
     ratio = c.spectrum_ratio[c.resolved()]
-    assert np.all((ratio < 10) & (ratio > 0.2)), c.table()
+    assert np.all((ratio < 5) & (ratio > 0.3)), c.table()
 
 
 def test_quality_bars_catch_a_broken_prior(prior, held_out):
