@@ -110,6 +110,7 @@ class ZarrWindows(Dataset):
         self.dates = date_features(times)
         self.times = times.astype(np.int64)
         self._array = None
+        self._offset = 0  # time index of self._array's first entry
 
     def _open(self):
         import zarr
