@@ -110,7 +110,8 @@ def test_prior_samples_stay_near_the_data_climate(quality):
 
 
 def test_quality_bars_catch_a_broken_prior(prior, held_out):
-    """The same check fails for a prior whose latent statistics are off (samples inflated)."""
+    """The same check fails for a prior whose latent statistics are off (samples inflated), and
+    its latent spectra say so."""
     broken = LatentPrior(
         codec=prior.codec,
         denoiser=prior.denoiser,
@@ -128,3 +129,13 @@ def test_quality_bars_catch_a_broken_prior(prior, held_out):
     )
     quality = prior_quality(broken, held_out, samples=8, window=8, seed=0, steps=16)
     assert quality.climate.failures()
+    # the same standardised draws (the denoiser never sees latent_std) against data latents
+    # standardised 1.5 times smaller: the latent power ratio is 2.25 times the plain prior's
+    # at every latent wavenumber, and the report shows it
+    plain = prior_quality(prior, held_out, samples=8, window=8, seed=0, steps=16)
+    c, _, w = prior.latent_shape
+    assert plain.latent_spectrum_ratio.shape == (c, w // 2)
+    np.testing.assert_allclose(
+        quality.latent_spectrum_ratio / plain.latent_spectrum_ratio, 2.25, rtol=1e-4
+    )
+    assert "encoded latents, by latent wavenumber" in plain.report()

@@ -266,6 +266,33 @@ class LatentPrior:
         stride = max(1, self.window // 2) if stride is None else stride
         return WindowedDenoiser(denoiser or self.denoiser, self.window, stride, mode)
 
+    def unconditional_latents(
+        self,
+        n: int,
+        times: Sequence | np.ndarray,
+        seed: int,
+        sampler: str = "pc",
+        steps: int = 32,
+        stride: int | None = None,
+        **options: Any,
+    ) -> Tensor:
+        """``n`` prior trajectories at ``times`` (regular), standardised latents
+        ``(n, L, c, h, w)``.
+
+        Windows of ``K`` are stitched when ``L > K``; ``options`` go to the sampler."""
+        times = pd.DatetimeIndex(np.atleast_1d(times))
+        if len(times) > 1:
+            regular_step(times)
+        denoiser = self.windowed(stride=stride)
+        smp = make_sampler(sampler, denoiser, self.schedule, steps, **options)
+        return smp.sample(
+            n,
+            (len(times), *self.latent_shape),
+            seed=seed,
+            device=self.device,
+            **self.conditioning(times, n),
+        )
+
     def unconditional(
         self,
         n: int,
@@ -276,22 +303,10 @@ class LatentPrior:
         stride: int | None = None,
         **options: Any,
     ) -> Tensor:
-        """``n`` prior trajectories at ``times`` (regular), physical ``(n, L, C, H, W)``.
-
-        Windows of ``K`` are stitched when ``L > K``; ``options`` go to the sampler."""
-        times = pd.DatetimeIndex(np.atleast_1d(times))
-        if len(times) > 1:
-            regular_step(times)
-        denoiser = self.windowed(stride=stride)
-        smp = make_sampler(sampler, denoiser, self.schedule, steps, **options)
-        u = smp.sample(
-            n,
-            (len(times), *self.latent_shape),
-            seed=seed,
-            device=self.device,
-            **self.conditioning(times, n),
-        )
-        return self.decode(u, times=times)
+        """``n`` prior trajectories at ``times`` (regular), decoded: physical
+        ``(n, L, C, H, W)`` (:meth:`unconditional_latents`, then :meth:`decode`)."""
+        u = self.unconditional_latents(n, times, seed, sampler, steps, stride, **options)
+        return self.decode(u, times=pd.DatetimeIndex(np.atleast_1d(times)))
 
     # ------------------------------------------------------------------ loading
     @classmethod

@@ -7,6 +7,10 @@ Two questions, both answered against a held-out period of the gridded truth:
 - do unconditional trajectories of the latent prior, decoded, have the data's climate? (per
   channel mean and standard deviation, lag-1 autocorrelation along time and zonal power spectra,
   :func:`appa.metrics.compare_climate`).
+
+Beside the bars, the zonal power of the sampled latents against the data's encoded latents per
+latent channel tells whether a miss comes from the denoiser (its latents are off) or from the
+decoder (it turns small latent errors into power the data do not have).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import xarray as xr
 from appa.assimilation.prior import LatentPrior
 from appa.data.grids import area_weights
 from appa.data.spec import stack
-from appa.metrics.climate import ClimateComparison, compare_climate
+from appa.metrics.climate import ClimateComparison, compare_climate, zonal_power_spectrum
 
 __all__ = ["PriorQuality", "prior_quality", "reconstruct", "reconstruction_rmse", "truth_states"]
 
@@ -90,6 +94,7 @@ class PriorQuality:
     samples: int
     window: int
     codec_climate: ClimateComparison | None = None
+    latent_spectrum_ratio: np.ndarray | None = None
 
     def failures(self, rmse_bar: float = 0.1) -> list[str]:
         """Every quality bar missed, as readable lines (empty when all pass)."""
@@ -113,6 +118,17 @@ class PriorQuality:
             text += (
                 "\nthe data's own trajectories through the autoencoder against the data:\n"
                 f"{self.codec_climate.table()}"
+            )
+        if self.latent_spectrum_ratio is not None:
+            ratio = self.latent_spectrum_ratio
+            head = " ".join(f"{k:>5d}" for k in range(1, ratio.shape[1] + 1))
+            rows = "\n".join(
+                f"latent {c:<21d}" + " ".join(f"{r:5.2f}" for r in row)
+                for c, row in enumerate(ratio)
+            )
+            text += (
+                "\nzonal power of the sampled latents over the data's encoded latents, by "
+                f"latent wavenumber:\n{'channel':28s} {head}\n{rows}"
             )
         return text
 
@@ -146,17 +162,31 @@ def prior_quality(
 
     groups = -(-samples // batch)
     starts = np.linspace(0, len(times) - window, groups).round().astype(int)
-    drawn = []
+    drawn, drawn_latents = [], []
     for g, start in enumerate(starts):
         n = min(batch, samples - g * batch)
-        x = prior.unconditional(
-            n, times[start : start + window], seed=seed + g, sampler=sampler, steps=steps
-        )
-        drawn.append(x.double().cpu().numpy())
+        span = times[start : start + window]
+        u = prior.unconditional_latents(n, span, seed=seed + g, sampler=sampler, steps=steps)
+        drawn_latents.append(u.double().cpu().numpy())
+        drawn.append(prior.decode(u, times=span).double().cpu().numpy())
     generated = np.concatenate(drawn)
     names = prior.spec.channel_names()
     climate = compare_climate(generated, data, prior.latitude, names)
     codec_climate = compare_climate(through_codec, data, prior.latitude, names)
+    x = torch.as_tensor(states, dtype=torch.float32)
+    encoded = prior.encode(prior.fill_masked(x), times=times)
+    # latent rows weighted as equal latitude bands from pole to pole, which they roughly cover
+    h = prior.latent_shape[1]
+    rows = -90.0 + 180.0 * (np.arange(h) + 0.5) / h
+    latent_ratio = (
+        zonal_power_spectrum(np.concatenate(drawn_latents), rows)
+        / zonal_power_spectrum(encoded.double().cpu().numpy()[None], rows)
+    )[:, 1:]
     return PriorQuality(
-        reconstruction, climate, len(generated), window, codec_climate=codec_climate
+        reconstruction,
+        climate,
+        len(generated),
+        window,
+        codec_climate=codec_climate,
+        latent_spectrum_ratio=latent_ratio,
     )
