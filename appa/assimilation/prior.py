@@ -294,18 +294,11 @@ class LatentPrior:
         )
 
     def unconditional(
-        self,
-        n: int,
-        times: Sequence | np.ndarray,
-        seed: int,
-        sampler: str = "pc",
-        steps: int = 32,
-        stride: int | None = None,
-        **options: Any,
+        self, n: int, times: Sequence | np.ndarray, seed: int, **sampling: Any
     ) -> Tensor:
         """``n`` prior trajectories at ``times`` (regular), decoded: physical
-        ``(n, L, C, H, W)`` (:meth:`unconditional_latents`, then :meth:`decode`)."""
-        u = self.unconditional_latents(n, times, seed, sampler, steps, stride, **options)
+        ``(n, L, C, H, W)``; ``sampling``: the options of :meth:`unconditional_latents`."""
+        u = self.unconditional_latents(n, times, seed, **sampling)
         return self.decode(u, times=pd.DatetimeIndex(np.atleast_1d(times)))
 
     # ------------------------------------------------------------------ loading

@@ -48,11 +48,14 @@ def reconstruct(
     states: np.ndarray,
     batch_size: int = 64,
     times: pd.DatetimeIndex | None = None,
+    latents: torch.Tensor | None = None,
 ) -> np.ndarray:
     """``decode(encode(x))`` of physical states ``(T, C, H, W)`` at ``times`` (needed by an
-    autoencoder conditioned on dates), float64 with NaN where the states are NaN."""
-    x = torch.as_tensor(states, dtype=torch.float32)
-    latents = prior.encode(prior.fill_masked(x), batch_size, times=times)
+    autoencoder conditioned on dates), float64 with NaN where the states are NaN. ``latents``:
+    their standardised latents ``(T, c, h, w)`` when already encoded."""
+    if latents is None:
+        x = torch.as_tensor(states, dtype=torch.float32)
+        latents = prior.encode(prior.fill_masked(x), batch_size, times=times)
     out = prior.decode(latents, batch_size, times=times).double().numpy()
     return np.where(np.isfinite(states), out, np.nan)
 
@@ -154,7 +157,9 @@ def prior_quality(
     states, times = truth_states(prior, truth)
     if len(times) < window:
         raise ValueError(f"the truth holds {len(times)} states, fewer than window={window}")
-    reconstructed = reconstruct(prior, states, times=times)
+    x = torch.as_tensor(states, dtype=torch.float32)
+    encoded = prior.encode(prior.fill_masked(x), times=times)
+    reconstructed = reconstruct(prior, states, times=times, latents=encoded)
     reconstruction = reconstruction_rmse(prior, states, reconstructed=reconstructed)
     n_data = len(times) // window
     data = states[: n_data * window].reshape(n_data, window, *states.shape[1:])
@@ -173,8 +178,6 @@ def prior_quality(
     names = prior.spec.channel_names()
     climate = compare_climate(generated, data, prior.latitude, names)
     codec_climate = compare_climate(through_codec, data, prior.latitude, names)
-    x = torch.as_tensor(states, dtype=torch.float32)
-    encoded = prior.encode(prior.fill_masked(x), times=times)
     # latent rows weighted as equal latitude bands from pole to pole, which they roughly cover
     h = prior.latent_shape[1]
     rows = -90.0 + 180.0 * (np.arange(h) + 0.5) / h
