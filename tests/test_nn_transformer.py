@@ -44,8 +44,9 @@ def inputs(B=2, T=4, C=3, H=3, W=8, seed=0, dtype=torch.float32):
     return x, c, date_features(hours, dtype=dtype)
 
 
-def test_output_shape_and_zero_init():
-    net = LatentDiT(config())
+@pytest.mark.parametrize("head_channels", [0, 5])
+def test_output_shape_and_zero_init(head_channels):
+    net = LatentDiT(config(head_channels=head_channels))
     x, c, date = inputs()
     out = net(x, c, date=date)
     assert out.shape == x.shape
@@ -80,9 +81,10 @@ def test_time_roll_with_matching_dates_and_times_rolls_the_output():
     assert not torch.allclose(net(x.roll(r, 1), c, date=date.roll(r, 1)), out.roll(r, 1), atol=1e-3)
 
 
-@pytest.mark.parametrize("local_window", [None, (1, None, 1)])
-def test_longitude_roll_commutes(local_window):
-    net = LatentDiT(config(context_channels=1, local_window=local_window)).eval()
+@pytest.mark.parametrize("local_window,head", [(None, 0), ((1, None, 1), 0), (None, 4)])
+def test_longitude_roll_commutes(local_window, head):
+    cfg = config(context_channels=1, local_window=local_window, head_channels=head)
+    net = LatentDiT(cfg.model_copy(update={"head_skip": bool(head)})).eval()
     randomize(net, seed=1)
     x, c, date = inputs()
     context = torch.randn(2, 1, 3, 8)
@@ -178,6 +180,28 @@ def test_local_window_limits_the_receptive_field():
     net(x, c, date=date)[:, :2].sum().backward()
     assert x.grad[:, 2:].abs().max() == 0
     assert x.grad[:, :2].abs().max() > 0
+
+
+def test_convolution_head_reaches_the_neighbouring_tokens_cells():
+    # one block, attention within a time patch and one longitude token: the linear head keeps
+    # a token's output on its own 2 cells; the 3 x 3 head also writes into the next token's
+    # edge cells (circularly across the date line), and nowhere further
+    x, c, date = inputs()
+    reach = {}
+    for head, skip in ((0, False), (4, False), (4, True)):
+        cfg = config(depth=1, local_window=(0, 0, 0), head_channels=head, head_skip=skip)
+        net = LatentDiT(cfg).eval()
+        randomize(net, seed=5)
+        x = x.detach().requires_grad_(True)
+        net(x, c, date=date)[..., 0].sum().backward()  # output column 0, in token 0
+        reach[head, skip] = x.grad.abs().amax(dim=(0, 1, 2, 3)) > 0  # (W,) input columns seen
+    assert reach[0, False].tolist() == [True, True] + [False] * 6
+    # column 0 mixes columns 7 (token 3) and 1 (token 0): tokens 3 and 0, columns 6-7, 0-1
+    assert reach[4, False].tolist() == [True, True] + [False] * 4 + [True, True]
+    # the skip's 3 x 3 input cells under the head's 3 x 3: columns 6 ... 2
+    assert reach[4, True].tolist() == [True, True, True] + [False] * 3 + [True, True]
+    with pytest.raises(ValueError, match="head_skip needs"):
+        config(head_skip=True)
 
 
 def test_jvp_vjp_and_double_backward_with_the_math_path():

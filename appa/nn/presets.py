@@ -122,7 +122,12 @@ class DenoiserConfig(StrictModel):
     ``known_frames`` adds an input of clean frames that are known (``channels + 1`` maps per
     frame: a known-flag map and the frame's latent, or where unknown the latest known frame's),
     so one network is both the joint prior (nothing known: zeros) and a conditional one (e.g. a
-    forecast from past states).
+    forecast from past states). ``head_channels > 0`` maps each token to that many channels per
+    latent cell of its patch, then a 3 x 3 convolution on the latent grid (circular in longitude)
+    forms the output, so neighbouring tokens shape each other's edge cells; 0 maps tokens
+    linearly to their own cells only. ``head_skip`` adds a 3 x 3 convolution of the input cells
+    (the noisy latents and any context) to the head's channels: a full-resolution path past the
+    tokens, which only see their own cells.
     """
 
     channels: int = Field(128, gt=0)
@@ -142,6 +147,8 @@ class DenoiserConfig(StrictModel):
     local_window: tuple[int | None, int | None, int | None] | None = None
     attention: Literal["sdpa", "math"] = "sdpa"
     checkpointing: bool = False
+    head_channels: int = Field(0, ge=0)
+    head_skip: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> DenoiserConfig:
@@ -152,6 +159,8 @@ class DenoiserConfig(StrictModel):
             raise ValueError(f"head dimension {head_dim} must be even and at least 6 (3-D RoPE)")
         if self.mod_features % 2:
             raise ValueError(f"mod_features must be even, got {self.mod_features}")
+        if self.head_skip and not self.head_channels:
+            raise ValueError("head_skip needs a convolution head (head_channels > 0)")
         if min(self.patch) <= 0:
             raise ValueError(f"patch sizes must be positive, got {self.patch}")
         if self.window % self.patch[0]:

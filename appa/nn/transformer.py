@@ -12,12 +12,13 @@ their frames; optional conditioning channels (static fields) are concatenated to
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from appa.nn.attention import LocalChunks, MultiheadSelfAttention, RotaryEmbedding3d
-from appa.nn.layers import sinusoidal_embedding
+from appa.nn.layers import GridConv, sinusoidal_embedding
 from appa.nn.presets import DenoiserConfig
 
 __all__ = ["DiTBlock", "LatentDiT", "known_frames_input"]
@@ -151,8 +152,18 @@ class LatentDiT(nn.Module):
         )
         self.out_norm = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.out_ada = nn.Linear(M, 2 * D)
-        self.out_proj = nn.Linear(D, patch_numel * config.channels)
-        for layer in (self.out_ada, self.out_proj):
+        if config.head_channels:
+            # the convolution starts at zero, so the network still starts as the zero map
+            self.out_proj = nn.Linear(D, patch_numel * config.head_channels)
+            self.head = GridConv(config.head_channels, config.channels, 3)
+            inputs = config.channels + config.context_channels + known
+            self.skip = GridConv(inputs, config.head_channels, 3) if config.head_skip else None
+            zeroed = (self.out_ada, self.head)
+        else:
+            self.out_proj = nn.Linear(D, patch_numel * config.channels)
+            self.head = self.skip = None
+            zeroed = (self.out_ada, self.out_proj)
+        for layer in zeroed:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -313,4 +324,10 @@ class LatentDiT(nn.Module):
             ph=ph,
             pw=pw,
         )
+        if self.head is not None:
+            cells = out.reshape(B * T, cfg.head_channels, H, W)
+            if self.skip is not None:
+                cells = cells + self.skip(x.reshape(B * T, x.shape[2], H, W))
+            cells = F.silu(cells)
+            out = self.head(cells).reshape(B, T, cfg.channels, H, W)
         return out
