@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from appa.data.grids import area_weights, equiangular_grid, parse_grid
-from appa.data.spectral import SphericalHarmonics, legendre_functions
+from appa.data.spectral import SphericalHarmonics, band_limit_projection, legendre_functions
 
 
 def _random_coeffs(sh, rng, fields=()):
@@ -81,3 +81,41 @@ def test_grids():
     assert w[16] > w[0]
     with pytest.raises(ValueError, match="ascending"):
         area_weights(lat[::-1])
+
+
+def test_band_limit_projection_keeps_harmonics_and_removes_the_rest():
+    """On the 64 x 32 equiangular grid: fields synthesised from harmonics of degree <= T pass
+    unchanged, the projection is idempotent and area-weighted orthogonal, and a field made
+    only of higher degrees (or of zonal wavenumbers above T) is removed."""
+    rng = np.random.default_rng(3)
+    latitude, _ = equiangular_grid("64x32")
+    T = 12
+    sh = SphericalHarmonics(T, nlat=32, nlon=64)
+    basis = sh.basis(np.sin(np.radians(latitude)))[0]
+    inside = sh.to_grid(_random_coeffs(sh, rng, (2,)), basis, 64)  # (2, 32, 64)
+    Q = band_limit_projection(latitude, T)
+    assert Q.shape == (T + 1, 32, 32)
+
+    def project(x):
+        F = np.fft.rfft(x, axis=-1)
+        out = np.zeros_like(F)
+        out[..., : T + 1] = np.einsum("mij,...jm->...im", Q, F[..., : T + 1])
+        return np.fft.irfft(out, n=64, axis=-1)
+
+    np.testing.assert_allclose(project(inside), inside, atol=1e-9)
+    noise = rng.standard_normal((3, 32, 64))
+    once = project(noise)
+    np.testing.assert_allclose(project(once), once, atol=1e-9)
+    w = area_weights(latitude)[:, None]
+    assert abs(np.sum(w * once * (noise - once))) < 1e-8 * np.sum(w * noise**2)
+    higher = SphericalHarmonics(T + 4, nlat=32, nlon=64)
+    c = _random_coeffs(higher, rng)
+    c[: T + 1, : T + 1] = 0  # degrees above T only
+    outside = higher.to_grid(c, higher.basis(np.sin(np.radians(latitude)))[0], 64)
+    assert np.abs(project(outside)).max() < 0.3 * np.abs(outside).max()
+    # exactly zero where only the wavenumbers above T are (their rows pass no coefficient)
+    c[: T + 1] = 0
+    far = higher.to_grid(c, higher.basis(np.sin(np.radians(latitude)))[0], 64)
+    np.testing.assert_allclose(project(far), 0, atol=1e-12)
+    with pytest.raises(ValueError, match="needs more than 12 latitudes"):
+        band_limit_projection(latitude[:12], T)

@@ -270,3 +270,50 @@ def test_context_autoencoder_starts_unconditioned_then_uses_static_fields_and_da
         plain.set_static(static)
     # the static fields travel with the weights
     assert torch.equal(ae.state_dict()["static"], static.flip(-1))
+
+
+def test_band_limit_projects_the_named_channels_of_the_decoded_state():
+    """With ``band_limit``, decoded channels 0 and 2 lie in the span of the harmonics of degree
+    <= T (projecting again changes nothing, and they hold no zonal wavenumber above T); channel
+    1 is the plain decoder's. Unset projections are an error, not zeros; they travel in the
+    state dict."""
+    import numpy as np
+
+    from appa.data.grids import equiangular_grid
+    from appa.data.spectral import band_limit_projection
+
+    cfg = small_config(band_limit=10, band_limited=[0, 2])
+    torch.manual_seed(0)
+    ae = StateAutoencoder(cfg).eval()
+    plain = StateAutoencoder(small_config()).eval()
+    randomize(ae)
+    plain.load_state_dict({k: v for k, v in ae.state_dict().items() if k in plain.state_dict()})
+    z = torch.randn(2, *ae.latent_shape)
+    with pytest.raises(RuntimeError, match="never set"):
+        ae.decode(z)
+    latitude, _ = equiangular_grid("64x32")
+    Q = torch.as_tensor(band_limit_projection(latitude, 10), dtype=torch.float32)
+    ae.set_band_limit(Q)
+    with torch.no_grad():
+        out, free = ae.decode(z), plain.decode(z)
+        assert torch.equal(out[:, 1], free[:, 1])
+        assert (out[:, [0, 2]] - free[:, [0, 2]]).abs().max() > 1e-3
+        torch.testing.assert_close(ae.band_limit(out), out, atol=1e-5, rtol=0)
+        power = torch.fft.rfft(out, dim=-1).abs()
+        assert power[:, [0, 2], :, 11:].max() < 1e-4 * power[:, [0, 2]].max()
+        assert power[:, 1, :, 11:].max() > 1e-2 * power[:, 1].max()
+    copy = StateAutoencoder(cfg).eval()
+    copy.load_state_dict(ae.state_dict())
+    assert torch.equal(copy.band_limit.matrices, Q)
+
+    with pytest.raises(ValueError, match="must have shape"):
+        ae.set_band_limit(Q[:5])
+    with pytest.raises(ValueError, match="no band limit"):
+        plain.set_band_limit(Q)
+    with pytest.raises(ValueError, match="go together"):
+        small_config(band_limit=10)
+    with pytest.raises(ValueError, match="distinct channel indices"):
+        small_config(band_limit=10, band_limited=[0, 3])
+    with pytest.raises(ValueError, match="exceeds"):
+        small_config(band_limit=40, band_limited=[0])
+    assert np.isfinite(Q.numpy()).all()

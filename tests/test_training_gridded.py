@@ -50,6 +50,25 @@ def test_masked_mse_is_the_weighted_mean_over_valid_points():
         WeightedMSE(lat, cw)(x_hat, x, mask.float())
 
 
+def test_band_limited_autoencoder_task_builds_its_projection_from_the_latitudes():
+    """The task fills the decoder's band-limit buffer from its latitudes, so a trained and
+    saved autoencoder carries it; the loss then trains through the projection."""
+    from appa.data.spectral import band_limit_projection
+
+    cfg = get_preset(
+        "tiny", [*SMALL_AE, "autoencoder.band_limit=3", "autoencoder.band_limited=[1]"]
+    )
+    lat = np.linspace(-78.75, 78.75, 8)
+    task = AutoencoderTask(cfg.autoencoder, lat)
+    want = torch.as_tensor(band_limit_projection(lat, 3), dtype=torch.float32)
+    assert torch.equal(task.module.band_limit.matrices, want)
+    batch = {"state": torch.randn(2, 3, 8, 16)}
+    loss = task.loss(task.module, batch, torch.Generator().manual_seed(0)).mean()
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert "band_limit.matrices" in task.module.state_dict()
+
+
 def _task() -> AutoencoderTask:
     torch.manual_seed(0)
     cfg = get_preset("tiny", SMALL_AE).autoencoder

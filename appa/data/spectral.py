@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["SphericalHarmonics", "legendre_functions"]
+__all__ = ["SphericalHarmonics", "band_limit_projection", "legendre_functions"]
 
 
 def legendre_functions(mu: NDArray, lmax: int, mmax: int) -> NDArray:
@@ -36,6 +36,30 @@ def legendre_functions(mu: NDArray, lmax: int, mmax: int) -> NDArray:
         for l in range(m + 2, lmax + 1):
             P[m, l] = (mu * P[m, l - 1] - _eps(l - 1, m) * P[m, l - 2]) / _eps(l, m)
     return P
+
+
+def band_limit_projection(latitude: NDArray, truncation: int) -> NDArray:
+    """Per zonal wavenumber ``m <= T``, the ``(lat, lat)`` matrix that projects a row of
+    Fourier coefficients onto ``P_l^m(sin(latitude))``, ``m <= l <= T``: least squares with
+    cell-area weights, so fields synthesised from such harmonics at these latitudes pass
+    unchanged. Returns ``(T + 1, lat, lat)``.
+
+    Raises:
+        ValueError: when there are too few latitudes for degree ``T`` (the projection onto
+            ``T + 1`` functions of latitude at ``m = 0`` needs ``lat > T``).
+    """
+    latitude = np.asarray(latitude, dtype=np.float64)
+    T = int(truncation)
+    if latitude.ndim != 1 or latitude.size <= T:
+        raise ValueError(f"band limit T{T} needs more than {T} latitudes, got {latitude.size}")
+    edges = np.concatenate([[-90.0], (latitude[1:] + latitude[:-1]) / 2, [90.0]])
+    w = np.abs(np.diff(np.sin(np.radians(edges))))
+    P = legendre_functions(np.sin(np.radians(latitude)), T, T)
+    out = np.zeros((T + 1, latitude.size, latitude.size))
+    for m in range(T + 1):
+        B = P[m, m:].T  # (lat, T + 1 - m)
+        out[m] = B @ np.linalg.solve(B.T @ (w[:, None] * B), B.T * w[None])
+    return out
 
 
 def _eps(l: int | NDArray, m: int | NDArray) -> NDArray:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from appa.nn.layers import ChannelNorm, GridConv, pole_pad, saturate, upcast
+from appa.nn.layers import BandLimit, ChannelNorm, GridConv, pole_pad, saturate, upcast
 from appa.nn.presets import AutoencoderConfig
 
 __all__ = ["ResBlock", "StateAutoencoder"]
@@ -126,6 +126,11 @@ class StateAutoencoder(nn.Module):
             self.decoder_context = nn.ModuleList(_ContextEmbedding(K, c) for c in ch)
         if config.static_channels:
             self.register_buffer("static", torch.zeros(config.static_channels, *config.grid))
+        self.band_limit = (
+            BandLimit(config.band_limit, config.band_limited, config.grid[0])
+            if config.band_limit is not None
+            else None
+        )
         if config.date_context:
             angle = torch.arange(config.grid[1], dtype=torch.float64) * 2 * math.pi
             angle = angle / config.grid[1]
@@ -156,6 +161,13 @@ class StateAutoencoder(nn.Module):
         if not torch.isfinite(fields).all():
             raise ValueError("static fields hold NaN or infinite values")
         self.static.copy_(fields)
+
+    def set_band_limit(self, matrices: Tensor) -> None:
+        """Stores the band-limit projections ``(T + 1, lat, lat)`` of the grid (see
+        :class:`~appa.nn.layers.BandLimit`); saved with the weights."""
+        if self.band_limit is None:
+            raise ValueError("this autoencoder has no band limit (band_limit=None)")
+        self.band_limit.set(matrices)
 
     def context(self, date: Tensor | None, count: int) -> Tensor | None:
         """Context maps ``(count, K, H, W)`` for ``count`` states with date features ``date``
@@ -242,6 +254,8 @@ class StateAutoencoder(nn.Module):
                     h = h + self.decoder_context[stage](pooled)
                 h = module(h)
         x = self.crop(h)
+        if self.band_limit is not None:
+            x = self.band_limit(x)
         return x.reshape(*lead, *x.shape[1:])
 
     def forward(self, x: Tensor, date: Tensor | None = None) -> tuple[Tensor, Tensor]:

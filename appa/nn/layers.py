@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "BandLimit",
     "ChannelNorm",
     "GridConv",
     "LatPadding",
@@ -60,6 +61,53 @@ class GridConv(nn.Conv2d):
             x = F.pad(x, (self.half, self.half, 0, 0), mode="circular")
             x = F.pad(x, (0, 0, self.half, self.half))
         return super().forward(x)
+
+
+class BandLimit(nn.Module):
+    """Projects channels of ``(N, C, lat, lon)`` grids onto a space of zonal wavenumbers
+    ``0 ... T``, with a ``lat x lat`` projection per wavenumber (e.g. onto the spherical
+    harmonics of degree up to ``T``: :func:`appa.data.spectral.band_limit_projection`).
+
+    The matrices are a buffer (saved with the weights) that starts as NaN: :meth:`set` fills
+    it, and projecting before that is an error, not zeros.
+
+    Arguments:
+        truncation: ``T``.
+        channels: Indices of the projected channels; the others pass unchanged.
+        lat: Number of latitudes.
+    """
+
+    def __init__(self, truncation: int, channels: list[int], lat: int) -> None:
+        super().__init__()
+        self.truncation = int(truncation)
+        self.channels = list(channels)
+        self.register_buffer("matrices", torch.full((self.truncation + 1, lat, lat), math.nan))
+
+    def set(self, matrices: Tensor) -> None:
+        """Stores the projections ``(T + 1, lat, lat)`` (finite)."""
+        if tuple(matrices.shape) != tuple(self.matrices.shape):
+            raise ValueError(
+                f"band-limit matrices must have shape {tuple(self.matrices.shape)}, got "
+                f"{tuple(matrices.shape)}"
+            )
+        if not torch.isfinite(matrices).all():
+            raise ValueError("band-limit matrices hold NaN or infinite values")
+        self.matrices.copy_(matrices)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.matrices.is_meta and torch.isnan(self.matrices[0, 0, 0]):
+            raise RuntimeError(
+                "the band-limit projection was never set: build it from the grid's latitudes "
+                "(appa.data.spectral.band_limit_projection) and call set(), or load weights"
+            )
+        index = torch.tensor(self.channels, device=x.device)
+        part = upcast(x.index_select(1, index))
+        T, nlon = self.truncation, x.shape[-1]
+        coeffs = torch.fft.rfft(part, dim=-1)[..., : T + 1]  # (N, c, lat, T + 1)
+        Q = self.matrices.to(coeffs.real.dtype)
+        kept = torch.einsum("mij,ncjm->ncim", Q.to(coeffs.dtype), coeffs)
+        projected = torch.fft.irfft(kept, n=nlon, dim=-1).to(x.dtype)
+        return x.index_copy(1, index, projected)
 
 
 class ChannelNorm(nn.Module):

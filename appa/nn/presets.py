@@ -42,6 +42,14 @@ class AutoencoderConfig(StrictModel):
     (year phase and local solar time per longitude), both fed to the encoder's input and added
     at every decoder stage. Known forcings, such as the diurnal cycle over land, then need not
     be carried by the latent.
+
+    ``band_limit`` (a triangular truncation ``T``) projects the decoded ``band_limited``
+    channels onto the spherical harmonics of degree and order up to ``T``, for fields that a
+    spectral model wrote (ERA5's upper air at T639, the toy Earth's at T21): the decoder then
+    cannot put power where such data have none. The projection (``T + 1`` matrices of
+    ``lat x lat``) is a buffer of the weights, set from the grid's latitudes by the training
+    task (:meth:`StateAutoencoder.set_band_limit`); it suits small grids (at T639 on 721
+    latitudes it would hold 1.3 GB).
     """
 
     in_channels: int = Field(71, gt=0)
@@ -59,6 +67,8 @@ class AutoencoderConfig(StrictModel):
     static_channels: int = Field(0, ge=0)
     date_context: bool = False
     checkpointing: bool = False
+    band_limit: int | None = Field(None, ge=1)
+    band_limited: list[int] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check(self) -> AutoencoderConfig:
@@ -75,6 +85,19 @@ class AutoencoderConfig(StrictModel):
             raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
         if min(self.grid) <= 0:
             raise ValueError(f"grid must be positive, got {self.grid}")
+        if (self.band_limit is None) != (not self.band_limited):
+            raise ValueError("band_limit and band_limited go together (a truncation, channels)")
+        bad = [c for c in self.band_limited if not 0 <= c < self.in_channels]
+        if bad or len(set(self.band_limited)) != len(self.band_limited):
+            raise ValueError(
+                f"band_limited must list distinct channel indices below in_channels="
+                f"{self.in_channels}, got {self.band_limited}"
+            )
+        if self.band_limit is not None and self.band_limit > self.grid[1] // 2:
+            raise ValueError(
+                f"band_limit T{self.band_limit} exceeds the grid's {self.grid[1] // 2} zonal "
+                "wavenumbers"
+            )
         if self.lat_padding != "zeros" and self.grid[1] % 2:
             raise ValueError(f"lat_padding={self.lat_padding!r} needs an even number of longitudes")
         return self

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from appa.data.spectral import band_limit_projection
 from appa.diffusion import (
     denoising_loss,
     make_sampler,
@@ -126,6 +127,9 @@ class AutoencoderTask:
             self.module.set_static(torch.as_tensor(static, dtype=torch.float32))
         elif static is not None:
             raise ValueError("static fields given to an autoencoder with static_channels=0")
+        if config.band_limit is not None:
+            projection = band_limit_projection(np.asarray(latitudes), config.band_limit)
+            self.module.set_band_limit(torch.as_tensor(projection, dtype=torch.float32))
         self.network = self.module
         self.date_key = date_key
         self.criterion = WeightedMSE(latitudes, channel_weights)
