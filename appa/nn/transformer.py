@@ -7,6 +7,8 @@ through rotary embeddings over (time, lat, lon), so only relative positions matt
 learned latitude embedding (latitudes differ physically, times and longitudes do not). The noise
 level modulates every block (adaLN-zero); per-frame date features are added to the tokens of
 their frames; optional conditioning channels (static fields) are concatenated to the input.
+Tokens return to their patches through a linear map, or (``head_channels``) through per-cell
+channels and a 3 x 3 convolution on the latent grid that lets neighbouring tokens meet.
 """
 
 from __future__ import annotations
