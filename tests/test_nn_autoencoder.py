@@ -316,4 +316,6 @@ def test_band_limit_projects_the_named_channels_of_the_decoded_state():
         small_config(band_limit=10, band_limited=[0, 3])
     with pytest.raises(ValueError, match="exceeds"):
         small_config(band_limit=40, band_limited=[0])
+    with pytest.raises(ValueError, match="exceeds"):
+        small_config(band_limit=32, band_limited=[0])  # 32 latitudes
     assert np.isfinite(Q.numpy()).all()

@@ -104,8 +104,7 @@ class BandLimit(nn.Module):
         part = upcast(x.index_select(1, index))
         T, nlon = self.truncation, x.shape[-1]
         coeffs = torch.fft.rfft(part, dim=-1)[..., : T + 1]  # (N, c, lat, T + 1)
-        Q = self.matrices.to(coeffs.real.dtype)
-        kept = torch.einsum("mij,ncjm->ncim", Q.to(coeffs.dtype), coeffs)
+        kept = torch.einsum("mij,ncjm->ncim", self.matrices.to(coeffs.dtype), coeffs)
         projected = torch.fft.irfft(kept, n=nlon, dim=-1).to(x.dtype)
         return x.index_copy(1, index, projected)
 

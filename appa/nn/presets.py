@@ -93,10 +93,12 @@ class AutoencoderConfig(StrictModel):
                 f"band_limited must list distinct channel indices below in_channels="
                 f"{self.in_channels}, got {self.band_limited}"
             )
-        if self.band_limit is not None and self.band_limit > self.grid[1] // 2:
+        if self.band_limit is not None and (
+            self.band_limit > self.grid[1] // 2 or self.band_limit >= self.grid[0]
+        ):
             raise ValueError(
-                f"band_limit T{self.band_limit} exceeds the grid's {self.grid[1] // 2} zonal "
-                "wavenumbers"
+                f"band_limit T{self.band_limit} exceeds what the {self.grid[0]} x {self.grid[1]} "
+                "grid resolves (at most lon // 2 and fewer than lat)"
             )
         if self.lat_padding != "zeros" and self.grid[1] % 2:
             raise ValueError(f"lat_padding={self.lat_padding!r} needs an even number of longitudes")
