@@ -82,6 +82,10 @@ class BandLimit(nn.Module):
         self.truncation = int(truncation)
         self.channels = list(channels)
         self.register_buffer("matrices", torch.full((self.truncation + 1, lat, lat), math.nan))
+        self.register_buffer("index", torch.tensor(self.channels), persistent=False)
+        # checked until the matrices are first seen set: decoding sits inside solver loops,
+        # where a host sync per call would cost on a GPU
+        self._checked = False
 
     def set(self, matrices: Tensor) -> None:
         """Stores the projections ``(T + 1, lat, lat)`` (finite)."""
@@ -93,20 +97,23 @@ class BandLimit(nn.Module):
         if not torch.isfinite(matrices).all():
             raise ValueError("band-limit matrices hold NaN or infinite values")
         self.matrices.copy_(matrices)
+        self._checked = True
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.matrices.is_meta and torch.isnan(self.matrices[0, 0, 0]):
-            raise RuntimeError(
-                "the band-limit projection was never set: build it from the grid's latitudes "
-                "(appa.data.spectral.band_limit_projection) and call set(), or load weights"
-            )
-        index = torch.tensor(self.channels, device=x.device)
-        part = upcast(x.index_select(1, index))
+        if not self._checked and not self.matrices.is_meta:
+            if torch.isnan(self.matrices[0, 0, 0]):
+                raise RuntimeError(
+                    "the band-limit projection was never set: build it from the grid's "
+                    "latitudes (appa.data.spectral.band_limit_projection) and call set(), or "
+                    "load weights"
+                )
+            self._checked = True
+        part = upcast(x.index_select(1, self.index))
         T, nlon = self.truncation, x.shape[-1]
         coeffs = torch.fft.rfft(part, dim=-1)[..., : T + 1]  # (N, c, lat, T + 1)
         kept = torch.einsum("mij,ncjm->ncim", self.matrices.to(coeffs.dtype), coeffs)
         projected = torch.fft.irfft(kept, n=nlon, dim=-1).to(x.dtype)
-        return x.index_copy(1, index, projected)
+        return x.index_copy(1, self.index, projected)
 
 
 class ChannelNorm(nn.Module):
