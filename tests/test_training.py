@@ -203,6 +203,67 @@ def test_autoencoder_spectral_term_adds_to_the_loss_and_is_validated():
         type(task)(task.config, task.latitudes, spectral_weight=-1.0)
 
 
+class _OffsetReconstruction(torch.nn.Module):
+    """A stand-in autoencoder whose reconstruction is the input plus ``offsets[k]`` on the
+    ``k``-th state of each window (states arrive flattened, window by window), and ``spike``
+    on a patch of each window's first state."""
+
+    def __init__(self, offsets: list[float], spike: float = 0.0) -> None:
+        super().__init__()
+        self.offsets, self.spike = torch.tensor(offsets), spike
+
+    def forward(self, x, dates=None):
+        K = len(self.offsets)
+        x_hat = x + self.offsets.repeat(x.shape[0] // K)[:, None, None, None]
+        x_hat[::K, 0, :4] += self.spike  # rows 0-3 of channel 0 of each window's first state
+        return None, x_hat
+
+
+def test_autoencoder_tendency_term_sees_errors_that_come_and_go():
+    """The MSE cannot tell a steady error from one that flips sign every state; the tendency
+    term (the weighted MSE of reconstructed changes) can, exactly: 0 for the first, (2 c)^2
+    for the second."""
+    torch.manual_seed(0)
+    task = tiny_autoencoder_task()
+    data = _ae_data()
+    batch = {"state": torch.stack([data[i]["state"] for i in range(3)])}  # (3, K=2, 2, 8, 16)
+    generator = torch.Generator().manual_seed(0)
+    c = 0.3
+    steady, flipping = _OffsetReconstruction([c, c]), _OffsetReconstruction([c, -c])
+    plain = [task.loss(m, batch, generator) for m in (steady, flipping)]
+    for loss in plain:  # per state
+        torch.testing.assert_close(loss, torch.full((6,), c**2))
+    task.tendency_weight = 2.0
+    torch.testing.assert_close(task.loss(steady, batch, generator), torch.full((3,), c**2))
+    torch.testing.assert_close(
+        task.loss(flipping, batch, generator), torch.full((3,), c**2 + 2.0 * (2 * c) ** 2)
+    )
+    # a masked point (sea-surface temperature over land) leaves both terms
+    spiked = _OffsetReconstruction([c, -c], spike=1e3)
+    mask = torch.ones_like(batch["state"], dtype=torch.bool)
+    mask[:, 0, 0, :4] = False  # where the spike sits: rows 0-3 of channel 0 of each first state
+    torch.testing.assert_close(
+        task.loss(spiked, dict(batch, mask=mask), generator),
+        torch.full((3,), c**2 + 2.0 * (2 * c) ** 2),
+    )
+    assert (task.loss(spiked, batch, generator) > 1e3).all()
+    # validation reports it for windows of 2 states, and counts it in the loss with its weight
+    trainer = _trainer(task, data, None, steps=1, val=data)
+    trainer.loop.val_batches = 1
+    weighted = trainer.validate()
+    task.tendency_weight = 0.0
+    unweighted = trainer.validate()
+    assert unweighted["tendency"] > 0
+    assert weighted["tendency"] == pytest.approx(unweighted["tendency"])
+    assert weighted["loss"] == pytest.approx(unweighted["loss"] + 2.0 * unweighted["tendency"])
+    # flat batches of single states have no changes to compare
+    task.tendency_weight = 1.0
+    with pytest.raises(ValueError, match="at least 2 consecutive states"):
+        task.loss(steady, {"state": batch["state"][:, 0]}, generator)
+    with pytest.raises(ValueError, match="tendency_weight"):
+        type(task)(task.config, task.latitudes, tendency_weight=-1.0)
+
+
 def test_lognormal_training_noise_levels():
     from appa.diffusion import sample_lognormal_sigma
 

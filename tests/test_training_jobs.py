@@ -145,6 +145,9 @@ def test_job_config_errors_name_the_culprit(state_store: str, tmp_path: Path):
     path.write_text("data: {path: x}\nloop: {stepz: 3}\n")
     with pytest.raises(ConfigError, match=r"loop\.stepz: unknown key"):
         load_config(AutoencoderJob, path)
+    path.write_text("data: {path: x}\ntendency_weight: 1.0\n")
+    with pytest.raises(ConfigError, match=r"tendency_weight=1\.0 .*window >= 2 \(got window=1\)"):
+        load_config(AutoencoderJob, path)
 
 
 def test_ray_train_two_workers_matches_one_process(state_store, tmp_path, ray_cluster):

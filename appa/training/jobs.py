@@ -160,6 +160,17 @@ class AutoencoderJob(_Job):
     # weight of appa.nn.ZonalSpectrumLoss beside the MSE (0: MSE only), and its power floor
     spectral_weight: float = Field(0.0, ge=0)
     spectral_floor: float = Field(1e-6, gt=0)
+    # weight of the MSE of reconstructed changes between consecutive states (needs window >= 2)
+    tendency_weight: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _tendency_needs_pairs(self) -> AutoencoderJob:
+        if self.tendency_weight > 0 and self.window < 2:
+            raise ValueError(
+                f"tendency_weight={self.tendency_weight} compares consecutive states: set "
+                f"window >= 2 (got window={self.window})"
+            )
+        return self
 
 
 class DiffusionJob(_Job):
@@ -402,6 +413,7 @@ def build_trainer(job: Job, callbacks: Iterable[Callback] = (), device=None) -> 
             static=train.static,
             spectral_weight=job.spectral_weight,
             spectral_floor=job.spectral_floor,
+            tendency_weight=job.tendency_weight,
         )
         store = {"source": train.source.store, "statistics_path": train.source.statistics}
         if train.static is not None:
@@ -419,6 +431,7 @@ def build_trainer(job: Job, callbacks: Iterable[Callback] = (), device=None) -> 
             statistics=train.attrs.get("statistics"),
             spectral_weight=job.spectral_weight,
             spectral_floor=job.spectral_floor,
+            tendency_weight=job.tendency_weight,
         )
         store = {k: train.attrs[k] for k in sorted(train.attrs)}
     else:

@@ -93,6 +93,12 @@ class AutoencoderTask:
         date_key: The batch entry holding date features.
         spectral_weight: Weight of the zonal spectrum term (0: MSE only).
         spectral_floor: Its relative power floor.
+        tendency_weight: Weight of a term on consecutive states (batches of windows of
+            ``K >= 2`` states): the same weighted MSE of the reconstructed changes
+            ``x_hat[k+1] - x_hat[k]`` against the true ones. Frame-by-frame errors that come and
+            go make reconstructed trajectories change faster than the truth (slow fields most:
+            sea-surface temperature), which the MSE alone does not see. Validation reports it
+            (``tendency``) whenever windows hold two states or more.
     """
 
     kind = "autoencoder"
@@ -111,6 +117,7 @@ class AutoencoderTask:
         date_key: str = "date",
         spectral_weight: float = 0.0,
         spectral_floor: float = 1e-6,
+        tendency_weight: float = 0.0,
     ) -> None:
         if len(latitudes) != config.grid[0]:
             raise ValueError(f"{len(latitudes)} latitudes for a grid of {config.grid[0]} rows")
@@ -137,6 +144,9 @@ class AutoencoderTask:
             raise ValueError(f"spectral_weight must be >= 0, got {spectral_weight}")
         self.spectral_weight = float(spectral_weight)
         self.spectrum = ZonalSpectrumLoss(latitudes, spectral_floor)
+        if not tendency_weight >= 0:
+            raise ValueError(f"tendency_weight must be >= 0, got {tendency_weight}")
+        self.tendency_weight = float(tendency_weight)
         self.latitudes = [float(v) for v in latitudes]
         self.channel_weights = (
             None if channel_weights is None else list(map(float, channel_weights))
@@ -163,6 +173,20 @@ class AutoencoderTask:
         mask = mask.reshape(-1, C, H, W)
         return torch.where(mask, x, torch.zeros_like(x)), mask
 
+    def _window(self, batch: dict[str, Tensor]) -> int:
+        """States per window ``K`` of the batch (1 for flat ``(B, C, H, W)`` batches)."""
+        x = batch[self.key]
+        return x.shape[1] if x.ndim == 5 else 1
+
+    def _tendency(self, x_hat: Tensor, x: Tensor, mask: Tensor | None, K: int) -> Tensor:
+        """Per-window weighted MSE of the changes between consecutive states, ``(B,)``."""
+        x_hat, x = x_hat.unflatten(0, (-1, K)), x.unflatten(0, (-1, K))
+        step_mask = None
+        if mask is not None:
+            mask = mask.unflatten(0, (-1, K))
+            step_mask = mask[:, 1:] & mask[:, :-1]
+        return self.criterion.to(x.device)(x_hat.diff(dim=1), x.diff(dim=1), step_mask)
+
     def _dates(self, batch: dict[str, Tensor]) -> Tensor | None:
         """Date features ``(N, 4)`` of the flattened states, when the network takes them."""
         if not self.config.date_context:
@@ -173,10 +197,19 @@ class AutoencoderTask:
         self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator
     ) -> Tensor:
         x, mask = self._states(batch)
+        K = self._window(batch)
+        if self.tendency_weight and K < 2:
+            raise ValueError(
+                "tendency_weight needs windows of at least 2 consecutive states (the "
+                f"autoencoder job's window), got batches of {K}"
+            )
         _, x_hat = model(x, self._dates(batch))
         loss = self.criterion.to(x.device)(x_hat, x, mask)
         if self.spectral_weight:
             loss = loss + self.spectral_weight * self.spectrum.to(x.device)(x_hat, x, mask)
+        if self.tendency_weight:
+            loss = loss.unflatten(0, (-1, K)).mean(dim=1)
+            loss = loss + self.tendency_weight * self._tendency(x_hat, x, mask, K)
         return loss
 
     @torch.no_grad()
@@ -193,6 +226,12 @@ class AutoencoderTask:
         if self.spectral_weight:
             out["loss"] = (out["loss"][0] + self.spectral_weight * spectrum * n, n)
         out["spectrum"] = (spectrum, x.new_tensor(1.0))
+        K = self._window(batch)
+        if K >= 2:
+            tendency = self._tendency(x_hat, x.float(), mask, K)
+            out["tendency"] = (tendency.sum(), x.new_tensor(float(tendency.shape[0])))
+            if self.tendency_weight:
+                out["loss"] = (out["loss"][0] + self.tendency_weight * tendency.sum() * K, n)
         # area-weighted squared error per channel over valid points (sum and total weight)
         w = criterion.area[:, None].expand(x.shape[-2:])
         w = w.expand_as(x) if mask is None else w * mask
@@ -204,6 +243,8 @@ class AutoencoderTask:
 
     def finalize(self, means: dict[str, float]) -> dict[str, float]:
         out = {"loss": means["loss"], "spectrum": means["spectrum"]}
+        if "tendency" in means:
+            out["tendency"] = means["tendency"]
         rmse = {n: math.sqrt(means[f"mse_{n}"]) for n in self.channel_names}
         out["rmse"] = sum(rmse.values()) / len(rmse)
         out.update({f"rmse_{n}": v for n, v in rmse.items()})
@@ -217,6 +258,7 @@ class AutoencoderTask:
             "channel_names": self.channel_names,
             "spectral_weight": self.spectral_weight,
             "spectral_floor": self.spectrum.floor,
+            "tendency_weight": self.tendency_weight,
             "state_spec": self.state_spec,
             "statistics": self.statistics,
         }
