@@ -22,7 +22,7 @@ from appa.assimilation.tasks import SamplingSettings
 from appa.config import StrictModel
 from appa.data.toy_earth import ToyEarthConfig
 from appa.distributed.pool import PoolConfig
-from appa.observations.simulators import ObserveConfig
+from appa.observations.simulators import ObserveConfig, SatelliteConfig, StationsConfig
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
 
@@ -39,11 +39,28 @@ def _toy_earth() -> ToyEarthConfig:
     return ToyEarthConfig(years=4, seed=0)
 
 
+def _observe() -> ObserveConfig:
+    # what the committed prior holds: stations of its two surface variables, and a satellite
+    # sounding its one level (the observers' own default is every level of the truth)
+    return ObserveConfig(
+        seed=1,
+        stations=StationsConfig(density=0.25),
+        satellite=SatelliteConfig(levels=[500]),
+    )
+
+
+def _sampling() -> SamplingSettings:
+    return SamplingSettings(
+        sampler="pc", steps=16, corrections=1, solver="gmres", iterations=2,
+        representation_error=True,
+    )  # fmt: skip
+
+
 class BaselineSettings(StrictModel):
     """The classical baselines' settings (see :class:`appa.baselines.jobs.BaselineJob`)."""
 
-    train_start: str = "2000-01-01"
-    train_end: str = "2001-12-31T23:59"
+    train_start: str = "2000-01-01T00:00:00"
+    train_end: str = "2001-12-31T23:59:00"
     window_days: int = Field(15, ge=0)
     ensemble_size: int = Field(96, ge=2)
     localisation_km: float | None = Field(2000.0, gt=0)
@@ -55,20 +72,21 @@ class BaselineSettings(StrictModel):
 
 
 class DemoConfig(StrictModel):
-    """Settings of ``appa demo`` (``pipelines/configs/demo.yaml``)."""
+    """Settings of ``appa demo``; the defaults are ``pipelines/configs/demo.yaml``'s, so
+    ``appa demo`` without a config runs the README's demo."""
 
     out: str = "outputs/demo"
     truth: str = "data/toy_earth.zarr"
     toy_earth: ToyEarthConfig = Field(default_factory=_toy_earth)
-    start: str = "2003-03-01T00:00"
-    end: str = "2003-03-04T18:00"
+    start: str = "2003-03-01T00:00:00"
+    end: str = "2003-03-04T18:00:00"
     step: str = "6h"
     members: int = Field(8, ge=2)
     seed: int = 0
-    observe: ObserveConfig = Field(default_factory=ObserveConfig)
+    observe: ObserveConfig = Field(default_factory=_observe)
     prior: PriorPaths = Field(default_factory=PriorPaths)
-    sampling: SamplingSettings = Field(default_factory=SamplingSettings)
-    runner: PoolConfig = Field(default_factory=PoolConfig)
+    sampling: SamplingSettings = Field(default_factory=_sampling)
+    runner: PoolConfig = Field(default_factory=lambda: PoolConfig(actors=2, num_cpus=1))
     baselines: BaselineSettings = Field(default_factory=BaselineSettings)
     plot_variables: list[str] = Field(
         default_factory=lambda: ["2m_temperature", "mean_sea_level_pressure", "temperature"]

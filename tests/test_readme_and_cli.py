@@ -115,3 +115,17 @@ def test_every_pipeline_config_validates():
     for path in paths:
         assert path.name in models, f"{path.name}: no config model registered in this test"
         load_config(models[path.name], path)
+
+
+def test_demo_defaults_are_the_committed_demo_config():
+    """`appa demo` without --config runs what `make demo` runs: with the observers' own
+    defaults it would observe levels the committed prior does not hold and fail in the actors."""
+    from appa.demo import DemoConfig
+
+    committed = load_config(DemoConfig, ROOT / "pipelines" / "configs" / "demo.yaml")
+    assert DemoConfig() == committed
+    assert DemoConfig().observed_channels() == [
+        "2m_temperature",
+        "mean_sea_level_pressure",
+        "temperature@500",
+    ]
