@@ -3,6 +3,7 @@
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 
@@ -97,6 +98,15 @@ def test_config_errors():
         ToyEarthConfig(grid="64")
     with pytest.raises(ValueError, match="not a date"):
         ToyEarthConfig(start="yesterday")
+
+
+def test_start_given_as_a_yaml_date():
+    """`appa toy-earth --set start=2003-01-01` (or a config file) hands YAML's date object."""
+    from appa.config import load_config
+
+    config = load_config(ToyEarthConfig, None, ["start=2003-01-01"])
+    assert config.start == "2003-01-01T00:00:00"
+    assert pd.Timestamp(config.start) == pd.Timestamp("2003-01-01")
 
 
 @pytest.fixture(scope="module")

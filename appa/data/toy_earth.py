@@ -149,14 +149,15 @@ class ToyEarthConfig(StrictModel):
             )
         return sorted(value)
 
-    @field_validator("start")
+    @field_validator("start", mode="before")
     @classmethod
-    def _start(cls, value: str) -> str:
+    def _start(cls, value) -> str:
+        # YAML (a config file or --set start=2003-01-01) reads a bare date as a date object
         try:
-            pd.Timestamp(value)
+            stamp = pd.Timestamp(str(value))
         except (ValueError, TypeError) as error:
             raise ValueError(f"start {value!r} is not a date: {error}") from None
-        return value
+        return value if isinstance(value, str) else stamp.isoformat()
 
 
 def _standard_temperature(p_hpa: NDArray | float) -> NDArray:
