@@ -70,16 +70,17 @@ class DummyWorker:
     ``crash_once``: a unit key whose first computation kills the process (``os._exit``),
     remembered by a marker file beside the log; ``crash_always``: a unit key whose every
     computation kills the process; ``fail``: a unit key that always raises;
-    ``nan``: a unit key whose 2 m temperature holds a NaN; ``delay``: seconds per unit."""
+    ``nan``: a unit key whose 2 m temperature holds a NaN; ``unobservable``: a unit key whose
+    observations the state cannot see; ``delay``: seconds per unit."""
 
     def __init__(
         self, seed: int = 0, log: str | None = None, crash_once: str | None = None,
         fail: str | None = None, nan: str | None = None, delay: float = 0.0,
-        crash_always: str | None = None,
+        crash_always: str | None = None, unobservable: str | None = None,
     ) -> None:  # fmt: skip
         self.seed, self.log, self.delay = seed, log, delay
         self.crash_once, self.fail, self.nan = crash_once, fail, nan
-        self.crash_always = crash_always
+        self.crash_always, self.unobservable = crash_always, unobservable
 
     def __call__(self, unit, coords):
         if self.log is not None:
@@ -98,6 +99,10 @@ class DummyWorker:
             os._exit(3)
         if unit.key == self.fail:
             raise RuntimeError(f"worker cannot compute {unit.key}")
+        if unit.key == self.unobservable:
+            from appa.observations.schema import ObservationError
+
+            raise ObservationError("12 observation(s) of temperature at 700.0 hPa")
         time.sleep(self.delay)
         out = fields(coords, self.seed)
         if unit.key == self.nan:

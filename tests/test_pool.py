@@ -118,6 +118,19 @@ def test_bad_data_from_a_worker_ends_the_job_at_once(tmp_path, ray_pool):
     assert not archive.done_mask()[0]
 
 
+def test_observations_the_state_cannot_see_end_the_job_at_once(tmp_path, ray_pool):
+    from appa.observations.schema import ObservationError
+
+    archive = _archive(tmp_path / "a.zarr")
+    bad = archive.units[0].key
+    log = tmp_path / "log.txt"
+    factory = functools.partial(DummyWorker, seed=3, unobservable=bad, log=str(log))
+    with pytest.raises(ObservationError, match=r"temperature at 700\.0 hPa"):
+        run_units(archive, factory, POOL.model_copy(update={"actors": 1}))
+    assert [k for k, _ in read_log(log)].count(bad) == 1  # not retried
+    assert not archive.done_mask()[0]
+
+
 def test_resources_no_node_has_are_refused(tmp_path, ray_pool):
     archive = _archive(tmp_path / "a.zarr")
     with pytest.raises(ConfigError, match=r"needs 1\.0 CPUs and 1\.0 GPUs; the cluster has 2 CPUs"):

@@ -31,6 +31,7 @@ from pydantic import Field
 
 from appa.config import ConfigError, StrictModel
 from appa.io.archive import Archive, ArchiveError, Unit
+from appa.observations.schema import ObservationError
 
 __all__ = [
     "PoolConfig",
@@ -105,6 +106,9 @@ WorkerFactory = Callable[[], UnitWorker]
 
 # probes of a restarting actor before it is given up (one every 0.1 s at least)
 MAX_PROBES = 600
+# a worker's errors about its inputs (a bad archive region, observations the prior cannot
+# see, a bad config): every try fails alike, so the job ends at the first, naming the culprit
+BAD_INPUT = (ArchiveError, ConfigError, ObservationError)
 
 
 class UnitActor:
@@ -259,7 +263,7 @@ def run_units(
                     fail(unit, error)
                     continue
                 except RayTaskError as error:
-                    if isinstance(error.cause, ArchiveError):
+                    if isinstance(error.cause, BAD_INPUT):
                         raise error.cause from None  # bad data: another try would fail too
                     idle.append(actor)
                     fail(unit, error)
