@@ -30,6 +30,7 @@ from pool_utils import (
 from appa.config import ConfigError
 from appa.distributed.pool import PoolConfig, UnitActor, UnitFailedError, run_units
 from appa.io.archive import Archive, ArchiveError, create_archive
+from appa.observations.schema import ObservationError
 
 CONFIG = {"job": "pool", "seed": 3}
 POOL = PoolConfig(progress=False, stall_timeout_s=120, max_attempts=3)
@@ -107,25 +108,20 @@ def test_a_unit_that_keeps_crashing_its_actor_ends_the_job_naming_it(tmp_path, r
     assert not archive.done_mask()[0]
 
 
-def test_bad_data_from_a_worker_ends_the_job_at_once(tmp_path, ray_pool):
+@pytest.mark.parametrize(
+    "flaw, error, match",
+    [
+        ("nan", ArchiveError, r"unit {bad}: 2m_temperature holds .* NaN"),
+        ("unobservable", ObservationError, r"temperature at 700\.0 hPa"),
+    ],
+)
+def test_bad_inputs_from_a_worker_end_the_job_at_once(tmp_path, ray_pool, flaw, error, match):
+    """Bad data, or observations the state cannot see: every try would fail alike."""
     archive = _archive(tmp_path / "a.zarr")
     bad = archive.units[0].key
     log = tmp_path / "log.txt"
-    factory = functools.partial(DummyWorker, seed=3, nan=bad, log=str(log))
-    with pytest.raises(ArchiveError, match=rf"unit {bad}: 2m_temperature holds .* NaN"):
-        run_units(archive, factory, POOL.model_copy(update={"actors": 1}))
-    assert [k for k, _ in read_log(log)].count(bad) == 1  # not retried
-    assert not archive.done_mask()[0]
-
-
-def test_observations_the_state_cannot_see_end_the_job_at_once(tmp_path, ray_pool):
-    from appa.observations.schema import ObservationError
-
-    archive = _archive(tmp_path / "a.zarr")
-    bad = archive.units[0].key
-    log = tmp_path / "log.txt"
-    factory = functools.partial(DummyWorker, seed=3, unobservable=bad, log=str(log))
-    with pytest.raises(ObservationError, match=r"temperature at 700\.0 hPa"):
+    factory = functools.partial(DummyWorker, seed=3, log=str(log), **{flaw: bad})
+    with pytest.raises(error, match=match.format(bad=bad)):
         run_units(archive, factory, POOL.model_copy(update={"actors": 1}))
     assert [k for k, _ in read_log(log)].count(bad) == 1  # not retried
     assert not archive.done_mask()[0]
