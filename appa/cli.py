@@ -228,6 +228,7 @@ def _assimilate(
     from appa.distributed.assimilate import AssimilationJob, run_assimilation
     from appa.io.archive import ArchiveError
     from appa.io.checkpoints import CheckpointError
+    from appa.observations.schema import ObservationError
 
     extra = [f"task={task}"]
     for key, value in (("start", start), ("end", end), ("members", members), ("output", out)):
@@ -238,7 +239,14 @@ def _assimilate(
     try:
         job = load_config(AssimilationJob, config, [*(overrides or []), *extra])
         archive, report = run_assimilation(job)
-    except (ConfigError, ArchiveError, CheckpointError, PriorMismatchError) as error:
+    except (
+        ConfigError,
+        ArchiveError,
+        CheckpointError,
+        PriorMismatchError,
+        ObservationError,
+        FileNotFoundError,
+    ) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
     typer.echo(
@@ -290,11 +298,12 @@ def demo(config: ConfigOption = None, overrides: OverridesOption = None) -> None
     on Ray actors, score against the truth and the classical baselines, plot."""
     from appa.config import ConfigError, load_config
     from appa.demo import DemoConfig, run_demo, verdicts
+    from appa.observations.schema import ObservationError
 
     try:
         cfg = load_config(DemoConfig, config, overrides or [])
         result = run_demo(cfg, echo=typer.echo)
-    except (ConfigError, FileNotFoundError) as error:
+    except (ConfigError, FileNotFoundError, ObservationError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
     for line in verdicts(result, cfg.observed_channels()):

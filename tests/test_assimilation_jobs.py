@@ -17,12 +17,15 @@ import pytest
 import xarray as xr
 import yaml
 from pool_utils import done_units
+from typer.testing import CliRunner
 
 from appa.assimilation.jobs import AssimilationWorker, member_seeds
+from appa.cli import app
 from appa.config import ConfigError, load_config
 from appa.data.toy_earth import ToyEarthConfig, write_toy_earth
 from appa.distributed.assimilate import AssimilationJob, plan_archive, run_assimilation
 from appa.io.archive import Archive
+from appa.observations.schema import ObservationError, make_table, write_observations
 from appa.observations.simulators import ObserveConfig, observe_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +75,50 @@ def test_config_errors_name_the_culprit(tmp_path, world):
     job = load_config(AssimilationJob, path)
     with pytest.raises(ConfigError, match=r"prior\.autoencoder: .*none/autoencoder does not"):
         plan_archive(job)
+
+
+@pytest.mark.parametrize(
+    ("time", "variable", "level", "error", "message"),
+    [
+        ("2003-03-01T06:00", "temperature", 850.0, ObservationError, r"temperature at 850\.0 hPa"),
+        ("2003-03-01T06:00", "specific_humidity", None, ObservationError, "unknown variable"),
+        ("2003-02-01T06:00", "temperature", 500.0, ObservationError, "no observations in"),
+        (None, None, None, FileNotFoundError, "is not an observation store"),
+    ],
+)
+def test_observations_the_prior_cannot_use_stop_the_job_before_any_unit(
+    tmp_path, world, time, variable, level, error, message
+):
+    """Levels or variables the prior's states lack, a store with nothing in the job's
+    period, or a path that is no store: the driver names the store before it plans a unit
+    (the workers would fail alike on every try), and writes no archive."""
+    store = tmp_path / "obs"
+    if time is not None:
+        table = make_table(time, 10.0, 20.0, variable, 250.0, 1.0, "sonde", level=level)
+        write_observations(table, store)
+    doc = _job_doc(world, tmp_path / "a.zarr")
+    job = AssimilationJob.model_validate(
+        {**doc, "observations": [world["observations"], str(store)]}
+    )
+    with pytest.raises(error, match=message) as raised:
+        plan_archive(job)
+    if error is ObservationError:
+        assert str(raised.value).startswith(f"observations {store}: ")
+    assert not (tmp_path / "a.zarr").exists()
+
+
+def test_cli_names_observations_the_prior_cannot_use(tmp_path, world):
+    store = tmp_path / "obs"
+    table = make_table("2003-03-01T06:00", 10.0, 20.0, "temperature", 250.0, 1.0, "sonde", 850.0)
+    write_observations(table, store)
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        yaml.safe_dump({**_job_doc(world, tmp_path / "a.zarr"), "observations": [str(store)]})
+    )
+    result = CliRunner().invoke(app, ["reanalysis", "--config", str(config)])
+    assert result.exit_code == 2
+    assert f"error: observations {store}: 1 observation(s) of temperature at 850.0" in result.output
+    assert not (tmp_path / "a.zarr").exists()
 
 
 def _reference(job: AssimilationJob) -> dict[str, np.ndarray]:

@@ -181,6 +181,9 @@ def test_store_partitions_and_time_window(tmp_path, monkeypatch):
     np.testing.assert_array_equal(window.value.values, table.value.values[3:6])
     assert window.variable.values.tolist() == ["2m_temperature"] * 3
     assert read_observations(path).sizes["obs"] == 12
+    levels = read_observations(path, "2000-01-02T12", "2000-01-04", fields=["variable", "level"])
+    assert sorted(levels.data_vars) == ["level", "time", "variable"]
+    np.testing.assert_array_equal(levels.time.values, times[3:6].values)
     with pytest.raises(ObservationError, match="no observations"):
         read_observations(path, "2001-01-01", "2001-02-01")
     with pytest.raises(FileExistsError):

@@ -32,8 +32,10 @@ __all__ = [
     "ForecastSettings",
     "PriorLayout",
     "PriorPaths",
+    "check_observations",
     "job_times",
     "member_seeds",
+    "observation_period",
     "prior_layout",
     "provenance",
 ]
@@ -150,11 +152,13 @@ def member_seeds(job: AssimilationConfig, members: np.ndarray | list[int]) -> li
 
 class PriorLayout(StrictModel):
     """What the archive needs to know of the prior, read from checkpoint metadata only (no
-    weights): state spec, statistics, grid and the checkpoints' digests."""
+    weights): state spec, statistics, grid, the denoiser's window and the checkpoints'
+    digests."""
 
     spec: StateSpec
     latitude: list[float]
     longitude: list[float]
+    window: int
     checkpoints: dict[str, dict[str, Any]]
 
 
@@ -182,13 +186,47 @@ def prior_layout(prior: PriorPaths) -> PriorLayout:
     task = read_metadata(autoencoder).get("task", {})
     if task.get("state_spec") is None or task.get("latitudes") is None:
         raise ConfigError(f"{autoencoder} carries no state spec or latitudes")
+    window = read_metadata(diffusion).get("task", {}).get("denoiser", {}).get("window")
+    if window is None:
+        raise ConfigError(f"{diffusion} carries no denoiser window")
     nlon = int(task["autoencoder"]["grid"][1])
     return PriorLayout(
         spec=StateSpec.model_validate(task["state_spec"]),
         latitude=[float(v) for v in task["latitudes"]],
         longitude=(np.arange(nlon) * 360.0 / nlon).tolist(),
+        window=int(window),
         checkpoints={"autoencoder": _digest(autoencoder), "diffusion": _digest(diffusion)},
     )
+
+
+def observation_period(job: AssimilationConfig, window: int) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """``[first, last)``: the times of the observations a job reads (a forecast from
+    observations also reads its ``context`` states, ``window`` by default, before ``start``)."""
+    step = pd.Timedelta(job.step)
+    context = (job.forecast.context or window) if job.task == "forecast" else 0
+    # the store's end bound is exclusive: one step more keeps observations at job.end
+    return pd.Timestamp(job.start) - step * context, pd.Timestamp(job.end) + step
+
+
+def check_observations(job: AssimilationConfig, spec: StateSpec, window: int) -> None:
+    """Checks, before any unit starts, that every observation store of the job has
+    observations in its period and that the prior's states hold every variable and level they
+    observe (reads only those fields).
+
+    Raises:
+        ObservationError: naming the store and what its observations ask for.
+        FileNotFoundError: for a path that is not an observation store.
+    """
+    from appa.observations.operator import observation_channels
+    from appa.observations.schema import ObservationError, read_observations
+
+    first, last = observation_period(job, window)
+    for path in job.observations:
+        try:
+            table = read_observations(path, first, last, fields=("variable", "level"))
+            observation_channels(table, spec)
+        except ObservationError as error:
+            raise ObservationError(f"observations {path}: {error}") from None
 
 
 def _device(setting: str) -> torch.device:
@@ -230,10 +268,7 @@ class AssimilationWorker:
         job = self.job
         if not job.observations:
             return None
-        context = (job.forecast.context or self.prior.window) if job.task == "forecast" else 0
-        first = pd.Timestamp(job.start) - self.step * context
-        # the store's end bound is exclusive: one step more keeps observations at job.end
-        last = pd.Timestamp(job.end) + self.step
+        first, last = observation_period(job, self.prior.window)
         tables = [read_observations(path, start=first, end=last) for path in job.observations]
         tables = [t for t in tables if t.sizes.get("obs", 0)]
         return concat_tables(tables).load() if tables else None

@@ -13,6 +13,7 @@ from pydantic import Field
 from appa.assimilation.jobs import (
     AssimilationConfig,
     AssimilationWorker,
+    check_observations,
     job_times,
     prior_layout,
     provenance,
@@ -35,11 +36,13 @@ def _worker(job: AssimilationJob, threads: int | None) -> AssimilationWorker:
 
 
 def plan_archive(job: AssimilationJob) -> Archive:
-    """Creates the job's archive (or reopens it to resume: same config only)."""
+    """Creates the job's archive (or reopens it to resume: same config only), once the job's
+    observations are known to fit the prior's states."""
     import pandas as pd
 
     layout = prior_layout(job.prior)
     times = job_times(job)
+    check_observations(job, layout.spec, layout.window)
     lead = None
     if job.task == "forecast":
         step = pd.Timedelta(job.step)

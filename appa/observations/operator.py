@@ -21,7 +21,7 @@ from appa.data.spec import StateSpec
 from appa.data.stats import Statistics
 from appa.observations.schema import ObservationError, validate_table
 
-__all__ = ["ObservationOperator", "interpolation_weights"]
+__all__ = ["ObservationOperator", "interpolation_weights", "observation_channels"]
 
 
 def interpolation_weights(
@@ -48,6 +48,40 @@ def interpolation_weights(
     index = np.stack([j0 * nlon + i0, j0 * nlon + i1, j1 * nlon + i0, j1 * nlon + i1], axis=1)
     weights = np.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], axis=1)
     return index, weights
+
+
+def observation_channels(table: xr.Dataset, spec: StateSpec) -> np.ndarray:
+    """The state channel of each observation ``(m,)``, from its ``variable`` and ``level``.
+
+    Raises:
+        ObservationError: naming the variable (and level) the state does not hold, and how
+            many observations ask for it.
+    """
+    channels = {(v, p): c for c, (v, p) in enumerate(spec.channels)}
+    variables = table["variable"].values.astype(str)
+    levels = table["level"].values
+    channel = np.empty(variables.size, dtype=np.int64)
+    for var, lev in {
+        (str(v), None if np.isnan(p) else float(p)) for v, p in zip(variables, levels, strict=True)
+    }:
+        sel = (variables == var) & (np.isnan(levels) if lev is None else levels == lev)
+        if var not in spec.variables:
+            raise ObservationError(
+                f"{int(sel.sum())} observation(s) of unknown variable {var!r}; the state has "
+                f"{spec.variables}"
+            )
+        if lev is None and var in spec.atmospheric:
+            raise ObservationError(f"observations of {var} need a level (one of {spec.levels})")
+        if lev is not None and var in spec.surface:
+            raise ObservationError(f"{var} is a surface variable; its level must be NaN")
+        c = channels.get((var, None if lev is None else int(lev)))
+        if c is None or (lev is not None and lev != int(lev)):
+            raise ObservationError(
+                f"{int(sel.sum())} observation(s) of {var} at {lev} hPa; the state has levels "
+                f"{spec.levels}"
+            )
+        channel[sel] = c
+    return channel
 
 
 def _box_weights(lat: float, lon: float, size: float, grid_lat, grid_lon, area):
@@ -101,33 +135,7 @@ class ObservationOperator:
         self.time_axis = time_axis
         m = table.sizes["obs"]
 
-        # Channel of each observation.
-        channels = {(v, p): c for c, (v, p) in enumerate(spec.channels)}
-        variables = table["variable"].values.astype(str)
-        names = [str(v) for v in variables]
-        levels = table["level"].values
-        channel = np.empty(m, dtype=np.int64)
-        for key in {
-            (v, None if np.isnan(p) else float(p)) for v, p in zip(names, levels, strict=True)
-        }:
-            var, lev = key
-            sel = (variables == var) & (np.isnan(levels) if lev is None else levels == lev)
-            if var not in spec.variables:
-                raise ObservationError(
-                    f"{int(sel.sum())} observation(s) of unknown variable {var!r}; the state has "
-                    f"{spec.variables}"
-                )
-            if lev is None and var in spec.atmospheric:
-                raise ObservationError(f"observations of {var} need a level (one of {spec.levels})")
-            if lev is not None and var in spec.surface:
-                raise ObservationError(f"{var} is a surface variable; its level must be NaN")
-            c = channels.get((var, None if lev is None else int(lev)))
-            if c is None or (lev is not None and lev != int(lev)):
-                raise ObservationError(
-                    f"{int(sel.sum())} observation(s) of {var} at {lev} hPa; the state has levels "
-                    f"{spec.levels}"
-                )
-            channel[sel] = c
+        channel = observation_channels(table, spec)
 
         # Time index of each observation.
         obs_t = pd.DatetimeIndex(table["time"].values)

@@ -171,10 +171,14 @@ def write_observations(
 
 
 def read_observations(
-    path: str | Path, start: str | None = None, end: str | None = None
+    path: str | Path,
+    start: str | None = None,
+    end: str | None = None,
+    fields: Sequence[str] | None = None,
 ) -> xr.Dataset:
     """Observations with ``start <= time < end`` (either bound optional), reading only the
-    partitions that overlap the window."""
+    partitions that overlap the window, and only ``fields`` of them when given (``time`` is
+    always read)."""
     path = Path(path)
     meta_path = path / _META
     if not meta_path.is_file():
@@ -188,7 +192,10 @@ def read_observations(
         p0 = pd.Timestamp(part["start"])
         if (t1 is not None and p0 >= t1) or (t0 is not None and p0 + span <= t0):
             continue
-        table = xr.open_zarr(path / part["name"], consolidated=True).load()
+        table = xr.open_zarr(path / part["name"], consolidated=True)
+        if fields is not None:
+            table = table[list(dict.fromkeys(["time", *fields]))]
+        table = table.load()
         keep = np.ones(table.sizes["obs"], dtype=bool)
         if t0 is not None:
             keep &= table["time"].values >= t0.to_datetime64()
