@@ -269,9 +269,10 @@ class AssimilationWorker:
         if not job.observations:
             return None
         first, last = observation_period(job, self.prior.window)
+        # read_observations raises on a store with nothing in the period (as the driver's
+        # check_observations did before any unit), so every table holds observations
         tables = [read_observations(path, start=first, end=last) for path in job.observations]
-        tables = [t for t in tables if t.sizes.get("obs", 0)]
-        return concat_tables(tables).load() if tables else None
+        return concat_tables(tables).load()
 
     def _initial(self, members: np.ndarray, inits: pd.DatetimeIndex, n_ctx: int) -> torch.Tensor:
         """``(M, n_init, n_ctx, C, H, W)`` context states of each member from the initial
