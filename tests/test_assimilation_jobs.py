@@ -193,3 +193,32 @@ def test_members_depend_on_their_own_seed_only(world, tmp_path):
     for name in together:  # to rounding: batched kernels may sum in another order
         np.testing.assert_allclose(together[name][1:], alone[name], rtol=1e-4, err_msg=name)
     assert member_seeds(job, [1, 2]) != member_seeds(job.model_copy(update={"seed": 12}), [1, 2])
+
+
+def test_forecast_members_start_from_their_own_initial_member(world, tmp_path):
+    """A forecast job reads member m's context from member m of the initial archive and fits
+    its latents through the decoder (``forecast.initial_fit``): changing member 1's initial
+    states changes member 1's forecast only."""
+    truth = xr.open_zarr(world["truth"]).load()
+    for variable in truth.variables.values():
+        variable.encoding = {}  # the source store's codecs belong to its zarr format
+    warmer = truth.assign(temperature=truth["temperature"] + 3.0)
+    times = np.array(["2003-03-02T18:00"], dtype="datetime64[ns]")
+    doc = _job_doc(world, tmp_path / "fc.zarr")
+    doc.update(task="forecast", observations=[], start="2003-03-02T18:00", end="2003-03-02T18:00")
+
+    def run(second: xr.Dataset, name: str, fit: int = 100) -> dict[str, np.ndarray]:
+        path = tmp_path / name
+        xr.concat([truth, second], dim=pd.Index([0, 1], name="member")).to_zarr(path)
+        doc["forecast"] = {
+            "lead_steps": 2, "new_states": 1, "initial": str(path), "initial_fit": fit,
+        }  # fmt: skip
+        job = AssimilationJob.model_validate(doc)
+        return AssimilationWorker(job, threads=1)(None, {"member": np.array([0, 1]), "time": times})
+
+    same, warm = run(truth, "same.zarr"), run(warmer, "warm.zarr")
+    assert same["temperature"].shape == (2, 1, 2, 1, 32, 64)  # (member, time, lead, level, ...)
+    np.testing.assert_allclose(warm["temperature"][0], same["temperature"][0], rtol=1e-5)
+    assert np.mean(warm["temperature"][1] - same["temperature"][1]) > 0.2  # 0.45 K
+    unfitted = run(truth, "unfitted.zarr", fit=0)
+    assert not np.allclose(unfitted["temperature"], same["temperature"])

@@ -133,6 +133,38 @@ def test_tasks_run_through_tiny_networks(tiny_prior):
     assert list(leads) == [pd.Timedelta(hours=h) for h in (6, 12, 18)]
 
 
+def test_fitted_latents_decode_to_the_states_the_encoder_misses(tiny_prior):
+    """States that are decodings (a reanalysis of this prior) come back from the encoder off;
+    fitting through the decoder finds latents that decode to them, ignoring NaN points, and the
+    fit of a frame does not depend on which frames share its batch."""
+    prior = tiny_prior
+    torch.manual_seed(3)
+    x = prior.decode(torch.randn(3, 2, *prior.latent_shape))  # (member, time, C, H, W)
+    stats = prior.statistics
+
+    def off(states):  # RMSE in standardised units over the finite points of x
+        e = stats.standardize(states) - stats.standardize(x)
+        return float(e[torch.isfinite(e)].square().mean().sqrt())
+
+    encoded = prior.encode(x)
+    torch.testing.assert_close(prior.fit_latents(x, iterations=0), encoded)
+    fitted = prior.fit_latents(x, iterations=300)
+    assert off(prior.decode(fitted)) < 0.1 * off(prior.decode(encoded))
+    assert not torch.allclose(prior.fit_latents(x, iterations=300, learning_rate=0.01), fitted)
+    torch.testing.assert_close(
+        prior.fit_latents(x, iterations=300, batch_size=2), fitted, rtol=0, atol=1e-4
+    )
+    holes = x.clone()
+    holes[..., 0, :2, :] = float("nan")  # a masked variable's points, e.g. SST over land
+    filled = prior.fit_latents(holes, iterations=300)
+    assert torch.isfinite(filled).all()
+    decoded = prior.decode(filled)
+    decoded[..., 0, :2, :] = float("nan")
+    assert off(decoded) < 0.1 * off(prior.decode(encoded))
+    with pytest.raises(ValueError, match="iterations"):
+        prior.fit_latents(x, iterations=-1)
+
+
 def test_a_known_frames_denoiser_conditions_on_known_states_as_an_input(tmp_path):
     """With a denoiser trained on known frames, tasks hand it the known latents as an input:
     the sample holds them exactly, what follows depends on them, and a forecast runs."""

@@ -68,7 +68,9 @@ class ForecastSettings(StrictModel):
     """Forecasts start every ``init_every`` states from ``start`` to ``end`` and run
     ``lead_steps`` states ahead. ``initial``: a reanalysis archive whose member ``m`` gives
     member ``m``'s ``context`` states up to each initialisation (None: start from the
-    observations on those context states)."""
+    observations on those context states); ``initial_fit``: steps that fit the context's
+    latents to those states through the decoder (0: the encoder's latents; see
+    :meth:`~appa.assimilation.LatentPrior.fit_latents`)."""
 
     lead_steps: int = Field(8, ge=1)
     mode: Literal["autoregressive", "all_at_once"] = "autoregressive"
@@ -76,6 +78,7 @@ class ForecastSettings(StrictModel):
     context: int | None = Field(None, ge=1)
     init_every: int = Field(4, ge=1)
     initial: str | None = None
+    initial_fit: int = Field(100, ge=0)
 
 
 class AssimilationConfig(StrictModel):
@@ -328,6 +331,7 @@ class AssimilationWorker:
                 mode=f.mode,
                 new_states=f.new_states,
                 settings=job.sampling,
+                initial_fit=f.initial_fit,
             )
         return _to_variables(x.cpu().numpy(), prior.spec, forecast=job.task == "forecast")
 

@@ -211,6 +211,51 @@ class LatentPrior:
                 parts.append(self.standardizer.standardize(self.codec.encode(x_std, *args)))
         return torch.cat(parts).reshape(*lead, *self.latent_shape)
 
+    def fit_latents(
+        self,
+        x: Tensor,
+        iterations: int = 100,
+        learning_rate: float = 0.05,
+        batch_size: int = 64,
+        times: Sequence | np.ndarray | None = None,
+    ) -> Tensor:
+        """Standardised latents ``(..., c, h, w)`` whose decoding matches the physical states
+        ``x`` ``(..., C, H, W)``: the encoder's latents, refined by ``iterations`` Adam steps
+        (``learning_rate`` in standardised latent units) on the squared error of the decoded
+        states in standardised units. NaN points of ``x`` (masked variables) do not count.
+
+        The encoder is a good inverse only on states like those it was trained on. States that
+        are themselves decodings (a reanalysis from this prior) come back from it far off: for
+        the toy Earth's prior, 1.2 K of 500 hPa temperature from 1.1 K analyses, where 100
+        steps bring them within 0.03 K. Each frame's steps depend on that frame alone (summed
+        error, per-element Adam), so results do not depend on ``batch_size``."""
+        if iterations < 0:
+            raise ValueError(f"iterations must be >= 0, got {iterations}")
+        filled = self.fill_masked(x)
+        u0 = self.encode(filled, batch_size, times)
+        if iterations == 0:
+            return u0
+        lead = x.shape[:-3]
+        target = self.statistics.standardize(filled.reshape(-1, *self.state_shape))
+        valid = ~torch.isnan(x.reshape(-1, *self.state_shape))
+        start = u0.reshape(-1, *self.latent_shape)
+        dates = self.frame_dates(times, lead) if self.codec_dates else None
+        parts = []
+        for i in range(0, start.shape[0], batch_size):
+            part = slice(i, i + batch_size)
+            date = None if dates is None else dates[part]
+            u = start[part].clone().requires_grad_(True)
+            optimizer = torch.optim.Adam([u], lr=learning_rate)
+            with torch.enable_grad():
+                for _ in range(iterations):
+                    error = self.decode_standardized(u, date) - target[part]
+                    loss = torch.where(valid[part], error, torch.zeros_like(error)).square().sum()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+            parts.append(u.detach())
+        return torch.cat(parts).reshape(*lead, *self.latent_shape)
+
     def decode_standardized(self, u: Tensor, date: Tensor | None = None) -> Tensor:
         """Standardised latents ``(N, c, h, w)`` to standardised states ``(N, C, H, W)``, one
         batch, differentiable (what the observation operator goes through). ``date``: the

@@ -305,6 +305,7 @@ def forecast(
     mode: Literal["autoregressive", "all_at_once"] = "autoregressive",
     new_states: int | None = None,
     settings: SamplingSettings | None = None,
+    initial_fit: int = 100,
 ) -> tuple[Tensor, pd.TimedeltaIndex]:
     """Forecasts from each initialisation time: physical ``(M, n_init, lead_steps, C, H, W)``
     and the lead times ``step * (1 .. lead_steps)``.
@@ -320,6 +321,9 @@ def forecast(
             slide by ``new_states``. ``all_at_once``: one joint sample of the context followed
             by ``lead_steps`` free states (stitched windows when longer than ``K``).
         new_states: States sampled per autoregressive window (default ``K // 2``).
+        initial_fit: Steps that fit the latents of the known context to ``initial`` through
+            the decoder (:meth:`LatentPrior.fit_latents`; 0: the encoder's latents, which for
+            decoded states such as a reanalysis lie far off them).
     """
     settings = settings or SamplingSettings()
     seeds = _check_seeds(seeds)
@@ -365,8 +369,8 @@ def forecast(
         ctx_times = pd.DatetimeIndex([t0 - step * (n_ctx - 1 - j) for j in range(n_ctx)])
         known_ctx = None
         if initial is not None:
-            known_ctx = prior.encode(
-                prior.fill_masked(initial[:, n].to(prior.device)), times=ctx_times
+            known_ctx = prior.fit_latents(
+                initial[:, n].to(prior.device), iterations=initial_fit, times=ctx_times
             )
         table = select_observations(observations, ctx_times, settings.time_tolerance)
         for part in _batches(M, settings.member_batch):
