@@ -169,3 +169,36 @@ def test_clear_errors(world):
                                  "--start", "2001-06-01", "--end", "2001-06-02",
                                  "--out", str(root / "x.zarr")])  # fmt: skip
     assert result.exit_code == 2 and "overlaps the training period" in result.output
+
+
+def test_persistence_of_an_analysis_at_chosen_initialisations(world):
+    """``initial``: persistence of an archive's ensemble mean (the analysis a forecast starts
+    from) instead of the truth; ``every``: one initialisation in every 4 states (daily)."""
+    root, truth = world
+    period = truth.sel(time=slice("2002-01-01", "2002-01-03T18")).load()
+    rng = np.random.default_rng(0)
+    members = [period + float(rng.normal()) for _ in range(3)]
+    analysis = xr.concat(members, dim=pd.Index([0, 1, 2], name="member"))
+    for variable in analysis.variables.values():
+        variable.encoding = {}
+    analysis.to_zarr(root / "analysis.zarr")
+    common = ["--truth", root / "truth.zarr", "--lead-time", "6h", "--lead-time", "1D",
+              "--set", "every=4", "--start", "2002-01-01", "--end", "2002-01-03T18"]  # fmt: skip
+    _run(["baseline", "persistence", *common, "--set", f"initial={root / 'analysis.zarr'}",
+          "--out", root / "pers_analysis.zarr"])  # fmt: skip
+    out = xr.open_zarr(root / "pers_analysis.zarr").load()
+    days = pd.date_range("2002-01-01", periods=3, freq="1D").values
+    np.testing.assert_array_equal(out["time"].values, days)
+    mean = analysis["temperature"].mean("member").sel(time=days)
+    np.testing.assert_allclose(out["temperature"].isel(member=0, lead_time=1), mean, rtol=1e-6)
+    assert not np.allclose(out["temperature"].isel(member=0, lead_time=1),
+                           truth["temperature"].sel(time=days))  # fmt: skip
+    assert "analysis.zarr" in out.attrs["initial"]
+
+    runner = CliRunner()
+    late = [str(a) for a in common[:-4]] + ["--start", "2002-01-05", "--end", "2002-01-06"]
+    for initial, message in (("analysis.zarr", "not in the initial archive"),
+                             ("none.zarr", "no initial archive")):  # fmt: skip
+        args = ["baseline", "persistence", *late, "--set", f"initial={root / initial}"]
+        result = runner.invoke(app, [*args, "--out", str(root / "y.zarr")])
+        assert result.exit_code == 2 and message in result.output, result.output

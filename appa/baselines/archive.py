@@ -70,6 +70,8 @@ def write_archive(ds: xr.Dataset, out: str | Path, overwrite: bool = False) -> P
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    # the source store's encodings (its codecs, its Zarr format) do not belong to the archive
+    ds = ds.drop_encoding()
     with written_whole(out) as tmp:
         encoding = {name: {"chunks": _chunks(ds[name])} for name in ds.data_vars}
         if any(ds[name].chunks is not None for name in ds.data_vars):

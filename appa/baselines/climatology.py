@@ -124,16 +124,18 @@ def persistence(
     times: Sequence | np.ndarray,
     lead_times: Sequence,
     variables: Sequence[str] | None = None,
+    source: str = "truth",
 ) -> xr.Dataset:
     """The state at each initialisation ``time`` repeated over ``lead_times``: dims ``(time,
-    lead_time, ...)``. Initialisation times missing from the truth are an error."""
+    lead_time, ...)``. ``truth`` may also be an analysis (``source`` names it in errors).
+    Initialisation times missing from it are an error."""
     times = pd.DatetimeIndex(np.atleast_1d(times))
     names = list(variables) if variables is not None else list(truth.data_vars)
     have = pd.DatetimeIndex(truth["time"].values)
     missing = times.difference(have)
     if len(missing):
         raise ValueError(
-            f"{len(missing)} initialisation time(s) not in the truth (first {missing[0]}); "
+            f"{len(missing)} initialisation time(s) not in the {source} (first {missing[0]}); "
             f"it spans {have[0]} to {have[-1]}"
         )
     leads = pd.to_timedelta(list(lead_times)).values

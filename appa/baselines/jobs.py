@@ -43,7 +43,16 @@ class BaselineJob(StrictModel):
         default_factory=list,
         description="e.g. ['6h', '1D']: forecast layout (climatology, persistence)",
     )
+    every: int = Field(
+        1, ge=1, description="one time in every `every` of [start, end], e.g. 4: daily from 6 h"
+    )
     window_days: int = Field(15, ge=0, le=183, description="climatology smoothing, +- days")
+    # Persistence only.
+    initial: str | None = Field(
+        None,
+        description="persist this archive's ensemble mean (e.g. the reanalysis a forecast "
+        "starts from) instead of the truth",
+    )
     # EnOI only.
     observations: str | None = Field(None, description="observation store (appa observe)")
     ensemble_size: int = Field(96, ge=2, description="static ensemble of anomalies (N)")
@@ -95,7 +104,22 @@ def _target_times(ds: xr.Dataset, job: BaselineJob) -> pd.DatetimeIndex:
             f"the target window {job.start} .. {job.end} overlaps the training period "
             f"{job.train_start} .. {job.train_end}"
         )
-    return times
+    return times[:: job.every]
+
+
+def _analysis_mean(job: BaselineJob, truth: xr.Dataset) -> xr.Dataset:
+    """The ensemble mean of the archive ``job.initial``, with the truth's time-dependent
+    variables (all of them: persistence of an analysis must cover what it is scored on)."""
+    path = str(job.initial)
+    if "://" not in path and not Path(path).exists():
+        raise FileNotFoundError(f"no initial archive at {path}")
+    analysis = xr.open_zarr(path, consolidated=None)
+    wanted = [v for v in truth.data_vars if "time" in truth[v].dims]
+    missing = [v for v in wanted if v not in analysis.data_vars]
+    if missing:
+        raise ValueError(f"initial archive {job.initial} lacks the variables {missing}")
+    analysis = analysis[wanted]
+    return analysis.mean("member") if "member" in analysis.dims else analysis
 
 
 def run_baseline(kind: Kind, job: BaselineJob, out: str | Path, overwrite: bool = False) -> Path:
@@ -112,7 +136,11 @@ def run_baseline(kind: Kind, job: BaselineJob, out: str | Path, overwrite: bool 
     elif kind == "persistence":
         if not leads:
             raise ValueError("persistence is a forecast: give lead_times (e.g. ['6h', '1D'])")
-        product = persistence(ds, times, leads).load()
+        source = ds if job.initial is None else _analysis_mean(job, ds)
+        name = "truth" if job.initial is None else f"initial archive {job.initial}"
+        product = persistence(source, times, leads, source=name).load()
+        if job.initial is not None:
+            provenance["initial"] = job.initial
     elif kind == "enoi":
         if leads:
             raise ValueError("enoi writes analyses: lead_times must be empty")
