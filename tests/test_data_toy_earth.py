@@ -207,3 +207,59 @@ def test_stationary_with_seasons():
     january = np.mean([t for m, t in north_t2m if m == 1])
     july = np.mean([t for m, t in north_t2m if m == 7])
     assert july > january + 5
+
+
+# The state after 60 days from the default configuration (seed 0) and 8 six-hourly states:
+# time, potential vorticity, slab ocean and every diagnostic, as ToyEarth.fingerprint hashes
+# them. Every machine must compute these bits; a change of the model's arithmetic changes them,
+# and then the committed data statistics and prior must be made again with it.
+REFERENCE_RUN = "from appa.data.toy_earth import ToyEarth, ToyEarthConfig\n" + (
+    "model = ToyEarth(ToyEarthConfig(spinup_days=60))\n"
+    "model.spin_up()\n"
+    "for _ in range(8):\n"
+    "    model.advance()\n"
+    "print(model.time, model.fingerprint())\n"
+)
+FINGERPRINT = "2000-01-03 00:00:00 3669f89c4a1f9c82b94e15f17d7332766b7b45d83eaa005765f8cfd88121f9ad"
+
+
+def _cpu_dispatch_targets() -> list[str]:
+    """numpy's run-time SIMD targets that this CPU has (those above the build's baseline)."""
+    from numpy._core import _multiarray_umath as umath
+
+    return [name for name in umath.__cpu_dispatch__ if umath.__cpu_features__.get(name)]
+
+
+def test_reference_run_matches_the_committed_fingerprint():
+    namespace: dict = {}
+    lines = []
+    namespace["print"] = lambda *args: lines.append(" ".join(map(str, args)))
+    exec(REFERENCE_RUN, namespace)
+    assert lines == [FINGERPRINT]
+
+
+@pytest.mark.parametrize(
+    "environment",
+    [
+        {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
+        {"OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"},
+        # what a CPU without AVX2/AVX-512 runs: numpy's baseline kernels, an SSE4.2 BLAS kernel
+        {"NPY_DISABLE_CPU_FEATURES": "__targets__", "OPENBLAS_CORETYPE": "Nehalem"},
+    ],
+    ids=["one-thread", "two-threads", "baseline-simd"],
+)
+def test_same_bits_with_other_simd_kernels_and_threads(environment):
+    """A chaotic model turns one rounding difference into other weather: the same run under
+    other numpy SIMD kernels, BLAS kernels and thread counts gives identical bytes."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NPY_", "OPENBLAS_"))}
+    for key, value in environment.items():
+        env[key] = " ".join(_cpu_dispatch_targets()) if value == "__targets__" else value
+    result = subprocess.run(
+        [sys.executable, "-c", REFERENCE_RUN], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == FINGERPRINT

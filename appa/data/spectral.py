@@ -6,14 +6,23 @@ truncation ``T`` (``0 <= m <= l <= T``). Spectral arrays have shape ``(..., T + 
 indexed ``[m, l]`` (entries with ``l < m`` are zero). The model works on a Gaussian grid, where
 the transforms are exact for band-limited fields; the same coefficients can be synthesised on
 any other latitudes (e.g. the equiangular cell centres of WeatherBench2 grids) exactly.
+
+The transforms give the same bits on every machine: the Gaussian latitudes come from
+:func:`appa.data.portable.gauss_legendre`, and the Legendre and Fourier sums are exact products
+(:class:`appa.data.portable.ExactMatrix`, a discrete Fourier transform by matrix instead of an
+FFT), so that a chaotic model built on them runs the same trajectory on any CPU.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["SphericalHarmonics", "band_limit_projection", "legendre_functions"]
+from appa.data.portable import PI, ExactMatrix, cos, gauss_legendre, sin
+
+__all__ = ["Basis", "SphericalHarmonics", "band_limit_projection", "legendre_functions"]
 
 
 def legendre_functions(mu: NDArray, lmax: int, mmax: int) -> NDArray:
@@ -22,7 +31,7 @@ def legendre_functions(mu: NDArray, lmax: int, mmax: int) -> NDArray:
     Normalised so that ``int_{-1}^{1} P_l^m(mu)^2 dmu = 1``; stable three-term recursion in l.
     """
     mu = np.asarray(mu, dtype=np.float64)
-    s = np.sqrt(np.clip(1.0 - mu**2, 0.0, None))
+    s = np.sqrt(np.clip(1.0 - mu * mu, 0.0, None))
     P = np.zeros((mmax + 1, lmax + 1, mu.size))
     pmm = np.full(mu.size, np.sqrt(0.5))
     for m in range(mmax + 1):
@@ -67,8 +76,26 @@ def _eps(l: int | NDArray, m: int | NDArray) -> NDArray:
     l = np.asarray(l, dtype=np.float64)
     m = np.asarray(m, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        e = np.sqrt(np.clip(l**2 - m**2, 0.0, None) / (4 * l**2 - 1))
+        e = np.sqrt(np.clip(l * l - m * m, 0.0, None) / (4 * l * l - 1))
     return np.nan_to_num(e)
+
+
+@dataclass(frozen=True)
+class Basis:
+    """``P_l^m`` and ``H_l^m = (1 - mu^2) dP_l^m/dmu`` at some latitudes, each
+    ``(T+1, T+1, nlat)`` indexed ``[m, l, lat]``, with their exact products."""
+
+    P: NDArray
+    H: NDArray
+    exact_P: ExactMatrix = field(init=False, repr=False)
+    exact_H: ExactMatrix = field(init=False, repr=False)
+    #: ``[P | H]`` along latitude, ``(T+1, T+1, 2 nlat)``: both syntheses in one product
+    exact_PH: ExactMatrix = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "exact_P", ExactMatrix(self.P))
+        object.__setattr__(self, "exact_H", ExactMatrix(self.H))
+        object.__setattr__(self, "exact_PH", ExactMatrix(np.concatenate([self.P, self.H], -1)))
 
 
 class SphericalHarmonics:
@@ -97,23 +124,27 @@ class SphericalHarmonics:
         if nlon < 2 * T + 1 or nlat < T + 1:
             raise ValueError(f"grid {nlon}x{nlat} too coarse for truncation T{T}")
         self.T, self.nlat, self.nlon, self.radius = T, nlat, nlon, radius
-        mu, w = np.polynomial.legendre.leggauss(nlat)
+        mu, w = gauss_legendre(nlat)
         self.mu, self.weights = mu, w
-        self.latitude = np.degrees(np.arcsin(mu))
+        self.latitude = np.degrees(np.arcsin(mu))  # for display; the transforms use mu
         self.longitude = np.arange(nlon) * 360.0 / nlon
         self.m = np.arange(T + 1)[:, None] * np.ones((1, T + 1))
         self.l = np.ones((T + 1, 1)) * np.arange(T + 1)[None, :]
         self.mask = self.l >= self.m
         # -l(l+1)/a^2: eigenvalues of the Laplacian.
-        self.laplacian = -self.l * (self.l + 1) / radius**2
-        P, H = self.basis(mu)
-        self._P, self._H = P, H
-        # Analysis matrices include the quadrature weights (and 1/(1-mu^2) for divergences).
-        self._Pw = P * w
-        self._Pw_c = P * (w / (1 - mu**2))
-        self._Hw_c = H * (w / (1 - mu**2))
+        self.laplacian = -self.l * (self.l + 1) / (radius * radius)
+        self.grid_basis = basis = self.basis(mu)
+        self._P, self._H = basis.P, basis.H
+        # Analysis matrices include the quadrature weights (and 1/(1-mu^2) for divergences),
+        # transposed to [m, lat, l] for products over latitude.
+        self._analysis = ExactMatrix(np.swapaxes(basis.P * w, -1, -2))
+        c = w / (1 - mu * mu)
+        self._divergence = ExactMatrix(
+            np.concatenate([np.swapaxes(basis.P * c, -1, -2), -np.swapaxes(basis.H * c, -1, -2)], 1)
+        )
+        self._fourier: dict[int, tuple[ExactMatrix, ExactMatrix]] = {}
 
-    def basis(self, mu: NDArray) -> tuple[NDArray, NDArray]:
+    def basis(self, mu: NDArray) -> Basis:
         """``P_l^m(mu)`` and ``H_l^m(mu) = (1 - mu^2) dP_l^m/dmu``, each ``(T+1, T+1, len(mu))``."""
         T = self.T
         P_ext = legendre_functions(mu, T + 1, T)
@@ -123,45 +154,98 @@ class SphericalHarmonics:
         P_up = P_ext[:, 1 : T + 2]
         P_down = np.concatenate([np.zeros_like(P[:, :1]), P_ext[:, :T]], axis=1)
         H = -l * _eps(l + 1, m) * P_up + (l + 1) * _eps(l, m) * P_down
-        return P, H * self.mask[..., None]
+        return Basis(P=np.ascontiguousarray(P), H=H * self.mask[..., None])
+
+    # ----------------------------------------------------------------------------- Fourier
+    def _fourier_matrices(self, nlon: int) -> tuple[ExactMatrix, ExactMatrix]:
+        """Synthesis ``(2 (T+1), nlon)`` and analysis ``(nlon, 2 (T+1))`` matrices of the real
+        discrete Fourier transform on ``nlon`` longitudes from 0 (rows or columns: the cosine
+        parts of wavenumbers 0..T, then their sine parts)."""
+        if nlon not in self._fourier:
+            if nlon < 2 * self.T + 1:
+                raise ValueError(f"{nlon} longitudes cannot resolve wavenumber {self.T}")
+            m = np.arange(self.T + 1)[:, None]
+            k = np.arange(nlon)[None, :]
+            # reduced to one turn with integers, so that the angles are exact multiples of 2 pi/n
+            angle = (2.0 * PI / nlon) * ((m * k) % nlon)
+            c, s = cos(angle), sin(angle)
+            double = np.where(m > 0, 2.0, 1.0)  # a real field's negative wavenumbers
+            synthesis = np.concatenate([double * c, -double * s])
+            analysis = np.concatenate([c, -s]).T / nlon
+            self._fourier[nlon] = (ExactMatrix(synthesis), ExactMatrix(analysis))
+        return self._fourier[nlon]
+
+    def fourier_to_grid(self, F: NDArray, nlon: int | None = None) -> NDArray:
+        """``F[..., m, lat]`` (complex, ``m <= T``) -> real grid ``[..., lat, lon]`` on ``nlon``
+        longitudes from 0; the imaginary part of ``m = 0`` is ignored."""
+        synthesis, _ = self._fourier_matrices(nlon or self.nlon)
+        parts = np.concatenate([F.real, F.imag], axis=-2)  # (..., 2 (T+1), lat)
+        return np.swapaxes(parts, -1, -2) @ synthesis
+
+    def grid_to_fourier(self, grid: NDArray) -> NDArray:
+        """Real grid ``[..., lat, lon]`` -> ``F[..., m, lat]`` for ``m <= T``."""
+        grid = np.asarray(grid, dtype=np.float64)
+        _, analysis = self._fourier_matrices(grid.shape[-1])
+        parts = grid @ analysis  # (..., lat, 2 (T+1))
+        return np.swapaxes(_complex(parts[..., : self.T + 1], parts[..., self.T + 1 :]), -1, -2)
+
+    # ----------------------------------------------------------------------------- Legendre
+    def legendre_to_fourier(self, coeffs: NDArray, matrix: ExactMatrix) -> NDArray:
+        """``F[..., m, j] = sum_l coeffs[..., m, l] B[m, l, j]`` for an exact basis matrix ``B``
+        (e.g. ``basis.exact_P``)."""
+        return _per_wavenumber(coeffs, matrix)
 
     # ----------------------------------------------------------------------------- synthesis
-    def _fourier_to_grid(self, F: NDArray, nlon: int) -> NDArray:
-        """``F[..., m, lat]`` -> grid ``[..., lat, lon]`` on ``nlon`` longitudes from 0."""
-        F = np.swapaxes(F, -1, -2)
-        full = np.zeros((*F.shape[:-1], nlon // 2 + 1), dtype=np.complex128)
-        full[..., : self.T + 1] = F
-        return np.fft.irfft(full, n=nlon, axis=-1) * nlon
-
-    def to_grid(self, coeffs: NDArray, basis: NDArray | None = None, nlon: int | None = None):
+    def to_grid(self, coeffs: NDArray, basis: Basis | None = None, nlon: int | None = None):
         """Synthesis: coefficients ``(..., T+1, T+1)`` -> grid ``(..., nlat, nlon)``.
 
         ``basis`` (from :meth:`basis`) and ``nlon`` evaluate on other latitudes/longitudes.
         """
-        P = self._P if basis is None else basis
-        F = np.einsum("...ml,mlj->...mj", coeffs, P)
-        return self._fourier_to_grid(F, nlon or self.nlon)
-
-    def _grid_to_fourier(self, grid: NDArray) -> NDArray:
-        """grid ``[..., lat, lon]`` -> ``F[..., m, lat]`` for ``m <= T``."""
-        F = np.fft.rfft(grid, axis=-1)[..., : self.T + 1] / self.nlon
-        return np.swapaxes(F, -1, -2)
+        basis = basis or self.grid_basis
+        return self.fourier_to_grid(_per_wavenumber(coeffs, basis.exact_P), nlon)
 
     def to_spectral(self, grid: NDArray) -> NDArray:
         """Analysis: grid ``(..., nlat, nlon)`` -> coefficients ``(..., T+1, T+1)``."""
-        F = self._grid_to_fourier(np.asarray(grid, dtype=np.float64))
-        return np.einsum("...mj,mlj->...ml", F, self._Pw)
+        return _per_wavenumber(self.grid_to_fourier(grid), self._analysis)
 
     # ----------------------------------------------------------------------------- operators
-    def winds(self, psi: NDArray, basis: tuple[NDArray, NDArray] | None = None, nlon=None):
+    def winds(self, psi: NDArray, basis: Basis | None = None, nlon: int | None = None):
         """``(U, V) = (u cos(lat), v cos(lat))`` in m/s on the grid from a streamfunction (m^2/s).
 
         ``u = -(1/a) dpsi/dphi``, ``v = (1/(a cos phi)) dpsi/dlambda``.
         """
-        P, H = (self._P, self._H) if basis is None else basis
-        U = -self.to_grid(psi, H, nlon) / self.radius
-        V = self.to_grid(1j * self.m * psi, P, nlon) / self.radius
+        _, U, V = self.to_grid_with_winds(np.zeros((0, *psi.shape[-2:])), psi, basis, nlon)
         return U, V
+
+    def to_grid_with_winds(
+        self,
+        scalars: NDArray,
+        psi: NDArray,
+        basis: Basis | None = None,
+        nlon: int | None = None,
+    ) -> tuple[NDArray, NDArray, NDArray]:
+        """Grids of the coefficients ``scalars`` (``(S..., T+1, T+1)``) and the winds ``(U, V)``
+        of the streamfunctions ``psi`` (``(W..., T+1, T+1)``, m^2/s, as :meth:`winds`), in one
+        Legendre and one Fourier product."""
+        basis = basis or self.grid_basis
+        lead_s, lead_w = scalars.shape[:-2], psi.shape[:-2]
+        scalars = scalars.reshape(-1, *scalars.shape[-2:])
+        psi = psi.reshape(-1, *psi.shape[-2:])
+        ns, nw = len(scalars), len(psi)
+        F = _per_wavenumber(np.concatenate([scalars, self.d_dlambda(psi), psi]), basis.exact_PH)
+        J = F.shape[-1] // 2  # [P | H] along latitude: P for the first two, H for psi
+        g = self.fourier_to_grid(np.concatenate([F[: ns + nw, :, :J], F[ns + nw :, :, J:]]), nlon)
+        grid_shape = g.shape[-2:]
+        return (
+            g[:ns].reshape(*lead_s, *grid_shape),
+            (g[ns + nw :] / -self.radius).reshape(*lead_w, *grid_shape),
+            (g[ns : ns + nw] / self.radius).reshape(*lead_w, *grid_shape),
+        )
+
+    def d_dlambda(self, coeffs: NDArray) -> NDArray:
+        """Coefficients of the longitude derivative, ``i m c``, without complex products."""
+        m = np.arange(coeffs.shape[-2], dtype=np.float64)[:, None]
+        return _complex(-m * coeffs.imag, m * coeffs.real)
 
     def divergence_flux(self, A: NDArray, B: NDArray) -> NDArray:
         """Coefficients of ``(1/(a(1-mu^2))) [dA/dlambda + (1 - mu^2) dB/dmu]`` from grids A, B.
@@ -169,8 +253,25 @@ class SphericalHarmonics:
         With ``A = U q`` and ``B = V q`` this is the flux divergence ``div(u q)``, equal to the
         advection ``u . grad q`` when ``u`` is non-divergent (integration by parts in ``mu``).
         """
-        FA = self._grid_to_fourier(A)
-        FB = self._grid_to_fourier(B)
-        out = np.einsum("...mj,mlj->...ml", 1j * np.arange(self.T + 1)[:, None] * FA, self._Pw_c)
-        out -= np.einsum("...mj,mlj->...ml", FB, self._Hw_c)
-        return out / self.radius
+        FA, FB = self.grid_to_fourier(np.stack([A, B]))
+        F = np.concatenate([self.d_dlambda(FA), FB], axis=-1)  # (..., m, 2 nlat)
+        return _per_wavenumber(F, self._divergence) / self.radius
+
+
+def _complex(real: NDArray, imag: NDArray) -> NDArray:
+    """A complex array from its parts, without arithmetic."""
+    out = np.empty(np.broadcast_shapes(real.shape, imag.shape), dtype=np.complex128)
+    out.real, out.imag = real, imag
+    return out
+
+
+def _per_wavenumber(coeffs: NDArray, matrix: ExactMatrix) -> NDArray:
+    """``out[..., m, n] = sum_k coeffs[..., m, k] W[m, k, n]`` for complex ``coeffs``, as one
+    exact real product per wavenumber ``m``."""
+    coeffs = np.asarray(coeffs)
+    lead = coeffs.shape[:-2]
+    M, K = coeffs.shape[-2:]
+    parts = np.stack([coeffs.real, coeffs.imag])  # (2, ..., M, K)
+    rows = np.moveaxis(parts, -2, 0).reshape(M, -1, K)  # (M, 2 * prod(lead), K)
+    out = (rows @ matrix).reshape(M, 2, *lead, -1)
+    return np.moveaxis(_complex(out[:, 0], out[:, 1]), 0, -2)

@@ -27,10 +27,16 @@ lower layer (the one under Ekman drag): mean sea-level pressure from its geostro
 m temperature from the 1000 hPa temperature with a lapse-rate correction over orography and a
 diurnal cycle stronger over land, 10 m winds from its winds reduced by surface friction, and a
 slab-ocean sea-surface temperature (NaN over land, as in ERA5).
+
+Same seed, same data, on every machine: the model and its diagnostics use only operations whose
+results IEEE 754 fixes (``appa.data.portable``: its own elementary functions, Gaussian
+latitudes, normal variates and exact matrix products instead of numpy's SIMD-dispatched ufuncs,
+``einsum``, BLAS and FFT), so any CPU writes the same bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterator
@@ -43,6 +49,7 @@ from numpy.typing import NDArray
 from pydantic import Field, field_validator
 
 from appa.config import StrictModel
+from appa.data import portable
 from appa.data.grids import equiangular_grid, parse_grid
 from appa.data.spectral import SphericalHarmonics
 from appa.files import written_whole
@@ -61,9 +68,10 @@ OMEGA = 7.292e-5  # rad/s
 GRAVITY = 9.80665  # m/s^2
 R_DRY = 287.05  # J/(kg K)
 T0, P0, LAPSE = 288.15, 101325.0, 0.0065  # standard atmosphere: K, Pa, K/m
-F0 = 2 * OMEGA * math.sin(math.radians(45.0))  # reference Coriolis parameter, 1/s
 P_UPPER, P_LOWER = 250.0, 750.0  # hPa: the two layers
 DAY = 86400.0
+LOG_LAYERS = float(portable.log(P_LOWER / P_UPPER))  # ln(p2 / p1) of the two layers
+KAPPA_LAPSE = R_DRY * LAPSE / GRAVITY  # exponent of the standard atmosphere's T(p)
 YEAR_DAYS = 365.2425
 
 ATMOSPHERIC_VARIABLES = (
@@ -162,19 +170,19 @@ class ToyEarthConfig(StrictModel):
 
 def _standard_temperature(p_hpa: NDArray | float) -> NDArray:
     """Standard-atmosphere temperature (K) at pressure ``p`` (hPa), troposphere."""
-    return T0 * (np.asarray(p_hpa) * 100.0 / P0) ** (R_DRY * LAPSE / GRAVITY)
+    return T0 * portable.power(np.asarray(p_hpa) * 100.0 / P0, KAPPA_LAPSE)
 
 
 def _standard_geopotential(p_hpa: NDArray | float) -> NDArray:
     """Standard-atmosphere geopotential (m^2/s^2), hydrostatically consistent with the above."""
     return (
-        GRAVITY * T0 / LAPSE * (1.0 - (np.asarray(p_hpa) * 100.0 / P0) ** (R_DRY * LAPSE / GRAVITY))
+        GRAVITY * T0 / LAPSE * (1.0 - portable.power(np.asarray(p_hpa) * 100.0 / P0, KAPPA_LAPSE))
     )
 
 
 def _structure(p_hpa: float) -> float:
     """Vertical structure ``S(p)`` of the baroclinic mode: +1 at 250 hPa, -1 at 750 hPa."""
-    return 1.0 - 2.0 * math.log(p_hpa / P_UPPER) / math.log(P_LOWER / P_UPPER)
+    return 1.0 - 2.0 * float(portable.log(p_hpa / P_UPPER)) / LOG_LAYERS
 
 
 class ToyEarth:
@@ -200,14 +208,15 @@ class ToyEarth:
         # Output grid (equiangular cell centres) and its transform bases.
         self.latitude, self.longitude = equiangular_grid(cfg.grid)
         self.nlon_out = nlon
-        mu_out = np.sin(np.radians(self.latitude))
+        mu_out = portable.sin(np.radians(self.latitude))
         self.basis_out = sh.basis(mu_out)
-        self.cos_out = np.cos(np.radians(self.latitude))[:, None]
-        self.f_out = 2 * OMEGA * np.sin(np.radians(self.latitude))[:, None]
+        self.cos_out = portable.cos(np.radians(self.latitude))[:, None]
+        self.f_out = 2 * OMEGA * mu_out[:, None]
 
         # Constants in spectral space.
         lap = sh.laplacian
-        self.F = 1.0 / (2.0 * (cfg.deformation_radius_km * 1e3) ** 2)
+        radius = cfg.deformation_radius_km * 1e3
+        self.F = 1.0 / (2.0 * radius * radius)
         self.lap = lap
         mu_grid = sh.mu[:, None] * np.ones((1, sh.nlon))
         f_spec = sh.to_spectral(2 * OMEGA * mu_grid)
@@ -224,30 +233,39 @@ class ToyEarth:
         # Radiative equilibrium of the thickness psi1 - psi2 = R ln(p2/p1) T_e / f: an odd profile
         # in mu, so that the thermal-wind shear is westerly in both hemispheres, and the
         # temperature f (psi1 - psi2) / (R ln(p2/p1)) is -dT ((1 - w) mu^2 + w mu^4) (+ seasons).
-        scale = R_DRY * math.log(P_LOWER / P_UPPER) / (2 * OMEGA)
+        scale = R_DRY * LOG_LAYERS / (2 * OMEGA)
         w = cfg.polar_weight
         self.te_mean = scale * sh.to_spectral(
-            -cfg.equator_pole_contrast_k * ((1 - w) * mu_grid + w * mu_grid**3)
+            -cfg.equator_pole_contrast_k * ((1 - w) * mu_grid + w * (mu_grid * mu_grid * mu_grid))
         )
-        self.te_season = scale * sh.to_spectral(cfg.seasonal_contrast_k * mu_grid**2)
+        self.te_season = scale * sh.to_spectral(cfg.seasonal_contrast_k * (mu_grid * mu_grid))
         # The equilibrium profile's global mean, -dT ((1 - w) / 3 + w / 5), is added back.
         self.t_offset = cfg.equator_pole_contrast_k * ((1 - w) / 3 + w / 5)
         # Hyperdiffusion (del^8) as an exact integrating factor per step.
-        rate = (sh.l * (sh.l + 1) / (T * (T + 1))) ** 4 / (cfg.hyperdiffusion_hours * 3600.0)
-        self.damp = np.exp(-rate * self.dt) * sh.mask
+        ratio = sh.l * (sh.l + 1) / (T * (T + 1))
+        rate = (ratio * ratio) * (ratio * ratio) / (cfg.hyperdiffusion_hours * 3600.0)
+        self.damp = portable.exp(-rate * self.dt) * sh.mask
         with np.errstate(divide="ignore"):
             self.inv_lap = np.where(sh.l > 0, 1.0 / np.where(lap == 0, 1, lap), 0.0)
         self.inv_bc = 1.0 / (lap - 2 * self.F)
 
         # State: PV anomaly q - qbar per layer, spectral; slab-ocean temperature on output grid.
         rng = np.random.default_rng(cfg.seed)
-        noise = rng.standard_normal((2, T + 1, T + 1)) + 1j * rng.standard_normal((2, T + 1, T + 1))
-        noise[..., 0, :] = noise[..., 0, :].real
+        parts = portable.standard_normal(rng, (2, 2, T + 1, T + 1))
+        parts[1, :, 0, :] = 0.0  # m = 0 coefficients of a real field are real
+        noise = np.empty(parts.shape[1:], dtype=np.complex128)
+        noise.real, noise.imag = parts
         # Streamfunction noise of ~1e5 m^2/s (1e-3 of the mature flow) seeds the instability.
         psi = noise * sh.mask * (sh.l >= 1) * 1e5
         self.Q = self._pv(psi)
         self.time = pd.Timestamp(cfg.start) - pd.Timedelta(days=cfg.spinup_days)
-        self.sst = np.full(self.land.shape, float(_standard_temperature(1000.0)))
+        self._t1000_std = float(_standard_temperature(1000.0))
+        # (S(p), standard geopotential, standard temperature) of each output level
+        self._level_profile = [
+            (_structure(p), float(_standard_geopotential(p)), float(_standard_temperature(p)))
+            for p in cfg.levels
+        ]
+        self.sst = np.full(self.land.shape, self._t1000_std)
         self._history: list[NDArray] = []
 
     # ----------------------------------------------------------------------------- planet
@@ -259,12 +277,13 @@ class ToyEarth:
         c = np.zeros((self.sh.T + 1, self.sh.T + 1), dtype=np.complex128)
         for m in range(L + 1):
             for l in range(max(m, 1), L + 1):
-                c[m, l] = rng.standard_normal() + (1j * rng.standard_normal() if m else 0)
+                re, im = portable.standard_normal(rng, (2,))
+                c[m, l] = complex(re, im if m else 0.0)
         return self.to_output(c), self.sh.to_grid(c)
 
     def to_output(self, coeffs: NDArray) -> NDArray:
         """Synthesises spectral coefficients on the output grid ``(..., lat, lon)``."""
-        return self.sh.to_grid(coeffs, self.basis_out[0], self.nlon_out)
+        return self.sh.to_grid(coeffs, self.basis_out, self.nlon_out)
 
     # ----------------------------------------------------------------------------- dynamics
     def _pv(self, psi: NDArray) -> NDArray:
@@ -279,21 +298,14 @@ class ToyEarth:
         return np.stack([0.5 * (bt + bc), 0.5 * (bt - bc)])
 
     def _equilibrium(self, time: pd.Timestamp) -> NDArray:
-        phase = 2 * math.pi * (_day_of_year(time) - 172.0) / YEAR_DAYS
-        return self.te_mean + math.cos(phase) * self.te_season
+        phase = 2 * portable.PI * (_day_of_year(time) - 172.0) / YEAR_DAYS
+        return self.te_mean + float(portable.cos(phase)) * self.te_season
 
     def tendency(self, Q: NDArray, thickness_eq: NDArray) -> NDArray:
         """``dQ/dt`` without hyperdiffusion: advection, Newtonian cooling and Ekman drag."""
         sh = self.sh
         psi = self.invert(Q)
-        stacked = np.concatenate([1j * sh.m * psi, Q + self.qbar])
-        FP = np.einsum("...ml,mlj->...mj", stacked, sh._P)
-        FH = np.einsum("...ml,mlj->...mj", psi, sh._H)
-        grids = (
-            sh._fourier_to_grid(np.concatenate([FP, FH]), sh.nlon)
-            / np.array([sh.radius, sh.radius, 1, 1, -sh.radius, -sh.radius])[:, None, None]
-        )
-        V, q, U = grids[0:2], grids[2:4], grids[4:6]
+        q, U, V = sh.to_grid_with_winds(Q + self.qbar, psi)
         dQ = -sh.divergence_flux(U * q, V * q)
         heating = (self.F / (self.config.radiative_days * DAY)) * (psi[0] - psi[1] - thickness_eq)
         dQ[0] += heating
@@ -323,7 +335,7 @@ class ToyEarth:
         if not np.all(np.isfinite(self.Q)):
             raise FloatingPointError(f"toy Earth blew up at {self.time}; reduce dt_minutes")
         hours = self.config.step_hours * 3600.0
-        t1000 = self._temperature_anomaly() + float(_standard_temperature(1000.0))
+        t1000 = self._temperature_anomaly() + self._t1000_std
         self.sst += (hours / (self.config.ocean_days * DAY)) * (t1000 + 1.0 - self.sst)
         np.maximum(self.sst, 271.35, out=self.sst)  # sea water freezes
 
@@ -337,7 +349,7 @@ class ToyEarth:
     def _temperature_anomaly(self) -> NDArray:
         psi = self.invert(self.Q)
         thickness = self.to_output(psi[0] - psi[1])
-        return self.f_out * thickness / (R_DRY * math.log(P_LOWER / P_UPPER)) + self.t_offset
+        return self.f_out * thickness / (R_DRY * LOG_LAYERS) + self.t_offset
 
     def fields(self) -> dict[str, NDArray]:
         """Diagnostics at the current time on the output grid, canonical names and SI units.
@@ -346,18 +358,16 @@ class ToyEarth:
         """
         cfg = self.config
         psi = self.invert(self.Q)
-        grids = self.to_output(psi)
-        U, V = self.sh.winds(psi, self.basis_out, self.nlon_out)
+        grids, U, V = self.sh.to_grid_with_winds(psi, psi, self.basis_out, self.nlon_out)
         u, v = U / self.cos_out, V / self.cos_out
         bt, bc = 0.5 * (grids[0] + grids[1]), 0.5 * (grids[0] - grids[1])
         ubt, ubc = 0.5 * (u[0] + u[1]), 0.5 * (u[0] - u[1])
         vbt, vbc = 0.5 * (v[0] + v[1]), 0.5 * (v[0] - v[1])
-        t_anom = 2.0 * self.f_out * bc / (R_DRY * math.log(P_LOWER / P_UPPER)) + self.t_offset
+        t_anom = 2.0 * self.f_out * bc / (R_DRY * LOG_LAYERS) + self.t_offset
         out: dict[str, list[NDArray] | NDArray] = {name: [] for name in ATMOSPHERIC_VARIABLES}
-        for p in cfg.levels:
-            S = _structure(p)
-            out["geopotential"].append(_standard_geopotential(p) + self.f_out * (bt + S * bc))
-            out["temperature"].append(_standard_temperature(p) + t_anom)
+        for S, phi_std, t_std in self._level_profile:
+            out["geopotential"].append(phi_std + self.f_out * (bt + S * bc))
+            out["temperature"].append(t_std + t_anom)
             out["u_component_of_wind"].append(ubt + S * ubc)
             out["v_component_of_wind"].append(vbt + S * vbc)
         for name in ATMOSPHERIC_VARIABLES:
@@ -365,14 +375,14 @@ class ToyEarth:
         # Surface fields come from the lower layer, which feels the Ekman drag (the boundary
         # layer); its temperature is the thickness temperature at the 1000 hPa reference.
         rho0 = P0 / (R_DRY * T0)
-        t1000 = _standard_temperature(1000.0) + t_anom
+        t1000 = self._t1000_std + t_anom
         hour = self.time.hour + self.time.minute / 60.0
-        local = 2 * np.pi * (hour + self.longitude[None, :] / 15.0 - 14.0) / 24.0
+        local = 2 * portable.PI * (hour + self.longitude[None, :] / 15.0 - 14.0) / 24.0
         amplitude = np.where(
             self.land > 0.5, cfg.diurnal_amplitude_land_k, cfg.diurnal_amplitude_sea_k
         )
         out["2m_temperature"] = (
-            t1000 - LAPSE * self.orography + amplitude * self.cos_out * np.cos(local)
+            t1000 - LAPSE * self.orography + amplitude * self.cos_out * portable.cos(local)
         )
         out["mean_sea_level_pressure"] = P0 + rho0 * self.f_out * grids[1]
         out["10m_u_component_of_wind"] = 0.7 * u[1]
@@ -386,6 +396,17 @@ class ToyEarth:
             "geopotential_at_surface": GRAVITY * self.orography,
             "land_sea_mask": self.land.copy(),
         }
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the current state (time, potential vorticity, slab ocean) and of its
+        diagnostics: equal on two machines exactly when they computed the same bits."""
+        digest = hashlib.sha256(str(self.time).encode())
+        digest.update(np.ascontiguousarray(self.Q).tobytes())
+        digest.update(self.sst.tobytes())
+        for name, value in sorted(self.fields().items()):
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(value, dtype=np.float64).tobytes())
+        return digest.hexdigest()
 
     def run(self, n: int) -> Iterator[tuple[pd.Timestamp, dict[str, NDArray]]]:
         """Yields ``n`` states ``(time, fields)`` every ``step_hours``, starting with the
