@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.appa-installed
 
-.PHONY: setup demo test test-all lint format bench clean
+.PHONY: setup demo test test-slow test-all lint format clean
 
 $(STAMP): pyproject.toml deploy/install.sh
 	bash deploy/install.sh $(VENV) dev
@@ -16,6 +16,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
 
 test-all: $(STAMP)
 	$(PY) -m pytest -m ""

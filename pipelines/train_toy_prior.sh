@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces the committed tiny toy-Earth prior (pipelines/priors/toy-earth-tiny/) end to end on
 # a CPU: the data, the autoencoder, the latents, the latent diffusion model, the export of their
-# weights and the quality bars. Seeds are fixed in the configs (toy Earth seed 0, loop.seed 0).
+# weights and the quality checks. Seeds are fixed in the configs (toy Earth seed 0, loop.seed 0).
 # Usage: bash pipelines/train_toy_prior.sh [PRIOR_DIR]   (from the repository root, .venv set up)
 set -euo pipefail
 APPA=${APPA:-.venv/bin/appa}

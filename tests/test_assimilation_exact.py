@@ -285,3 +285,12 @@ def test_representation_error_adds_to_each_observation_error_by_channel():
     torch.testing.assert_close(widened._y, plain._y)
     with pytest.raises(ValueError, match="representation_std must hold"):
         WindowObservation(prior, layout, times, table, representation_std=[0.1])
+    # inflation multiplies every error standard deviation, the representation error's too
+    inflated = WindowObservation(
+        prior, layout, times, table, representation_std=rep, error_scale=1.5
+    )
+    torch.testing.assert_close(
+        inflated._var[0, :m].double(), 2.25 * widened._var[0, :m].double(), rtol=1e-6, atol=0
+    )
+    with pytest.raises(ValueError, match="error_scale must be positive"):
+        WindowObservation(prior, layout, times, table, error_scale=0.0)

@@ -20,7 +20,7 @@ ALLOWED = {
         "appa.data",
         "appa.observations",
         "appa.io.checkpoints",
-        "appa.metrics.climate",  # pure numpy statistics, for the prior's quality bars
+        "appa.metrics.climate",  # pure numpy statistics, for the prior's quality checks
     }
     | BASE,
     # Classical baselines sit with the tasks: data and observations below them, no networks.

@@ -65,13 +65,13 @@ def test_compare_climate_flags_what_differs():
     data = rng.normal(size=(4, 8, 2, LAT.size, LON.size))
     same = rng.normal(size=(4, 8, 2, LAT.size, LON.size))
     cmp = compare_climate(same, data, LAT, ["a", "b"])
-    assert cmp.failures() == []
+    assert cmp.departures() == []
     wide = same.copy()
     wide[:, :, 1] *= 1.5
-    failures = compare_climate(wide, data, LAT, ["a", "b"]).failures()
-    assert any(f.startswith("b: std ratio") for f in failures)
-    assert any(f.startswith("b: zonal power") for f in failures)
-    assert not any(f.startswith("a:") for f in failures)
+    departures = compare_climate(wide, data, LAT, ["a", "b"]).departures()
+    assert any(f.startswith("b: std ratio") for f in departures)
+    assert any(f.startswith("b: zonal power") for f in departures)
+    assert not any(f.startswith("a:") for f in departures)
     with pytest.raises(ValueError, match=r"\(C, lat, lon\)"):
         compare_climate(same[:, :, :1], data, LAT, ["a", "b"])
 
@@ -86,6 +86,6 @@ def test_spectra_are_judged_only_where_the_data_hold_power():
     samples = data + 1e-9 * rng.normal(size=data.shape)  # white noise far above roundoff
     cmp = compare_climate(samples, data, LAT, ["x"])
     assert cmp.resolved()[0].tolist() == [True] * 8 + [False] * 24
-    assert cmp.failures() == []
+    assert cmp.departures() == []
     samples += 2.0 * np.cos(3 * lon)  # a real error inside the band is caught
-    assert any("zonal power" in f for f in compare_climate(samples, data, LAT, ["x"]).failures())
+    assert any("zonal power" in f for f in compare_climate(samples, data, LAT, ["x"]).departures())

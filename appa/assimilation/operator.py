@@ -58,6 +58,8 @@ class WindowObservation:
             frame of every window (Appa's way; for benchmarks).
         representation_std: Per-channel standard deviation (standardised units) added in
             quadrature to every observation's error: what the decoder cannot represent.
+        error_scale: Multiplies every observation's error standard deviation (after the
+            representation error): inflation of an ensemble that is too confident.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class WindowObservation:
         frames: Frames = "observed",
         time_tolerance: str = "0s",
         representation_std: Sequence[float] | None = None,
+        error_scale: float = 1.0,
     ) -> None:
         times = pd.DatetimeIndex(np.atleast_1d(times))
         L = layout.length
@@ -117,6 +120,10 @@ class WindowObservation:
                 if rep.shape != (C,):
                     raise ValueError(f"representation_std must hold {C} values, got {rep.shape}")
                 var_all = (var_all + rep[np.asarray(op.channel)] ** 2).astype(var_all.dtype)
+            if error_scale <= 0:
+                raise ValueError(f"error_scale must be positive, got {error_scale}")
+            if error_scale != 1.0:
+                var_all = (var_all * error_scale**2).astype(var_all.dtype)
             t_obs = np.asarray(op.time_index)
             self.num_obs = int(op.num_obs)
             for w in range(W):

@@ -1,4 +1,4 @@
-"""Quality bars of a trained latent prior on held-out data.
+"""Quality checks of a trained latent prior on held-out data.
 
 Two questions, both answered against a held-out period of the gridded truth:
 
@@ -8,8 +8,8 @@ Two questions, both answered against a held-out period of the gridded truth:
   channel mean and standard deviation, lag-1 autocorrelation along time and zonal power spectra,
   :func:`appa.metrics.compare_climate`).
 
-Beside the bars, the zonal power of the sampled latents against the data's encoded latents per
-latent channel tells whether a miss comes from the denoiser (its latents are off) or from the
+Beside the checks, the zonal power of the sampled latents against the data's encoded latents per
+latent channel tells whether a departure comes from the denoiser (its latents are off) or from the
 decoder (it turns small latent errors into power the data do not have).
 """
 
@@ -99,13 +99,14 @@ class PriorQuality:
     codec_climate: ClimateComparison | None = None
     latent_spectrum_ratio: np.ndarray | None = None
 
-    def failures(self, rmse_bar: float = 0.1) -> list[str]:
-        """Every quality bar missed, as readable lines (empty when all pass)."""
+    def departures(self, rmse_tolerance: float = 0.1) -> list[str]:
+        """Every check outside its tolerance (autoencoder RMSE, then
+        :meth:`~appa.metrics.climate.ClimateComparison.departures`), as readable lines."""
         out = []
         mean_rmse = float(np.mean(list(self.reconstruction.values())))
-        if mean_rmse > rmse_bar:
-            out.append(f"autoencoder RMSE {mean_rmse:.3f} > {rmse_bar} (standardised)")
-        return out + self.climate.failures()
+        if mean_rmse > rmse_tolerance:
+            out.append(f"autoencoder RMSE {mean_rmse:.3f} > {rmse_tolerance} (standardised)")
+        return out + self.climate.departures()
 
     def report(self) -> str:
         """A plain-text report."""

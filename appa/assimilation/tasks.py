@@ -62,6 +62,8 @@ class SamplingSettings(StrictModel):
             checkpoint's validation) to observation errors in quadrature: the decoder cannot
             fit observations closer than that, and pretending it can makes ensembles
             overconfident.
+        error_inflation: Multiplies every observation's error standard deviation (with the
+            representation error): the usual remedy of an under-dispersed ensemble.
     """
 
     sampler: Literal["pc", "ddpm", "ddim", "euler", "heun", "lms"] = "pc"
@@ -77,6 +79,7 @@ class SamplingSettings(StrictModel):
     member_batch: int | None = Field(None, ge=1)
     time_tolerance: str = "0s"
     representation_error: bool = False
+    error_inflation: float = Field(1.0, gt=0)
 
     def sampler_options(self) -> dict:
         if self.sampler == "pc":
@@ -183,6 +186,7 @@ def sample_latents(
         condition_std=settings.condition_std, frames=settings.frames,
         time_tolerance=settings.time_tolerance,
         representation_std=_representation_std(prior, settings),
+        error_scale=settings.error_inflation,
     )  # fmt: skip
     if obs.size:
         guided = MMPSDenoiser(

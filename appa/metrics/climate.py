@@ -142,14 +142,15 @@ class ClimateComparison:
         power = self.spectrum_data[:, 1:]
         return power > floor * power.sum(axis=1, keepdims=True)
 
-    def failures(
+    def departures(
         self,
         mean_tolerance: float = 0.1,
         std_tolerance: float = 0.1,
         lag1_tolerance: float = 0.05,
         spectrum_factor: float = 2.0,
     ) -> list[str]:
-        """The bars each channel misses, as readable lines (empty when all pass)."""
+        """Where the samples depart from the data beyond the tolerances, as readable lines
+        (empty when every channel is within them)."""
         out = []
         for c, name in enumerate(self.channels):
             if self.mean_error[c] > mean_tolerance:
