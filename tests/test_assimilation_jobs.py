@@ -129,6 +129,7 @@ def _reference(job: AssimilationJob) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+@pytest.mark.slow
 def test_killed_reanalysis_reruns_to_the_uninterrupted_archive(tmp_path, world, ray_cluster):
     out = tmp_path / "reanalysis.zarr"
     config = tmp_path / "job.yaml"

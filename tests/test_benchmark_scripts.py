@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from npe_utils import needs_sbibm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +81,7 @@ def test_mmps_step_benchmark_runs(tmp_path):
             assert r["decoded_frames"] == 3 * 4
 
 
+@pytest.mark.slow
 @needs_sbibm
 def test_npe_benchmark_scores_resumes_and_refuses_other_settings(tmp_path):
     script = str(ROOT / "benchmarks" / "bench_npe_sbibm.py")

@@ -4,6 +4,7 @@ trained on 10^3 simulations, scored by C2ST against sbibm's reference posterior 
 
 from __future__ import annotations
 
+import pytest
 import torch
 from npe_utils import needs_sbibm
 
@@ -14,6 +15,7 @@ TASKS = ["two_moons", "gaussian_mixture", "gaussian_linear"]
 DRAWS = 3000
 
 
+@pytest.mark.slow
 @needs_sbibm
 def test_flows_trained_on_a_thousand_simulations_approach_the_reference_posteriors():
     pairs, names = [], []

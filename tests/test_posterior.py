@@ -69,7 +69,7 @@ def _moment_errors(samples, posterior):
     return mean_err.item(), cov_err.item()
 
 
-@pytest.mark.parametrize("operator", ["dense", "mask"])
+@pytest.mark.parametrize("operator", ["dense", pytest.param("mask", marks=pytest.mark.slow)])
 def test_linear_gaussian_posterior_samples_match_closed_form(operator):
     """d = 64 GP prior, 16 observations with variance 1e-2: 10,000 MMPS samples match the exact
     posterior (mean within 2 %, covariance within 5 % in Frobenius norm)."""

@@ -426,6 +426,7 @@ def test_bf16_autocast_runs_and_tracks_float32():
     assert losses["bfloat16"] != losses["float32"]  # autocast did change the arithmetic
 
 
+@pytest.mark.slow
 def test_compiled_training_steps_match_eager_ones(tmp_path: Path):
     """``loop.compile``: the same losses and weights as eager steps (to float rounding), and
     checkpoints of the plain module (no compiler prefixes in the names)."""

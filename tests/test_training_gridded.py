@@ -158,6 +158,7 @@ def _encode_args(run: Path, store: Path, out: Path) -> list[str]:
     return args
 
 
+@pytest.mark.slow
 def test_toy_earth_train_then_encode_end_to_end(toy_store: Path, tmp_path: Path):
     from typer.testing import CliRunner
 
@@ -284,6 +285,7 @@ def test_gridded_config_errors_name_the_culprit(toy_store: Path, tmp_path: Path)
     assert json.loads(stats.read_text())["channels"][0] == "2m_temperature"
 
 
+@pytest.mark.slow
 def test_autoencoder_with_static_and_date_context_trains_encodes_and_decodes(
     toy_store: Path, tmp_path: Path
 ):

@@ -150,6 +150,7 @@ def test_job_config_errors_name_the_culprit(state_store: str, tmp_path: Path):
         load_config(AutoencoderJob, path)
 
 
+@pytest.mark.slow
 def test_ray_train_two_workers_matches_one_process(state_store, tmp_path, ray_cluster):
     """2 Ray Train workers with batch 2 (DDP, gloo) take the same steps as one process with
     batch 4: the same samples (the stream is split by rank) and averaged gradients."""
