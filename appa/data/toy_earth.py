@@ -484,6 +484,7 @@ def write_toy_earth(
     The store is written to a temporary sibling path and renamed into place when complete, so
     ``out`` is either absent or whole. Returns ``out``.
     """
+    from threadpoolctl import threadpool_limits
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -503,7 +504,9 @@ def write_toy_earth(
         mininterval=1.0,
     )
     try:
-        with written_whole(out) as tmp:
+        # The model's matrices are small: BLAS threads cost CPU time and save no wall time, and
+        # exact products give the same bits with any number of them.
+        with threadpool_limits(limits=1, user_api="blas"), written_whole(out) as tmp:
             start = pd.Timestamp(config.start)
             while model.time < start - pd.Timedelta(seconds=1):
                 model.advance()
