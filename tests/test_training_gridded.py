@@ -252,8 +252,12 @@ def test_gridded_config_errors_name_the_culprit(toy_store: Path, tmp_path: Path)
     )  # fmt: skip
     assert result.exit_code == 2 and "expects (channels, lat, lon)" in result.output
     assert not stats.exists()  # no statistics computed for a spec the preset cannot take
+    # (eager steps: compiling is not what this test is about, and costs most of its time)
     result = CliRunner().invoke(
-        app, _train_args(toy_store, tmp_path / "a", f"data.source.statistics={stats}")
+        app,
+        _train_args(
+            toy_store, tmp_path / "a", f"data.source.statistics={stats}", "loop.compile=false"
+        ),
     )
     assert result.exit_code == 0, result.output
     # statistics stored for another period are not silently reused
