@@ -265,15 +265,17 @@ def _dispersion(ratio: float) -> str:
     """What a spread/skill ratio says of an ensemble."""
     if not ratio == ratio:  # NaN: a single member has no spread
         return "no spread to judge"
-    if ratio < 0.7:
-        return "under-dispersed: the members spread much less than their error"
-    if ratio < 0.9:
-        return "slightly under-dispersed"
-    if ratio <= 1.1:
-        return "calibrated: the spread matches the error"
-    if ratio <= 1.3:
-        return "slightly over-dispersed"
-    return "over-dispersed: the members spread much more than their error"
+    for bound, words in (
+        (0.5, "strongly under-dispersed: the members spread far less than their error"),
+        (0.8, "under-dispersed: the members spread less than their error"),
+        (0.95, "slightly under-dispersed"),
+        (1.05, "calibrated: the spread matches the error"),
+        (1.2, "slightly over-dispersed"),
+        (1.5, "over-dispersed: the members spread more than their error"),
+    ):
+        if ratio < bound:
+            return words
+    return "strongly over-dispersed: the members spread far more than their error"
 
 
 def _units(name: str) -> str:

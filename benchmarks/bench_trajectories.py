@@ -297,7 +297,80 @@ def _rows(per_seed: dict[int, dict]) -> list[tuple[str, str, list[float]]]:
     return rows
 
 
+def _cell(values, spec: str = ".2f") -> str:
+    v = np.asarray(values, dtype=float)
+    return f"{v.mean():{spec}} [{v.min():{spec}}, {v.max():{spec}}]"
+
+
+NAMES = {"enoi": "EnOI", "persistence_of_analysis": "persistence of the analysis"}
+UNITS = {
+    "2m_temperature": "K",
+    "mean_sea_level_pressure": "Pa",
+    "temperature@500": "K",
+    "geopotential@500": "m2/s2",
+    "sea_surface_temperature": "K",
+}
+
+
+def summary(per_seed: dict[int, dict]) -> str:
+    """Compact tables, each cell ``mean [min, max]`` over the trajectories."""
+    figures = [per_seed[s] for s in sorted(per_seed)]
+    out = []
+    if "prior" in figures[0]:
+        for period, text in (("year", "2003, 64 trajectories"), ("winter", "Jan-Mar 2003, 32")):
+            prior = [f["prior"][period] for f in figures]
+            rmse = _cell([p["autoencoder_rmse"] for p in prior], ".3f")
+            out += [
+                f"Prior quality ({text}; autoencoder RMSE {rmse} standardised)",
+                "",
+                "| channel | mean error (data std) | std ratio | lag-1 error | zonal power, min | "
+                "zonal power, max | autoencoder zonal power, min / max |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for channel in UNITS:
+                c = [p[channel] for p in prior]
+                codec = (
+                    f"{min(x['codec_spectrum_min'] for x in c):.2f} / "
+                    f"{max(x['codec_spectrum_max'] for x in c):.2f}"
+                )
+                out.append(
+                    f"| {channel} | {_cell([x['mean_error'] for x in c], '.3f')} | "
+                    f"{_cell([x['std_ratio'] for x in c], '.3f')} | "
+                    f"{_cell([x['lag1_error'] for x in c], '.3f')} | "
+                    f"{_cell([x['spectrum_min'] for x in c])} | "
+                    f"{_cell([x['spectrum_max'] for x in c])} | {codec} |"
+                )
+            departures = [len(p["departures"]) for p in prior]
+            out += ["", f"Checks outside tolerance per trajectory: {departures}", ""]
+    for section, (system, bases), title in (
+        ("demo", RATIOS["demo"], "Reanalysis (the demo)"),
+        ("filter", RATIOS["filter"], "Filter"),
+        ("forecast", RATIOS["forecast"], "Forecasts at one day"),
+    ):
+        if section not in figures[0]:
+            continue
+        out += [
+            title,
+            "",
+            "| variable | RMSE | "
+            + " | ".join(f"RMSE / {NAMES.get(b, b)}" for b in bases)
+            + " | spread/skill | CRPS |",
+            "|---" * (4 + len(bases)) + "|",
+        ]
+        for label, unit in UNITS.items():
+            x = [f[section][label] for f in figures]
+            ratios = " | ".join(_cell([v[system]["rmse"] / v[b]["rmse"] for v in x]) for b in bases)
+            out.append(
+                f"| {label} ({unit}) | {_cell([v[system]['rmse'] for v in x], '.3g')} | "
+                f"{ratios} | {_cell([v[system]['spread_skill'] for v in x])} | "
+                f"{_cell([v[system]['crps'] for v in x], '.3g')} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
 def markdown(per_seed: dict[int, dict]) -> str:
+    """Every figure of every trajectory: mean, min, max, then one column per trajectory."""
     seeds = sorted(per_seed)
     head = "| | figure | mean | min | max | " + " | ".join(f"seed {s}" for s in seeds) + " |"
     lines = [head, "|" + "---|" * (5 + len(seeds))]
@@ -332,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     args = parser.parse_args(argv)
     per_seed = {seed: measure(seed, args) for seed in args.seeds}
-    table = markdown(per_seed)
+    table = summary(per_seed) + "\n\nEvery figure, by trajectory:\n\n" + markdown(per_seed)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(

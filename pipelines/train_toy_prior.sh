@@ -16,7 +16,7 @@ CONFIGS=pipelines/configs
 
 # weights only (no optimiser state): the final trained weights of both. The denoiser's final
 # weights (after the cosine decay to 5 % of the peak rate) denoise the validation year as well
-# as its EMA and their samples keep more of the data's spread (README, the tiny prior)
+# as its EMA and their samples keep more of the data's spread (docs/training.md)
 "$APPA" export-checkpoint runs/autoencoder-toy-earth/checkpoints "$PRIOR/autoencoder" -g model
 "$APPA" export-checkpoint runs/diffusion-toy-earth/checkpoints "$PRIOR/diffusion" -g model
 "$APPA" prior-check --prior "$PRIOR" --truth data/toy_earth.zarr --period 2003-01-01 2003-12-31

@@ -46,3 +46,27 @@ def test_demo_runs_end_to_end(tmp_path: Path, ray_cluster):
     archive = xr.open_zarr(out / "reanalysis.zarr")
     assert dict(archive.sizes)["member"] == 2 and dict(archive.sizes)["time"] == 8
     assert "spread/skill" in result.output and "RMSE" in result.output
+
+
+def test_the_demo_describes_its_scores_in_words():
+    from appa.demo import DemoResult, describe
+
+    def scores(rmse, ssr):
+        return {"rmse": rmse, "spread_skill": ssr, "crps": rmse / 2}
+
+    result = DemoResult(
+        archive="a", baselines={}, table="t", figures=[], seconds={},
+        scores={
+            "appa": {"2m_temperature": scores(1.0, 0.69), "temperature@500": scores(0.9, 1.0)},
+            "climatology": {"2m_temperature": scores(4.0, float("nan")),
+                            "temperature@500": scores(3.0, float("nan"))},
+            "enoi": {"2m_temperature": scores(2.0, 1.0), "temperature@500": scores(1.8, 1.0)},
+        },
+    )  # fmt: skip
+    lines = describe(result, observed=["2m_temperature"])
+    assert lines == [
+        "2m_temperature (observed): RMSE 1 K, 25% of climatology's and 50% of EnOI's; "
+        "spread/skill 0.69, under-dispersed: the members spread less than their error",
+        "temperature@500 (not observed): RMSE 0.9 K, 30% of climatology's and 50% of EnOI's; "
+        "spread/skill 1.00, calibrated: the spread matches the error",
+    ]

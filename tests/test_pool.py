@@ -203,7 +203,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, ray_pool):
 
 @pytest.mark.slow
 def test_one_gpu_per_actor_on_a_cluster_declaring_gpus(tmp_path):
-    # its own cluster (a subprocess): this session's has no GPUs
+    # its own cluster (a subprocess): the shared test cluster has no GPUs
     out, log = tmp_path / "gpu.zarr", tmp_path / "log.txt"
     script = Path(__file__).with_name("pool_job.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
