@@ -88,13 +88,11 @@ class Basis:
     P: NDArray
     H: NDArray
     exact_P: ExactMatrix = field(init=False, repr=False)
-    exact_H: ExactMatrix = field(init=False, repr=False)
     #: ``[P | H]`` along latitude, ``(T+1, T+1, 2 nlat)``: both syntheses in one product
     exact_PH: ExactMatrix = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exact_P", ExactMatrix(self.P))
-        object.__setattr__(self, "exact_H", ExactMatrix(self.H))
         object.__setattr__(self, "exact_PH", ExactMatrix(np.concatenate([self.P, self.H], -1)))
 
 
@@ -134,7 +132,6 @@ class SphericalHarmonics:
         # -l(l+1)/a^2: eigenvalues of the Laplacian.
         self.laplacian = -self.l * (self.l + 1) / (radius * radius)
         self.grid_basis = basis = self.basis(mu)
-        self._P, self._H = basis.P, basis.H
         # Analysis matrices include the quadrature weights (and 1/(1-mu^2) for divergences),
         # transposed to [m, lat, l] for products over latitude.
         self._analysis = ExactMatrix(np.swapaxes(basis.P * w, -1, -2))
@@ -188,12 +185,6 @@ class SphericalHarmonics:
         _, analysis = self._fourier_matrices(grid.shape[-1])
         parts = grid @ analysis  # (..., lat, 2 (T+1))
         return np.swapaxes(_complex(parts[..., : self.T + 1], parts[..., self.T + 1 :]), -1, -2)
-
-    # ----------------------------------------------------------------------------- Legendre
-    def legendre_to_fourier(self, coeffs: NDArray, matrix: ExactMatrix) -> NDArray:
-        """``F[..., m, j] = sum_l coeffs[..., m, l] B[m, l, j]`` for an exact basis matrix ``B``
-        (e.g. ``basis.exact_P``)."""
-        return _per_wavenumber(coeffs, matrix)
 
     # ----------------------------------------------------------------------------- synthesis
     def to_grid(self, coeffs: NDArray, basis: Basis | None = None, nlon: int | None = None):
