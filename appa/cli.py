@@ -52,7 +52,7 @@ def showcase(
 ) -> None:
     """Posterior sampling on a 2-D Gaussian mixture: prior, posterior and exact posterior."""
     from appa.config import ConfigError, load_config
-    from appa.showcase import ShowcaseConfig, run_showcase
+    from appa.jobs.showcase import ShowcaseConfig, run_showcase
 
     try:
         cfg = load_config(ShowcaseConfig, config, overrides or [])
@@ -157,10 +157,9 @@ AddressOption = Annotated[
 
 def _train(kind: str, config: Path | None, overrides: list[str] | None, address: str | None):
     from appa.config import ConfigError, load_config
-    from appa.distributed import run_training
-    from appa.training.jobs import AutoencoderJob, DiffusionJob
+    from appa.jobs.train import TrainAutoencoderConfig, TrainDiffusionConfig, run_training
 
-    model = AutoencoderJob if kind == "autoencoder" else DiffusionJob
+    model = TrainAutoencoderConfig if kind == "autoencoder" else TrainDiffusionConfig
     extra = [f"runner.address={address}"] if address else []
     try:
         job = load_config(model, config, [*(overrides or []), *extra])
@@ -195,13 +194,12 @@ def encode(
 ) -> None:
     """Encode a gridded or window store into a latent store (Ray Data actor pool, resumable)."""
     from appa.config import ConfigError, load_config
-    from appa.distributed.encode import run_encode
     from appa.io.checkpoints import CheckpointError
-    from appa.training.encode import EncodeJob
+    from appa.jobs.encode import EncodeConfig, run_encode
 
     extra = [f"runner.address={address}"] if address else []
     try:
-        job = load_config(EncodeJob, config, [*(overrides or []), *extra])
+        job = load_config(EncodeConfig, config, [*(overrides or []), *extra])
         result = run_encode(job)
     except (ConfigError, CheckpointError, FileNotFoundError) as error:
         typer.echo(f"error: {error}", err=True)
@@ -225,9 +223,9 @@ def _assimilate(
 ) -> None:
     from appa.assimilation.prior import PriorMismatchError
     from appa.config import ConfigError, load_config
-    from appa.distributed.assimilate import AssimilationJob, run_assimilation
     from appa.io.archive import ArchiveError
     from appa.io.checkpoints import CheckpointError
+    from appa.jobs.assimilate import AssimilateConfig, run_assimilation
     from appa.observations.schema import ObservationError
 
     extra = [f"task={task}"]
@@ -237,7 +235,7 @@ def _assimilate(
     if address:
         extra.append(f"runner.address={address}")
     try:
-        job = load_config(AssimilationJob, config, [*(overrides or []), *extra])
+        job = load_config(AssimilateConfig, config, [*(overrides or []), *extra])
         archive, report = run_assimilation(job)
     except (
         ConfigError,
@@ -297,7 +295,7 @@ def demo(config: ConfigOption = None, overrides: OverridesOption = None) -> None
     """The toy-Earth demo: observe held-out days, reanalyse them with the committed tiny prior
     on Ray actors, score against the truth and the classical baselines, plot."""
     from appa.config import ConfigError, load_config
-    from appa.demo import DemoConfig, describe, run_demo
+    from appa.jobs.demo import DemoConfig, describe, run_demo
     from appa.observations.schema import ObservationError
 
     try:
@@ -366,14 +364,14 @@ def prior_check(
     typer.echo("every check within tolerance")
 
 
-# --- appa npe: neural posterior estimation (appa.npe.pipeline) --------------------------------
+# --- appa npe: neural posterior estimation (appa.jobs.npe) --------------------------------
 npe_app = typer.Typer(help="Neural posterior estimation p(theta | x): train, sample, diagnose.")
 app.add_typer(npe_app, name="npe")
 
 
 def _npe_config(config: Path | None, overrides: list[str] | None):
     from appa.config import ConfigError, load_config
-    from appa.npe.pipeline import NPEConfig
+    from appa.jobs.npe import NPEConfig
 
     try:
         return load_config(NPEConfig, config, overrides or [])
@@ -385,7 +383,7 @@ def _npe_config(config: Path | None, overrides: list[str] | None):
 @npe_app.command("train")
 def npe_train(config: ConfigOption = None, overrides: OverridesOption = None) -> None:
     """Train a posterior estimator (or an ensemble) and write <out>/checkpoint."""
-    from appa.npe.pipeline import run_train
+    from appa.jobs.npe import run_train
 
     run_train(_npe_config(config, overrides))
 
@@ -393,7 +391,7 @@ def npe_train(config: ConfigOption = None, overrides: OverridesOption = None) ->
 @npe_app.command("sample")
 def npe_sample(config: ConfigOption = None, overrides: OverridesOption = None) -> None:
     """Draw posterior samples for one observation; writes samples.npy and a corner plot."""
-    from appa.npe.pipeline import run_sample
+    from appa.jobs.npe import run_sample
 
     run_sample(_npe_config(config, overrides))
 
@@ -401,7 +399,7 @@ def npe_sample(config: ConfigOption = None, overrides: OverridesOption = None) -
 @npe_app.command("diagnose")
 def npe_diagnose(config: ConfigOption = None, overrides: OverridesOption = None) -> None:
     """Coverage, SBC, TARP (and C2ST against sbibm references) with plots."""
-    from appa.npe.pipeline import run_diagnose
+    from appa.jobs.npe import run_diagnose
 
     run_diagnose(_npe_config(config, overrides))
 
@@ -470,20 +468,20 @@ def baseline(
     overrides: OverridesOption = None,
 ) -> None:
     """Classical baselines in the archive layout: climatology, persistence, EnOI."""
-    from appa.baselines.jobs import BaselineJob, run_baseline
     from appa.config import ConfigError, load_config
+    from appa.jobs.baseline import BaselineConfig, run_baseline
 
     if kind not in ("climatology", "persistence", "enoi"):
         typer.echo(f"error: unknown baseline {kind!r}: climatology, persistence or enoi", err=True)
         raise typer.Exit(2)
-    options = (("truth", truth), ("start", start), ("end", end), ("members", members))
+    options = (("truth", truth), ("start", start), ("end", end), ("enoi.members", members))
     extra = [f"{k}={v}" for k, v in options if v is not None]
     if observations is not None:
         extra.append(f"observations={observations}")
     if lead_time:
         extra.append(f"lead_times=[{','.join(lead_time)}]")
     try:
-        job = load_config(BaselineJob, config, [*(overrides or []), *extra])
+        job = load_config(BaselineConfig, config, [*(overrides or []), *extra])
         path = run_baseline(kind, job, out, overwrite=overwrite)  # type: ignore[arg-type]
     except (ConfigError, ValueError, KeyError, FileExistsError, FileNotFoundError) as error:
         # ValueError covers ObservationError; KeyError covers SelectionError.
@@ -511,8 +509,8 @@ def plot_maps_command(
     import pandas as pd
 
     from appa.data.sources import open_era5
+    from appa.io.archive import open_archive
     from appa.metrics.plots import plot_maps
-    from appa.metrics.report import open_archive
     from appa.observations import read_observations
 
     obs = None

@@ -3,18 +3,33 @@
 Overrides are ``dotted.key=value`` strings; values are parsed as YAML (``steps=32``,
 ``solver=gmres``, ``levels=[500,850]``). Unknown keys and bad values raise :class:`ConfigError`
 naming the offending key.
+
+Dates in configs are strings (YAML would read ``2000-01-01`` as a date object): ``DateText``
+keeps them as written, so a period ``[2000-01-01, 2001-12-31]`` covers whole days as pandas
+reads partial dates; ``Timestamp`` normalises them to ISO instants. Both refuse what pandas
+cannot read.
 """
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
+import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 
-__all__ = ["ConfigError", "StrictModel", "apply_overrides", "load_config"]
+__all__ = [
+    "ConfigError",
+    "DateText",
+    "Period",
+    "StrictModel",
+    "Timestamp",
+    "apply_overrides",
+    "load_config",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -29,6 +44,37 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
+def _parse_date(value: Any) -> pd.Timestamp:
+    try:
+        return pd.Timestamp(str(value) if isinstance(value, datetime.date) else value)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{value!r} is not a date: {error}") from None
+
+
+def _as_written(value: Any) -> Any:
+    if isinstance(value, str | datetime.date):
+        _parse_date(value)
+        return str(value)
+    return value
+
+
+def _as_instant(value: Any) -> Any:
+    if isinstance(value, str | datetime.date | pd.Timestamp):
+        return _parse_date(value).isoformat()
+    return value
+
+
+def _ordered(period: tuple[str, str]) -> tuple[str, str]:
+    if _parse_date(period[1]) < _parse_date(period[0]):
+        raise ValueError(f"the period ends ({period[1]}) before it starts ({period[0]})")
+    return period
+
+
+DateText = Annotated[str, BeforeValidator(_as_written)]
+Timestamp = Annotated[str, BeforeValidator(_as_instant)]
+Period = Annotated[tuple[DateText, DateText], AfterValidator(_ordered)]
+
+
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """A copy of ``data`` with ``key.sub=value`` overrides applied (values parsed as YAML)."""
     data = _deep_copy(data)
@@ -41,7 +87,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
             raise ConfigError(f"override {item!r} has an empty key")
         try:
             value = yaml.safe_load(raw)
-        except yaml.YAMLError as error:
+        except (yaml.YAMLError, ValueError) as error:  # ValueError: a date like 2003-13-01
             raise ConfigError(f"override {key}: cannot parse value {raw!r}: {error}") from None
         node = data
         for part in parts[:-1]:
@@ -79,7 +125,7 @@ def load_config(model: type[M], path: str | Path | None = None, overrides: Itera
             raise ConfigError(f"config file not found: {path}")
         try:
             loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
+        except (yaml.YAMLError, ValueError) as error:  # ValueError: a date like 2003-13-01
             raise ConfigError(f"{path}: not valid YAML: {error}") from None
         if loaded is None:
             loaded = {}

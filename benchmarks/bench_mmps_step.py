@@ -38,7 +38,7 @@ import torch
 from appa.assimilation import LatentPrior, WindowObservation
 from appa.data.spec import StateSpec
 from appa.data.stats import Statistics
-from appa.diffusion import MMPSDenoiser, WindowedDenoiser, cg, gmres, make_schedule
+from appa.diffusion import MMPSDenoiser, ScheduleConfig, WindowedDenoiser, cg, gmres
 from appa.nn import StateAutoencoder, get_preset
 from appa.nn.latent import latent_denoiser
 from appa.observations import make_table
@@ -63,7 +63,7 @@ def build_prior(preset: str, device: str, overrides: list[str] = ()) -> LatentPr
     prior = LatentPrior(
         StateAutoencoder(ae),
         latent_denoiser(dn),
-        make_schedule("loglinear"),
+        ScheduleConfig().build(),
         spec,
         stats,
         ae.latent_shape,

@@ -29,7 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from appa.npe import EstimatorConfig, TrainConfig, build_estimator, make_task, train_ensemble
+from appa.npe import (
+    EstimatorConfig,
+    NPETrainingConfig,
+    build_estimator,
+    make_problem,
+    train_ensemble,
+)
 from appa.npe.diagnostics import c2st_many
 
 # NPE (NSF) C2ST of Lueckmann et al. 2021 (sbibm 1.1.0), mean over observations 1-10
@@ -52,7 +58,7 @@ def train_appa(task, theta, x, kind: str, members: int, seed: int, args):
         cfg.flow.hidden = args.hidden
         cfg.flow.transforms = args.transforms
         cfg.flow.bins = args.bins
-    train = TrainConfig(
+    train = NPETrainingConfig(
         seed=seed,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
@@ -103,13 +109,13 @@ def train_sbi(task, theta, x, seed: int, log_dir: Path):
 
 def threads_check(out: Path) -> None:
     """Trains the same small flow with 1 and 2 torch threads and prints the times."""
-    task = make_task("two_moons")
+    task = make_problem("two_moons")
     theta, x = task.sample_joint(1000, seed=0)
     rows = []
     for threads in (1, 2, 1, 2):
         torch.set_num_threads(threads)
         est = build_estimator(task.prior, task.x_shape, EstimatorConfig())
-        cfg = TrainConfig(max_epochs=20, patience=100, threads=0)
+        cfg = NPETrainingConfig(max_epochs=20, patience=100, threads=0)
         from appa.npe import train_estimator
 
         r = train_estimator(est, theta, x, cfg)
@@ -177,7 +183,7 @@ def main() -> None:
             done.add((r["task"], r["budget"], r["method"], r["observation"], settings_key))
 
     for task_name in args.tasks:
-        task = make_task(task_name)
+        task = make_problem(task_name)
         references = {o: task.reference(o) for o in args.observations}
         for budget in args.budgets:
             for method in args.methods:

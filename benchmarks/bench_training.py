@@ -18,9 +18,9 @@ import time
 import numpy as np
 import torch
 
+from appa.data.datasets import write_window_store
 from appa.distributed import init_ray, run_training
-from appa.training.data import write_window_store
-from appa.training.jobs import AutoencoderJob
+from appa.jobs.train import TrainAutoencoderConfig
 
 
 def _fields(n: int, seed: int = 0) -> np.ndarray:
@@ -49,9 +49,9 @@ def main() -> None:
     lat = np.linspace(-90 + 2.8125, 90 - 2.8125, 32)
     store = write_window_store(f"{tmp}/s.zarr", _fields(256), times, lat)
 
-    def job(name: str, **runner) -> AutoencoderJob:
-        workers = runner.get("num_workers", 1)
-        return AutoencoderJob.model_validate(
+    def job(name: str, **runner) -> TrainAutoencoderConfig:
+        workers = runner.get("workers", 1)
+        return TrainAutoencoderConfig.model_validate(
             {
                 "data": {"path": store},
                 "loop": {
@@ -73,7 +73,7 @@ def main() -> None:
     init_ray(num_cpus=2, object_store_memory=200_000_000)
     ray_start = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ray_job = job("ray", backend="ray", num_workers=2, torch_threads=1)
+    ray_job = job("ray", backend="ray", workers=2, torch_threads=1)
     ray_job = ray_job.model_copy(
         update={"loop": ray_job.loop.model_copy(update={"checkpoint_every": args.steps})}
     )

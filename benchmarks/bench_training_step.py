@@ -1,6 +1,6 @@
 """Seconds per training step of the toy Earth prior's two networks, eager against
 ``torch.compile`` (``loop.compile``), and per batch of latent windows read from a Zarr window
-store, window by window against from memory (``ZarrWindows(memory_limit=...)``).
+store, window by window against from memory (``WindowStoreDataset(memory_limit=...)``).
 
     python benchmarks/bench_training_step.py [--steps 20] [--threads 1]
 
@@ -23,11 +23,18 @@ import numpy as np
 import torch
 import yaml
 
+from appa.data.datasets import WindowStoreDataset, write_window_store
 from appa.nn import get_preset
-from appa.training import AutoencoderTask, DiffusionTask, LoopConfig, OptimizerConfig, Trainer
-from appa.training.data import ZarrWindows, write_window_store
+from appa.training import (
+    AutoencoderObjective,
+    DiffusionObjective,
+    LoopConfig,
+    OptimizerConfig,
+    Trainer,
+)
 
 BATCH = 16
+TRAINING_YEARS = ("2000-01-01", "2001-12-31")  # 2,924 six-hourly latents
 CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
 
 
@@ -43,12 +50,12 @@ def _latent_store(path: str, n: int = 4384) -> str:
     return write_window_store(path, data, times, np.linspace(-78.75, 78.75, 8), variable="latent")
 
 
-def _batch(dataset: ZarrWindows, start: int) -> dict[str, torch.Tensor]:
+def _batch(dataset: WindowStoreDataset, start: int) -> dict[str, torch.Tensor]:
     items = [dataset[(start + i * 97) % len(dataset)] for i in range(BATCH)]
     return {k: torch.stack([item[k] for item in items]) for k in items[0]}
 
 
-def _seconds_per_batch(dataset: ZarrWindows, batches: int) -> float:
+def _seconds_per_batch(dataset: WindowStoreDataset, batches: int) -> float:
     _batch(dataset, 0)  # opens the store (and fills the cache when in memory)
     t0 = time.perf_counter()
     for b in range(batches):
@@ -81,8 +88,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         store = _latent_store(f"{tmp}/latents.zarr")
-        streamed = ZarrWindows(store, 8, "latent", span=(0, 2924), memory_limit=0)
-        cached = ZarrWindows(store, 8, "latent", span=(0, 2924))
+        streamed = WindowStoreDataset(store, 8, "latent", TRAINING_YEARS, memory_limit=0)
+        cached = WindowStoreDataset(store, 8, "latent", TRAINING_YEARS)
         t_streamed = _seconds_per_batch(streamed, args.steps)
         t_cached = _seconds_per_batch(cached, args.steps)
         results["latent windows"] = {
@@ -101,9 +108,9 @@ def main() -> None:
     }
     static = torch.randn(2, 32, 64)
     cases = {
-        "denoiser step": (lambda: DiffusionTask(preset.denoiser), latent_batch),
+        "denoiser step": (lambda: DiffusionObjective(preset.denoiser), latent_batch),
         "autoencoder step": (
-            lambda: AutoencoderTask(
+            lambda: AutoencoderObjective(
                 ae_preset.autoencoder, lat, static=static, spectral_weight=3e-3
             ),
             state_batch,

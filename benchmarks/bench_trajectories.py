@@ -127,7 +127,7 @@ VARIABLES = {
 def demo_figures(seed: int, truth: Path, work: Path, overrides: list[str]) -> dict:
     """``appa demo`` (``pipelines/configs/demo.yaml`` plus ``overrides``) on this truth."""
     from appa.config import load_config
-    from appa.demo import DemoConfig, run_demo
+    from appa.jobs.demo import DemoConfig, run_demo
 
     config = load_config(
         DemoConfig,
@@ -152,12 +152,13 @@ def filter_figures(seed: int, truth: Path, work: Path) -> dict:
     """The committed filter config (4 members, 2 days, the demo's observations) against the
     demo's reanalysis of the same days."""
     from appa.config import load_config
-    from appa.distributed.assimilate import AssimilationJob, run_assimilation
-    from appa.metrics.report import evaluate_archives, open_archive
+    from appa.io.archive import open_archive
+    from appa.jobs.assimilate import AssimilateConfig, run_assimilation
+    from appa.metrics.report import evaluate_archives
 
     log(f"seed {seed}: filter")
     job = load_config(
-        AssimilationJob,
+        AssimilateConfig,
         CONFIGS / "filter_toy_earth.yaml",
         [
             f"observations=[{work / 'demo' / 'observations'}]",
@@ -182,15 +183,15 @@ def filter_figures(seed: int, truth: Path, work: Path) -> dict:
 def forecast_figures(seed: int, truth: Path, work: Path) -> dict:
     """The committed forecast config (8 members, daily from the demo's reanalysis) at one day,
     against persistence of the truth and of the analysis."""
-    from appa.baselines.jobs import BaselineJob, run_baseline
     from appa.config import load_config
-    from appa.distributed.assimilate import AssimilationJob, run_assimilation
+    from appa.jobs.assimilate import AssimilateConfig, run_assimilation
+    from appa.jobs.baseline import BaselineConfig, run_baseline
     from appa.metrics.report import evaluate_archives
 
     log(f"seed {seed}: forecast")
     reanalysis = str(work / "demo" / "reanalysis.zarr")
     job = load_config(
-        AssimilationJob,
+        AssimilateConfig,
         CONFIGS / "forecast_toy_earth.yaml",
         [
             f"forecast.initial={reanalysis}",
@@ -205,7 +206,7 @@ def forecast_figures(seed: int, truth: Path, work: Path) -> dict:
     forecast, _ = run_assimilation(job)
     persistence = {}
     for name, initial in (("persistence", None), ("persistence_of_analysis", reanalysis)):
-        baseline = BaselineJob(
+        baseline = BaselineConfig(
             truth=str(truth),
             start=FORECAST_PERIOD[0],
             end=FORECAST_PERIOD[1],

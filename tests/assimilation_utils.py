@@ -11,7 +11,7 @@ from torch import nn
 from appa.assimilation import LatentPrior
 from appa.data.spec import StateSpec
 from appa.data.stats import Statistics
-from appa.diffusion import GaussianPrior, make_schedule
+from appa.diffusion import GaussianPrior, ScheduleConfig
 
 SPEC = StateSpec(surface=["2m_temperature", "mean_sea_level_pressure"])
 STATS = Statistics(
@@ -69,7 +69,7 @@ def exact_prior(window: int = 3, gain: float = 0.0, **kwargs) -> LatentPrior:
     return LatentPrior(
         codec=LinearCodec(gain=gain),
         denoiser=ar1_prior(window, **kwargs),
-        schedule=make_schedule("loglinear", 1e-3, 1e2),
+        schedule=ScheduleConfig(sigma_max=1e2).build(),
         spec=SPEC,
         statistics=STATS,
         latent_shape=LATENT,

@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pool_utils
 import ray.cloudpickle
 
-from appa.distributed.pool import PoolConfig, run_units
+from appa.distributed.pool import run_units
+from appa.distributed.runner import RayConfig
 
 
 def main() -> None:
@@ -38,9 +39,10 @@ def main() -> None:
     ray.cloudpickle.register_pickle_by_value(pool_utils)
     archive = pool_utils.job_archive(args.out)
     factory = functools.partial(pool_utils.DummyWorker, seed=5, log=args.log, delay=args.delay)
-    config = PoolConfig(
+    config = RayConfig(
         address=args.address, progress=False, stall_timeout_s=120,
-        num_gpus=1.0 if args.fake_gpus else 0.0, num_cpus=0.5 if args.fake_gpus else 1.0,
+        gpus_per_worker=1.0 if args.fake_gpus else 0.0,
+        cpus_per_worker=0.5 if args.fake_gpus else 1.0,
     )  # fmt: skip
     report = run_units(archive, factory, config)
     archive.finalize()

@@ -19,7 +19,7 @@ from assimilation_utils import (
 )
 
 from appa.assimilation import (
-    SamplingSettings,
+    SamplingConfig,
     WindowObservation,
     filtering,
     forecast,
@@ -63,7 +63,7 @@ def test_reanalysis_matches_the_closed_form_posterior():
     times = TIMES[:K]
     table = station_table(times, n_per_time=2, seed=1, error_std=1.0)
     M = 1200
-    settings = SamplingSettings(sampler="ddpm", steps=96, solver="direct")
+    settings = SamplingConfig(sampler="ddpm", steps=96, solver="direct")
     x = reanalysis(prior, table, times, seeds=range(M), settings=settings).double()
     assert x.shape == (M, K, *STATE)
 
@@ -148,7 +148,7 @@ def test_members_depend_only_on_their_seed():
     prior = exact_prior(K)
     times = TIMES[:5]
     table = station_table(times, n_per_time=2, seed=5)
-    settings = SamplingSettings(steps=8, solver="cg", iterations=3)
+    settings = SamplingConfig(steps=8, solver="cg", iterations=3)
     together = reanalysis(prior, table, times, [11, 12, 13], settings)
     alone = reanalysis(prior, table, times, [12], settings)
     batched = reanalysis(
@@ -164,7 +164,7 @@ def test_filtering_never_reads_future_observations():
     prior = exact_prior(K)
     times = TIMES[:T]
     table = station_table(times, n_per_time=2, seed=6)
-    settings = SamplingSettings(sampler="ddpm", steps=12, solver="direct")
+    settings = SamplingConfig(sampler="ddpm", steps=12, solver="direct")
     seeds = [0, 1]
     base = filtering(prior, table, times, seeds, settings)
     assert base.shape == (2, T, *STATE)
@@ -185,7 +185,7 @@ def test_filter_analysis_is_the_exact_filter_for_one_state():
     times = TIMES[:K]
     table = station_table(times[:1], n_per_time=3, seed=7, error_std=1.0)
     M = 800
-    settings = SamplingSettings(sampler="ddpm", steps=64, solver="direct")
+    settings = SamplingConfig(sampler="ddpm", steps=64, solver="direct")
     x = filtering(prior, table, times, range(M), settings)[:, 0].double().reshape(M, -1)
     obs = WindowObservation(prior, WindowLayout(1, 1, 1), times[:1], table)
     gaussian = obs.observation(1)
@@ -215,7 +215,7 @@ def test_forecast_of_an_ar1_prior(mode):
     ctx = torch.cat([torch.zeros_like(u0), u0], dim=1)  # (1, 2, c, h, w)
     initial = prior.decode(ctx)  # (n_init=1, n_ctx=2, C, H, W)
     # DDPM needs many steps to reach the variance of a stiff conditional; PC gets there sooner
-    settings = SamplingSettings(sampler="pc", steps=32, solver="direct", condition_std=1e-3)
+    settings = SamplingConfig(sampler="pc", steps=32, solver="direct", condition_std=1e-3)
     states, leads = forecast(
         prior, TIMES[1:2], n_lead, "6h", range(M), initial=initial, mode=mode,
         new_states=1, settings=settings,
@@ -236,7 +236,7 @@ def test_forecast_from_observations_uses_only_the_context():
     K = 3
     prior = exact_prior(K)
     table = station_table(TIMES[:4], n_per_time=2, seed=8)
-    settings = SamplingSettings(sampler="ddpm", steps=8, solver="direct")
+    settings = SamplingConfig(sampler="ddpm", steps=8, solver="direct")
     a, _ = forecast(
         prior, TIMES[1:2], 2, "6h", [0, 1], observations=table, context=2, settings=settings
     )
@@ -261,7 +261,7 @@ def test_a_diverging_sample_is_an_error_not_a_silent_nan():
 
     prior.denoiser = Broken()
     with pytest.raises(FloatingPointError, match="diverged"):
-        reanalysis(prior, station_table(times), times, [0], SamplingSettings(steps=2))
+        reanalysis(prior, station_table(times), times, [0], SamplingConfig(steps=2))
 
 
 def test_representation_error_adds_to_each_observation_error_by_channel():

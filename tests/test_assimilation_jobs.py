@@ -19,12 +19,12 @@ import yaml
 from pool_utils import done_units
 from typer.testing import CliRunner
 
-from appa.assimilation.jobs import AssimilationWorker, member_seeds
+from appa.assimilation.units import AssimilationWorker, member_seeds
 from appa.cli import app
 from appa.config import ConfigError, load_config
 from appa.data.toy_earth import ToyEarthConfig, write_toy_earth
-from appa.distributed.assimilate import AssimilationJob, plan_archive, run_assimilation
 from appa.io.archive import Archive
+from appa.jobs.assimilate import AssimilateConfig, plan_archive, run_assimilation
 from appa.observations.schema import ObservationError, make_table, write_observations
 from appa.observations.simulators import ObserveConfig, observe_store
 
@@ -58,7 +58,7 @@ def _job_doc(world: dict[str, str], out: Path) -> dict:
         "seed": 11,
         "sampling": {"sampler": "pc", "steps": 3, "corrections": 1, "iterations": 1},
         "output": str(out),
-        "runner": {"num_cpus": 1, "progress": False, "stall_timeout_s": 300},
+        "runner": {"cpus_per_worker": 1, "progress": False, "stall_timeout_s": 300},
     }
 
 
@@ -67,12 +67,12 @@ def test_config_errors_name_the_culprit(tmp_path, world):
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump({**doc, "observations": []}))
     with pytest.raises(ConfigError, match="needs observation stores"):
-        load_config(AssimilationJob, path)
+        load_config(AssimilateConfig, path)
     path.write_text(yaml.safe_dump({**doc, "end": "2003-02-01"}))
     with pytest.raises(ConfigError, match="is before start"):
-        load_config(AssimilationJob, path)
+        load_config(AssimilateConfig, path)
     path.write_text(yaml.safe_dump({**doc, "prior": {"path": str(tmp_path / "none")}}))
-    job = load_config(AssimilationJob, path)
+    job = load_config(AssimilateConfig, path)
     with pytest.raises(ConfigError, match=r"prior\.autoencoder: .*none/autoencoder does not"):
         plan_archive(job)
 
@@ -97,7 +97,7 @@ def test_observations_the_prior_cannot_use_stop_the_job_before_any_unit(
         table = make_table(time, 10.0, 20.0, variable, 250.0, 1.0, "sonde", level=level)
         write_observations(table, store)
     doc = _job_doc(world, tmp_path / "a.zarr")
-    job = AssimilationJob.model_validate(
+    job = AssimilateConfig.model_validate(
         {**doc, "observations": [world["observations"], str(store)]}
     )
     with pytest.raises(error, match=message) as raised:
@@ -121,7 +121,7 @@ def test_cli_names_observations_the_prior_cannot_use(tmp_path, world):
     assert not (tmp_path / "a.zarr").exists()
 
 
-def _reference(job: AssimilationJob) -> dict[str, np.ndarray]:
+def _reference(job: AssimilateConfig) -> dict[str, np.ndarray]:
     """The uninterrupted run: the actors' own worker, unit after unit, in this process."""
     archive = Archive(job.output)
     worker = AssimilationWorker(job, threads=1)
@@ -163,7 +163,7 @@ def test_killed_reanalysis_reruns_to_the_uninterrupted_archive(tmp_path, world, 
         pytest.skip("the job finished before it could be killed (machine too fast)")
     assert not Archive(out).complete
 
-    job = load_config(AssimilationJob, config)
+    job = load_config(AssimilateConfig, config)
     job = job.model_copy(update={"runner": job.runner.model_copy(update={"address": None})})
     archive, report = run_assimilation(job)  # the rerun, on this process's cluster
     assert report.skipped == done_at_kill
@@ -186,7 +186,7 @@ def test_killed_reanalysis_reruns_to_the_uninterrupted_archive(tmp_path, world, 
 def test_members_depend_on_their_own_seed_only(world, tmp_path):
     """Member 2 computed alone equals member 2 computed with others (units may group
     members any way)."""
-    job = AssimilationJob.model_validate(_job_doc(world, tmp_path / "x.zarr"))
+    job = AssimilateConfig.model_validate(_job_doc(world, tmp_path / "x.zarr"))
     worker = AssimilationWorker(job, threads=1)
     times = pd.date_range(job.start, job.end, freq="6h").values
     together = worker(None, {"member": np.array([1, 2]), "time": times})
@@ -214,7 +214,7 @@ def test_forecast_members_start_from_their_own_initial_member(world, tmp_path):
         doc["forecast"] = {
             "lead_steps": 2, "new_states": 1, "initial": str(path), "initial_fit": fit,
         }  # fmt: skip
-        job = AssimilationJob.model_validate(doc)
+        job = AssimilateConfig.model_validate(doc)
         return AssimilationWorker(job, threads=1)(None, {"member": np.array([0, 1]), "time": times})
 
     same, warm = run(truth, "same.zarr"), run(warmer, "warm.zarr")

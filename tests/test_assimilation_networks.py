@@ -13,15 +13,16 @@ from assimilation_utils import SPEC, STATS, station_table
 from appa.assimilation import (
     LatentPrior,
     PriorMismatchError,
-    SamplingSettings,
+    SamplingConfig,
     filtering,
     forecast,
     reanalysis,
 )
 from appa.data.spec import StateSpec
-from appa.io import save_checkpoint
+from appa.io import CheckpointError, save_checkpoint
+from appa.io.cards import CheckpointCard, RunRecord
 from appa.nn import get_preset
-from appa.training import AutoencoderTask, DiffusionTask
+from appa.training import AutoencoderObjective, DiffusionObjective
 
 GRID = (8, 16)
 LAT = np.linspace(-78.75, 78.75, 8)
@@ -44,19 +45,19 @@ TIMES = pd.date_range("2003-02-01", periods=6, freq="6h")
 def _write(tmp_path, denoiser_channels=4, spec=SPEC, stats=STATS, known_frames=False):
     preset = get_preset("tiny", OVERRIDES)
     torch.manual_seed(0)
-    ae = AutoencoderTask(
+    ae = AutoencoderObjective(
         preset.autoencoder, LAT.tolist(), channel_names=spec.channel_names(),
         state_spec=spec.model_dump(mode="json"), statistics=stats.to_json(),
     )  # fmt: skip
     ae_root = str(tmp_path / "ae" / "checkpoints")
     save_checkpoint(
         ae_root, 5, {"model": ae.network.state_dict()},
-        metadata={"kind": "autoencoder", "task": ae.metadata()},
+        metadata=CheckpointCard(card=ae.card()).dump(),
     )  # fmt: skip
     cfg = preset.denoiser.model_copy(
         update={"channels": denoiser_channels, "known_frames": known_frames}
     )
-    dn = DiffusionTask(
+    dn = DiffusionObjective(
         cfg, latent_mean=[0.1] * denoiser_channels, latent_std=[0.5] * denoiser_channels
     )
     store = {
@@ -65,7 +66,7 @@ def _write(tmp_path, denoiser_channels=4, spec=SPEC, stats=STATS, known_frames=F
     dn_root = str(tmp_path / "dn" / "checkpoints")
     save_checkpoint(
         dn_root, 7, {"model": dn.network.state_dict(), "ema": dn.network.state_dict()},
-        metadata={"kind": "diffusion", "task": dn.metadata(), "config": {"store": store}},
+        metadata=CheckpointCard(card=dn.card(), run=RunRecord(data=store)).dump(),
     )  # fmt: skip
     return ae_root, dn_root
 
@@ -115,11 +116,49 @@ def test_checkpoints_that_do_not_belong_together(tmp_path):
         LatentPrior.from_checkpoints(dn_spec, dn_spec)
 
 
+def test_the_denoiser_weights_are_the_ema_unless_asked_or_named(tmp_path):
+    """No silent fallback: a checkpoint without EMA weights loads only when the final weights
+    are asked for, or when its exported card names them."""
+    from appa.io import export_checkpoint, load_checkpoint
+
+    ae, dn = _write(tmp_path)
+    ema = LatentPrior.from_checkpoints(ae, dn)
+    assert ema.provenance["diffusion"]["weights"] == "ema"
+    final = LatentPrior.from_checkpoints(ae, dn, weights="model")
+    assert final.provenance["diffusion"]["weights"] == "model"
+    ckpt = load_checkpoint(dn)
+    bare = str(tmp_path / "bare")
+    save_checkpoint(bare, 7, {"model": ckpt.tensors["model"]}, metadata=ckpt.metadata)
+    with pytest.raises(CheckpointError, match=r"no ema\.safetensors.*weights='model'"):
+        LatentPrior.from_checkpoints(ae, bare)
+    assert LatentPrior.from_checkpoints(ae, bare, weights="model").window == 4
+    exported = export_checkpoint(dn, str(tmp_path / "exported"), ["model"])
+    named = LatentPrior.from_checkpoints(ae, exported)
+    assert named.provenance["diffusion"]["weights"] == "model"
+    with pytest.raises(CheckpointError, match=r"no ema\.safetensors"):
+        LatentPrior.from_checkpoints(ae, exported, weights="ema")
+
+
+def test_checkpoints_without_a_card_are_refused(tmp_path):
+    from appa.io import load_checkpoint
+
+    ae, dn = _write(tmp_path)
+    ckpt = load_checkpoint(dn)
+    old = {"kind": "diffusion", "task": ckpt.metadata["card"]}  # the former layout
+    save_checkpoint(str(tmp_path / "old"), 7, ckpt.tensors, metadata=old)
+    with pytest.raises(PriorMismatchError, match="has no card: it was written by an older"):
+        LatentPrior.from_checkpoints(ae, str(tmp_path / "old"))
+    broken = {**ckpt.metadata, "card": {**ckpt.metadata["card"], "sigma_data": -1.0}}
+    save_checkpoint(str(tmp_path / "broken"), 7, ckpt.tensors, metadata=broken)
+    with pytest.raises(PriorMismatchError, match=r"invalid card:\n  card\.diffusion\.sigma_data"):
+        LatentPrior.from_checkpoints(ae, str(tmp_path / "broken"))
+
+
 def test_tasks_run_through_tiny_networks(tiny_prior):
     prior = tiny_prior
     table = station_table(TIMES, n_per_time=4, seed=0)
     # station_table draws positions for the 4 x 8 test grid's latitudes; all in range here
-    settings = SamplingSettings(steps=3, corrections=1, iterations=2, stride=2)
+    settings = SamplingConfig(steps=3, corrections=1, iterations=2, stride=2)
     x = reanalysis(prior, table, TIMES, [0, 1], settings)
     assert x.shape == (2, 6, 2, *GRID) and torch.isfinite(x).all()
     assert not torch.allclose(x[0], x[1])
@@ -177,7 +216,7 @@ def test_a_known_frames_denoiser_conditions_on_known_states_as_an_input(tmp_path
     for p in prior.denoiser.backbone.parameters():
         if not p.any():  # zero at initialisation (outputs, adaLN gates): frames would not mix
             torch.nn.init.normal_(p, std=0.1)
-    settings = SamplingSettings(sampler="ddim", steps=3)
+    settings = SamplingConfig(sampler="ddim", steps=3)
     known = np.array([True, True, False, False])
     values = torch.randn(2, 4, *prior.latent_shape)
     times = TIMES[:4]
@@ -213,7 +252,7 @@ def test_a_date_conditioned_autoencoder_decodes_every_frame_at_its_own_time(tmp_
     preset = get_preset("tiny", overrides)
     torch.manual_seed(0)
     land = (torch.rand(1, *GRID) > 0.7).float()
-    ae = AutoencoderTask(
+    ae = AutoencoderObjective(
         preset.autoencoder, LAT.tolist(), channel_names=SPEC.channel_names(),
         state_spec=SPEC.model_dump(mode="json"), statistics=STATS.to_json(), static=land,
     )  # fmt: skip
@@ -225,7 +264,7 @@ def test_a_date_conditioned_autoencoder_decodes_every_frame_at_its_own_time(tmp_
     ae_root = str(tmp_path / "ae" / "checkpoints")
     save_checkpoint(
         ae_root, 5, {"model": ae.network.state_dict()},
-        metadata={"kind": "autoencoder", "task": ae.metadata()},
+        metadata=CheckpointCard(card=ae.card()).dump(),
     )  # fmt: skip
     _, dn_root = _write(tmp_path / "other")
     prior = LatentPrior.from_checkpoints(ae_root, dn_root)
@@ -249,7 +288,7 @@ def test_a_date_conditioned_autoencoder_decodes_every_frame_at_its_own_time(tmp_
         later = prior.decode(windows[:1, :2], times=TIMES[:2] + pd.Timedelta("6h"))
         assert (frames - later).abs().max() > 1e-4
 
-    settings = SamplingSettings(steps=2, corrections=1, iterations=2, stride=2)
+    settings = SamplingConfig(steps=2, corrections=1, iterations=2, stride=2)
     x = reanalysis(prior, table, TIMES, [0], settings)
     assert x.shape == (1, 6, 2, *GRID) and torch.isfinite(x).all()
     fc, _ = forecast(

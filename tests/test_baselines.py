@@ -14,11 +14,10 @@ from appa.baselines import (
     gaspari_cohn,
     great_circle_km,
     persistence,
-    to_archive_layout,
-    write_archive,
 )
 from appa.data.grids import equiangular_grid
 from appa.data.spec import StateSpec
+from appa.io.archive import archive_dataset, open_archive, write_dataset
 from appa.observations import ObservationOperator, make_table
 
 LAT, LON = equiangular_grid("8x4")
@@ -198,19 +197,19 @@ def test_persistence_and_archive_layout(tmp_path):
     np.testing.assert_array_equal(
         fc["temperature"].isel(time=1, lead_time=1), truth["temperature"].sel(time=init[1])
     )
-    archive = to_archive_layout(fc, truth=truth, provenance={"seeds": [0], "appa_config": "x"})
+    archive = archive_dataset(fc, truth=truth, provenance={"seeds": [0], "appa_config": "x"})
     assert archive["temperature"].dims == (
         "member", "time", "lead_time", "level", "latitude", "longitude",
     )  # fmt: skip
     assert archive["temperature"].dtype == np.float32
     assert archive["member"].attrs["standard_name"] == "realization"
     assert archive["2m_temperature"].attrs["units"] == "K"
-    path = write_archive(archive, tmp_path / "persistence.zarr")
-    back = xr.open_zarr(path)
+    path = write_dataset(archive, tmp_path / "persistence.zarr")
+    back = open_archive(path)
     xr.testing.assert_equal(back.load(), archive)
     assert back.attrs["seeds"] == "[0]"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     with pytest.raises(FileExistsError):
-        write_archive(archive, path)
+        write_dataset(archive, path)
     with pytest.raises(ValueError, match="not in the truth"):
         persistence(truth, [pd.Timestamp("2010-01-01")], ["6h"])

@@ -7,7 +7,12 @@ import torch
 import xarray as xr
 from torch.utils.data import DataLoader
 
-from appa.data.datasets import LatentWindowDataset, WindowDataset, window_starts
+from appa.data.datasets import (
+    WindowDataset,
+    WindowStoreDataset,
+    window_starts,
+    write_window_store,
+)
 from appa.data.grids import area_weights
 from appa.data.sources import open_era5
 from appa.data.spec import StateSpec, stack, unstack
@@ -160,19 +165,25 @@ def test_window_dataset(store):
         WindowDataset(store, SPEC, stats, window=400)
 
 
-def test_latent_window_dataset(tmp_path):
+def test_window_store_dataset_reads_latent_windows_by_dates(tmp_path):
     times = pd.date_range("2000-01-01", periods=12, freq="6h")
     z = np.random.default_rng(0).normal(size=(12, 4, 3, 5)).astype("f4")
-    xr.Dataset({"latent": (("time", "channel", "y", "x"), z)}, coords={"time": times}).to_zarr(
-        tmp_path / "latent.zarr", zarr_format=2
+    path = write_window_store(
+        str(tmp_path / "latent.zarr"), z, times.values, [-45.0, 0.0, 45.0], variable="latent"
     )
-    data = LatentWindowDataset(tmp_path / "latent.zarr", window=5, stride=2)
-    assert len(data) == 4 and data.latent_shape == (4, 3, 5)
+    data = WindowStoreDataset(path, window=5, variable="latent", stride=2)
+    assert len(data) == 4 and data.shape[1:] == (4, 3, 5)
     item = data[1]
     np.testing.assert_array_equal(item["latent"].numpy(), z[2:7])
     np.testing.assert_allclose(item["date"].numpy(), date_features(times[2:7]))
-    with pytest.raises(KeyError, match="no variable 'z'"):
-        LatentWindowDataset(tmp_path / "latent.zarr", variable="z")
+    # a period of dates is the same windows as the indices it covers, inclusive
+    later = WindowStoreDataset(path, window=5, variable="latent", period=("2000-01-01T12", None))
+    np.testing.assert_array_equal(later[0]["latent"].numpy(), z[2:7])
+    assert later.span == (2, 12)
+    with pytest.raises(KeyError, match="no array 'z'"):
+        WindowStoreDataset(path, window=1, variable="z")
+    with pytest.raises(ValueError, match="holds no time of the store"):
+        WindowStoreDataset(path, window=1, variable="latent", period=("2001-01-01", "2001-02-01"))
 
 
 def test_stack_with_members(store):

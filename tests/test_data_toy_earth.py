@@ -105,7 +105,7 @@ def test_start_given_as_a_yaml_date():
     from appa.config import load_config
 
     config = load_config(ToyEarthConfig, None, ["start=2003-01-01"])
-    assert config.start == "2003-01-01T00:00:00"
+    assert config.start == "2003-01-01"
     assert pd.Timestamp(config.start) == pd.Timestamp("2003-01-01")
 
 

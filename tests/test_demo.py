@@ -30,7 +30,7 @@ def test_demo_runs_end_to_end(tmp_path: Path, ray_cluster):
     config["prior"] = {"path": str(ROOT / "pipelines" / "priors" / "toy-earth-tiny")}
     config["sampling"].update(steps=2, corrections=0, iterations=1)
     config["baselines"].update(train_start="2003-01-01", train_end="2003-01-31T18:00")
-    config["baselines"]["ensemble_size"] = 16
+    config["baselines"]["enoi"]["ensemble_size"] = 16
     path = tmp_path / "demo.yaml"
     path.write_text(yaml.safe_dump(config))
 
@@ -49,7 +49,7 @@ def test_demo_runs_end_to_end(tmp_path: Path, ray_cluster):
 
 
 def test_the_demo_describes_its_scores_in_words():
-    from appa.demo import DemoResult, describe
+    from appa.jobs.demo import DemoResult, describe
 
     def scores(rmse, ssr):
         return {"rmse": rmse, "spread_skill": ssr, "crps": rmse / 2}

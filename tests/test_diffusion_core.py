@@ -4,19 +4,21 @@ import math
 
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from appa.diffusion import (
     EDMDenoiser,
     GaussianMixturePrior,
     GaussianPrior,
+    LogLinearSchedule,
     LowRankGaussianPrior,
+    ScheduleConfig,
     cg,
     denoising_loss,
     direct_solve,
     gmres,
     linear_gaussian_posterior,
-    make_schedule,
 )
 
 f64 = torch.float64
@@ -24,7 +26,7 @@ f64 = torch.float64
 
 @pytest.mark.parametrize("name", ["rectified", "loglinear", "loglogit"])
 def test_schedules_span_and_increase(name):
-    schedule = make_schedule(name, sigma_min=1e-3, sigma_max=1e3)
+    schedule = ScheduleConfig(kind=name, sigma_min=1e-3, sigma_max=1e3).build()
     t = torch.linspace(0, 1, 1001, dtype=f64)
     sigma = schedule(t)
     assert sigma[0].item() == pytest.approx(1e-3, rel=1e-9)
@@ -35,14 +37,16 @@ def test_schedules_span_and_increase(name):
 
 
 def test_schedule_errors():
-    with pytest.raises(ValueError, match="unknown noise schedule"):
-        make_schedule("cosine")
+    with pytest.raises(ValidationError, match="kind"):
+        ScheduleConfig(kind="cosine")
+    with pytest.raises(ValidationError, match="sigma_min must be below sigma_max"):
+        ScheduleConfig(sigma_min=1.0, sigma_max=0.5)
     with pytest.raises(ValueError, match="sigma_min < sigma_max"):
-        make_schedule("loglinear", sigma_min=1.0, sigma_max=0.5)
+        LogLinearSchedule(1.0, 0.5)
 
 
 def test_rectified_schedule_matches_appa_formula():
-    schedule = make_schedule("rectified", 1e-3, 1e3)
+    schedule = ScheduleConfig(kind="rectified").build()
     t = torch.tensor([0.25, 0.5, 0.75], dtype=f64)
     expected = (t + (1 - t) * 1e-3) / (t * (1 / 1e3 - 1) + 1)
     torch.testing.assert_close(schedule(t), expected)

@@ -12,10 +12,10 @@ import zarr
 from training_utils import smooth_fields
 
 from appa.config import ConfigError
-from appa.distributed.encode import run_encode
-from appa.training.data import ZarrWindows, write_window_store
-from appa.training.encode import EncodeJob, load_autoencoder
-from appa.training.jobs import AutoencoderJob, build_trainer
+from appa.data.datasets import WindowStoreDataset, write_window_store
+from appa.jobs.encode import EncodeConfig, run_encode
+from appa.jobs.train import TrainAutoencoderConfig, build_trainer
+from appa.training.encode import load_autoencoder
 
 OVERRIDES = [
     "autoencoder.in_channels=2",
@@ -35,7 +35,7 @@ def trained(tmp_path: Path) -> tuple[str, str]:
         str(tmp_path / "states.zarr"), smooth_fields(22, 2, (8, 16)).numpy(), times,
         np.linspace(-78.75, 78.75, 8), ["a", "b"], attrs={"state_spec": {"surface": ["a", "b"]}},
     )  # fmt: skip
-    job = AutoencoderJob.model_validate(
+    job = TrainAutoencoderConfig.model_validate(
         {
             "overrides": OVERRIDES,
             "data": {"path": store},
@@ -48,15 +48,15 @@ def trained(tmp_path: Path) -> tuple[str, str]:
     return store, str(tmp_path / "ae" / "checkpoints")
 
 
-def _job(store: str, checkpoint: str, output: str, **runner) -> EncodeJob:
-    return EncodeJob.model_validate(
+def _job(store: str, checkpoint: str, output: str, **runner) -> EncodeConfig:
+    return EncodeConfig.model_validate(
         {
             "checkpoint": checkpoint,
             "source": store,
             "output": output,
             "block": 5,
             "batch_size": 3,
-            "stats_span": [0, 20],
+            "stats_period": ["2003-01-01", "2003-01-05T18"],
             "runner": {"backend": "local", **runner},
         }
     )
@@ -81,7 +81,7 @@ def test_encode_matches_the_autoencoder_and_resumes(trained, tmp_path: Path):
     assert prov["state_spec"] == {"surface": ["a", "b"]}
     assert prov["time_range"][0].startswith("2003-01-01T00")
     # the latent store is a window store for diffusion training
-    windows = ZarrWindows(job.output, window=4, variable="latent")
+    windows = WindowStoreDataset(job.output, window=4, variable="latent")
     assert windows[0]["latent"].shape == (4, 4, 4, 8)
 
     # lose two blocks (as a crash would): a rerun encodes only those
@@ -108,7 +108,7 @@ def test_encode_on_ray_data_actor_pool(trained, tmp_path: Path, ray_cluster):
     store, checkpoint = trained
     local = _job(store, checkpoint, str(tmp_path / "local.zarr"))
     run_encode(local)
-    remote = _job(store, checkpoint, str(tmp_path / "ray.zarr"), backend="ray", concurrency=2)
+    remote = _job(store, checkpoint, str(tmp_path / "ray.zarr"), backend="ray", workers=2)
     result = run_encode(remote)
     assert result["encoded"] == 5
     a = zarr.open_group(local.output, mode="r")["latent"][:]
@@ -128,7 +128,7 @@ def test_cli_encode_with_the_example_config(trained, tmp_path: Path):
         f"checkpoint={checkpoint}",
         f"source={store}",
         f"output={tmp_path / 'z.zarr'}",
-        "stats_span=[0,20]",
+        "stats_period=[2003-01-01,2003-01-05T18]",
         "block=8",
         "runner.backend=local",
     ):

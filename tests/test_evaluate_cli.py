@@ -101,7 +101,7 @@ def test_baselines_evaluate_and_plots(world):
     _run(["baseline", "persistence", *common, "--lead-time", "6h", "--lead-time", "1D",
           "--out", root / "pers.zarr"])  # fmt: skip
     _run(["baseline", "enoi", *common, "--observations", root / "obs", "--members", "8",
-          "--set", "ensemble_size=64", "--out", root / "enoi.zarr"])  # fmt: skip
+          "--set", "enoi.ensemble_size=64", "--out", root / "enoi.zarr"])  # fmt: skip
 
     enoi = xr.open_zarr(root / "enoi.zarr")
     assert enoi["temperature"].dims == ("member", "time", "level", "latitude", "longitude")

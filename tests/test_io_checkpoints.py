@@ -209,6 +209,7 @@ def test_export_keeps_weights_and_drops_optimiser_state(tmp_path: Path):
     assert _equal(exported.tensors["ema"], model.state_dict())
     assert exported.metadata["config"] == {"a": 1}
     assert exported.metadata["exported_from"]["step"] == 20
+    assert exported.metadata["weights"] == "ema"  # one group kept: the one to sample with
     assert not list(Path(path).glob("state-*"))
     with pytest.raises(CheckpointError, match="no tensor group"):
         export_checkpoint(run, str(tmp_path / "x"), ["missing"])

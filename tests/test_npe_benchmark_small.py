@@ -8,7 +8,13 @@ import pytest
 import torch
 from npe_utils import needs_sbibm
 
-from appa.npe import EstimatorConfig, TrainConfig, build_estimator, make_task, train_estimator
+from appa.npe import (
+    EstimatorConfig,
+    NPETrainingConfig,
+    build_estimator,
+    make_problem,
+    train_estimator,
+)
 from appa.npe.diagnostics import c2st_many
 
 TASKS = ["two_moons", "gaussian_mixture", "gaussian_linear"]
@@ -20,13 +26,13 @@ DRAWS = 3000
 def test_flows_trained_on_a_thousand_simulations_approach_the_reference_posteriors():
     pairs, names = [], []
     for name in TASKS:
-        task = make_task(name)
+        task = make_problem(name)
         x_o, _, reference = task.reference(1)
         # the benchmark's simulations for this budget (seed + budget) and its default flow
         theta, x = task.sample_joint(1000, seed=1000)
         torch.manual_seed(0)
         estimator = build_estimator(task.prior, task.x_shape, EstimatorConfig())
-        train_estimator(estimator, theta, x, TrainConfig(seed=0, threads=0))
+        train_estimator(estimator, theta, x, NPETrainingConfig(seed=0, threads=0))
         draws = estimator.sample(x_o, DRAWS, seed=1).reshape(DRAWS, -1)
         prior = task.prior.sample(DRAWS, generator=torch.Generator().manual_seed(2))
         pairs += [(reference[:DRAWS], draws), (reference[:DRAWS], prior.reshape(DRAWS, -1))]

@@ -8,12 +8,12 @@ import numpy as np
 from typer.testing import CliRunner
 
 from appa.cli import app
-from appa.npe import make_task, save_pairs
+from appa.npe import make_problem, save_pairs
 
 
 def test_npe_commands_train_sample_diagnose(tmp_path):
     runner = CliRunner()
-    task = make_task("gaussian_mixture")
+    task = make_problem("gaussian_mixture")
     theta, x = task.sample_joint(400, seed=0)
     data = save_pairs(tmp_path / "pairs.h5", theta, x)
     config = tmp_path / "npe.yaml"
@@ -25,7 +25,7 @@ def test_npe_commands_train_sample_diagnose(tmp_path):
     common = ["--config", str(config)]
     result = runner.invoke(app, ["npe", "train", *common])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "run" / "checkpoint" / "weights.safetensors").is_file()
+    assert next((tmp_path / "run" / "checkpoint").glob("step-*/member1.safetensors")).is_file()
     assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 2
 
     result = runner.invoke(

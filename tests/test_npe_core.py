@@ -6,8 +6,10 @@ import math
 
 import pytest
 import torch
+import zuko
 
 from appa.diffusion import GaussianPrior
+from appa.io.checkpoints import CheckpointError, load_checkpoint
 from appa.nn.mlp import MLP, Conv1dEmbedding, ResMLP, TimeConditionedMLP
 from appa.npe import (
     BoxUniform,
@@ -15,7 +17,7 @@ from appa.npe import (
     Ensemble,
     EstimatorConfig,
     GaussianNoise,
-    TrainConfig,
+    NPETrainingConfig,
     build_estimator,
     load_estimator,
     load_pairs,
@@ -25,6 +27,7 @@ from appa.npe import (
     train_estimator,
 )
 from appa.npe.estimators import ParameterTransform
+from appa.npe.priors import prior_from_spec
 
 
 def test_box_uniform_density_and_errors():
@@ -38,6 +41,25 @@ def test_box_uniform_density_and_errors():
         BoxUniform([0.0], [0.0])
     with pytest.raises(ValueError, match="end with 2"):
         prior.check(torch.zeros(3, 3))
+
+
+def test_priors_are_torch_distributions():
+    """Priors work wherever a torch distribution does (zuko's box uniform, torch's normal),
+    while their own draws come from the generator they are given."""
+    box = BoxUniform([-1.0, 0.0], [1.0, 4.0])
+    gauss = DiagonalGaussian([0.0, 1.0], [1.0, 2.0])
+    assert isinstance(box, zuko.distributions.BoxUniform)
+    assert isinstance(gauss, torch.distributions.Distribution)
+    assert box.event_shape == gauss.event_shape == (2,)
+    torch.testing.assert_close(box.mean, torch.tensor([0.0, 2.0], dtype=torch.float64))
+    torch.testing.assert_close(gauss.variance, torch.tensor([1.0, 4.0], dtype=torch.float64))
+    theta = gauss.sample(5, torch.Generator().manual_seed(3))
+    assert torch.equal(theta, gauss.sample(5, torch.Generator().manual_seed(3)))
+    torch.testing.assert_close(
+        gauss.log_prob(theta.double()),
+        torch.distributions.Normal(gauss.loc, gauss.scale).log_prob(theta.double()).sum(-1),
+    )
+    assert prior_from_spec(box.spec()).spec() == box.spec()
 
 
 def test_parameter_transform_roundtrip_and_exact_log_det():
@@ -121,7 +143,9 @@ def test_trained_estimator_recovers_gaussian_posterior(kind):
     cfg.diffusion.width, cfg.diffusion.blocks, cfg.diffusion.steps = 64, 2, 32
     torch.manual_seed(0)
     est = build_estimator(prior, (2,), cfg)
-    result = train_estimator(est, theta, x, TrainConfig(max_epochs=60, patience=10, batch_size=64))
+    result = train_estimator(
+        est, theta, x, NPETrainingConfig(max_epochs=60, patience=10, batch_size=64)
+    )
     assert result.best_validation == min(result.validation_loss)
     x_o = torch.tensor([1.0, -0.5])
     draws = est.sample(x_o, 4000, seed=1)
@@ -164,8 +188,9 @@ def test_ensemble_mixture_density_checkpoint_and_seeds(tmp_path):
     with torch.no_grad():
         assert torch.allclose(loaded.log_prob(theta, x), mixed, atol=1e-6)
     assert torch.equal(loaded.sample(x[0], 50, seed=3), ens.sample(x[0], 50, seed=3))
-    (tmp_path / "ckpt" / "weights.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="weights"):
+    assert isinstance(load_checkpoint(str(tmp_path / "ckpt")).tensors["member2"], dict)
+    next((tmp_path / "ckpt").glob("step-*/member1.safetensors")).unlink()
+    with pytest.raises(CheckpointError, match=r"member1\.safetensors"):
         load_estimator(tmp_path / "ckpt")
 
 
@@ -189,19 +214,22 @@ def test_training_rejects_bad_data_and_noise_is_fresh():
     bad = x.clone()
     bad[3, 1] = float("nan")
     with pytest.raises(ValueError, match="x has NaN"):
-        train_estimator(est, theta, bad, TrainConfig(max_epochs=1))
+        train_estimator(est, theta, bad, NPETrainingConfig(max_epochs=1))
     with pytest.raises(ValueError, match="x must be"):
-        train_estimator(est, theta, x[:, :1], TrainConfig(max_epochs=1))
+        train_estimator(est, theta, x[:, :1], NPETrainingConfig(max_epochs=1))
     box = BoxUniform([-1.0, -1.0], [1.0, 1.0])
     with pytest.raises(ValueError, match="outside the prior support"):
         train_estimator(
-            build_estimator(box, (2,), EstimatorConfig()), theta * 5, x, TrainConfig(max_epochs=1)
+            build_estimator(box, (2,), EstimatorConfig()),
+            theta * 5,
+            x,
+            NPETrainingConfig(max_epochs=1),
         )
     noise = GaussianNoise(torch.tensor([0.0, 1.0]))
     g = torch.Generator().manual_seed(0)
     a, b = noise(x, g), noise(x, g)
     assert torch.equal(a[:, 0], x[:, 0]) and not torch.equal(a[:, 1], b[:, 1])
-    r = train_estimator(est, theta, x, TrainConfig(max_epochs=3), noise=noise)
+    r = train_estimator(est, theta, x, NPETrainingConfig(max_epochs=3), noise=noise)
     assert len(r.validation_loss) == 3
     with pytest.raises(ValueError, match="x must have shape"):
         est.sample(torch.zeros(3), 5)
@@ -215,7 +243,9 @@ def test_plateau_schedule_halves_the_rate_only_after_stale_epochs():
     for schedule in ("constant", "plateau"):
         torch.manual_seed(0)
         est = build_estimator(prior, (2,), cfg)
-        train = TrainConfig(max_epochs=80, patience=8, learning_rate=3e-2, lr_schedule=schedule)
+        train = NPETrainingConfig(
+            max_epochs=80, patience=8, learning_rate=3e-2, lr_schedule=schedule
+        )
         runs[schedule] = train_estimator(est, theta, x, train)
     assert set(runs["constant"].learning_rate) == {3e-2}
     rates, losses = runs["plateau"].learning_rate, runs["plateau"].validation_loss

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from appa.npe import make_task
+from appa.npe import make_problem
 from appa.npe.exoplanet import ExoplanetSimulator
 
 SIM = ExoplanetSimulator(wavelengths=64)
@@ -19,7 +19,7 @@ def _band(micron: float) -> int:
 
 
 def test_shapes_finiteness_and_noise():
-    task = make_task("exoplanet")
+    task = make_problem("exoplanet")
     theta, x = task.sample_joint(200, seed=0)
     assert theta.shape == (200, 10) and x.shape == (200, 128)
     assert torch.isfinite(x).all()

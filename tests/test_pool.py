@@ -28,12 +28,13 @@ from pool_utils import (
 )
 
 from appa.config import ConfigError
-from appa.distributed.pool import PoolConfig, UnitActor, UnitFailedError, run_units
+from appa.distributed.pool import UnitActor, UnitFailedError, run_units
+from appa.distributed.runner import RayConfig
 from appa.io.archive import Archive, ArchiveError, create_archive
 from appa.observations.schema import ObservationError
 
 CONFIG = {"job": "pool", "seed": 3}
-POOL = PoolConfig(progress=False, stall_timeout_s=120, max_attempts=3)
+POOL = RayConfig(progress=False, stall_timeout_s=120, max_attempts=3)
 
 
 @pytest.fixture
@@ -88,7 +89,7 @@ def test_a_unit_that_keeps_failing_ends_the_job_naming_it(tmp_path, ray_pool):
     bad = archive.units[1].key
     factory = functools.partial(DummyWorker, seed=3, fail=bad)
     with pytest.raises(UnitFailedError, match=rf"unit {bad} .* failed 3 times.*cannot compute"):
-        run_units(archive, factory, POOL.model_copy(update={"actors": 1}))
+        run_units(archive, factory, POOL.model_copy(update={"workers": 1}))
     assert not archive.done_mask()[1]
 
 
@@ -98,7 +99,7 @@ def test_a_unit_that_keeps_crashing_its_actor_ends_the_job_naming_it(tmp_path, r
     archive = _archive(tmp_path / "a.zarr")
     bad = archive.units[0].key
     factory = functools.partial(DummyWorker, seed=3, crash_always=bad)
-    config = POOL.model_copy(update={"actors": 1, "max_restarts": restarts, "max_attempts": 2})
+    config = POOL.model_copy(update={"workers": 1, "max_restarts": restarts, "max_attempts": 2})
     # restarts=1: the unit uses up its two attempts; restarts=0: the only actor is gone
     match = (
         rf"unit {bad} .* failed 2 times" if restarts else rf"every actor died .*while running {bad}"
@@ -122,7 +123,7 @@ def test_bad_inputs_from_a_worker_end_the_job_at_once(tmp_path, ray_pool, flaw, 
     log = tmp_path / "log.txt"
     factory = functools.partial(DummyWorker, seed=3, log=str(log), **{flaw: bad})
     with pytest.raises(error, match=match.format(bad=bad)):
-        run_units(archive, factory, POOL.model_copy(update={"actors": 1}))
+        run_units(archive, factory, POOL.model_copy(update={"workers": 1}))
     assert [k for k, _ in read_log(log)].count(bad) == 1  # not retried
     assert not archive.done_mask()[0]
 
@@ -130,7 +131,7 @@ def test_bad_inputs_from_a_worker_end_the_job_at_once(tmp_path, ray_pool, flaw, 
 def test_resources_no_node_has_are_refused(tmp_path, ray_pool):
     archive = _archive(tmp_path / "a.zarr")
     with pytest.raises(ConfigError, match=r"needs 1\.0 CPUs and 1\.0 GPUs; the cluster has 2 CPUs"):
-        run_units(archive, DummyWorker, POOL.model_copy(update={"num_gpus": 1.0}))
+        run_units(archive, DummyWorker, POOL.model_copy(update={"gpus_per_worker": 1.0}))
 
 
 def _alive(pid: int) -> bool:

@@ -91,23 +91,23 @@ def test_config_loading_and_overrides(tmp_path):
 
 
 def test_every_pipeline_config_validates():
-    from appa.demo import DemoConfig
-    from appa.distributed.assimilate import AssimilationJob
-    from appa.showcase import ShowcaseConfig
-    from appa.training.encode import EncodeJob
-    from appa.training.jobs import AutoencoderJob, DiffusionJob
+    from appa.jobs.assimilate import AssimilateConfig
+    from appa.jobs.demo import DemoConfig
+    from appa.jobs.encode import EncodeConfig
+    from appa.jobs.showcase import ShowcaseConfig
+    from appa.jobs.train import TrainAutoencoderConfig, TrainDiffusionConfig
 
     models = {
         "showcase.yaml": ShowcaseConfig,
-        "encode_tiny.yaml": EncodeJob,
-        "encode_toy_earth.yaml": EncodeJob,
-        "train_autoencoder_toy_earth.yaml": AutoencoderJob,
-        "train_autoencoder_tiny.yaml": AutoencoderJob,
-        "train_diffusion_tiny.yaml": DiffusionJob,
-        "train_diffusion_toy_earth.yaml": DiffusionJob,
-        "reanalysis_toy_earth.yaml": AssimilationJob,
-        "filter_toy_earth.yaml": AssimilationJob,
-        "forecast_toy_earth.yaml": AssimilationJob,
+        "encode_tiny.yaml": EncodeConfig,
+        "encode_toy_earth.yaml": EncodeConfig,
+        "train_autoencoder_toy_earth.yaml": TrainAutoencoderConfig,
+        "train_autoencoder_tiny.yaml": TrainAutoencoderConfig,
+        "train_diffusion_tiny.yaml": TrainDiffusionConfig,
+        "train_diffusion_toy_earth.yaml": TrainDiffusionConfig,
+        "reanalysis_toy_earth.yaml": AssimilateConfig,
+        "filter_toy_earth.yaml": AssimilateConfig,
+        "forecast_toy_earth.yaml": AssimilateConfig,
         "demo.yaml": DemoConfig,
     }
     paths = sorted((ROOT / "pipelines" / "configs").glob("*.yaml"))
@@ -120,7 +120,7 @@ def test_every_pipeline_config_validates():
 def test_demo_defaults_are_the_committed_demo_config():
     """`appa demo` without --config runs what `make demo` runs: with the observers' own
     defaults it would observe levels the committed prior does not hold and fail in the actors."""
-    from appa.demo import DemoConfig
+    from appa.jobs.demo import DemoConfig
 
     committed = load_config(DemoConfig, ROOT / "pipelines" / "configs" / "demo.yaml")
     assert DemoConfig() == committed

@@ -8,9 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_utils import Windows, smooth_fields, tiny_autoencoder_task, tiny_diffusion_task
+from training_utils import (
+    Windows,
+    smooth_fields,
+    tiny_autoencoder_objective,
+    tiny_diffusion_objective,
+)
 
 from appa.io import CheckpointError, list_checkpoints, load_checkpoint
+from appa.io.cards import read_card
 from appa.training import (
     EMA,
     LoopConfig,
@@ -83,7 +89,7 @@ def _trainer(task, data, run_dir, steps, val=None, **loop):
 
 
 def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in trainer.task.network.state_dict().items()}
+    return {k: v.clone() for k, v in trainer.objective.network.state_dict().items()}
 
 
 def _same(a: dict, b: dict) -> None:
@@ -95,10 +101,10 @@ def _same(a: dict, b: dict) -> None:
 @pytest.mark.parametrize("kind", ["autoencoder", "diffusion"])
 def test_resume_is_bitwise_identical_to_uninterrupted_run(tmp_path: Path, kind: str):
     if kind == "autoencoder":
-        make, data, extra = (lambda: tiny_autoencoder_task(latent_noise=0.1)), _ae_data(), {}
+        make, data, extra = (lambda: tiny_autoencoder_objective(latent_noise=0.1)), _ae_data(), {}
     else:
         latents = Windows(smooth_fields(12, 4, (4, 8), seed=1), window=4, key="latent")
-        make, data, extra = tiny_diffusion_task, latents, {"ema_decay": 0.9}
+        make, data, extra = tiny_diffusion_objective, latents, {"ema_decay": 0.9}
 
     torch.manual_seed(0)
     straight = _trainer(make(), data, str(tmp_path / "a"), steps=6, **extra)
@@ -130,7 +136,7 @@ def test_resume_is_bitwise_identical_to_uninterrupted_run(tmp_path: Path, kind: 
 
 def test_validation_metrics_and_checkpoint_contents(tmp_path: Path):
     torch.manual_seed(0)
-    task = tiny_diffusion_task()
+    task = tiny_diffusion_objective()
     task.val_samples, task.val_steps = 2, 4
     latents = Windows(smooth_fields(10, 4, (4, 8), seed=2), window=4, key="latent")
     trainer = _trainer(
@@ -149,14 +155,14 @@ def test_validation_metrics_and_checkpoint_contents(tmp_path: Path):
     assert len(rows) == 1 and float(rows[0]["val_loss"]) == pytest.approx(metrics["val_loss"])
     ckpt = load_checkpoint(str(tmp_path / "checkpoints"))
     assert ckpt.step == 2 and set(ckpt.tensors) == {"model", "ema"}
-    assert ckpt.metadata["kind"] == "diffusion"
-    assert ckpt.metadata["task"]["denoiser"]["width"] == 24
-    assert ckpt.metadata["loop"]["samples_seen"] == 2 * 2 * 2
+    card = read_card(ckpt.metadata, kind="diffusion")
+    assert card.card.denoiser.width == 24
+    assert card.run.loop.samples_seen == 2 * 2 * 2
 
 
 def test_autoencoder_validation_rmse_per_channel(tmp_path: Path):
     torch.manual_seed(0)
-    task = tiny_autoencoder_task()
+    task = tiny_autoencoder_objective()
     data = _ae_data()
     trainer = _trainer(task, data, None, steps=1)
     assert trainer.validate() == {}  # no validation data
@@ -177,7 +183,7 @@ def test_autoencoder_validation_rmse_per_channel(tmp_path: Path):
 
 def test_autoencoder_spectral_term_adds_to_the_loss_and_is_validated():
     torch.manual_seed(0)
-    task = tiny_autoencoder_task()
+    task = tiny_autoencoder_objective()
     data = _ae_data()
     batch = {"state": torch.stack([data[i]["state"] for i in range(3)])}
     generator = torch.Generator().manual_seed(0)
@@ -224,7 +230,7 @@ def test_autoencoder_tendency_term_sees_errors_that_come_and_go():
     term (the weighted MSE of reconstructed changes) can, exactly: 0 for the first, (2 c)^2
     for the second."""
     torch.manual_seed(0)
-    task = tiny_autoencoder_task()
+    task = tiny_autoencoder_objective()
     data = _ae_data()
     batch = {"state": torch.stack([data[i]["state"] for i in range(3)])}  # (3, K=2, 2, 8, 16)
     generator = torch.Generator().manual_seed(0)
@@ -275,7 +281,7 @@ def test_lognormal_training_noise_levels():
     assert float(clipped.min()) == pytest.approx(0.1)
     assert float(clipped.max()) == pytest.approx(10.0)
     # a diffusion task draws them when asked, through its generator (reproducibly)
-    task = tiny_diffusion_task()
+    task = tiny_diffusion_objective()
     latents = Windows(smooth_fields(6, 4, (4, 8), seed=2), window=4, key="latent")
     batch = torch.utils.data.default_collate([latents[i] for i in range(2)])
     task.train_sigma = "lognormal"
@@ -288,7 +294,7 @@ def test_lognormal_training_noise_levels():
 
 def test_known_frame_training_and_forecast_validation():
     torch.manual_seed(0)
-    base = tiny_diffusion_task()
+    base = tiny_diffusion_objective()
     config = base.config.model_copy(update={"known_frames": True})
     task = type(base)(config, latent_mean=[0.0] * 4, latent_std=[1.0] * 4, val_sigmas=3,
                       known_probability=0.5)  # fmt: skip
@@ -315,7 +321,7 @@ def test_known_frame_training_and_forecast_validation():
 
 def test_autoencoder_learns(tmp_path: Path):
     torch.manual_seed(0)
-    task = tiny_autoencoder_task()
+    task = tiny_autoencoder_objective()
     data = _ae_data(24)
     cfg = LoopConfig(steps=60, batch_size=4, log_every=10, checkpoint_every=0, progress=False)
     optim = OptimizerConfig(lr=3e-3, warmup_steps=5)
@@ -328,19 +334,19 @@ def test_autoencoder_learns(tmp_path: Path):
 
 def test_resume_refuses_a_different_setup(tmp_path: Path):
     torch.manual_seed(0)
-    _trainer(tiny_autoencoder_task(), _ae_data(), str(tmp_path), steps=2).fit()
-    task = tiny_autoencoder_task()
+    _trainer(tiny_autoencoder_objective(), _ae_data(), str(tmp_path), steps=2).fit()
+    task = tiny_autoencoder_objective()
     task.channel_weights = [1.0, 1.0]  # the fingerprint (task metadata) differs
     with pytest.raises(CheckpointError, match="channel_weights"):
         _trainer(task, _ae_data(), str(tmp_path), steps=4)
     with pytest.raises(CheckpointError, match="dataset_size"):
-        _trainer(tiny_autoencoder_task(), _ae_data(14), str(tmp_path), steps=4)
+        _trainer(tiny_autoencoder_objective(), _ae_data(14), str(tmp_path), steps=4)
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path: Path):
     series = smooth_fields(6, 2, (8, 16))
     series[3, 0, 2, 2] = math.nan
-    trainer = _trainer(tiny_autoencoder_task(), Windows(series, 2), None, steps=5)
+    trainer = _trainer(tiny_autoencoder_objective(), Windows(series, 2), None, steps=5)
     with pytest.raises(TrainingError, match="non-finite loss"):
         trainer.fit()
 
@@ -362,7 +368,7 @@ def test_ddp_and_fsdp_paths_match_plain_training_and_resume(tmp_path, process_gr
         cfg = LoopConfig(steps=steps, batch_size=2, seed=5, checkpoint_every=2, progress=False)
         optim = OptimizerConfig(lr=3e-3, warmup_steps=2, accumulation=2)
         trainer = Trainer(
-            tiny_autoencoder_task(), _ae_data(), cfg, optim, run_dir=run_dir, strategy=strategy
+            tiny_autoencoder_objective(), _ae_data(), cfg, optim, run_dir=run_dir, strategy=strategy
         )
         if stop is not None:
             trainer.loop.steps = stop
@@ -400,7 +406,7 @@ class _GaussianDenoiser(torch.nn.Module):
 
 @pytest.mark.parametrize("scale", [1.0, 2.0])
 def test_generated_sample_statistics_with_an_exact_denoiser(scale: float):
-    task = tiny_diffusion_task()
+    task = tiny_diffusion_objective()
     task.val_samples, task.val_steps = 8, 32
     g = torch.Generator().manual_seed(0)
     batch = {"latent": torch.randn(8, 4, 4, 4, 8, generator=g), "date": torch.zeros(8, 4, 4)}
@@ -419,7 +425,9 @@ def test_bf16_autocast_runs_and_tracks_float32():
     losses = {}
     for precision in ("float32", "bfloat16"):
         torch.manual_seed(0)
-        trainer = _trainer(tiny_autoencoder_task(), _ae_data(), None, steps=2, precision=precision)
+        trainer = _trainer(
+            tiny_autoencoder_objective(), _ae_data(), None, steps=2, precision=precision
+        )
         assert (trainer.autocast_dtype is None) == (precision == "float32")
         losses[precision] = trainer.fit()["loss"]
     assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=2e-2)
@@ -435,7 +443,11 @@ def test_compiled_training_steps_match_eager_ones(tmp_path: Path):
     for compile in (False, True):
         torch.manual_seed(0)
         trainer = _trainer(
-            tiny_diffusion_task(), latents, str(tmp_path / str(compile)), steps=3, compile=compile
+            tiny_diffusion_objective(),
+            latents,
+            str(tmp_path / str(compile)),
+            steps=3,
+            compile=compile,
         )
         runs[compile] = (trainer.fit()["loss"], _weights(trainer))
     assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-4)

@@ -14,9 +14,10 @@ import zarr
 
 from appa.config import ConfigError
 from appa.io import load_checkpoint
+from appa.io.cards import read_card
 from appa.nn import WeightedMSE
 from appa.nn.presets import get_preset
-from appa.training.tasks import AutoencoderTask
+from appa.training.objectives import AutoencoderObjective
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_AE = [
@@ -59,7 +60,7 @@ def test_band_limited_autoencoder_task_builds_its_projection_from_the_latitudes(
         "tiny", [*SMALL_AE, "autoencoder.band_limit=3", "autoencoder.band_limited=[1]"]
     )
     lat = np.linspace(-78.75, 78.75, 8)
-    task = AutoencoderTask(cfg.autoencoder, lat)
+    task = AutoencoderObjective(cfg.autoencoder, lat)
     want = torch.as_tensor(band_limit_projection(lat, 3), dtype=torch.float32)
     assert torch.equal(task.module.band_limit.matrices, want)
     batch = {"state": torch.randn(2, 3, 8, 16)}
@@ -69,10 +70,10 @@ def test_band_limited_autoencoder_task_builds_its_projection_from_the_latitudes(
     assert "band_limit.matrices" in task.module.state_dict()
 
 
-def _task() -> AutoencoderTask:
+def _task() -> AutoencoderObjective:
     torch.manual_seed(0)
     cfg = get_preset("tiny", SMALL_AE).autoencoder
-    return AutoencoderTask(cfg, np.linspace(-78.75, 78.75, 8), channel_weights=[1.0, 2.0, 0.5])
+    return AutoencoderObjective(cfg, np.linspace(-78.75, 78.75, 8), channel_weights=[1.0, 2.0, 0.5])
 
 
 def test_values_at_masked_points_change_neither_loss_nor_gradients():
@@ -151,7 +152,7 @@ def _encode_args(run: Path, store: Path, out: Path) -> list[str]:
         f"output={out}",
         "block=5",
         "batch_size=4",
-        "stats_span=[0,12]",
+        "stats_period=[2000-01-01,2000-01-03T18]",
         "runner.backend=local",
     ):
         args += ["--set", item]
@@ -183,11 +184,11 @@ def test_toy_earth_train_then_encode_end_to_end(toy_store: Path, tmp_path: Path)
 
     # the checkpoint describes itself: spec and statistics
     ckpt = load_checkpoint(str(run / "checkpoints"))
-    task = ckpt.metadata["task"]
-    assert task["state_spec"] == {**config["data"]["source"]["spec"], "grid": None}
-    assert task["statistics"]["mean"] == pytest.approx(stats.mean.tolist())
-    assert task["channel_names"] == stats.channels
-    val = ckpt.metadata["metrics"]
+    card = read_card(ckpt.metadata).card
+    assert card.state_spec.model_dump() == {**config["data"]["source"]["spec"], "grid": None}
+    assert card.statistics["mean"] == pytest.approx(stats.mean.tolist())
+    assert card.channel_names == stats.channels
+    val = read_card(ckpt.metadata).run.metrics
     assert np.isfinite(val["val_rmse_sea_surface_temperature"])
 
     out = tmp_path / "latents.zarr"
@@ -204,7 +205,7 @@ def test_toy_earth_train_then_encode_end_to_end(toy_store: Path, tmp_path: Path)
     provenance = dict(group.attrs["provenance"])
     assert provenance["source_format"] == "gridded"
     assert provenance["checkpoint_step"] == 3
-    assert provenance["state_spec"] == task["state_spec"]
+    assert provenance["state_spec"] == card.state_spec.model_dump(mode="json")
     assert provenance["statistics"]["std"] == pytest.approx(stats.std.tolist())
     assert provenance["time_range"] == [
         "2000-01-01T00:00:00.000000000",
@@ -213,12 +214,11 @@ def test_toy_earth_train_then_encode_end_to_end(toy_store: Path, tmp_path: Path)
     assert len(group.attrs["latent_std"]) == latent_shape[0]
 
     # the latents are the checkpoint's encoder applied to the standardised, filled states
-    from appa.data import StateSpec, WindowDataset
+    from appa.data import WindowDataset
     from appa.training.encode import load_autoencoder
 
     model, _ = load_autoencoder(str(run / "checkpoints"))
-    spec = StateSpec.model_validate(task["state_spec"])
-    item = WindowDataset(toy_store, spec, stats, window=1)[7]
+    item = WindowDataset(toy_store, card.state_spec, stats, window=1)[7]
     with torch.no_grad():
         z = model.encode(item["state"], item["date"])
     assert np.allclose(z.numpy(), group["latent"][7:8], atol=1e-5)
@@ -279,12 +279,12 @@ def test_gridded_config_errors_name_the_culprit(toy_store: Path, tmp_path: Path)
     # window-store spans next to a source
     with pytest.raises(ConfigError, match=r"data\.source\.train"):
         from appa.config import load_config
-        from appa.training.jobs import AutoencoderJob
+        from appa.jobs.train import TrainAutoencoderConfig
 
         load_config(
-            AutoencoderJob,
+            TrainAutoencoderConfig,
             ROOT / "pipelines/configs/train_autoencoder_toy_earth.yaml",
-            ["data.train=[0,4]"],
+            ["data.train=[2000-01-01,2000-01-01T18]"],
         )
     assert json.loads(stats.read_text())["channels"][0] == "2m_temperature"
 
@@ -317,7 +317,8 @@ def test_autoencoder_with_static_and_date_context_trains_encodes_and_decodes(
     model, meta = load_autoencoder(str(run / "checkpoints"))
     fields, moments = read_static(str(toy_store), static)
     assert torch.equal(model.static, torch.as_tensor(fields))
-    assert meta["config"]["store"]["static"]["land_sea_mask"] == pytest.approx(list(moments[0]))
+    data = read_card(load_checkpoint(str(run / "checkpoints")).metadata).run.data
+    assert data["static"]["land_sea_mask"] == pytest.approx(list(moments[0]))
     assert np.unique(fields[0]).size == 2  # land and sea, standardised
 
     out = tmp_path / "latents.zarr"
@@ -326,11 +327,11 @@ def test_autoencoder_with_static_and_date_context_trains_encodes_and_decodes(
     group = zarr.open_group(str(out), mode="r")
     times = np.asarray(group["time"][:]).astype("datetime64[ns]")
 
-    from appa.data import StateSpec, Statistics, WindowDataset
+    from appa.data import WindowDataset
 
-    task = meta["task"]
-    spec = StateSpec.model_validate(task["state_spec"])
-    item = WindowDataset(toy_store, spec, Statistics.from_json(task["statistics"]), window=1)[7]
+    card = meta["card"]
+    spec, stats = card.spec_and_statistics()
+    item = WindowDataset(toy_store, spec, stats, window=1)[7]
     with torch.no_grad():
         z = model.encode(item["state"], date_features(times[7:8]))
         z_noon = model.encode(item["state"], date_features(times[7:8] + np.timedelta64(6, "h")))
@@ -338,13 +339,12 @@ def test_autoencoder_with_static_and_date_context_trains_encodes_and_decodes(
     assert not np.allclose(z_noon.numpy(), z.numpy(), atol=1e-5)  # the date is used
 
     # a prior over this autoencoder needs times to decode, and uses them
-    from appa.diffusion import make_schedule
+    from appa.diffusion import ScheduleConfig
     from appa.nn.latent import latent_denoiser
 
     prior = LatentPrior(
-        model, latent_denoiser(get_preset("tiny").denoiser), make_schedule("loglinear"),
-        spec, Statistics.from_json(task["statistics"]), model.latent_shape, 4,
-        task["latitudes"], np.arange(64) * 5.625,
+        model, latent_denoiser(get_preset("tiny").denoiser), ScheduleConfig().build(),
+        spec, stats, model.latent_shape, 4, card.latitudes, card.longitudes,
     )  # fmt: skip
     u = torch.randn(2, 3, *model.latent_shape)
     with pytest.raises(ValueError, match="pass the times"):

@@ -11,10 +11,15 @@ import torch
 from training_utils import smooth_fields
 
 from appa.config import ConfigError, load_config
-from appa.distributed import run_training
+from appa.data.datasets import WindowStoreDataset, write_window_store
 from appa.io import load_checkpoint
-from appa.training.data import ZarrWindows, write_window_store
-from appa.training.jobs import AutoencoderJob, DiffusionJob, build_trainer
+from appa.io.cards import read_card
+from appa.jobs.train import (
+    TrainAutoencoderConfig,
+    TrainDiffusionConfig,
+    build_trainer,
+    run_training,
+)
 
 AE_OVERRIDES = [
     "autoencoder.in_channels=2",
@@ -56,11 +61,15 @@ def latent_store(tmp_path: Path) -> str:
     )
 
 
-def _ae_job(store: str, run_dir: Path, **runner) -> AutoencoderJob:
-    return AutoencoderJob.model_validate(
+def _ae_job(store: str, run_dir: Path, **runner) -> TrainAutoencoderConfig:
+    return TrainAutoencoderConfig.model_validate(
         {
             "overrides": AE_OVERRIDES,
-            "data": {"path": store, "train": [0, 12], "val": [12, 16]},
+            "data": {
+                "path": store,
+                "train": ["2001-03-01", "2001-03-03T18"],
+                "val": ["2001-03-04", "2001-03-04T18"],
+            },
             "window": 2,
             "loop": {
                 "steps": 4,
@@ -78,7 +87,7 @@ def _ae_job(store: str, run_dir: Path, **runner) -> AutoencoderJob:
 
 
 def test_window_store_items_and_errors(state_store: str):
-    data = ZarrWindows(state_store, window=3, span=(2, 10))
+    data = WindowStoreDataset(state_store, window=3, period=("2001-03-01T12", "2001-03-03T06"))
     assert len(data) == 6
     item = data[1]
     assert item["state"].shape == (3, 2, 8, 16) and item["date"].shape == (3, 4)
@@ -86,16 +95,18 @@ def test_window_store_items_and_errors(state_store: str):
     assert torch.equal(item["state"], expected)
     assert item["time"][0] == _times(16)[3].astype(np.int64)
     # a span under the memory limit is served from memory, the same items as window reads
-    streamed = ZarrWindows(state_store, window=3, span=(2, 10), memory_limit=0)
+    streamed = WindowStoreDataset(
+        state_store, window=3, period=("2001-03-01T12", "2001-03-03T06"), memory_limit=0
+    )
     assert data.in_memory and not streamed.in_memory
     for i in range(len(data)):
         assert all(torch.equal(data[i][k], streamed[i][k]) for k in item)
     data[0]["state"].zero_()  # items are copies: editing one leaves the cache alone
     assert torch.equal(data[0]["state"], streamed[0]["state"])
     with pytest.raises(ValueError, match="holds no window"):
-        ZarrWindows(state_store, window=5, span=(0, 3))
+        WindowStoreDataset(state_store, window=5, period=("2001-03-01", "2001-03-01T12"))
     with pytest.raises(KeyError, match="no array 'latent'"):
-        ZarrWindows(state_store, window=1, variable="latent")
+        WindowStoreDataset(state_store, window=1, variable="latent")
     with pytest.raises(ValueError, match="NaN"):
         write_window_store("/tmp/never", np.full((2, 1, 2, 2), np.nan), _times(2), [0, 1])
 
@@ -106,8 +117,9 @@ def test_autoencoder_job_runs_locally_and_resumes(state_store: str, tmp_path: Pa
     assert metrics["step"] == 4 and np.isfinite(metrics["val_rmse"])
     assert {"val_rmse_t2m", "val_rmse_msl"} <= set(metrics)
     ckpt = load_checkpoint(str(tmp_path / "run" / "checkpoints"))
-    assert ckpt.metadata["config"]["job"]["preset"] == "tiny"
-    assert ckpt.metadata["config"]["store"]["channel_names"] == ["t2m", "msl"]
+    run = read_card(ckpt.metadata).run
+    assert run.job["preset"] == "tiny"
+    assert run.data["channel_names"] == ["t2m", "msl"]
     # a longer rerun of the same job continues from step 4
     longer = job.model_copy(update={"loop": job.loop.model_copy(update={"steps": 6})})
     trainer = build_trainer(longer)
@@ -117,10 +129,14 @@ def test_autoencoder_job_runs_locally_and_resumes(state_store: str, tmp_path: Pa
 
 
 def test_diffusion_job_computes_latent_statistics(latent_store: str, tmp_path: Path):
-    job = DiffusionJob.model_validate(
+    job = TrainDiffusionConfig.model_validate(
         {
             "overrides": DIT_OVERRIDES,
-            "data": {"path": latent_store, "train": [0, 16], "val": [16, 20]},
+            "data": {
+                "path": latent_store,
+                "train": ["2001-03-01", "2001-03-04T18"],
+                "val": ["2001-03-05", "2001-03-05T18"],
+            },
             "loop": {"steps": 2, "batch_size": 2, "val_every": 2, "progress": False},
             "run_dir": str(tmp_path / "dit"),
             "runner": {"backend": "local"},
@@ -130,8 +146,8 @@ def test_diffusion_job_computes_latent_statistics(latent_store: str, tmp_path: P
     z = smooth_fields(20, 4, (4, 8), seed=4)[:16].double() * 3.0 + 1.0
     mean = z.mean(dim=(0, 2, 3))
     std = z.std(dim=(0, 2, 3), unbiased=False)
-    assert np.allclose(trainer.task.latent_mean, mean.numpy(), atol=1e-5)
-    assert np.allclose(trainer.task.latent_std, std.numpy(), rtol=1e-5)
+    assert np.allclose(trainer.objective.latent_mean, mean.numpy(), atol=1e-5)
+    assert np.allclose(trainer.objective.latent_std, std.numpy(), rtol=1e-5)
     metrics = trainer.fit()
     assert len([k for k in metrics if k.startswith("val_loss_sigma")]) == 6
 
@@ -144,17 +160,17 @@ def test_job_config_errors_name_the_culprit(state_store: str, tmp_path: Path):
     path = tmp_path / "bad.yaml"
     path.write_text("data: {path: x}\nloop: {stepz: 3}\n")
     with pytest.raises(ConfigError, match=r"loop\.stepz: unknown key"):
-        load_config(AutoencoderJob, path)
+        load_config(TrainAutoencoderConfig, path)
     path.write_text("data: {path: x}\ntendency_weight: 1.0\n")
     with pytest.raises(ConfigError, match=r"tendency_weight=1\.0 .*window >= 2 \(got window=1\)"):
-        load_config(AutoencoderJob, path)
+        load_config(TrainAutoencoderConfig, path)
 
 
 @pytest.mark.slow
 def test_ray_train_two_workers_matches_one_process(state_store, tmp_path, ray_cluster):
     """2 Ray Train workers with batch 2 (DDP, gloo) take the same steps as one process with
     batch 4: the same samples (the stream is split by rank) and averaged gradients."""
-    ray_job = _ae_job(state_store, tmp_path / "ray", backend="ray", num_workers=2)
+    ray_job = _ae_job(state_store, tmp_path / "ray", backend="ray", workers=2)
     metrics = run_training(ray_job)
     assert metrics["step"] == 4
 
@@ -195,9 +211,9 @@ def test_cli_runs_the_example_configs(command, config, state_store, latent_store
         "--set",
         f"data.path={store}",
         "--set",
-        "data.train=[0,12]",
+        "data.train=[2001-03-01,2001-03-03T18]",
         "--set",
-        "data.val=[12,16]",
+        "data.val=[2001-03-04,2001-03-04T18]",
         "--set",
         f"overrides={overrides}",
         "--set",
@@ -276,7 +292,7 @@ def test_ray_train_restarts_a_killed_worker_from_the_last_checkpoint(
     from appa.io import list_checkpoints
 
     def job(run: str, **runner):
-        j = _ae_job(state_store, tmp_path / run, backend="ray", num_workers=2, **runner)
+        j = _ae_job(state_store, tmp_path / run, backend="ray", workers=2, **runner)
         loop = j.loop.model_copy(update={"steps": 40, "checkpoint_every": 4})
         return j.model_copy(update={"loop": loop})
 

@@ -17,10 +17,9 @@ import yaml
 from training_utils import smooth_fields
 
 from appa.config import load_config
-from appa.distributed import run_training
+from appa.data.datasets import write_window_store
 from appa.io import list_checkpoints, load_checkpoint
-from appa.training.data import write_window_store
-from appa.training.jobs import AutoencoderJob
+from appa.jobs.train import TrainAutoencoderConfig, run_training
 
 OVERRIDES = [
     "autoencoder.in_channels=2",
@@ -36,7 +35,7 @@ OVERRIDES = [
 def _config(tmp_path: Path, store: str, run: str) -> Path:
     doc = {
         "overrides": OVERRIDES,
-        "data": {"path": store, "train": [0, 20]},
+        "data": {"path": store, "train": ["2002-01-01", "2002-01-05T18"]},
         "loop": {"steps": 60, "batch_size": 2, "log_every": 5, "checkpoint_every": 10,
                  "keep_checkpoints": 2, "progress": False, "seed": 3},
         "optim": {"lr": 1e-3, "warmup_steps": 5, "accumulation": 2},
@@ -84,7 +83,7 @@ def test_sigkill_then_rerun_matches_uninterrupted_run(tmp_path: Path):
     assert resumed.step == 60
 
     # the uninterrupted reference, in this process
-    reference_job = load_config(AutoencoderJob, _config(tmp_path, store, "straight"))
+    reference_job = load_config(TrainAutoencoderConfig, _config(tmp_path, store, "straight"))
     run_training(reference_job)
     straight = load_checkpoint(str(tmp_path / "straight" / "checkpoints"))
     for k, v in straight.tensors["model"].items():

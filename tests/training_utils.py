@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from appa.nn import get_preset
-from appa.training import AutoencoderTask, DiffusionTask
+from appa.training import AutoencoderObjective, DiffusionObjective
 
 
 def smooth_fields(n: int, channels: int, grid: tuple[int, int], seed: int = 0) -> torch.Tensor:
@@ -54,7 +54,7 @@ class Windows(Dataset):
         return {self.key: self.series[s], "date": self.date[s]}
 
 
-def tiny_autoencoder_task(latent_noise: float = 0.0) -> AutoencoderTask:
+def tiny_autoencoder_objective(latent_noise: float = 0.0) -> AutoencoderObjective:
     """The tiny preset's autoencoder, slimmed (2 input channels, 8 x 16 grid) for speed."""
     preset = get_preset(
         "tiny",
@@ -69,12 +69,12 @@ def tiny_autoencoder_task(latent_noise: float = 0.0) -> AutoencoderTask:
         ],
     )
     lat = torch.linspace(-78.75, 78.75, 8).tolist()
-    return AutoencoderTask(
+    return AutoencoderObjective(
         preset.autoencoder, lat, channel_weights=[1.0, 0.5], channel_names=["a", "b"]
     )
 
 
-def tiny_diffusion_task() -> DiffusionTask:
+def tiny_diffusion_objective() -> DiffusionObjective:
     preset = get_preset(
         "tiny",
         [
@@ -87,4 +87,6 @@ def tiny_diffusion_task() -> DiffusionTask:
             "autoencoder.latent_channels=4",
         ],
     )
-    return DiffusionTask(preset.denoiser, latent_mean=[0.0] * 4, latent_std=[1.0] * 4, val_sigmas=3)
+    return DiffusionObjective(
+        preset.denoiser, latent_mean=[0.0] * 4, latent_std=[1.0] * 4, val_sigmas=3
+    )

@@ -4,8 +4,7 @@ observations through the decoder, and reanalysis, filtering and forecasting with
 from appa.assimilation.operator import WindowObservation
 from appa.assimilation.prior import Codec, LatentPrior, PriorMismatchError
 from appa.assimilation.tasks import (
-    SamplingSettings,
-    derive_seed,
+    SamplingConfig,
     filtering,
     forecast,
     reanalysis,
@@ -17,9 +16,8 @@ __all__ = [
     "Codec",
     "LatentPrior",
     "PriorMismatchError",
-    "SamplingSettings",
+    "SamplingConfig",
     "WindowObservation",
-    "derive_seed",
     "filtering",
     "forecast",
     "reanalysis",

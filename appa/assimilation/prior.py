@@ -12,7 +12,7 @@ Three spaces, from the user's to the sampler's:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -22,12 +22,12 @@ from torch import Tensor, nn
 from appa.data.spec import StateSpec
 from appa.data.stats import Statistics
 from appa.dates import DATE_FEATURES, date_features
-from appa.diffusion import NoiseSchedule, WindowedDenoiser, make_sampler, make_schedule
+from appa.diffusion import NoiseSchedule, WindowedDenoiser, make_sampler
 from appa.diffusion.windows import StitchMode
+from appa.io.cards import AutoencoderCard, CardError, DenoiserCard, read_card
 from appa.io.checkpoints import CheckpointError, load_checkpoint, load_module_state
 from appa.nn import StateAutoencoder
 from appa.nn.latent import LatentStandardizer, latent_denoiser
-from appa.nn.presets import AutoencoderConfig, DenoiserConfig
 
 __all__ = ["Codec", "LatentPrior", "PriorMismatchError", "regular_step"]
 
@@ -56,9 +56,8 @@ def regular_step(times: pd.DatetimeIndex) -> pd.Timedelta:
     return pd.Timedelta(steps[0])
 
 
-def _validation_rmse(metadata: dict[str, Any], spec: StateSpec) -> list[float] | None:
+def _validation_rmse(metrics: dict[str, Any], spec: StateSpec) -> list[float] | None:
     """Per-channel validation RMSE of an autoencoder checkpoint (standardised), if logged."""
-    metrics = metadata.get("metrics") or {}
     values = [metrics.get(f"val_rmse_{name}") for name in spec.channel_names()]
     return None if any(v is None for v in values) else [float(v) for v in values]
 
@@ -81,7 +80,7 @@ class LatentPrior:
         sigma_data: The EDM data standard deviation (MMPS's heuristic covariance uses it).
         reconstruction_rmse: Per-channel RMSE of the autoencoder on held-out states
             (standardised units), when known: the decoder's representation error, which
-            :class:`~appa.assimilation.tasks.SamplingSettings` can add to observation errors.
+            :class:`~appa.assimilation.tasks.SamplingConfig` can add to observation errors.
         provenance: JSON facts about where the parts came from (checkpoint paths and steps).
     """
 
@@ -353,50 +352,48 @@ class LatentPrior:
         autoencoder: str,
         diffusion: str,
         device: torch.device | str = "cpu",
-        ema: bool = True,
+        weights: Literal["ema", "model"] | None = None,
     ) -> LatentPrior:
         """Loads the prior from an autoencoder and a diffusion checkpoint as ``appa train``
         writes them (a ``step-*`` folder, or a run's ``checkpoints`` folder: the latest).
 
-        The denoiser takes its EMA weights when the checkpoint has them (``ema=True``); the
-        autoencoder its trained weights, those the latents were encoded with.
+        The autoencoder takes its trained weights, those the latents were encoded with. The
+        denoiser takes ``weights``: ``"ema"`` (the moving average of training), ``"model"``
+        (the final weights) or None, the group an exported copy names (``appa
+        export-checkpoint -g``), else ``"ema"``. Asking for EMA weights the checkpoint does not
+        hold is an error.
 
         Raises:
             PriorMismatchError: when the two do not belong together (latent channels or grid,
                 state spec, statistics) or a checkpoint is of the wrong kind.
+            CheckpointError: when the asked-for weights are not in the checkpoint.
         """
         ae_ckpt = load_checkpoint(autoencoder)
         dn_ckpt = load_checkpoint(diffusion)
-        for ckpt, kind in ((ae_ckpt, "autoencoder"), (dn_ckpt, "diffusion")):
-            if ckpt.metadata.get("kind") != kind:
-                raise PriorMismatchError(
-                    f"{ckpt.path} is a {ckpt.metadata.get('kind')!r} checkpoint, expected {kind!r}"
-                )
-        ae_task = ae_ckpt.metadata["task"]
-        dn_task = dn_ckpt.metadata["task"]
-        ae_cfg = AutoencoderConfig.model_validate(ae_task["autoencoder"])
-        dn_cfg = DenoiserConfig.model_validate(dn_task["denoiser"])
-        if dn_cfg.channels != ae_cfg.latent_channels:
+        try:
+            ae_card = read_card(ae_ckpt.metadata, ae_ckpt.path, kind="autoencoder")
+            dn_card = read_card(dn_ckpt.metadata, dn_ckpt.path, kind="diffusion")
+        except CardError as error:
+            raise PriorMismatchError(str(error)) from None
+        ae, dn = ae_card.card, dn_card.card
+        assert isinstance(ae, AutoencoderCard) and isinstance(dn, DenoiserCard)
+        if dn.denoiser.channels != ae.autoencoder.latent_channels:
             raise PriorMismatchError(
-                f"{dn_ckpt.path}: the denoiser has {dn_cfg.channels} latent channels, the "
-                f"autoencoder of {ae_ckpt.path} makes {ae_cfg.latent_channels}"
+                f"{dn_ckpt.path}: the denoiser has {dn.denoiser.channels} latent channels, the "
+                f"autoencoder of {ae_ckpt.path} makes {ae.autoencoder.latent_channels}"
             )
-        if dn_cfg.date_features not in (0, DATE_FEATURES):
+        if dn.denoiser.date_features not in (0, DATE_FEATURES):
             raise PriorMismatchError(
-                f"{dn_ckpt.path}: the denoiser takes {dn_cfg.date_features} date features; "
-                f"appa.dates makes {DATE_FEATURES}"
+                f"{dn_ckpt.path}: the denoiser takes {dn.denoiser.date_features} date "
+                f"features; appa.dates makes {DATE_FEATURES}"
             )
-        if ae_task.get("state_spec") is None or ae_task.get("statistics") is None:
-            raise PriorMismatchError(
-                f"{ae_ckpt.path} carries no state spec or statistics; retrain it from a gridded "
-                "source (data.source) so that it is self-describing"
-            )
-        spec = StateSpec.model_validate(ae_task["state_spec"])
-        stats = Statistics.from_json(ae_task["statistics"]).for_spec(spec)
+        try:
+            spec, stats = ae.spec_and_statistics()
+        except CardError as error:
+            raise PriorMismatchError(f"{ae_ckpt.path}: {error}") from None
         # the latent store the denoiser was trained on records the autoencoder's spec and
         # statistics (appa encode): they must be this autoencoder's
-        store = dn_ckpt.metadata.get("config", {}).get("store", {})
-        made = store.get("provenance", {})
+        made = dn_card.run.data.get("provenance", {})
         if made.get("state_spec") is not None:
             other = StateSpec.model_validate(made["state_spec"])
             if other != spec:
@@ -414,25 +411,26 @@ class LatentPrior:
                     f"{dn_ckpt.path} was trained on latents of states standardised with other "
                     f"statistics than those of {ae_ckpt.path}"
                 )
-        latitude = ae_task.get("latitudes")
-        if latitude is None or len(latitude) != ae_cfg.grid[0]:
-            raise PriorMismatchError(f"{ae_ckpt.path} carries no latitudes for its grid")
-        nlon = ae_cfg.grid[1]
-        longitude = np.arange(nlon) * 360.0 / nlon
+        if len(ae.latitudes) != ae.autoencoder.grid[0]:
+            raise PriorMismatchError(
+                f"{ae_ckpt.path} carries {len(ae.latitudes)} latitudes for a grid of "
+                f"{ae.autoencoder.grid[0]} rows"
+            )
 
-        codec = StateAutoencoder(ae_cfg)
+        codec = StateAutoencoder(ae.autoencoder)
         load_module_state(codec, ae_ckpt.tensors["model"], f"{ae_ckpt.path}/model.safetensors")
-        denoiser = latent_denoiser(dn_cfg, sigma_data=dn_task.get("sigma_data", 1.0))
-        group = "ema" if ema and "ema" in dn_ckpt.tensors else "model"
+        denoiser = latent_denoiser(dn.denoiser, sigma_data=dn.sigma_data)
+        group = weights or dn_card.weights or "ema"
         if group not in dn_ckpt.tensors:
-            raise CheckpointError(f"{dn_ckpt.path}: no {group}.safetensors")
+            hint = (
+                " (trained without loop.ema_decay, or exported with -g model): ask for its "
+                "final weights with weights='model' (prior.weights: model)"
+                if group == "ema"
+                else ""
+            )
+            raise CheckpointError(f"{dn_ckpt.path}: no {group}.safetensors{hint}")
         load_module_state(
             denoiser.backbone, dn_ckpt.tensors[group], f"{dn_ckpt.path}/{group}.safetensors"
-        )
-        schedule = make_schedule(
-            dn_task.get("schedule", "loglinear"),
-            sigma_min=dn_task.get("sigma_min", 1e-3),
-            sigma_max=dn_task.get("sigma_max", 1e3),
         )
         provenance = {
             "autoencoder": {"path": ae_ckpt.path, "step": ae_ckpt.step},
@@ -445,18 +443,18 @@ class LatentPrior:
         prior = cls(
             codec,
             denoiser,
-            schedule,
+            dn.schedule.build(),
             spec,
             stats,
-            ae_cfg.latent_shape,
-            dn_cfg.window,
-            latitude,
-            longitude,
-            latent_mean=dn_task.get("latent_mean"),
-            latent_std=dn_task.get("latent_std"),
-            date_conditioning=dn_cfg.date_features > 0,
-            sigma_data=dn_task.get("sigma_data", 1.0),
+            ae.autoencoder.latent_shape,
+            dn.denoiser.window,
+            ae.latitudes,
+            ae.longitudes,
+            latent_mean=dn.latent_mean,
+            latent_std=dn.latent_std,
+            date_conditioning=dn.denoiser.date_features > 0,
+            sigma_data=dn.sigma_data,
             provenance=provenance,
-            reconstruction_rmse=_validation_rmse(ae_ckpt.metadata, spec),
+            reconstruction_rmse=_validation_rmse(ae_card.run.metrics, spec),
         )
         return prior.to(device)

@@ -32,10 +32,10 @@ from appa.assimilation.prior import LatentPrior, regular_step
 from appa.config import StrictModel
 from appa.diffusion import MMPSDenoiser, WindowedDenoiser, make_sampler
 from appa.nn import known_frames_input
+from appa.seeds import derive_seed
 
 __all__ = [
-    "SamplingSettings",
-    "derive_seed",
+    "SamplingConfig",
     "filtering",
     "forecast",
     "reanalysis",
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 
-class SamplingSettings(StrictModel):
+class SamplingConfig(StrictModel):
     """How posterior trajectories are drawn.
 
     Attributes:
@@ -87,13 +87,6 @@ class SamplingSettings(StrictModel):
         return {}
 
 
-def derive_seed(seed: int, *keys: int) -> int:
-    """A 63-bit seed derived from ``seed`` and integer ``keys`` (e.g. an initialisation time),
-    so that independent pieces of one member get independent, reproducible noise."""
-    state = np.random.SeedSequence([int(seed) & (2**63 - 1), *(int(k) & (2**63 - 1) for k in keys)])
-    return int(state.generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
 def _generators(seeds: Sequence[int], device: torch.device) -> list[torch.Generator]:
     gens = []
     for seed in seeds:
@@ -133,7 +126,7 @@ def _batches(n: int, size: int | None) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def _representation_std(prior: LatentPrior, settings: SamplingSettings) -> list[float] | None:
+def _representation_std(prior: LatentPrior, settings: SamplingConfig) -> list[float] | None:
     if not settings.representation_error:
         return None
     if prior.reconstruction_rmse is None:
@@ -148,7 +141,7 @@ def sample_latents(
     prior: LatentPrior,
     times: Sequence | np.ndarray,
     generators: Sequence[torch.Generator],
-    settings: SamplingSettings,
+    settings: SamplingConfig,
     table: xr.Dataset | None = None,
     observable: np.ndarray | None = None,
     known: np.ndarray | None = None,
@@ -222,14 +215,14 @@ def reanalysis(
     observations: xr.Dataset | None,
     times: Sequence | np.ndarray,
     seeds: Sequence[int],
-    settings: SamplingSettings | None = None,
+    settings: SamplingConfig | None = None,
 ) -> Tensor:
     """Reanalysis of ``times`` (regular, ``T`` of them): ``M = len(seeds)`` joint posterior
     samples given every observation within them, physical ``(M, T, C, H, W)`` on the CPU.
 
     Windows of ``K`` states with the settings' stride are denoised together and stitched
     symmetrically; each window conditions on the observations on its frames."""
-    settings = settings or SamplingSettings()
+    settings = settings or SamplingConfig()
     seeds = _check_seeds(seeds)
     times = pd.DatetimeIndex(np.atleast_1d(times))
     if len(times) > 1:
@@ -248,7 +241,7 @@ def filtering(
     observations: xr.Dataset | None,
     times: Sequence | np.ndarray,
     seeds: Sequence[int],
-    settings: SamplingSettings | None = None,
+    settings: SamplingConfig | None = None,
 ) -> Tensor:
     """Filtering analyses at each of ``times`` (regular, ``T``): physical ``(M, T, C, H, W)``.
 
@@ -257,7 +250,7 @@ def filtering(
     conditions; the observations at ``t_i`` are assimilated; later frames are free. The
     analysis at ``t_i`` is the window's state at ``t_i``; only observations up to ``t_i`` are
     read (``select_observations`` is applied per cycle)."""
-    settings = settings or SamplingSettings()
+    settings = settings or SamplingConfig()
     seeds = _check_seeds(seeds)
     times = pd.DatetimeIndex(np.atleast_1d(times))
     T, K = len(times), prior.window
@@ -308,7 +301,7 @@ def forecast(
     context: int | None = None,
     mode: Literal["autoregressive", "all_at_once"] = "autoregressive",
     new_states: int | None = None,
-    settings: SamplingSettings | None = None,
+    settings: SamplingConfig | None = None,
     initial_fit: int = 100,
 ) -> tuple[Tensor, pd.TimedeltaIndex]:
     """Forecasts from each initialisation time: physical ``(M, n_init, lead_steps, C, H, W)``
@@ -329,7 +322,7 @@ def forecast(
             the decoder (:meth:`LatentPrior.fit_latents`; 0: the encoder's latents, which for
             decoded states such as a reanalysis lie far off them).
     """
-    settings = settings or SamplingSettings()
+    settings = settings or SamplingConfig()
     seeds = _check_seeds(seeds)
     init_times = pd.DatetimeIndex(np.atleast_1d(init_times))
     step = pd.Timedelta(step)

@@ -1,21 +1,17 @@
-"""Classical baselines in the archive layout: climatology, persistence and ensemble optimal
-interpolation (EnOI), scored by the same code as the sampled archives."""
+"""Classical baselines: climatology, persistence and ensemble optimal interpolation (EnOI),
+scored by the same code as the sampled archives (the ``appa baseline`` job writes them as
+archives: :mod:`appa.jobs.baseline`)."""
 
-from appa.baselines.archive import to_archive_layout, write_archive
 from appa.baselines.climatology import climatology_at, compute_climatology, persistence
-from appa.baselines.enoi import EnOI, gaspari_cohn, great_circle_km
-from appa.baselines.jobs import BaselineJob, enoi_analyses, run_baseline
+from appa.baselines.enoi import EnOI, EnOIConfig, enoi_analyses, gaspari_cohn, great_circle_km
 
 __all__ = [
-    "BaselineJob",
     "EnOI",
+    "EnOIConfig",
     "climatology_at",
     "compute_climatology",
     "enoi_analyses",
     "gaspari_cohn",
     "great_circle_km",
     "persistence",
-    "run_baseline",
-    "to_archive_layout",
-    "write_archive",
 ]

@@ -17,10 +17,27 @@ the analysis distribution ``N(x_a, (I - K H) P)`` when the prior is Gaussian.
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from pathlib import Path
 
-__all__ = ["EARTH_RADIUS_KM", "EnOI", "gaspari_cohn", "great_circle_km"]
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+from pydantic import Field
+
+from appa.baselines.climatology import climatology_at, compute_climatology
+from appa.config import StrictModel
+from appa.data.spec import StateSpec, stack, unstack
+from appa.data.stats import compute_statistics
+
+__all__ = [
+    "EARTH_RADIUS_KM",
+    "EnOI",
+    "EnOIConfig",
+    "enoi_analyses",
+    "gaspari_cohn",
+    "great_circle_km",
+]
 
 EARTH_RADIUS_KM = 6371.0
 
@@ -150,3 +167,109 @@ class EnOI:
             increments[c] = pht @ w
         inc = increments.permute(2, 0, 1).reshape(w.shape[1], -1)
         return (states + inc).reshape(-1, *self.shape).numpy()
+
+
+class EnOIConfig(StrictModel):
+    """The EnOI baseline's ensemble and its draws."""
+
+    ensemble_size: int = Field(96, ge=2, description="static ensemble of anomalies (N)")
+    members: int = Field(8, ge=1, description="analysis members (1: deterministic EnOI)")
+    localisation_km: float | None = Field(2000.0, gt=0, description="Gaspari-Cohn half-width")
+    alpha: float = Field(1.0, gt=0, description="ensemble covariance scaling")
+    seed: int = Field(0, description="seed of the ensemble's draws")
+
+
+def enoi_analyses(
+    ds: xr.Dataset,
+    times: pd.DatetimeIndex,
+    observations: str | Path,
+    spec: StateSpec,
+    train_period: tuple[str, str],
+    window_days: int,
+    config: EnOIConfig,
+) -> xr.Dataset:
+    """EnOI analyses ``(member, time, ...)`` of ``ds``'s grid at ``times`` from the observation
+    store ``observations`` (background: climatology of ``train_period``, smoothed over
+    ``window_days``; static ensemble and member perturbations: anomalies of that period).
+    Observations of channels outside ``spec`` are left out."""
+    from tqdm.auto import tqdm
+
+    from appa.observations import ObservationError, ObservationOperator, read_observations
+
+    period = train_period
+    train = ds.sel(time=slice(*period)).load()
+    clim = compute_climatology(train, period, window_days)
+    stats = compute_statistics(train, spec, period)
+    mean, std = stats.mean[:, None, None], stats.std[:, None, None]
+
+    rng = np.random.default_rng(config.seed)
+    n_train = train.sizes["time"]
+    need = config.ensemble_size + (config.members if config.members > 1 else 0)
+    if n_train < need:
+        raise ValueError(f"{n_train} training states; EnOI needs at least {need}")
+    order = rng.permutation(n_train)
+    static, pool = order[: config.ensemble_size], order[config.ensemble_size :]
+
+    def anomalies(index: np.ndarray) -> np.ndarray:
+        sub = train.isel(time=np.sort(index))
+        x, _ = stack(sub, spec)
+        c, _ = stack(climatology_at(clim, sub["time"].values), spec)
+        z = (x.numpy().astype(np.float64) - c.numpy()) / std
+        return np.nan_to_num(z, nan=0.0)
+
+    enoi = EnOI(
+        anomalies(static),
+        ds.latitude.values,
+        ds.longitude.values,
+        config.localisation_km,
+        config.alpha,
+    )
+    step = (
+        pd.Timedelta(ds["time"].values[1] - ds["time"].values[0])
+        if ds.sizes["time"] > 1
+        else (pd.Timedelta(hours=6))
+    )
+    table = read_observations(observations, times[0] - step / 2, times[-1] + step / 2)
+    keep = np.zeros(table.sizes["obs"], dtype=bool)
+    variables = table["variable"].values.astype(str)
+    levels = table["level"].values
+    for name, level in spec.channels:
+        match = variables == name
+        keep |= match & (np.isnan(levels) if level is None else levels == level)
+    table = table.isel(obs=np.flatnonzero(keep))
+    obs_times = pd.DatetimeIndex(table["time"].values)
+
+    background, _ = stack(climatology_at(clim, times), spec)
+    background = background.numpy().astype(np.float64)
+    land = np.isnan(background)
+    zb = np.nan_to_num((background - mean) / std, nan=0.0)
+    out = np.empty((config.members, len(times), *zb.shape[1:]), dtype=np.float32)
+    for k, t in enumerate(tqdm(times, desc="EnOI", unit="analysis", mininterval=1.0)):
+        sel = np.flatnonzero(np.abs(obs_times - t) < step / 2)
+        perturbations = None
+        if config.members > 1:
+            perturbations = anomalies(rng.choice(pool, config.members, replace=False))
+        if sel.size == 0:
+            z = zb[k][None] + (0 if perturbations is None else perturbations)
+        else:
+            sub = table.isel(obs=sel)
+            try:
+                op = ObservationOperator(
+                    sub, spec, ds.latitude.values, ds.longitude.values, [t], stats=stats,
+                    time_tolerance=step / 2, time_axis=False, dtype=torch.float64,
+                )  # fmt: skip
+            except ObservationError as error:
+                raise ObservationError(f"analysis at {t}: {error}") from None
+            z = enoi.analyse(
+                zb[k], op, sub["latitude"].values, sub["longitude"].values, perturbations, rng
+            )
+        x = z * std + mean
+        x[:, land[k]] = np.nan
+        out[:, k] = x
+    coords = {
+        "member": np.arange(config.members),
+        "time": times.values,
+        "latitude": ds.latitude.values,
+        "longitude": ds.longitude.values,
+    }
+    return unstack(out, spec, coords)

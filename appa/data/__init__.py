@@ -24,7 +24,8 @@ _EXPORTS = {
     "Statistics": "appa.data.stats",
     "compute_statistics": "appa.data.stats",
     "default_stats_path": "appa.data.stats",
-    "LatentWindowDataset": "appa.data.datasets",
+    "WindowStoreDataset": "appa.data.datasets",
+    "write_window_store": "appa.data.datasets",
     "WindowDataset": "appa.data.datasets",
     "date_features": "appa.data.datasets",
     "ToyEarth": "appa.data.toy_earth",
@@ -32,6 +33,7 @@ _EXPORTS = {
     "write_toy_earth": "appa.data.toy_earth",
     "area_weights": "appa.data.grids",
     "equiangular_grid": "appa.data.grids",
+    "regular_longitudes": "appa.data.grids",
 }
 
 __all__ = sorted(_EXPORTS)

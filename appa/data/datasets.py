@@ -3,10 +3,18 @@
 Each item is a window of ``K`` consecutive states. The store is opened lazily in each process
 on first access (never pickled), so the datasets work with any number of ``DataLoader`` workers
 and with Ray Data readers that construct one dataset per actor.
+
+A *window store* is a Zarr group holding one array of already standardised states or latents
+``<variable>`` of shape ``(T, C, H, W)`` (consecutive in time, as ``appa encode`` writes
+latents), an int64 array ``time`` (``(T,)`` nanoseconds since 1970-01-01 UTC) and attributes:
+``latitudes`` (degrees, for area weights), ``channel_names``, and optionally ``state_spec`` /
+``statistics`` (JSON documents carried into checkpoints). :class:`WindowStoreDataset` yields
+``{variable: (K, C, H, W), "date": (K, 4), "time": (K,)}`` like :class:`WindowDataset`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +29,13 @@ from appa.data.spec import StateSpec
 from appa.data.stats import Statistics
 from appa.dates import date_features
 
-__all__ = ["LatentWindowDataset", "WindowDataset", "window_starts"]
+__all__ = [
+    "WindowDataset",
+    "WindowStoreDataset",
+    "period_index",
+    "window_starts",
+    "write_window_store",
+]
 
 
 def window_starts(times: np.ndarray, window: int, stride: int = 1) -> np.ndarray:
@@ -44,12 +58,17 @@ def window_starts(times: np.ndarray, window: int, stride: int = 1) -> np.ndarray
     return starts[ok][::stride]
 
 
-def _period_index(times: np.ndarray, period: tuple[str, str] | None) -> np.ndarray:
+def period_index(times: np.ndarray, period: tuple[str, str] | None) -> np.ndarray:
+    """Indices of increasing ``times`` within ``period`` (None: all; a None end is open), read
+    as pandas and xarray read partial dates: inclusive, and ``2001-12-31`` as an end covers that
+    whole day. Raises :class:`ValueError` when the period holds no time."""
     if period is None:
         return np.arange(len(times))
-    start, end = (pd.Timestamp(p) for p in period)
     t = pd.DatetimeIndex(times)
-    index = np.flatnonzero((t >= start) & (t <= end))
+    if not t.is_monotonic_increasing:
+        raise ValueError("the store's times are not increasing")
+    bounds = slice(*(None if p is None else str(p) for p in period))
+    index = np.arange(len(t))[t.slice_indexer(bounds.start, bounds.stop)]
     if index.size == 0:
         raise ValueError(f"period {period} holds no time of the store ({t[0]} to {t[-1]})")
     return index
@@ -99,7 +118,7 @@ class WindowDataset(Dataset):
         self.storage_options = storage_options
         ds = self._open()
         times = ds["time"].values
-        index = _period_index(times, period)
+        index = period_index(times, period)
         sub_times = times[index]
         self.starts = index[window_starts(sub_times, self.window, stride)]
         self.times = times
@@ -181,53 +200,111 @@ class WindowDataset(Dataset):
         return item
 
 
-class LatentWindowDataset(Dataset):
-    """Windows of ``K`` consecutive latent states from a latent Zarr store.
+def write_window_store(
+    path: str,
+    data: np.ndarray | torch.Tensor,
+    times: np.ndarray,
+    latitudes: Sequence[float],
+    channel_names: Sequence[str] | None = None,
+    variable: str = "state",
+    attrs: dict[str, Any] | None = None,
+    chunk_time: int = 16,
+) -> str:
+    """Writes a window store (see the module docstring); returns ``path``."""
+    import zarr
 
-    The store holds a variable (default ``latent``) with dims ``(time, ...)`` and a ``time``
-    coordinate, as written by the encoding stage. Items: ``latent`` ``(K, ...)`` float32,
-    ``date`` ``(K, 4)``, ``time`` ``(K,)`` int64 nanoseconds.
+    array = np.asarray(data, dtype=np.float32)
+    if array.ndim != 4:
+        raise ValueError(f"data must be (T, C, H, W), got shape {array.shape}")
+    times = np.asarray(times).astype("datetime64[ns]")
+    if times.shape != (array.shape[0],):
+        raise ValueError(f"{times.shape[0]} times for {array.shape[0]} states")
+    if len(latitudes) != array.shape[2]:
+        raise ValueError(f"{len(latitudes)} latitudes for {array.shape[2]} rows")
+    if not np.isfinite(array).all():
+        raise ValueError("data holds NaN or infinite values")
+    names = list(channel_names or [f"c{i}" for i in range(array.shape[1])])
+    if len(names) != array.shape[1]:
+        raise ValueError(f"{len(names)} channel names for {array.shape[1]} channels")
+    group = zarr.open_group(path, mode="w")
+    chunks = (min(chunk_time, array.shape[0]), *array.shape[1:])
+    group.create_array(variable, data=array, chunks=chunks)
+    group.create_array("time", data=times.astype(np.int64))
+    group.attrs.update(
+        {
+            "latitudes": [float(v) for v in latitudes],
+            "channel_names": names,
+            "variable": variable,
+            **(attrs or {}),
+        }
+    )
+    return path
+
+
+class WindowStoreDataset(Dataset):
+    """Windows of ``window`` consecutive entries of a window store.
+
+    Arguments:
+        path: The store (local path or fsspec URL).
+        window: ``K``, states per item.
+        variable: The array to read.
+        period: Dates (inclusive) the windows lie in (None: all the store's times).
+        stride: Keep every ``stride``-th window start.
+        memory_limit: Spans up to this many bytes are read whole on first access and served
+            from memory (each process its own copy): a latent store of a few years is tens of
+            MB, and one Zarr read per window would cost more than the network's step on CPU.
+            Larger spans are read window by window.
     """
 
     def __init__(
         self,
-        store: str | Path,
-        window: int = 1,
+        path: str,
+        window: int,
+        variable: str = "state",
         period: tuple[str, str] | None = None,
         stride: int = 1,
-        variable: str = "latent",
+        memory_limit: int = 2**30,
     ) -> None:
-        self.store = str(store)
-        self.variable = variable
-        self.window = int(window)
-        ds = self._open()
-        times = ds["time"].values
-        index = _period_index(times, period)
-        self.starts = index[window_starts(times[index], self.window, stride)]
-        self.times = times
-        if self.starts.size == 0:
-            raise ValueError(f"no window of {window} consecutive latents in {self.store}")
-        self.latent_shape = tuple(ds[variable].shape[1:])
-        self.dates = date_features(times).numpy()
-        self._ds: xr.Dataset | None = ds
+        self.path, self.window, self.variable = str(path), int(window), variable
+        group = self._open()
+        if variable not in group:
+            raise KeyError(f"{path}: no array {variable!r}; it has {sorted(group.array_keys())}")
+        if "time" not in group:
+            raise KeyError(f"{path}: no array 'time'")
+        array = group[variable]
+        if array.ndim != 4:
+            raise ValueError(f"{path}/{variable}: expected (T, C, H, W), got {array.shape}")
+        self.shape = tuple(array.shape)
+        self.attrs = dict(group.attrs)
+        times = np.asarray(group["time"][:]).astype("datetime64[ns]")
+        index = period_index(times, period)
+        start, stop = int(index[0]), int(index[-1]) + 1
+        if window < 1 or stop - start < window:
+            raise ValueError(f"period {period} holds no window of {window} ({stop - start} times)")
+        self.starts = np.arange(start, stop - window + 1, stride)
+        self.span = (int(start), int(stop))
+        self.in_memory = (stop - start) * int(np.prod(self.shape[1:])) * 4 <= memory_limit
+        self.dates = date_features(times)
+        self.times = times.astype(np.int64)
+        self._array = None
+        self._offset = 0  # time index of self._array's first entry
 
-    def _open(self) -> xr.Dataset:
-        path = self.store.removeprefix("file://")
-        if "://" not in path and not Path(path).exists():
-            raise FileNotFoundError(f"no latent store at {path}")
-        ds = xr.open_zarr(path, chunks=None)
-        if self.variable not in ds.data_vars:
-            raise KeyError(
-                f"{self.store}: no variable {self.variable!r}; it has {sorted(ds.data_vars)}"
-            )
-        if ds[self.variable].dims[0] != "time":
-            raise ValueError(f"{self.variable} dims {ds[self.variable].dims} must start with time")
-        return ds
+    def _open(self):
+        import zarr
+
+        try:
+            return zarr.open_group(self.path, mode="r")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no window store at {self.path}") from None
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_ds"] = None
+        state["_array"] = None  # every process opens its own handle
         return state
+
+    @property
+    def channels(self) -> int:
+        return self.shape[1]
 
     def __len__(self) -> int:
         return int(self.starts.size)
@@ -235,13 +312,20 @@ class LatentWindowDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if not 0 <= i < len(self):
             raise IndexError(f"window {i} out of range [0, {len(self)})")
-        if self._ds is None:
-            self._ds = self._open()
-        start = int(self.starts[i])
-        z = np.asarray(self._ds[self.variable].variable[start : start + self.window].values)
-        times = self.times[start : start + self.window]
+        s = int(self.starts[i])
+        sl = slice(s, s + self.window)
+        if self._array is None:
+            array = self._open()[self.variable]
+            if self.in_memory:
+                start, stop = self.span
+                self._array = np.asarray(array[start:stop], dtype=np.float32)
+                self._offset = start
+            else:
+                self._array, self._offset = array, 0
+        local = slice(s - self._offset, s - self._offset + self.window)
+        x = np.array(self._array[local], dtype=np.float32)  # a copy: never a view of the cache
         return {
-            "latent": torch.from_numpy(z.astype(np.float32, copy=False)),
-            "date": torch.from_numpy(self.dates[start : start + self.window]),
-            "time": torch.from_numpy(times.astype("datetime64[ns]").astype(np.int64)),
+            self.variable: torch.from_numpy(x),
+            "date": self.dates[sl].clone(),
+            "time": torch.from_numpy(self.times[sl].copy()),
         }

@@ -7,7 +7,7 @@ import re
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["area_weights", "equiangular_grid", "parse_grid"]
+__all__ = ["area_weights", "equiangular_grid", "parse_grid", "regular_longitudes"]
 
 
 def parse_grid(grid: str | tuple[int, int]) -> tuple[int, int]:
@@ -31,8 +31,14 @@ def equiangular_grid(grid: str | tuple[int, int]) -> tuple[NDArray, NDArray]:
     nlon, nlat = parse_grid(grid)
     dlat = 180.0 / nlat
     latitude = -90.0 + dlat * (np.arange(nlat) + 0.5)
-    longitude = np.arange(nlon) * (360.0 / nlon)
-    return latitude, longitude
+    return latitude, regular_longitudes(nlon)
+
+
+def regular_longitudes(nlon: int) -> NDArray:
+    """``nlon`` equally spaced longitudes from 0 (degrees, ascending, in [0, 360))."""
+    if nlon < 1:
+        raise ValueError(f"need at least one longitude, got {nlon}")
+    return np.arange(nlon) * (360.0 / nlon)
 
 
 def area_weights(latitude: NDArray) -> NDArray:

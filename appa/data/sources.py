@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from appa.config import StrictModel
+from appa.config import DateText, StrictModel
 from appa.data.layout import LayoutError, normalize, normalize_arrays, normalize_coords
 
 __all__ = [
@@ -238,17 +238,11 @@ class SourceConfig(StrictModel):
     path, ``file://``, ``gs://`` or ``s3://`` URL, plus an optional time range."""
 
     store: str = Field("wb2-5p625-6h", description="preset name, path or URL")
-    start: str | None = None
-    end: str | None = None
+    start: DateText | None = None
+    end: DateText | None = None
     storage_options: dict[str, Any] = Field(default_factory=dict)
     zarr_format: int | None = Field(None, ge=2, le=3)
     consolidated: bool | None = None
-
-    @field_validator("start", "end", mode="before")
-    @classmethod
-    def _date(cls, value):
-        # YAML reads 2020-01-01 as a date; keep ISO strings.
-        return None if value is None else str(value)
 
     @property
     def url(self) -> str:

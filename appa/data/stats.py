@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dask
 import numpy as np
@@ -17,7 +18,7 @@ from appa.data.grids import area_weights
 from appa.data.spec import StateSpec
 from appa.files import written_whole
 
-__all__ = ["Statistics", "compute_statistics", "default_stats_path"]
+__all__ = ["Statistics", "channel_moments", "compute_statistics", "default_stats_path"]
 
 
 @dataclass
@@ -166,3 +167,21 @@ def compute_statistics(
         (str(times[inside][0]), str(times[inside][-1])), area_weighted, source,
         int(inside.sum()),
     )  # fmt: skip
+
+
+def channel_moments(array: Any, start: int, stop: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation ``(C,)`` of ``array[start:stop]``, an array of
+    shape ``(T, C, H, W)`` (a Zarr array: read ``block`` times at a time), from float64 sums
+    of ``x`` and ``x^2`` in that order of blocks (the std is floored at 1e-6)."""
+    if not 0 <= start < stop <= array.shape[0]:
+        raise ValueError(f"times [{start}, {stop}) outside the array's {array.shape[0]}")
+    s = np.zeros(array.shape[1])
+    s2 = np.zeros(array.shape[1])
+    n = 0
+    for i in range(start, stop, block):
+        x = np.asarray(array[i : min(i + block, stop)], dtype=np.float64)
+        s += x.sum(axis=(0, 2, 3))
+        s2 += np.square(x).sum(axis=(0, 2, 3))
+        n += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = s / n
+    return mean, np.sqrt(np.maximum(s2 / n - mean**2, 1e-12))

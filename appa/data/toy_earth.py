@@ -48,7 +48,7 @@ import pandas as pd
 from numpy.typing import NDArray
 from pydantic import Field, field_validator
 
-from appa.config import StrictModel
+from appa.config import DateText, StrictModel
 from appa.data import portable
 from appa.data.grids import equiangular_grid, parse_grid
 from appa.data.spectral import SphericalHarmonics
@@ -114,7 +114,7 @@ class ToyEarthConfig(StrictModel):
 
     grid: str = Field("64x32", description="output grid NLONxNLAT (WB2 equiangular, no poles)")
     years: float = Field(1.0, gt=0, description="simulated years written after spin-up")
-    start: str = Field("2000-01-01T00:00", description="date of the first written state")
+    start: DateText = Field("2000-01-01T00:00", description="date of the first written state")
     step_hours: Literal[1, 3, 6, 12, 24] = 6
     seed: int = Field(0, description="initial perturbation; the planet is fixed by planet_seed")
     planet_seed: int = Field(1, description="continents and orography")
@@ -156,16 +156,6 @@ class ToyEarthConfig(StrictModel):
                 f"got {value}"
             )
         return sorted(value)
-
-    @field_validator("start", mode="before")
-    @classmethod
-    def _start(cls, value) -> str:
-        # YAML (a config file or --set start=2003-01-01) reads a bare date as a date object
-        try:
-            stamp = pd.Timestamp(str(value))
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"start {value!r} is not a date: {error}") from None
-        return value if isinstance(value, str) else stamp.isoformat()
 
 
 def _standard_temperature(p_hpa: NDArray | float) -> NDArray:

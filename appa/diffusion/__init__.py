@@ -36,7 +36,7 @@ from appa.diffusion.schedules import (
     LogLogitSchedule,
     NoiseSchedule,
     RectifiedSchedule,
-    make_schedule,
+    ScheduleConfig,
 )
 from appa.diffusion.smc import SMCSampler, systematic_resample
 from appa.diffusion.windows import WindowedDenoiser, WindowLayout
@@ -63,6 +63,7 @@ __all__ = [
     "RectifiedSchedule",
     "SMCSampler",
     "Sampler",
+    "ScheduleConfig",
     "WindowLayout",
     "WindowedDenoiser",
     "assemble",
@@ -73,7 +74,6 @@ __all__ = [
     "gmres",
     "linear_gaussian_posterior",
     "make_sampler",
-    "make_schedule",
     "sample_lognormal_sigma",
     "sample_training_sigma",
     "systematic_resample",

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from appa.diffusion.denoisers import Denoiser
-from appa.diffusion.schedules import LogLinearSchedule, NoiseSchedule
+from appa.diffusion.schedules import NoiseSchedule, ScheduleConfig
 
 __all__ = [
     "DDIMSampler",
@@ -46,7 +46,7 @@ class Sampler:
 
     Arguments:
         denoiser: Any denoiser ``D(x_t, sigma, **cond)``.
-        schedule: The noise schedule (log-linear from 1e-3 to 1e3 by default).
+        schedule: The noise schedule (``ScheduleConfig()``'s by default).
         steps: Number of steps.
     """
 
@@ -54,7 +54,7 @@ class Sampler:
         self, denoiser: Denoiser, schedule: NoiseSchedule | None = None, steps: int = 64
     ) -> None:
         self.denoiser = denoiser
-        self.schedule = schedule if schedule is not None else LogLinearSchedule()
+        self.schedule = schedule if schedule is not None else ScheduleConfig().build()
         self.steps = steps
         self.sigmas = self.schedule.sigmas(steps)  # float64, host
 

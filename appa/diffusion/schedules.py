@@ -3,6 +3,9 @@
 A schedule maps a diffusion time ``t`` in [0, 1] to a noise level ``sigma(t)``, increasing from
 ``sigma_min`` at ``t = 0`` to ``sigma_max`` at ``t = 1``. The perturbation kernel is
 ``x_t = x + sigma(t) * z`` with ``z ~ N(0, I)`` (no signal scaling).
+
+:class:`ScheduleConfig` names a schedule and its bounds; it holds the only defaults, and
+``ScheduleConfig(...).build()`` makes the schedule.
 """
 
 from __future__ import annotations
@@ -12,15 +15,18 @@ from abc import ABC, abstractmethod
 from typing import Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch import Tensor
+
+from appa.config import StrictModel
 
 __all__ = [
     "LogLinearSchedule",
     "LogLogitSchedule",
     "NoiseSchedule",
     "RectifiedSchedule",
+    "ScheduleConfig",
     "ScheduleName",
-    "make_schedule",
 ]
 
 ScheduleName = Literal["rectified", "loglinear", "loglogit"]
@@ -29,7 +35,7 @@ ScheduleName = Literal["rectified", "loglinear", "loglogit"]
 class NoiseSchedule(ABC):
     """Abstract VE schedule ``sigma(t)``, monotonically increasing on [0, 1]."""
 
-    def __init__(self, sigma_min: float = 1e-3, sigma_max: float = 1e3) -> None:
+    def __init__(self, sigma_min: float, sigma_max: float) -> None:
         if not 0 < sigma_min < sigma_max:
             raise ValueError(
                 f"noise schedule needs 0 < sigma_min < sigma_max, got {sigma_min=}, {sigma_max=}"
@@ -81,7 +87,7 @@ class LogLogitSchedule(NoiseSchedule):
     ``eps`` chosen so that the end points are exactly ``sigma_min`` and ``sigma_max``.
     """
 
-    def __init__(self, sigma_min: float = 1e-3, sigma_max: float = 1e3, spread: float = 2.0):
+    def __init__(self, sigma_min: float, sigma_max: float, spread: float = 2.0):
         super().__init__(sigma_min, sigma_max)
         if spread <= 0:
             raise ValueError(f"log-logit schedule needs spread > 0, got {spread}")
@@ -102,13 +108,21 @@ _SCHEDULES: dict[str, type[NoiseSchedule]] = {
 }
 
 
-def make_schedule(
-    name: str, sigma_min: float = 1e-3, sigma_max: float = 1e3, **kwargs: float
-) -> NoiseSchedule:
-    """Builds a schedule by name (``rectified``, ``loglinear`` or ``loglogit``)."""
-    try:
-        cls = _SCHEDULES[name]
-    except KeyError:
-        choices = sorted(_SCHEDULES)
-        raise ValueError(f"unknown noise schedule {name!r}; choose one of {choices}") from None
-    return cls(sigma_min, sigma_max, **kwargs)
+class ScheduleConfig(StrictModel):
+    """A noise schedule: its ``kind`` and the noise levels it spans."""
+
+    kind: ScheduleName = Field("loglinear", description="shape of sigma(t)")
+    sigma_min: float = Field(1e-3, gt=0, description="noise level at t = 0")
+    sigma_max: float = Field(1e3, gt=0, description="noise level at t = 1")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScheduleConfig:
+        if not self.sigma_min < self.sigma_max:
+            raise ValueError(
+                f"sigma_min must be below sigma_max, got {self.sigma_min} and {self.sigma_max}"
+            )
+        return self
+
+    def build(self) -> NoiseSchedule:
+        """The schedule."""
+        return _SCHEDULES[self.kind](self.sigma_min, self.sigma_max)

@@ -5,8 +5,9 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "appa.distributed.train": ["fit_on_ray", "init_ray", "run_training"],
-    "appa.distributed.pool": ["PoolConfig", "PoolReport", "UnitFailedError", "run_units"],
+    "appa.distributed.runner": ["RayConfig", "init_ray"],
+    "appa.distributed.train": ["fit_on_ray", "run_training"],
+    "appa.distributed.pool": ["PoolReport", "UnitFailedError", "run_units"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

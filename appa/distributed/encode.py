@@ -1,78 +1,54 @@
-"""``appa encode`` on Ray Data: blocks of time steps flow through ``map_batches`` to a pool of
-encoder actors (:class:`appa.training.encode.BlockEncoder`, the model loaded once per actor),
-each writing its own chunks of the latent store. Orchestration only."""
+"""Blocks of work on Ray Data: block indices flow through ``map_batches`` to a pool of actors
+that each build their worker once (for ``appa encode``: the encoder, the model loaded once) and
+write their own chunks. Orchestration only."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from appa.distributed.train import init_ray
-from appa.training.encode import (
-    BlockEncoder,
-    EncodeJob,
-    finalize_latent_store,
-    prepare_latent_store,
-)
+from appa.distributed.runner import RayConfig, init_ray
 
-__all__ = ["run_encode"]
+__all__ = ["map_blocks"]
 
 
-def _absolute(job: EncodeJob) -> EncodeJob:
-    from appa.data.sources import ERA5_PRESETS
+def _fitting_actors(runner: RayConfig) -> int:
+    """Actors the cluster holds at the runner's CPUs and GPUs each."""
+    import ray
 
-    def fix(path: str | None) -> str | None:
-        if path is None or "://" in path or path.removeprefix("preset:") in ERA5_PRESETS:
-            return path  # URLs and ERA5 preset names stay as they are
-        return os.path.abspath(path)
-
-    return job.model_copy(
-        update={
-            "checkpoint": fix(job.checkpoint),
-            "source": fix(job.source),
-            "statistics": fix(job.statistics),
-            "output": fix(job.output),
-        }
-    )
+    resources = ray.cluster_resources()
+    fits = [resources.get("CPU", 0.0) / max(runner.cpus_per_worker, 1e-9)]
+    if runner.use_gpu:
+        fits.append(resources.get("GPU", 0.0) / runner.gpus_per_worker)
+    return max(1, int(min(fits)))
 
 
-def run_encode(job: EncodeJob) -> dict[str, Any]:
-    """Encodes the blocks not yet done and writes the latent statistics; returns
-    ``{"encoded": blocks encoded now, "skipped": blocks already done, **statistics}``."""
-    job = _absolute(job)
-    todo = prepare_latent_store(job)
-    total = -(-_time_steps(job) // job.block)
-    if todo and job.runner.backend == "local":
-        encoder = BlockEncoder(job.model_dump(mode="json"))
-        for block in todo:
-            encoder.encode_block(block)
-    elif todo:
-        import ray.data
+def map_blocks(
+    worker: type, kwargs: dict[str, Any], blocks: list[int], runner: RayConfig
+) -> list[int]:
+    """Calls ``worker(**kwargs)({"block": [b]})`` for every block on ``runner.workers`` actors
+    (None: as many as the cluster holds) and returns the blocks they report done, sorted.
+    ``worker`` must pickle and return ``{"block": indices}``."""
+    import ray.data
 
-        runner = job.runner
-        started = init_ray(runner.address, runner.num_cpus, runner.object_store_memory)
-        try:
-            options: dict[str, Any] = {"num_cpus": runner.cpus_per_actor}
-            if runner.use_gpu:
-                options["num_gpus"] = runner.gpus_per_actor
-            blocks = ray.data.from_items([{"block": b} for b in todo])
-            done = blocks.map_batches(
-                BlockEncoder,
-                fn_constructor_kwargs={"job": job.model_dump(mode="json")},
+    started = init_ray(runner)
+    try:
+        options: dict[str, Any] = {"num_cpus": runner.cpus_per_worker}
+        if runner.use_gpu:
+            options["num_gpus"] = runner.gpus_per_worker
+        done = (
+            ray.data.from_items([{"block": b} for b in blocks])
+            .map_batches(
+                worker,
+                fn_constructor_kwargs=kwargs,
                 batch_size=1,
-                concurrency=min(runner.concurrency, len(todo)),
+                concurrency=min(runner.workers or _fitting_actors(runner), len(blocks)),
                 **options,
-            ).take_all()
-            if sorted(int(r["block"]) for r in done) != sorted(todo):
-                raise RuntimeError(f"{job.output}: Ray Data returned blocks {done}, not {todo}")
-        finally:
-            if started:
-                ray.shutdown()
-    stats = finalize_latent_store(job)
-    return {"encoded": len(todo), "skipped": total - len(todo), **stats}
+            )
+            .take_all()
+        )
+    finally:
+        if started:
+            import ray
 
-
-def _time_steps(job: EncodeJob) -> int:
-    import zarr
-
-    return int(zarr.open_group(job.output, mode="r")["latent"].shape[0])
+            ray.shutdown()
+    return sorted(int(r["block"]) for r in done)

@@ -13,7 +13,8 @@ it would fail again. Units already done are skipped at the start, and again by t
 receives one (so a rerun of a finished or killed job computes only what is missing).
 
 The same code runs on a local cluster (``ray.init()``, one CPU actor per core by default) and
-on a cluster (``address``; ``num_gpus: 1`` for one GPU per actor).
+on a cluster (``address``; ``gpus_per_worker: 1`` for one GPU per actor), as
+:class:`~appa.distributed.runner.RayConfig` says.
 """
 
 from __future__ import annotations
@@ -27,14 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from pydantic import Field
 
-from appa.config import ConfigError, StrictModel
+from appa.config import ConfigError
+from appa.distributed.runner import RayConfig, init_ray
 from appa.io.archive import Archive, ArchiveError, Unit
 from appa.observations.schema import ObservationError
 
 __all__ = [
-    "PoolConfig",
     "PoolReport",
     "UnitActor",
     "UnitFailedError",
@@ -43,28 +43,6 @@ __all__ = [
     "WorkerFactory",
     "run_units",
 ]
-
-
-class PoolConfig(StrictModel):
-    """Settings of the actor pool.
-
-    ``address``: a Ray cluster to join (None: start a local one with ``cluster_cpus`` CPUs,
-    all the machine's by default). ``actors``: pool size (None: as many as the cluster's
-    resources allow with ``num_cpus`` / ``num_gpus`` per actor, at most one per unit).
-    ``max_restarts``: Ray restarts of a dead actor; ``max_attempts``: tries per unit before the
-    job fails. ``stall_timeout_s``: fail when no unit finishes for that long (None: wait).
-    """
-
-    address: str | None = None
-    actors: int | None = Field(None, ge=1)
-    num_cpus: float = Field(1.0, ge=0)
-    num_gpus: float = Field(0.0, ge=0)
-    cluster_cpus: int | None = Field(None, ge=1)
-    object_store_memory: int | None = Field(None, ge=78643200)
-    max_restarts: int = Field(3, ge=0)
-    max_attempts: int = Field(3, ge=1)
-    stall_timeout_s: float | None = Field(None, gt=0)
-    progress: bool = True
 
 
 @dataclass(frozen=True)
@@ -133,22 +111,23 @@ class UnitActor:
         return self.name
 
 
-def _pool_size(config: PoolConfig, n_units: int) -> int:
+def _pool_size(config: RayConfig, n_units: int) -> int:
     import ray
 
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
-    if config.num_gpus > gpus or config.num_cpus > cpus:
+    need_cpus, need_gpus = config.cpus_per_worker, config.gpus_per_worker
+    if need_gpus > gpus or need_cpus > cpus:
         # Ray would wait forever for an actor no node can hold
         raise ConfigError(
-            f"pool: an actor needs {config.num_cpus} CPUs and {config.num_gpus} GPUs; the "
+            f"runner: an actor needs {need_cpus} CPUs and {need_gpus} GPUs; the "
             f"cluster has {cpus:g} CPUs and {gpus:g} GPUs"
         )
-    if config.actors is not None:
-        size = config.actors
+    if config.workers is not None:
+        size = config.workers
     else:
-        fits = [cpus // config.num_cpus if config.num_cpus else np.inf]
-        fits.append(gpus // config.num_gpus if config.num_gpus else np.inf)
+        fits = [cpus // need_cpus if need_cpus else np.inf]
+        fits.append(gpus // need_gpus if need_gpus else np.inf)
         size = int(min(fits)) if np.isfinite(min(fits)) else int(cpus) or 1
     return max(1, min(size, n_units))
 
@@ -156,7 +135,7 @@ def _pool_size(config: PoolConfig, n_units: int) -> int:
 def run_units(
     archive: Archive,
     factory: WorkerFactory,
-    config: PoolConfig | None = None,
+    config: RayConfig | None = None,
     units: Sequence[Unit] | None = None,
 ) -> PoolReport:
     """Computes and writes ``units`` (default: all of the archive's) that are not done yet on a
@@ -168,22 +147,22 @@ def run_units(
     from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayTaskError
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from appa.distributed.train import init_ray
-
-    config = config or PoolConfig()
+    config = config or RayConfig()
+    if config.backend != "ray":
+        raise ConfigError("runner.backend: the actor pool runs on Ray (backend: ray)")
     units = list(archive.units if units is None else units)
     done = archive.done_mask()
     pending = [u for u in units if not done[u.index]]
     report = PoolReport(skipped=len(units) - len(pending))
     if not pending:
         return report
-    started = init_ray(config.address, config.cluster_cpus, config.object_store_memory)
+    started = init_ray(config)
     actors: list[Any] = []
     try:
         size = report.actors = _pool_size(config, len(pending))
         remote = ray.remote(UnitActor).options(
-            num_cpus=config.num_cpus,
-            num_gpus=config.num_gpus,
+            num_cpus=config.cpus_per_worker,
+            num_gpus=config.gpus_per_worker,
             max_restarts=config.max_restarts,
             max_task_retries=0,  # retried by the loop below, on whichever actor is free
         )

@@ -19,6 +19,10 @@ consolidates the metadata once. Cells of units not yet written read as NaN (the 
 and NaN is refused in written data (except in ``allow_nan`` variables such as sea-surface
 temperature over land), so a NaN outside those variables always means "not written".
 
+Products computed whole in one process (the classical baselines) take the other door to the
+same layout: :func:`archive_dataset` puts a dataset in it and :func:`write_dataset` writes it
+at once, atomically. Every archive, however written, is read back with :func:`open_archive`.
+
 Paths are local folders or fsspec URLs (``gs://``, ``s3://``, ``memory://``) with
 ``storage_options``. Nothing here knows about networks or Ray.
 """
@@ -31,26 +35,33 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
 import appa
+from appa.files import written_whole
 
 __all__ = [
+    "DIM_ORDER",
     "FIELD_DIMS",
     "RECORDS_GROUP",
     "UNIT_DIMS",
     "Archive",
     "ArchiveError",
     "Unit",
+    "archive_dataset",
     "check_layout",
     "config_hash",
     "create_archive",
     "create_done_flags",
+    "open_archive",
     "pending_indices",
+    "provenance_attrs",
     "template_from_spec",
+    "write_dataset",
 ]
 
 # Dims a unit of work may split; the rest of a field is always written whole by one unit.
@@ -59,6 +70,8 @@ FIELD_DIMS = ("level", "latitude", "longitude")
 DIM_ORDER = (*UNIT_DIMS, *FIELD_DIMS)
 RECORDS_GROUP = "appa_units"
 FORMAT_VERSION = 1
+MEMBER_ATTRS = {"standard_name": "realization", "long_name": "ensemble member"}
+LEAD_TIME_ATTRS = {"long_name": "forecast lead time (valid time = time + lead_time)"}
 
 
 class ArchiveError(ValueError):
@@ -188,9 +201,110 @@ def template_from_spec(
             for k, v in (("units", units), ("standard_name", standard), ("long_name", long))
             if v is not None
         }
-    ds["member"].attrs = {"standard_name": "realization", "long_name": "ensemble member"}
+    ds["member"].attrs = dict(MEMBER_ATTRS)
     if lead_time is not None:
-        ds["lead_time"].attrs = {"long_name": "forecast lead time"}
+        ds["lead_time"].attrs = dict(LEAD_TIME_ATTRS)
+    return ds
+
+
+def provenance_attrs(provenance: Mapping[str, Any] | None) -> dict[str, str]:
+    """Root attributes from provenance facts: strings as they are, anything else as JSON."""
+    return {
+        k: v if isinstance(v, str) else json.dumps(v, default=str)
+        for k, v in (provenance or {}).items()
+    }
+
+
+def archive_dataset(
+    ds: xr.Dataset,
+    truth: xr.Dataset | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """``ds`` in the archive layout: dims in archive order, float32, a ``member`` dim of size 1
+    when absent, CF attributes of variables and coordinates copied from ``truth``, and
+    ``provenance`` in the root attributes (:func:`provenance_attrs`). Raises
+    :class:`ArchiveError` for dims outside the layout."""
+    if "member" not in ds.dims:
+        ds = ds.expand_dims(member=[0])
+    out = xr.Dataset(coords={k: v for k, v in ds.coords.items() if k in ds.dims})
+    for name in ds.data_vars:
+        var = ds[name]
+        extra = [d for d in var.dims if d not in DIM_ORDER]
+        if extra:
+            raise ArchiveError(f"{name} has dims {extra} outside the archive layout {DIM_ORDER}")
+        out[name] = var.transpose(*[d for d in DIM_ORDER if d in var.dims]).astype(np.float32)
+        attrs = dict(truth[name].attrs) if truth is not None and name in truth else {}
+        out[name].attrs = {
+            k: v for k, v in attrs.items() if k in ("units", "long_name", "standard_name")
+        }
+    out["member"] = ("member", np.arange(out.sizes["member"], dtype=np.int64))
+    out["member"].attrs = dict(MEMBER_ATTRS)
+    if truth is not None:
+        for coord in ("latitude", "longitude", "level", "time"):
+            if coord in out.coords and coord in truth.coords:
+                out[coord].attrs = dict(truth[coord].attrs)
+    if "level" in out.coords:
+        out["level"] = out["level"].astype(np.int64)
+        out["level"].attrs.setdefault("units", "hPa")
+    if "lead_time" in out.coords:
+        out["lead_time"].attrs = dict(LEAD_TIME_ATTRS)
+    out.attrs = {
+        "Conventions": "CF-1.8",
+        "appa_version": appa.__version__,
+        **provenance_attrs(provenance),
+    }
+    check_layout(out)
+    return out
+
+
+def write_dataset(ds: xr.Dataset, out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Writes a dataset in the archive layout (:func:`archive_dataset`) to the local Zarr store
+    ``out`` at once, via a temporary sibling and a rename, so ``out`` is either absent or whole
+    (Zarr format 2, consolidated metadata; one member and one time per chunk)."""
+    check_layout(ds)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    # the source store's encodings (its codecs, its Zarr format) do not belong to the archive
+    ds = ds.drop_encoding()
+    with written_whole(out) as tmp:
+        encoding = {
+            name: {
+                "chunks": tuple(1 if d in ("member", "time") else n for d, n in var.sizes.items())
+            }
+            for name, var in ds.data_vars.items()
+        }
+        if any(ds[name].chunks is not None for name in ds.data_vars):
+            # dask chunks must tile the Zarr chunks
+            ds = ds.chunk({d: 1 for d in ("member", "time") if d in ds.dims})
+        ds.to_zarr(tmp, mode="w", zarr_format=2, consolidated=True, encoding=encoding)
+    return out
+
+
+def open_archive(
+    path: str | os.PathLike, storage_options: Mapping[str, Any] | None = None, **kwargs: Any
+) -> xr.Dataset:
+    """Any archive (written by :class:`Archive` units or by :func:`write_dataset`) as a lazy
+    :class:`xarray.Dataset`; unwritten cells read as NaN. Raises :class:`FileNotFoundError` for
+    a missing store and :class:`ArchiveError` for one that is not in the archive layout."""
+    url = _location(path)
+    group = _open_group(url, storage_options)
+    if group is None:
+        raise FileNotFoundError(f"no archive at {url}")
+    complete = group.attrs.get("appa_status", "complete") == "complete"
+    try:
+        ds = xr.open_zarr(
+            _store(url, storage_options, read_only=True),
+            consolidated=None if complete else False,
+            **kwargs,
+        )
+    except (KeyError, ValueError, OSError) as error:
+        raise ArchiveError(f"{url} is not a readable Zarr archive: {error}") from None
+    for dim in ("member", "time", "latitude", "longitude"):
+        if dim not in ds.dims:
+            raise ArchiveError(
+                f"{url}: archive lacks the {dim!r} dimension (dims {dict(ds.sizes)})"
+            )
     return ds
 
 
@@ -356,7 +470,7 @@ def create_archive(
         return Archive(url, storage_options)
 
     ds = template.copy()
-    ds["member"].attrs = {**ds["member"].attrs, "standard_name": "realization"}
+    ds["member"].attrs = {**ds["member"].attrs, **MEMBER_ATTRS}
     encoding = {}
     for name, var in template.data_vars.items():
         shape = tuple(template.sizes[d] for d in var.dims)
@@ -368,10 +482,7 @@ def create_archive(
         ds[name].encoding = {}
     ds.attrs = {
         **template.attrs,
-        **{
-            k: v if isinstance(v, str) else json.dumps(v, default=str)
-            for k, v in (provenance or {}).items()
-        },
+        **provenance_attrs(provenance),
         "appa_config": _config_json(config),
         "appa_config_hash": digest,
         "appa_version": appa.__version__,
@@ -503,13 +614,7 @@ class Archive:
     def open_dataset(self, **kwargs: Any) -> xr.Dataset:
         """The archive as an :class:`xarray.Dataset` (lazy); consolidated metadata once
         complete. Unwritten cells read as NaN."""
-        group = _open_group(self.url, self.storage_options)
-        complete = group is not None and group.attrs.get("appa_status") == "complete"
-        return xr.open_zarr(
-            _store(self.url, self.storage_options, read_only=True),
-            consolidated=complete,
-            **kwargs,
-        )
+        return open_archive(self.url, self.storage_options, **kwargs)
 
     # -- completion ------------------------------------------------------------------------
     def _done_array(self, mode: str = "r"):

@@ -333,10 +333,10 @@ def _manifest(path: str) -> tuple[fsspec.AbstractFileSystem, str, dict[str, Any]
 
 
 def read_metadata(path: str) -> dict[str, Any]:
-    """The metadata of a checkpoint (or of the newest under a run folder) and its ``step``,
-    reading only the manifest."""
+    """The metadata of a checkpoint (or of the newest under a run folder), reading only the
+    manifest."""
     _, _, manifest = _manifest(path)
-    return {**manifest["metadata"], "step": int(manifest["step"])}
+    return dict(manifest["metadata"])
 
 
 def load_checkpoint(path: str, verify: bool = True) -> Checkpoint:
@@ -401,7 +401,8 @@ def export_checkpoint(source: str, destination: str, groups: list[str] | None = 
 
     Returns:
         The exported checkpoint's path. Its metadata is the source's plus ``exported_from``
-        (path, step and the SHA-256 of each kept file).
+        (path, step and the SHA-256 of each kept file) and, when one group is kept, ``weights``
+        naming it: the weights to use (:class:`appa.io.cards.CheckpointCard`).
     """
     ckpt = load_checkpoint(source)
     wanted = groups if groups is not None else [g for g in ("model", "ema") if g in ckpt.tensors]
@@ -417,6 +418,8 @@ def export_checkpoint(source: str, destination: str, groups: list[str] | None = 
         "sha256": {g: manifest["files"][f"{g}.safetensors"]["sha256"] for g in wanted},
     }
     metadata = {**ckpt.metadata, "exported_from": origin}
+    if len(wanted) == 1:
+        metadata["weights"] = wanted[0]
     tensors = {g: ckpt.tensors[g] for g in wanted}
     path = save_checkpoint(destination, ckpt.step, tensors, metadata=metadata, keep=None)
     for step, other in list_checkpoints(destination):

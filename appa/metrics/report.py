@@ -15,25 +15,10 @@ import pandas as pd
 import xarray as xr
 
 from appa.files import written_whole
+from appa.io.archive import ArchiveError, open_archive
 from appa.metrics.wb2 import EvaluationError, check_finite, evaluate, time_mean
 
-__all__ = ["evaluate_archives", "open_archive", "summary_table", "write_table"]
-
-
-def open_archive(path: str | Path) -> xr.Dataset:
-    """Opens an archive (Zarr, archive layout) with plain ``xarray.open_zarr``; clear errors
-    for a missing store or one without ``member``/``time``."""
-    path = str(path)
-    if "://" not in path and not Path(path).exists():
-        raise FileNotFoundError(f"no archive at {path}")
-    try:
-        ds = xr.open_zarr(path, consolidated=None)
-    except (KeyError, ValueError, OSError) as error:
-        raise EvaluationError(f"{path} is not a readable Zarr archive: {error}") from None
-    for dim in ("member", "time", "latitude", "longitude"):
-        if dim not in ds.dims:
-            raise EvaluationError(f"{path}: archive lacks the {dim!r} dimension (dims {ds.sizes})")
-    return ds
+__all__ = ["evaluate_archives", "summary_table", "write_table"]
 
 
 def evaluate_archives(
@@ -56,7 +41,10 @@ def evaluate_archives(
         truth = open_era5(truth)
     tables = []
     for name, archive in archives.items():
-        ds = archive if isinstance(archive, xr.Dataset) else open_archive(archive)
+        try:
+            ds = archive if isinstance(archive, xr.Dataset) else open_archive(archive)
+        except ArchiveError as error:
+            raise EvaluationError(str(error)) from None
         names = variables
         if names is None:
             names = [v for v in ds.data_vars if {"member", "time"} <= set(ds[v].dims)]

@@ -13,10 +13,10 @@ from appa.npe.estimators import (
     probability_flow_log_prob,
 )
 from appa.npe.priors import BoxUniform, DiagonalGaussian, Prior
-from appa.npe.tasks import Task, make_task
+from appa.npe.problems import Problem, make_problem
 from appa.npe.training import (
     GaussianNoise,
-    TrainConfig,
+    NPETrainingConfig,
     load_estimator,
     load_pairs,
     save_estimator,
@@ -34,14 +34,14 @@ __all__ = [
     "EstimatorConfig",
     "FlowEstimator",
     "GaussianNoise",
+    "NPETrainingConfig",
     "NeuralPosterior",
     "Prior",
-    "Task",
-    "TrainConfig",
+    "Problem",
     "build_estimator",
     "load_estimator",
     "load_pairs",
-    "make_task",
+    "make_problem",
     "probability_flow_log_prob",
     "save_estimator",
     "save_pairs",

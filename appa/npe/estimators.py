@@ -29,8 +29,9 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from appa.config import StrictModel
-from appa.diffusion import EDMDenoiser, denoising_loss, make_sampler, make_schedule
+from appa.diffusion import EDMDenoiser, ScheduleConfig, denoising_loss, make_sampler
 from appa.diffusion import sample_training_sigma as _sample_sigma
+from appa.diffusion.schedules import ScheduleName
 from appa.nn.mlp import MLP, Conv1dEmbedding, ResMLP, TimeConditionedMLP
 from appa.npe.priors import Prior, prior_from_spec
 
@@ -76,10 +77,11 @@ class DiffusionConfig(StrictModel):
 
     width: int = Field(128, ge=8)
     blocks: int = Field(3, ge=1)
-    sigma_min: float = Field(1e-3, gt=0)
-    sigma_max: float = Field(100.0, gt=0)
-    schedule: Literal["rectified", "loglinear", "loglogit"] = "loglinear"
-    train_schedule: Literal["rectified", "loglinear", "loglogit"] = "loglogit"
+    schedule: ScheduleConfig = Field(
+        default_factory=lambda: ScheduleConfig(sigma_max=100.0),
+        description="sampling schedule (its bounds also bound the training noise)",
+    )
+    train_schedule: ScheduleName = Field("loglogit", description="how training noise is drawn")
     sampler: Literal["ddpm", "ddim", "euler", "heun", "pc", "lms"] = "heun"
     steps: int = Field(64, ge=2)
     ode_steps: int = Field(64, ge=2, description="steps of the probability-flow ODE for log_prob")
@@ -317,14 +319,10 @@ class DiffusionEstimator(NeuralPosterior):
     def __init__(self, prior: Prior, x_shape: tuple[int, ...], cfg: EstimatorConfig) -> None:
         super().__init__(prior, x_shape, cfg)
         d = cfg.diffusion
-        if d.sigma_min >= d.sigma_max:
-            raise ValueError(
-                f"diffusion needs sigma_min < sigma_max, got {d.sigma_min}, {d.sigma_max}"
-            )
         backbone = TimeConditionedMLP(self.dim, self.context_features, d.width, d.blocks)
         self.denoiser = EDMDenoiser(backbone, sigma_data=1.0)
-        self.schedule = make_schedule(d.schedule, d.sigma_min, d.sigma_max)
-        self.train_schedule = make_schedule(d.train_schedule, d.sigma_min, d.sigma_max)
+        self.schedule = d.schedule.build()
+        self.train_schedule = d.schedule.model_copy(update={"kind": d.train_schedule}).build()
 
     def loss(self, theta: Tensor, x: Tensor) -> Tensor:
         z, _ = self.theta_transform(theta)
@@ -343,7 +341,12 @@ class DiffusionEstimator(NeuralPosterior):
     def _log_prob_z(self, z: Tensor, context: Tensor) -> Tensor:
         d = self.config.diffusion
         return probability_flow_log_prob(
-            self.denoiser, z, d.sigma_min, d.sigma_max, d.ode_steps, context=context
+            self.denoiser,
+            z,
+            d.schedule.sigma_min,
+            d.schedule.sigma_max,
+            d.ode_steps,
+            context=context,
         )
 
 

@@ -44,9 +44,8 @@ import torch
 from torch import Tensor
 
 from appa.npe.priors import BoxUniform
-from appa.npe.tasks import Task
 
-__all__ = ["ExoplanetSimulator", "make_exoplanet_task"]
+__all__ = ["ExoplanetSimulator", "plot_posterior_predictive"]
 
 PARAMETERS = [
     ("t_deep", 800.0, 2500.0),
@@ -161,15 +160,6 @@ class ExoplanetSimulator:
         """Noisy spectra ``(B, wavelengths)``."""
         clean = self.noiseless(theta)
         return clean + self.noise_std * torch.randn(clean.shape, generator=generator)
-
-
-def make_exoplanet_task(wavelengths: int = 128, relative_noise: float = 0.05) -> Task:
-    """The exoplanet :class:`~appa.npe.tasks.Task`; its ``simulator`` attribute's owner is
-    available as ``task.model`` (noiseless spectra, ``noise_std``, wavelengths)."""
-    sim = ExoplanetSimulator(wavelengths, relative_noise=relative_noise)
-    task = Task("exoplanet", sim.prior, sim.simulate, (wavelengths,), list(sim.names))
-    task.model = sim  # type: ignore[attr-defined]
-    return task
 
 
 def plot_posterior_predictive(

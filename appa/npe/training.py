@@ -1,8 +1,9 @@
 """Training of neural posterior estimators: data from a simulator or stored ``(theta, x)`` pairs
 (Zarr or HDF5), noise added on the fly, validation early stopping, ensembles, checkpoints.
 
-Checkpoints are a folder with ``weights.safetensors`` and ``estimator.json`` (prior, observation
-shape, estimator config, per member); loading never unpickles anything.
+Checkpoints are those of :mod:`appa.io.checkpoints` (safetensors, one group per member, and a
+manifest with each member's prior, observation shape and estimator config); loading never
+unpickles anything.
 """
 
 from __future__ import annotations
@@ -22,11 +23,18 @@ from torch import Tensor
 
 from appa.config import StrictModel
 from appa.files import written_whole
+from appa.io.checkpoints import (
+    CheckpointError,
+    load_checkpoint,
+    load_module_state,
+    save_checkpoint,
+)
 from appa.npe.estimators import Ensemble, NeuralPosterior, build_estimator
 
 __all__ = [
+    "NPE_KIND",
     "GaussianNoise",
-    "TrainConfig",
+    "NPETrainingConfig",
     "TrainResult",
     "load_estimator",
     "load_pairs",
@@ -37,9 +45,10 @@ __all__ = [
 ]
 
 NoiseFn = Callable[[Tensor, torch.Generator], Tensor]
+NPE_KIND = "npe-estimator"
 
 
-class TrainConfig(StrictModel):
+class NPETrainingConfig(StrictModel):
     """Optimisation settings. ``max_epochs`` bounds the run; training stops when the validation
     loss has not improved for ``patience`` epochs and the best weights are restored."""
 
@@ -102,7 +111,7 @@ def train_estimator(
     estimator: NeuralPosterior,
     theta: Tensor,
     x: Tensor,
-    cfg: TrainConfig | None = None,
+    cfg: NPETrainingConfig | None = None,
     noise: NoiseFn | None = None,
     simulator: Callable[[Tensor, torch.Generator], Tensor] | None = None,
 ) -> TrainResult:
@@ -116,7 +125,7 @@ def train_estimator(
 
     from rich.progress import Progress
 
-    cfg = cfg or TrainConfig()
+    cfg = cfg or NPETrainingConfig()
     if x is None:
         if simulator is None:
             raise ValueError("give x or a simulator")
@@ -217,12 +226,12 @@ def train_ensemble(
     theta: Tensor,
     x: Tensor,
     members: int,
-    cfg: TrainConfig | None = None,
+    cfg: NPETrainingConfig | None = None,
     noise: NoiseFn | None = None,
 ) -> tuple[Ensemble, list[TrainResult]]:
     """Trains ``members`` estimators from ``make()`` with seeds ``cfg.seed + k`` (each its own
     initialisation and validation split) and returns their :class:`Ensemble`."""
-    cfg = cfg or TrainConfig()
+    cfg = cfg or NPETrainingConfig()
     if members < 1:
         raise ValueError(f"members must be >= 1, got {members}")
     trained, results = [], []
@@ -318,50 +327,33 @@ def load_pairs(path: str | Path) -> tuple[Tensor, Tensor, dict]:
 def save_estimator(
     path: str | Path, estimator: NeuralPosterior | Ensemble, extra: dict | None = None
 ) -> Path:
-    """Saves weights (safetensors) and the rebuild spec (JSON) as folder ``path``, written
-    whole: a folder already there is replaced, and an interrupted save leaves it untouched."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
+    """Saves the estimator as a checkpoint of :mod:`appa.io.checkpoints` under ``path``: one
+    tensor group per member and, in the manifest, each member's rebuild spec (prior,
+    observation shape, estimator config) and ``extra``. Written atomically; the previous
+    checkpoint there is replaced."""
     members = list(estimator.members) if isinstance(estimator, Ensemble) else [estimator]
-    tensors = {
-        f"member{k}.{name}": t.detach().contiguous().cpu()
-        for k, m in enumerate(members)
-        for name, t in m.state_dict().items()
-    }
-    doc = {
-        "format": "appa.npe/1",
-        "members": [m.spec() for m in members],
-        "extra": extra or {},
-    }
-    with written_whole(path) as tmp:
-        tmp.mkdir()
-        save_file(tensors, str(tmp / "weights.safetensors"))
-        (tmp / "estimator.json").write_text(json.dumps(doc, indent=2))
-    return path
+    tensors = {f"member{k}": m.state_dict() for k, m in enumerate(members)}
+    metadata = {"kind": NPE_KIND, "members": [m.spec() for m in members], "extra": extra or {}}
+    save_checkpoint(str(path), 0, tensors, metadata=metadata, keep=1)
+    return Path(path)
 
 
 def load_estimator(path: str | Path) -> tuple[NeuralPosterior | Ensemble, dict]:
     """Loads what :func:`save_estimator` wrote: the estimator (an :class:`Ensemble` when it has
-    several members) and the ``extra`` dictionary."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    doc_path, weights_path = path / "estimator.json", path / "weights.safetensors"
-    for p in (doc_path, weights_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"checkpoint incomplete: {p} is missing")
-    doc = json.loads(doc_path.read_text())
-    if doc.get("format") != "appa.npe/1":
-        raise ValueError(f"{doc_path}: not an appa.npe checkpoint (format {doc.get('format')!r})")
-    tensors = load_file(str(weights_path))
+    several members, in eval mode) and the ``extra`` dictionary. Raises
+    :class:`~appa.io.checkpoints.CheckpointError` for a missing, corrupt or foreign checkpoint."""
+    ckpt = load_checkpoint(str(path))
+    if ckpt.metadata.get("kind") != NPE_KIND:
+        raise CheckpointError(
+            f"{ckpt.path} is not an NPE estimator (kind {ckpt.metadata.get('kind')!r})"
+        )
     members = []
-    for k, spec in enumerate(doc["members"]):
+    for k, spec in enumerate(ckpt.metadata["members"]):
         m = build_estimator(spec["prior"], tuple(spec["x_shape"]), spec["estimator"])
-        prefix = f"member{k}."
-        state = {n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)}
-        m.load_state_dict(state)
-        m.eval()
-        members.append(m)
+        group = f"member{k}"
+        if group not in ckpt.tensors:
+            raise CheckpointError(f"{ckpt.path}: no {group}.safetensors")
+        load_module_state(m, ckpt.tensors[group], f"{ckpt.path}/{group}.safetensors")
+        members.append(m.eval())
     estimator = members[0] if len(members) == 1 else Ensemble(members)
-    return estimator, doc.get("extra", {})
+    return estimator, dict(ckpt.metadata.get("extra", {}))

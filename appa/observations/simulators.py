@@ -19,9 +19,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import xarray as xr
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from appa.config import StrictModel
+from appa.config import StrictModel, Timestamp
 from appa.observations.schema import ObservationError, concat_tables, make_table
 
 __all__ = [
@@ -87,19 +87,8 @@ class ObserveConfig(StrictModel):
     """Settings of ``appa observe``."""
 
     seed: int = 0
-    start: str | None = Field(None, description="first truth time observed (inclusive)")
-    end: str | None = Field(None, description="last truth time observed (inclusive)")
-
-    @field_validator("start", "end", mode="before")
-    @classmethod
-    def _date(cls, value):
-        # YAML reads 2000-01-03 as a date; keep dates as ISO strings.
-        if value is None:
-            return None
-        try:
-            return pd.Timestamp(value).isoformat()
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"{value!r} is not a date: {error}") from None
+    start: Timestamp | None = Field(None, description="first truth time observed (inclusive)")
+    end: Timestamp | None = Field(None, description="last truth time observed (inclusive)")
 
     partition: str = "1D"
     stations: StationsConfig = Field(default_factory=StationsConfig)

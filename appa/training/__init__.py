@@ -1,21 +1,20 @@
 """Training of the Earth-system prior: the loop, its configs and the tasks. Pure torch."""
 
-from appa.training.components import EMA, CSVLog, StreamSampler, derive_seed
+from appa.training.components import EMA, CSVLog, StreamSampler
 from appa.training.config import LoopConfig, OptimizerConfig, learning_rate
 from appa.training.loop import Trainer, TrainingError
-from appa.training.tasks import AutoencoderTask, DiffusionTask, Task
+from appa.training.objectives import AutoencoderObjective, DiffusionObjective, Objective
 
 __all__ = [
     "EMA",
-    "AutoencoderTask",
+    "AutoencoderObjective",
     "CSVLog",
-    "DiffusionTask",
+    "DiffusionObjective",
     "LoopConfig",
+    "Objective",
     "OptimizerConfig",
     "StreamSampler",
-    "Task",
     "Trainer",
     "TrainingError",
-    "derive_seed",
     "learning_rate",
 ]

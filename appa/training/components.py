@@ -7,21 +7,13 @@ import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Sampler
 
-__all__ = ["EMA", "CSVLog", "StreamSampler", "derive_seed"]
+from appa.seeds import derive_seed
 
-
-def derive_seed(*entropy: int) -> int:
-    """A 63-bit seed from integers (run seed, rank, step, ...), well mixed (numpy SeedSequence),
-    so every step of every worker draws independent noise that a resumed run reproduces."""
-    state = np.random.SeedSequence([int(e) & 0xFFFFFFFF for e in entropy]).generate_state(
-        2, dtype=np.uint32
-    )
-    return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
+__all__ = ["EMA", "CSVLog", "StreamSampler"]
 
 
 class StreamSampler(Sampler[int]):

@@ -5,9 +5,10 @@ The output is a Zarr group with ``latent`` ``(T, c, h, w)`` float32 (chunked by 
 steps), ``time``, a ``done`` flag per block (one chunk each, so concurrent writers never share
 a chunk), and attributes: provenance (autoencoder checkpoint and step, source store, its state
 spec and statistics when present, time range, appa version) and, once every block is done, the
-per-channel ``latent_mean`` / ``latent_std`` that :class:`~appa.training.jobs.DiffusionJob`
-reads with ``latent_stats: store``. Re-running skips finished blocks. Pure torch and zarr: the
-Ray Data pipeline that spreads blocks over an actor pool is :mod:`appa.distributed.encode`.
+per-channel ``latent_mean`` / ``latent_std`` that diffusion training reads with
+``latent_stats: store``. Re-running skips finished blocks. Pure torch and zarr: the Ray Data
+pipeline that spreads blocks over an actor pool is :mod:`appa.distributed.encode`, the
+``appa encode`` job :mod:`appa.jobs.encode`.
 """
 
 from __future__ import annotations
@@ -16,21 +17,22 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 
 import appa
-from appa.config import ConfigError, StrictModel
+from appa.config import ConfigError, Period, StrictModel
+from appa.data.datasets import period_index
 from appa.data.spec import StateSpec
+from appa.data.stats import channel_moments
 from appa.dates import date_features
 from appa.io.archive import create_done_flags, pending_indices
+from appa.io.cards import AutoencoderCard, CardError, read_card
 from appa.io.checkpoints import load_checkpoint, load_module_state
 from appa.nn import StateAutoencoder
-from appa.nn.presets import AutoencoderConfig
 
 __all__ = [
     "BlockEncoder",
-    "EncodeJob",
-    "EncodeRunner",
+    "LatentEncodingConfig",
     "checkpoint_spec_and_statistics",
     "finalize_latent_store",
     "load_autoencoder",
@@ -38,25 +40,10 @@ __all__ = [
 ]
 
 
-class EncodeRunner(StrictModel):
-    """``backend="ray"``: Ray Data ``map_batches`` over blocks with ``concurrency`` encoder
-    actors (``gpus_per_actor`` each when ``use_gpu``); ``"local"``: this process."""
-
-    backend: Literal["ray", "local"] = "ray"
-    address: str | None = None
-    concurrency: int = Field(2, ge=1)
-    use_gpu: bool = False
-    gpus_per_actor: float = Field(1.0, gt=0)
-    cpus_per_actor: float = Field(1.0, gt=0)
-    num_cpus: int | None = Field(None, ge=1)
-    object_store_memory: int | None = Field(None, ge=78643200)
-    torch_threads: int | None = Field(None, ge=1)
-
-
-class EncodeJob(StrictModel):
-    """``appa encode``: ``source`` through the autoencoder of ``checkpoint`` (a checkpoint
+class LatentEncodingConfig(StrictModel):
+    """What to encode: ``source`` through the autoencoder of ``checkpoint`` (a checkpoint
     folder or a run's ``checkpoints`` folder) into ``output``; latent statistics over
-    ``stats_span`` time indices of the output (None: all).
+    the dates of ``stats_period`` (inclusive; None: all the output's times).
 
     ``source_format="window"``: a window store of standardised states (``variable``).
     ``"gridded"``: a store in the canonical ERA5 layout (path, URL or ERA5 preset) read through
@@ -72,32 +59,24 @@ class EncodeJob(StrictModel):
     variable: str = "state"
     spec: StateSpec | None = None
     statistics: str | None = None
-    period: tuple[str, str] | None = None
+    period: Period | None = None
     storage_options: dict[str, Any] = Field(default_factory=dict)
     output: str
     block: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1)
-    stats_span: tuple[int, int] | None = None
-    runner: EncodeRunner = Field(default_factory=EncodeRunner)
-
-    @field_validator("period", mode="before")
-    @classmethod
-    def _dates(cls, value):
-        # YAML reads 2000-01-01 as a date: keep ISO strings
-        return None if value is None else tuple(str(v) for v in value)
+    stats_period: Period | None = None
 
 
-def checkpoint_spec_and_statistics(job: EncodeJob, meta: dict[str, Any]):
+def checkpoint_spec_and_statistics(job: LatentEncodingConfig, meta: dict[str, Any]):
     """The :class:`~appa.data.StateSpec` and :class:`~appa.data.Statistics` to encode with:
     the checkpoint's when it carries them (the config's must then agree), else the config's.
     Raises :class:`ConfigError` naming the mismatch or what is missing."""
     from appa.data.stats import Statistics
 
-    task = meta.get("task", {})
+    card: AutoencoderCard = meta["card"]
     where = meta.get("path", job.checkpoint)
-    saved_spec = task.get("state_spec")
-    if saved_spec is not None:
-        spec = StateSpec.model_validate(saved_spec)
+    if card.state_spec is not None:
+        spec = card.state_spec
         if job.spec is not None and job.spec != spec:
             fields = [k for k in StateSpec.model_fields if getattr(job.spec, k) != getattr(spec, k)]
             raise ConfigError(
@@ -108,7 +87,7 @@ def checkpoint_spec_and_statistics(job: EncodeJob, meta: dict[str, Any]):
         spec = job.spec
     else:
         raise ConfigError(f"{where} carries no state spec; give one as spec")
-    saved_stats = task.get("statistics")
+    saved_stats = card.statistics
     given = None
     if job.statistics is not None:
         try:
@@ -135,7 +114,7 @@ def checkpoint_spec_and_statistics(job: EncodeJob, meta: dict[str, Any]):
 class _Source:
     """Standardised states ``(n, C, H, W)`` of either source format, by output time index."""
 
-    def __init__(self, job: EncodeJob, meta: dict[str, Any]) -> None:
+    def __init__(self, job: LatentEncodingConfig, meta: dict[str, Any]) -> None:
         import zarr
 
         self.job = job
@@ -179,26 +158,27 @@ class _Source:
     def read(self, start: int, stop: int) -> torch.Tensor:
         if self.dataset is None:
             return torch.from_numpy(np.asarray(self.array[start:stop], dtype=np.float32))
-        # masked points hold the fill value 0, as in training (AutoencoderTask zeroes them)
+        # masked points hold the fill value 0, as in training (AutoencoderObjective zeroes them)
         return torch.cat([self.dataset[i]["state"] for i in range(start, stop)])
 
 
 def load_autoencoder(
     path: str, device: torch.device | str = "cpu"
 ) -> tuple[StateAutoencoder, dict[str, Any]]:
-    """The autoencoder of a checkpoint (eval mode) and the checkpoint's metadata (with
-    ``path`` and ``step``)."""
+    """The autoencoder of a checkpoint (eval mode) and what it says of itself: ``card``
+    (:class:`~appa.io.cards.AutoencoderCard`), ``path`` and ``step``."""
     ckpt = load_checkpoint(path)
-    if ckpt.metadata.get("kind") != "autoencoder":
-        raise ConfigError(f"{ckpt.path} is a {ckpt.metadata.get('kind')!r} checkpoint")
-    config = AutoencoderConfig.model_validate(ckpt.metadata["task"]["autoencoder"])
-    model = StateAutoencoder(config)
+    try:
+        card = read_card(ckpt.metadata, ckpt.path, kind="autoencoder").card
+    except CardError as error:
+        raise ConfigError(str(error)) from None
+    model = StateAutoencoder(card.autoencoder)
     load_module_state(model, ckpt.tensors["model"], f"{ckpt.path}/model.safetensors")
-    meta = {**ckpt.metadata, "path": ckpt.path, "step": ckpt.step}
+    meta = {"card": card, "path": ckpt.path, "step": ckpt.step}
     return model.to(device).eval(), meta
 
 
-def prepare_latent_store(job: EncodeJob) -> list[int]:
+def prepare_latent_store(job: LatentEncodingConfig) -> list[int]:
     """Creates the output store (or checks the existing one against ``job``); returns the
     blocks still to encode."""
     import zarr
@@ -265,18 +245,21 @@ def prepare_latent_store(job: EncodeJob) -> list[int]:
 class BlockEncoder:
     """Encodes whole blocks of time steps; one per process or Ray actor (loads the model once).
 
+    ``job`` is a :class:`LatentEncodingConfig` in its JSON form (what an actor receives).
     Calling it with ``{"block": array of block indices}`` encodes those blocks, writes their
     latents and flags, and returns the indices done (the Ray Data batch format)."""
 
-    def __init__(self, job: dict[str, Any], device: str | None = None) -> None:
+    def __init__(
+        self, job: dict[str, Any], device: str | None = None, threads: int | None = None
+    ) -> None:
         import zarr
 
-        self.job = EncodeJob.model_validate(job)
+        self.job = LatentEncodingConfig.model_validate(job)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        if self.job.runner.torch_threads:
-            torch.set_num_threads(self.job.runner.torch_threads)
+        if threads:
+            torch.set_num_threads(threads)
         self.model, meta = load_autoencoder(self.job.checkpoint, self.device)
         self.source = _Source(self.job, meta)
         out = zarr.open_group(self.job.output, mode="r+")
@@ -304,9 +287,9 @@ class BlockEncoder:
         return {"block": blocks}
 
 
-def finalize_latent_store(job: EncodeJob) -> dict[str, Any]:
+def finalize_latent_store(job: LatentEncodingConfig) -> dict[str, Any]:
     """Checks every block is done and writes per-channel ``latent_mean`` / ``latent_std`` over
-    ``stats_span``; returns them."""
+    ``stats_period`` (and the time indices ``[start, stop)`` it covers); returns them."""
     import zarr
 
     out = zarr.open_group(job.output, mode="r+")
@@ -314,20 +297,17 @@ def finalize_latent_store(job: EncodeJob) -> dict[str, Any]:
     if missing:
         raise RuntimeError(f"{job.output}: blocks {missing[:10]} are not encoded")
     latent = out["latent"]
-    start, stop = job.stats_span or (0, latent.shape[0])
-    s = np.zeros(latent.shape[1])
-    s2 = np.zeros(latent.shape[1])
-    n = 0
-    for i in range(start, stop, job.block):
-        z = np.asarray(latent[i : min(i + job.block, stop)], dtype=np.float64)
-        s += z.sum(axis=(0, 2, 3))
-        s2 += np.square(z).sum(axis=(0, 2, 3))
-        n += z.shape[0] * z.shape[2] * z.shape[3]
-    mean = s / n
-    std = np.sqrt(np.maximum(s2 / n - mean**2, 1e-12))
+    times = np.asarray(out["time"][:]).astype("datetime64[ns]")
+    try:
+        index = period_index(times, job.stats_period)
+    except ValueError as error:
+        raise ConfigError(f"stats_period: {error}") from None
+    start, stop = int(index[0]), int(index[-1]) + 1
+    mean, std = channel_moments(latent, start, stop, block=job.block)
     stats = {
         "latent_mean": mean.tolist(),
         "latent_std": std.tolist(),
+        "latent_stats_period": None if job.stats_period is None else list(job.stats_period),
         "latent_stats_span": [start, stop],
     }
     out.attrs.update(stats)

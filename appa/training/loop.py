@@ -1,14 +1,14 @@
 """The training loop: pure torch (torch.distributed when initialised), no Ray.
 
-One :class:`Trainer` runs any :class:`~appa.training.tasks.Task` on one process or on every
-rank of a process group (DDP, or FSDP2 ``fully_shard``). It owns
+One :class:`Trainer` runs any :class:`~appa.training.objectives.Objective` on one process or
+on every rank of a process group (DDP, or FSDP2 ``fully_shard``). It owns
 
 - AdamW with warm-up and decay (:func:`~appa.training.config.learning_rate`), gradient
   accumulation and clipping, bf16 autocast on GPU, an optional EMA of the weights;
 - the data order (:class:`~appa.training.components.StreamSampler`) and per-step seeds
-  (:func:`~appa.training.components.derive_seed`), which make a resumed run continue exactly;
-- checkpoints (:mod:`appa.io.checkpoints`) every ``checkpoint_every`` steps and at the end,
-  resumed from automatically;
+  (:func:`appa.seeds.derive_seed`), which make a resumed run continue exactly;
+- checkpoints (:mod:`appa.io.checkpoints`, with the objective's card: :mod:`appa.io.cards`)
+  every ``checkpoint_every`` steps and at the end, resumed from automatically;
 - metrics: ``train.csv`` and ``val.csv`` in the log folder, a rich progress bar on rank 0, and
   callbacks (the Ray layer reports through one).
 """
@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from appa.io.cards import CardError, CheckpointCard, LoopRecord, RunRecord, read_card
 from appa.io.checkpoints import (
     CheckpointError,
     latest_checkpoint,
@@ -34,9 +35,10 @@ from appa.io.checkpoints import (
     load_module_state,
     save_checkpoint,
 )
-from appa.training.components import EMA, CSVLog, StreamSampler, derive_seed
+from appa.seeds import derive_seed
+from appa.training.components import EMA, CSVLog, StreamSampler
 from appa.training.config import LoopConfig, OptimizerConfig, learning_rate
-from appa.training.tasks import Task
+from appa.training.objectives import Objective
 
 __all__ = ["Trainer", "TrainingError"]
 
@@ -73,10 +75,10 @@ def _diff(a: Any, b: Any, path: str = "") -> list[str]:
 
 
 class Trainer:
-    """Trains ``task`` on ``train_data``.
+    """Trains ``objective`` on ``train_data``.
 
     Arguments:
-        task: The task (network, loss, validation).
+        objective: What is trained (network, loss, validation, card).
         train_data: Map-style dataset of dict items (collated by the default collate).
         loop: Loop settings.
         optim: Optimiser settings.
@@ -84,10 +86,10 @@ class Trainer:
             fsspec URL; None keeps no checkpoints.
         log_dir: Local folder of the CSV logs (default ``run_dir`` when it is local).
         val_data: Validation dataset, or None.
-        metadata: JSON-able document stored in every checkpoint under ``config`` (the full
-            run config, state spec, statistics...).
+        run: How the run was set up (the job config and what its data says of itself),
+            stored in every checkpoint's card.
         fingerprint: JSON-able facts a checkpoint must match to be resumed from (defaults to
-            the task's metadata: network configs and statistics).
+            the objective's card: network configs, statistics, loss settings).
         device: Defaults to CUDA (this rank's device) when available, else CPU.
         strategy: ``"auto"`` (DDP when a process group of several ranks exists, else none),
             ``"none"``, ``"ddp"`` or ``"fsdp"`` (FSDP2 ``fully_shard`` of each top-level child
@@ -98,21 +100,21 @@ class Trainer:
 
     def __init__(
         self,
-        task: Task,
+        objective: Objective,
         train_data: Dataset,
         loop: LoopConfig,
         optim: OptimizerConfig,
         run_dir: str | None = None,
         log_dir: str | Path | None = None,
         val_data: Dataset | None = None,
-        metadata: Mapping[str, Any] | None = None,
+        run: RunRecord | None = None,
         fingerprint: Mapping[str, Any] | None = None,
         device: torch.device | str | None = None,
         strategy: str = "auto",
         resume: bool = True,
         callbacks: Iterable[Callback] = (),
     ) -> None:
-        self.task, self.loop, self.optim = task, loop, optim
+        self.objective, self.loop, self.optim = objective, loop, optim
         self.train_data, self.val_data = train_data, val_data
         self.rank, self.world = _rank_world()
         if device is None:
@@ -125,8 +127,10 @@ class Trainer:
         if log_dir is None and self.run_dir is not None and "://" not in self.run_dir:
             log_dir = self.run_dir
         self.log_dir = None if log_dir is None else Path(log_dir)
-        self.metadata = dict(metadata or {})
-        self.fingerprint = dict(fingerprint if fingerprint is not None else task.metadata())
+        self.run = run if run is not None else RunRecord()
+        if fingerprint is None:
+            fingerprint = objective.card().model_dump(mode="json")
+        self.fingerprint = dict(fingerprint)
         self.callbacks = list(callbacks)
         if loop.precision == "bfloat16" or (
             loop.precision == "auto" and self.device.type == "cuda"
@@ -135,9 +139,9 @@ class Trainer:
         else:
             self.autocast_dtype = None
 
-        # the task's weights must be identical on every rank (seed before building the task);
+        # the network's weights must be identical on every rank (seed before building it);
         # DDP broadcasts rank 0's anyway, FSDP shards each rank's own copy
-        task.module.to(self.device)
+        objective.module.to(self.device)
         if strategy == "auto":
             strategy = "ddp" if self.world > 1 else "none"
         if strategy not in ("none", "ddp", "fsdp"):
@@ -145,15 +149,15 @@ class Trainer:
         if strategy != "none" and not (dist.is_available() and dist.is_initialized()):
             raise ValueError(f"strategy {strategy!r} needs an initialised process group")
         self.strategy = strategy
-        self.ema = EMA(task.network, loop.ema_decay) if loop.ema_decay is not None else None
+        self.ema = EMA(objective.network, loop.ema_decay) if loop.ema_decay is not None else None
         if self.ema is not None and strategy == "fsdp":
             raise ValueError("EMA of FSDP-sharded weights is not supported yet; use ddp")
-        self.model = self._wrap(task.module)
+        self.model = self._wrap(objective.module)
         # the compiled callable shares the wrapped module's parameters; state dicts, EMA and
         # validation keep using the plain module
         self._step_model = torch.compile(self.model) if loop.compile else self.model
         self.optimizer = torch.optim.AdamW(
-            [p for p in task.module.parameters() if p.requires_grad],
+            [p for p in objective.module.parameters() if p.requires_grad],
             lr=optim.lr,
             betas=optim.betas,
             eps=optim.eps,
@@ -253,7 +257,7 @@ class Trainer:
         """Writes a checkpoint of the current step (rank 0 writes; every rank must call)."""
         if self.run_dir is None:
             return None
-        model_state = self._full_state(self.task.network.state_dict())
+        model_state = self._full_state(self.objective.network.state_dict())
         optim_state = self._full_state(self.optimizer.state_dict())
         path = None
         if self.rank == 0:
@@ -267,23 +271,25 @@ class Trainer:
                 self.checkpoint_dir,
                 self.step,
                 tensors,
-                metadata={
-                    "kind": self.task.kind,
-                    "task": self.task.metadata(),
-                    "fingerprint": self.fingerprint,
-                    "config": self.metadata,
-                    "metrics": self.last_metrics,
-                    "loop": {
-                        "step": self.step,
-                        "samples_seen": self.samples_seen,
-                        "seed": self.loop.seed,
-                        "batch_size": self.loop.batch_size,
-                        "accumulation": self.optim.accumulation,
-                        "world_size": self.world,
-                        "dataset_size": len(self.train_data),
-                        "ema_updates": None if self.ema is None else self.ema.updates,
-                    },
-                },
+                metadata=CheckpointCard(
+                    card=self.objective.card(),
+                    fingerprint=self.fingerprint,
+                    run=self.run.model_copy(
+                        update={
+                            "metrics": self.last_metrics,
+                            "loop": LoopRecord(
+                                step=self.step,
+                                samples_seen=self.samples_seen,
+                                seed=self.loop.seed,
+                                batch_size=self.loop.batch_size,
+                                accumulation=self.optim.accumulation,
+                                world_size=self.world,
+                                dataset_size=len(self.train_data),
+                                ema_updates=None if self.ema is None else self.ema.updates,
+                            ),
+                        }
+                    ),
+                ).dump(),
                 states={"optimizer": optim_state, "rng": rng},
                 keep=self.loop.keep_checkpoints,
             )
@@ -293,34 +299,36 @@ class Trainer:
 
     def _restore(self, path: str) -> None:
         ckpt = load_checkpoint(path)
-        meta = ckpt.metadata
-        if meta.get("kind") != self.task.kind:
-            raise CheckpointError(
-                f"{path}: a {meta.get('kind')!r} checkpoint, not {self.task.kind!r}"
-            )
-        differ = _diff(json_round(meta.get("fingerprint")), json_round(self.fingerprint))
+        try:
+            card = read_card(ckpt.metadata, path, kind=self.objective.kind)
+        except CardError as error:
+            raise CheckpointError(str(error)) from None
+        if card.exported_from is not None or card.run.loop is None:
+            raise CheckpointError(f"{path}: an exported copy holds no training state to resume")
+        differ = _diff(json_round(card.fingerprint), json_round(self.fingerprint))
         if differ:
             raise CheckpointError(
                 f"{path}: written for a different set-up; it differs in {differ[:8]} "
                 "(start a new run folder, or restore the settings)"
             )
-        saved = meta["loop"]
+        saved = card.run.loop
         for key, now in (
             ("seed", self.loop.seed),
             ("batch_size", self.loop.batch_size),
             ("world_size", self.world),
             ("dataset_size", len(self.train_data)),
         ):
-            if saved[key] != now:
+            was = getattr(saved, key)
+            if was != now:
                 raise CheckpointError(
-                    f"{path}: {key} was {saved[key]}, now {now}; the data order would change"
+                    f"{path}: {key} was {was}, now {now}; the data order would change"
                 )
         source = f"{path}/model.safetensors"
         if self.strategy == "fsdp":
             # whole tensors in the file, shards in the model: each rank keeps its shard
-            load_module_state(_Shapes(self.task.network), ckpt.tensors["model"], source)
+            load_module_state(_Shapes(self.objective.network), ckpt.tensors["model"], source)
             with torch.no_grad():
-                for name, t in self.task.network.state_dict().items():
+                for name, t in self.objective.network.state_dict().items():
                     t.copy_(_shard_like(ckpt.tensors["model"][name], t))
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             state = ckpt.states["optimizer"]
@@ -330,7 +338,7 @@ class Trainer:
                 }
             self.optimizer.load_state_dict(state)
         else:
-            load_module_state(self.task.network, ckpt.tensors["model"], source)
+            load_module_state(self.objective.network, ckpt.tensors["model"], source)
             try:
                 self.optimizer.load_state_dict(ckpt.states["optimizer"])
             except (ValueError, KeyError) as error:
@@ -339,13 +347,13 @@ class Trainer:
             if "ema" not in ckpt.tensors:
                 raise CheckpointError(f"{path}: no ema.safetensors but this run keeps an EMA")
             load_module_state(self.ema.module, ckpt.tensors["ema"], f"{path}/ema.safetensors")
-            self.ema.updates = int(saved["ema_updates"])
+            self.ema.updates = int(saved.ema_updates or 0)
         torch.set_rng_state(ckpt.states["rng"]["torch"])
         if torch.cuda.is_available() and "cuda" in ckpt.states["rng"]:
             torch.cuda.set_rng_state_all(ckpt.states["rng"]["cuda"])
         self.step = ckpt.step
-        self.samples_seen = int(saved["samples_seen"])
-        self.last_metrics = dict(meta.get("metrics", {}))
+        self.samples_seen = saved.samples_seen
+        self.last_metrics = dict(card.run.metrics)
         self.resumed_from = ckpt.path
 
     # -- the loop ---------------------------------------------------------------------------
@@ -377,17 +385,17 @@ class Trainer:
         acc = self.optim.accumulation
         total = torch.zeros((), device=self.device)
         for micro, batch in enumerate(batches):
-            # model-internal noise (latent noise of the decoder) and the task's draws come from
+            # model-internal noise (latent noise of the decoder) and the objective's draws come from
             # seeds of (run, rank, step, micro-batch): a resumed run draws the same numbers
             seed = derive_seed(self.loop.seed, self.rank, self.step, micro)
             torch.manual_seed(seed)
             generator = torch.Generator(self.device).manual_seed(seed ^ 0x5EED)
             with self._sync(micro == acc - 1), self._autocast():
                 batch = _to(batch, self.device)
-                loss = self.task.loss(self._step_model, batch, generator).mean() / acc
+                loss = self.objective.loss(self._step_model, batch, generator).mean() / acc
             loss.backward()
             total += loss.detach()
-        params = [p for p in self.task.module.parameters() if p.requires_grad]
+        params = [p for p in self.objective.module.parameters() if p.requires_grad]
         clip = self.optim.grad_clip if self.optim.grad_clip is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
         if hasattr(grad_norm, "full_tensor"):
@@ -400,7 +408,7 @@ class Trainer:
             )
         self.optimizer.step()
         if self.ema is not None:
-            self.ema.update(self.task.network)
+            self.ema.update(self.objective.network)
         self.step += 1
         self.samples_seen += self.loop.batch_size * acc * self.world
         return loss_value, float(grad_norm)
@@ -411,10 +419,10 @@ class Trainer:
         if self.val_data is None:
             return {}
         if self.ema is not None:
-            # the EMA copy of the network, in the module the task calls
+            # the EMA copy of the network, in the module the objective calls
             module = self._module_with(self.ema.module)
         else:
-            module = self.task.module
+            module = self.objective.module
         was_training = module.training
         module.eval()
         b = self.loop.batch_size
@@ -430,9 +438,9 @@ class Trainer:
             )
             batch = _to(batch, self.device)
             with self._autocast():
-                parts = self.task.validate_batch(module, batch, generator)
-                if i == 0 and hasattr(self.task, "validate_samples"):
-                    parts = {**parts, **self.task.validate_samples(module, batch, generator)}
+                parts = self.objective.validate_batch(module, batch, generator)
+                if i == 0 and hasattr(self.objective, "validate_samples"):
+                    parts = {**parts, **self.objective.validate_samples(module, batch, generator)}
             for k, (s, c) in parts.items():
                 acc = sums.setdefault(k, [0.0, 0.0])
                 acc[0] += float(s)
@@ -445,22 +453,22 @@ class Trainer:
             dist.all_reduce(t)
             flat = t.tolist()
         means = {k: flat[2 * i] / max(flat[2 * i + 1], 1.0) for i, k in enumerate(names)}
-        return self.task.finalize(means)
+        return self.objective.finalize(means)
 
     def _module_with(self, network: nn.Module) -> nn.Module:
-        if self.task.module is self.task.network:
+        if self.objective.module is self.objective.network:
             return network
         # the module wraps the network as an attribute (EDMDenoiser.backbone): a shallow copy
         # of the wrapper pointing at the other network
         import copy
 
-        wrapper = copy.copy(self.task.module)
+        wrapper = copy.copy(self.objective.module)
         wrapper._modules = dict(wrapper._modules)
-        for name, child in self.task.module.named_children():
-            if child is self.task.network:
+        for name, child in self.objective.module.named_children():
+            if child is self.objective.network:
                 wrapper._modules[name] = network
                 return wrapper
-        raise TrainingError("the task's network is not a direct child of its module")
+        raise TrainingError("the objective's network is not a direct child of its module")
 
     def fit(self) -> dict[str, float]:
         """Trains until ``loop.steps``; returns the last logged metrics (and validation)."""
@@ -484,7 +492,7 @@ class Trainer:
         )
         with progress:
             bar = progress.add_task(
-                f"{self.task.kind}", total=loop.steps, completed=self.step, info=""
+                f"{self.objective.kind}", total=loop.steps, completed=self.step, info=""
             )
             while self.step < loop.steps:
                 batches = [next(data) for _ in range(self.optim.accumulation)]

@@ -1,6 +1,6 @@
-"""Runs reanalysis, filtering and forecasting jobs on a pool of Ray actors. Orchestration only:
-the archive is planned here, every actor holds one
-:class:`~appa.assimilation.jobs.AssimilationWorker` (the prior loaded once) and writes its
+"""``appa reanalysis | filter | forecast``: the job config and its run function. The archive is
+planned here; every actor of the pool (:mod:`appa.distributed.pool`) holds one
+:class:`~appa.assimilation.units.AssimilationWorker` (the prior loaded once) and writes its
 units into the archive itself; the driver sees only small records of finished units.
 """
 
@@ -10,7 +10,7 @@ import functools
 
 from pydantic import Field
 
-from appa.assimilation.jobs import (
+from appa.assimilation.units import (
     AssimilationConfig,
     AssimilationWorker,
     check_observations,
@@ -18,24 +18,25 @@ from appa.assimilation.jobs import (
     prior_layout,
     provenance,
 )
-from appa.distributed.pool import PoolConfig, PoolReport, run_units
+from appa.distributed.pool import PoolReport, run_units
+from appa.distributed.runner import RayConfig
 from appa.io.archive import Archive, create_archive, template_from_spec
 
-__all__ = ["AssimilationJob", "plan_archive", "run_assimilation"]
+__all__ = ["AssimilateConfig", "plan_archive", "run_assimilation"]
 
 
-class AssimilationJob(AssimilationConfig):
-    """An :class:`~appa.assimilation.jobs.AssimilationConfig` and the actor pool it runs on
+class AssimilateConfig(AssimilationConfig):
+    """An :class:`~appa.assimilation.units.AssimilationConfig` and the actor pool it runs on
     (``runner``: a local Ray cluster by default, ``runner.address`` for an existing one)."""
 
-    runner: PoolConfig = Field(default_factory=PoolConfig)
+    runner: RayConfig = Field(default_factory=RayConfig)
 
 
-def _worker(job: AssimilationJob, threads: int | None) -> AssimilationWorker:
-    return AssimilationWorker(job, threads=threads)
+def _worker(settings: AssimilationConfig, threads: int | None) -> AssimilationWorker:
+    return AssimilationWorker(settings, threads=threads)
 
 
-def plan_archive(job: AssimilationJob) -> Archive:
+def plan_archive(job: AssimilateConfig) -> Archive:
     """Creates the job's archive (or reopens it to resume: same config only), once the job's
     observations are known to fit the prior's states."""
     import pandas as pd
@@ -72,12 +73,13 @@ def plan_archive(job: AssimilationJob) -> Archive:
     )
 
 
-def run_assimilation(job: AssimilationJob) -> tuple[Archive, PoolReport]:
+def run_assimilation(job: AssimilateConfig) -> tuple[Archive, PoolReport]:
     """Plans the archive, computes its pending units on Ray actors and finalises it. A rerun
     of a finished or killed job skips the units already written."""
     archive = plan_archive(job)
     runner = job.runner
-    threads = max(1, int(runner.num_cpus)) if runner.num_gpus == 0 else None
-    report = run_units(archive, functools.partial(_worker, job, threads), runner)
+    threads = None if runner.use_gpu else runner.threads()
+    settings = AssimilationConfig.model_validate(job.model_dump(exclude={"runner"}))
+    report = run_units(archive, functools.partial(_worker, settings, threads), runner)
     archive.finalize()
     return archive, report

@@ -1,7 +1,7 @@
 """Reanalysis, filtering and forecasting jobs: configs, the plan of units, and the worker that
 computes one unit (members x times) with the tasks of :mod:`appa.assimilation.tasks`.
 
-No Ray here: :mod:`appa.distributed.assimilate` hands the units to a pool of actors, each
+No Ray here: :mod:`appa.jobs.assimilate` hands the units to a pool of actors, each
 holding one :class:`AssimilationWorker` (the prior loaded once) and writing its units straight
 into the output archive.
 
@@ -22,16 +22,18 @@ import xarray as xr
 from pydantic import Field, field_validator, model_validator
 
 import appa
-from appa.assimilation.tasks import SamplingSettings
-from appa.config import ConfigError, StrictModel
+from appa.assimilation.tasks import SamplingConfig
+from appa.config import ConfigError, StrictModel, Timestamp
 from appa.data.spec import StateSpec, stack, unstack
+from appa.io.archive import open_archive
+from appa.seeds import derive_seed
 
 __all__ = [
     "AssimilationConfig",
     "AssimilationWorker",
-    "ForecastSettings",
+    "ForecastConfig",
+    "PriorConfig",
     "PriorLayout",
-    "PriorPaths",
     "check_observations",
     "job_times",
     "member_seeds",
@@ -41,14 +43,17 @@ __all__ = [
 ]
 
 
-class PriorPaths(StrictModel):
+class PriorConfig(StrictModel):
     """Where the prior's checkpoints are: ``path`` holds ``autoencoder/`` and ``diffusion/``
     (each a checkpoint folder or a run's ``checkpoints`` folder); either may be given
-    explicitly instead. ``device``: ``auto`` takes the GPU when the actor has one."""
+    explicitly instead. ``weights``: the denoiser's weights, ``ema`` or ``model`` (None: those
+    an exported copy names, else ``ema``). ``device``: ``auto`` takes the GPU when the actor
+    has one."""
 
     path: str | None = "pipelines/priors/toy-earth-tiny"
     autoencoder: str | None = None
     diffusion: str | None = None
+    weights: Literal["ema", "model"] | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def resolved(self) -> tuple[str, str]:
@@ -64,7 +69,7 @@ class PriorPaths(StrictModel):
         return parts[0], parts[1]
 
 
-class ForecastSettings(StrictModel):
+class ForecastConfig(StrictModel):
     """Forecasts start every ``init_every`` states from ``start`` to ``end`` and run
     ``lead_steps`` states ahead. ``initial``: a reanalysis archive whose member ``m`` gives
     member ``m``'s ``context`` states up to each initialisation (None: start from the
@@ -84,35 +89,27 @@ class ForecastSettings(StrictModel):
 class AssimilationConfig(StrictModel):
     """What ``appa reanalysis|filter|forecast`` computes: the task over ``[start, end]``
     (inclusive, states every ``step``) with ``members`` members, written to the archive
-    ``output``. Where it runs is added by :class:`appa.distributed.assimilate.AssimilationJob`.
+    ``output``. Where it runs is added by :class:`appa.jobs.assimilate.AssimilateConfig`.
 
     Units: ``members_per_unit`` members each; reanalysis units also split time into
     ``segment`` states (None: the whole period, one joint trajectory per member; segments are
     sampled independently, so choose them long)."""
 
     task: Literal["reanalysis", "filter", "forecast"] = "reanalysis"
-    prior: PriorPaths = Field(default_factory=PriorPaths)
+    prior: PriorConfig = Field(default_factory=PriorConfig)
     observations: list[str] = Field(default_factory=list)
-    start: str
-    end: str
+    start: Timestamp
+    end: Timestamp
     step: str = "6h"
     members: int = Field(8, ge=1)
     seed: int = 0
     members_per_unit: int = Field(1, ge=1)
     segment: int | None = Field(None, ge=1)
-    sampling: SamplingSettings = Field(default_factory=SamplingSettings)
-    forecast: ForecastSettings = Field(default_factory=ForecastSettings)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    forecast: ForecastConfig = Field(default_factory=ForecastConfig)
     output: str
     overwrite: bool = False
     storage_options: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("start", "end", mode="before")
-    @classmethod
-    def _date(cls, value):
-        try:
-            return pd.Timestamp(value).isoformat()
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"{value!r} is not a date: {error}") from None
 
     @field_validator("step")
     @classmethod
@@ -148,8 +145,6 @@ def job_times(job: AssimilationConfig) -> pd.DatetimeIndex:
 
 def member_seeds(job: AssimilationConfig, members: np.ndarray | list[int]) -> list[int]:
     """The seed of each member (``derive_seed(job.seed, m)``)."""
-    from appa.assimilation.tasks import derive_seed
-
     return [derive_seed(job.seed, int(m)) for m in members]
 
 
@@ -178,26 +173,28 @@ def _digest(path: str) -> dict[str, Any]:
     return {"path": str(folder), "sha256": hashlib.sha256(manifest).hexdigest()}
 
 
-def prior_layout(prior: PriorPaths) -> PriorLayout:
+def prior_layout(prior: PriorConfig) -> PriorLayout:
     """The layout of the prior's states, from the autoencoder checkpoint's metadata."""
+    from appa.io.cards import AutoencoderCard, CardError, DenoiserCard, read_card
     from appa.io.checkpoints import read_metadata
 
     autoencoder, diffusion = prior.resolved()
     for name, path in (("autoencoder", autoencoder), ("diffusion", diffusion)):
         if not Path(path).exists() and "://" not in path:
             raise ConfigError(f"prior.{name}: {path} does not exist")
-    task = read_metadata(autoencoder).get("task", {})
-    if task.get("state_spec") is None or task.get("latitudes") is None:
-        raise ConfigError(f"{autoencoder} carries no state spec or latitudes")
-    window = read_metadata(diffusion).get("task", {}).get("denoiser", {}).get("window")
-    if window is None:
-        raise ConfigError(f"{diffusion} carries no denoiser window")
-    nlon = int(task["autoencoder"]["grid"][1])
+    try:
+        ae = read_card(read_metadata(autoencoder), autoencoder, kind="autoencoder").card
+        dn = read_card(read_metadata(diffusion), diffusion, kind="diffusion").card
+    except CardError as error:
+        raise ConfigError(str(error)) from None
+    assert isinstance(ae, AutoencoderCard) and isinstance(dn, DenoiserCard)
+    if ae.state_spec is None:
+        raise ConfigError(f"{autoencoder} carries no state spec")
     return PriorLayout(
-        spec=StateSpec.model_validate(task["state_spec"]),
-        latitude=[float(v) for v in task["latitudes"]],
-        longitude=(np.arange(nlon) * 360.0 / nlon).tolist(),
-        window=int(window),
+        spec=ae.state_spec,
+        latitude=ae.latitudes,
+        longitude=ae.longitudes,
+        window=dn.denoiser.window,
         checkpoints={"autoencoder": _digest(autoencoder), "diffusion": _digest(diffusion)},
     )
 
@@ -255,14 +252,14 @@ class AssimilationWorker:
         self.job = job
         autoencoder, diffusion = job.prior.resolved()
         self.prior = LatentPrior.from_checkpoints(
-            autoencoder, diffusion, device=_device(job.prior.device)
+            autoencoder, diffusion, device=_device(job.prior.device), weights=job.prior.weights
         )
         self.step = pd.Timedelta(job.step)
         self.observations = self._observations()
         self.initial = (
             None
             if job.forecast.initial is None
-            else xr.open_zarr(job.forecast.initial, storage_options=job.storage_options or None)
+            else open_archive(job.forecast.initial, job.storage_options or None)
         )
 
     def _observations(self) -> xr.Dataset | None:
@@ -357,7 +354,7 @@ def provenance(job: AssimilationConfig, layout: PriorLayout, times: pd.DatetimeI
         "checkpoints": layout.checkpoints,
         "observation_sources": list(job.observations),
         "seeds": {str(m): s for m, s in enumerate(member_seeds(job, list(range(job.members))))},
-        "seed_rule": "member m draws from appa.assimilation.tasks.derive_seed(seed, m)",
+        "seed_rule": "member m draws from appa.seeds.derive_seed(seed, m)",
         "period": [str(times[0]), str(times[-1])],
         "torch_version": torch.__version__,
     }

@@ -18,8 +18,8 @@ from appa.diffusion import (
     GaussianMixturePrior,
     GaussianObservation,
     MMPSDenoiser,
+    ScheduleConfig,
     make_sampler,
-    make_schedule,
 )
 from appa.metrics import sliced_wasserstein
 
@@ -33,7 +33,7 @@ class ShowcaseConfig(StrictModel):
     samples: int = Field(4000, ge=100, le=200_000)
     steps: int = Field(64, ge=4, le=4096)
     sampler: Literal["ddpm", "ddim", "euler", "heun", "pc", "lms"] = "pc"
-    schedule: Literal["rectified", "loglinear", "loglogit"] = "loglinear"
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     solver: Literal["cg", "gmres", "direct"] = "direct"
     iterations: int = Field(4, ge=1)
     components: int = Field(8, ge=2, le=64, description="mixture components on a ring")
@@ -72,7 +72,7 @@ def run_showcase(cfg: ShowcaseConfig, out: Path) -> dict[str, float]:
     console = Console()
     out.mkdir(parents=True, exist_ok=True)
     prior, obs, exact, A, y = make_showcase_problem(cfg)
-    schedule = make_schedule(cfg.schedule)
+    schedule = cfg.schedule.build()
     guided = {
         "MMPS": MMPSDenoiser(prior, obs, solver=cfg.solver, iterations=cfg.iterations),
         "DPS": DPSDenoiser(prior, obs),

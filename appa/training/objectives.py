@@ -18,21 +18,22 @@ from torch import Tensor, nn
 
 from appa.data.spectral import band_limit_projection
 from appa.diffusion import (
+    ScheduleConfig,
     denoising_loss,
     make_sampler,
-    make_schedule,
     sample_lognormal_sigma,
     sample_training_sigma,
 )
+from appa.io.cards import AutoencoderCard, DenoiserCard
 from appa.nn import StateAutoencoder, WeightedMSE, ZonalSpectrumLoss, known_frames_input
 from appa.nn.latent import LatentStandardizer, latent_denoiser
 from appa.nn.presets import AutoencoderConfig, DenoiserConfig
 
-__all__ = ["AutoencoderTask", "DiffusionTask", "Task"]
+__all__ = ["AutoencoderObjective", "DiffusionObjective", "Objective"]
 
 
-class Task(Protocol):
-    """The loop's view of a task."""
+class Objective(Protocol):
+    """The loop's view of what it trains: the network, its loss and validation."""
 
     kind: str
     module: nn.Module  # what the loop calls (and wraps for DDP/FSDP)
@@ -55,8 +56,8 @@ class Task(Protocol):
         """Validation metrics from the reduced means."""
         ...
 
-    def metadata(self) -> dict[str, Any]:
-        """JSON-able facts a checkpoint must carry to be used (configs, statistics)."""
+    def card(self) -> AutoencoderCard | DenoiserCard:
+        """What a checkpoint of the network must carry to be used (configs, statistics)."""
         ...
 
 
@@ -66,7 +67,7 @@ def _get(batch: dict[str, Tensor], key: str) -> Tensor:
     return batch[key]
 
 
-class AutoencoderTask:
+class AutoencoderObjective:
     """Reconstruction of standardised states through the autoencoder, loss
     :class:`~appa.nn.WeightedMSE` (cell area x channel weights), plus ``spectral_weight``
     times :class:`~appa.nn.ZonalSpectrumLoss` (the batch's log zonal power ratios), which
@@ -250,21 +251,21 @@ class AutoencoderTask:
         out.update({f"rmse_{n}": v for n, v in rmse.items()})
         return out
 
-    def metadata(self) -> dict[str, Any]:
-        return {
-            "autoencoder": self.config.model_dump(mode="json"),
-            "latitudes": self.latitudes,
-            "channel_weights": self.channel_weights,
-            "channel_names": self.channel_names,
-            "spectral_weight": self.spectral_weight,
-            "spectral_floor": self.spectrum.floor,
-            "tendency_weight": self.tendency_weight,
-            "state_spec": self.state_spec,
-            "statistics": self.statistics,
-        }
+    def card(self) -> AutoencoderCard:
+        return AutoencoderCard(
+            autoencoder=self.config,
+            latitudes=self.latitudes,
+            channel_weights=self.channel_weights,
+            channel_names=self.channel_names,
+            spectral_weight=self.spectral_weight,
+            spectral_floor=self.spectrum.floor,
+            tendency_weight=self.tendency_weight,
+            state_spec=self.state_spec,
+            statistics=self.statistics,
+        )
 
 
-class DiffusionTask:
+class DiffusionObjective:
     """Denoising score matching of latent windows with :class:`~appa.diffusion.EDMDenoiser`
     around :class:`~appa.nn.LatentDiT`.
 
@@ -275,8 +276,8 @@ class DiffusionTask:
 
     Arguments:
         config: The denoiser config (a preset's ``denoiser``).
-        schedule: Noise schedule name for training noise levels.
-        sigma_min, sigma_max: Its bounds.
+        schedule: The noise schedule of training noise levels and sampling (default
+            ``ScheduleConfig()``).
         sigma_data: EDM data standard deviation (1 for standardised latents).
         known_probability: With a ``known_frames`` denoiser, the share of training windows
             whose first ``n`` frames (``n`` uniform in ``1 ... K - 1``) are given clean as
@@ -300,9 +301,7 @@ class DiffusionTask:
     def __init__(
         self,
         config: DenoiserConfig,
-        schedule: str = "loglinear",
-        sigma_min: float = 1e-3,
-        sigma_max: float = 1e3,
+        schedule: ScheduleConfig | None = None,
         sigma_data: float = 1.0,
         latent_mean: Sequence[float] | None = None,
         latent_std: Sequence[float] | None = None,
@@ -320,8 +319,8 @@ class DiffusionTask:
         self.config = config
         self.module = latent_denoiser(config, sigma_data=sigma_data)
         self.network = self.module.backbone
-        self.schedule_name = schedule
-        self.schedule = make_schedule(schedule, sigma_min=sigma_min, sigma_max=sigma_max)
+        self.schedule_config = schedule if schedule is not None else ScheduleConfig()
+        self.schedule = self.schedule_config.build()
         self.sigma_data = float(sigma_data)
         if train_sigma not in ("schedule", "lognormal"):
             raise ValueError(f"train_sigma must be 'schedule' or 'lognormal', got {train_sigma!r}")
@@ -339,7 +338,10 @@ class DiffusionTask:
         self.standardizer = LatentStandardizer(config.channels, latent_mean, latent_std)
         self.latent_mean, self.latent_std = self.standardizer.mean, self.standardizer.std
         self.val_sigmas = torch.logspace(
-            math.log10(sigma_min), math.log10(sigma_max), val_sigmas + 2, dtype=torch.float64
+            math.log10(self.schedule.sigma_min),
+            math.log10(self.schedule.sigma_max),
+            val_sigmas + 2,
+            dtype=torch.float64,
         )[1:-1].tolist()
         self.val_samples, self.val_sampler, self.val_steps = val_samples, val_sampler, val_steps
         self.key, self.date_key = key, date_key
@@ -468,13 +470,11 @@ class DiffusionTask:
             out["data_lag1"] = sum(d[2] for d in data) / C
         return out
 
-    def metadata(self) -> dict[str, Any]:
-        return {
-            "denoiser": self.config.model_dump(mode="json"),
-            "schedule": self.schedule_name,
-            "sigma_min": self.schedule.sigma_min,
-            "sigma_max": self.schedule.sigma_max,
-            "sigma_data": self.sigma_data,
-            "latent_mean": self.latent_mean,
-            "latent_std": self.latent_std,
-        }
+    def card(self) -> DenoiserCard:
+        return DenoiserCard(
+            denoiser=self.config,
+            schedule=self.schedule_config,
+            sigma_data=self.sigma_data,
+            latent_mean=self.latent_mean,
+            latent_std=self.latent_std,
+        )

@@ -1,11 +1,12 @@
-"""Training jobs from typed configs: ``appa train autoencoder`` and ``appa train diffusion``.
+"""``appa train autoencoder`` and ``appa train diffusion``: their configs and run function.
 
-A job config names a network preset (with ``key=value`` overrides), its data (a gridded store
-read through :class:`appa.data.WindowDataset`, or a window store of :mod:`appa.training.data`),
-the loop and optimiser settings, the run folder (local or fsspec
-URL) and how to run it (:class:`RunnerConfig`: in-process, or on Ray Train workers; the
-launching lives in :mod:`appa.distributed.train`). :func:`build_trainer` turns a config into a ready
-:class:`~appa.training.loop.Trainer` on the calling process; it is what each Ray worker runs.
+A config names a network preset (with ``key=value`` overrides), its data (a gridded store read
+through :class:`appa.data.WindowDataset`, or a window store through
+:class:`appa.data.WindowStoreDataset`), the loop and optimiser settings, the run folder (local
+or fsspec URL) and where it runs (:class:`~appa.distributed.runner.RayConfig`: in this
+process, or on Ray Train workers).
+:func:`build_trainer` turns a config into a ready :class:`~appa.training.loop.Trainer` on the
+calling process; it is what each Ray worker runs. :func:`run_training` runs a config.
 """
 
 from __future__ import annotations
@@ -13,35 +14,35 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Literal
 
-import numpy as np
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from appa.config import ConfigError, StrictModel
+from appa.config import ConfigError, Period, StrictModel
+from appa.data.datasets import WindowStoreDataset
 from appa.data.spec import StateSpec
+from appa.data.stats import channel_moments
+from appa.diffusion.schedules import ScheduleConfig
+from appa.distributed.runner import RayConfig
+from appa.io.cards import RunRecord
 from appa.nn.presets import get_preset
 from appa.training.config import LoopConfig, OptimizerConfig
-from appa.training.data import ZarrWindows
 from appa.training.loop import Callback, Trainer
-from appa.training.tasks import AutoencoderTask, DiffusionTask
+from appa.training.objectives import AutoencoderObjective, DiffusionObjective
 
 __all__ = [
-    "AutoencoderJob",
-    "DataConfig",
-    "DiffusionJob",
-    "GriddedSource",
-    "RunnerConfig",
+    "GriddedSourceConfig",
+    "TrainAutoencoderConfig",
+    "TrainDiffusionConfig",
+    "TrainingDataConfig",
     "build_trainer",
     "ensure_statistics",
     "parse_job",
     "prepare_job",
+    "run_training",
 ]
 
 
-Period = tuple[str, str]
-
-
-class GriddedSource(StrictModel):
+class GriddedSourceConfig(StrictModel):
     """A gridded store in the canonical ERA5 layout read through :class:`appa.data.WindowDataset`
     (standardised on the fly, masked variables NaN-filled with a validity mask).
 
@@ -69,14 +70,6 @@ class GriddedSource(StrictModel):
     val: Period | None = None
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("train", "val", "stats_period", mode="before")
-    @classmethod
-    def _dates(cls, value):
-        # YAML reads 2000-01-01 as a date: keep ISO strings
-        if value is None:
-            return None
-        return tuple(str(v) for v in value)
-
     def statistics_path(self) -> str:
         """Where the statistics live (the configured path, else beside the store)."""
         if self.statistics is not None:
@@ -91,19 +84,20 @@ class GriddedSource(StrictModel):
         return str(default_stats_path(self.store))
 
 
-class DataConfig(StrictModel):
-    """Either a window store (``path``, with time-index spans ``[start, stop)`` ``train`` and
-    ``val``) or a gridded ``source`` (:class:`GriddedSource`, with date periods)."""
+class TrainingDataConfig(StrictModel):
+    """Either a window store (``path``, with the dates of ``train`` and ``val``, inclusive; None
+    trains on every time) or a gridded ``source`` (:class:`GriddedSourceConfig`, which holds
+    its own periods)."""
 
     path: str | None = None
-    source: GriddedSource | None = None
+    source: GriddedSourceConfig | None = None
     variable: str | None = None  # default: "state" (autoencoder) or "latent" (diffusion)
-    train: tuple[int, int] | None = None
-    val: tuple[int, int] | None = None
+    train: Period | None = None
+    val: Period | None = None
     stride: int = Field(1, ge=1)
 
     @model_validator(mode="after")
-    def _one_source(self) -> DataConfig:
+    def _one_source(self) -> TrainingDataConfig:
         if (self.path is None) == (self.source is None):
             raise ValueError("give exactly one of data.path (window store) and data.source")
         if self.source is not None:
@@ -116,40 +110,19 @@ class DataConfig(StrictModel):
         return self
 
 
-class RunnerConfig(StrictModel):
-    """Where the job runs.
-
-    ``backend="ray"`` runs the loop on ``num_workers`` Ray Train workers (DDP over gloo on CPU,
-    NCCL on GPU; ``strategy="fsdp"`` shards with FSDP2) against ``address`` (None: a local
-    cluster started by ``ray.init()``). ``backend="local"`` runs it in this process.
-    """
-
-    backend: Literal["ray", "local"] = "ray"
-    address: str | None = None
-    num_workers: int = Field(1, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(1.0, ge=0)
-    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
-    max_failures: int = Field(0, ge=0)
-    num_cpus: int | None = Field(None, ge=1)  # for a local cluster only
-    object_store_memory: int | None = Field(None, ge=78643200)
-    torch_threads: int | None = Field(None, ge=1)
-
-
-class _Job(StrictModel):
+class _TrainConfig(StrictModel):
     preset: str = "tiny"
     overrides: list[str] = Field(default_factory=list)
-    data: DataConfig
+    data: TrainingDataConfig
     loop: LoopConfig = Field(default_factory=LoopConfig)
     optim: OptimizerConfig = Field(default_factory=OptimizerConfig)
     run_dir: str = "runs/train"
     log_dir: str | None = None
     resume: bool = True
-    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    runner: RayConfig = Field(default_factory=RayConfig)
 
 
-class AutoencoderJob(_Job):
+class TrainAutoencoderConfig(_TrainConfig):
     """Autoencoder training. ``window`` states per item (flattened into the batch);
     ``channel_weights`` weigh the loss per channel (default: the store's ``channel_weights``
     attribute, else equal)."""
@@ -164,7 +137,7 @@ class AutoencoderJob(_Job):
     tendency_weight: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
-    def _tendency_needs_pairs(self) -> AutoencoderJob:
+    def _tendency_needs_pairs(self) -> TrainAutoencoderConfig:
         if self.tendency_weight > 0 and self.window < 2:
             raise ValueError(
                 f"tendency_weight={self.tendency_weight} compares consecutive states: set "
@@ -173,7 +146,7 @@ class AutoencoderJob(_Job):
         return self
 
 
-class DiffusionJob(_Job):
+class TrainDiffusionConfig(_TrainConfig):
     """Latent diffusion training on windows of the preset's ``denoiser.window`` latents.
 
     ``latent_stats="store"`` standardises latents with the store's ``latent_mean`` /
@@ -181,9 +154,7 @@ class DiffusionJob(_Job):
     ``"none"`` leaves them as they are."""
 
     kind: Literal["diffusion"] = "diffusion"
-    schedule: Literal["loglinear", "rectified", "loglogit"] = "loglinear"
-    sigma_min: float = Field(1e-3, gt=0)
-    sigma_max: float = Field(1e3, gt=0)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     sigma_data: float = Field(1.0, gt=0)
     # how training noise levels are drawn: uniform time through the schedule, or EDM's
     # log-normal (log sigma ~ N(sigma_log_mean, sigma_log_std^2), clipped to the bounds)
@@ -202,13 +173,17 @@ class DiffusionJob(_Job):
     val_steps: int = Field(16, ge=1)
 
 
-Job = AutoencoderJob | DiffusionJob
+TrainConfig = TrainAutoencoderConfig | TrainDiffusionConfig
 
 
-def _datasets(job: Job, window: int, variable: str) -> tuple[ZarrWindows, ZarrWindows | None]:
+def _datasets(
+    job: TrainConfig, window: int, variable: str
+) -> tuple[WindowStoreDataset, WindowStoreDataset | None]:
     d = job.data
-    train = ZarrWindows(d.path, window, variable, d.train, d.stride)
-    val = ZarrWindows(d.path, window, variable, d.val, d.stride) if d.val is not None else None
+    train = WindowStoreDataset(d.path, window, variable, d.train, d.stride)
+    val = (
+        WindowStoreDataset(d.path, window, variable, d.val, d.stride) if d.val is not None else None
+    )
     return train, val
 
 
@@ -218,7 +193,7 @@ def _is_local(store: str) -> bool:
     return "://" not in store and store.removeprefix("preset:") not in ERA5_PRESETS
 
 
-def ensure_statistics(source: GriddedSource):
+def ensure_statistics(source: GriddedSourceConfig):
     """The :class:`appa.data.Statistics` of ``source`` for its spec: read from its statistics
     file, or computed over ``stats_period`` (default: the training period) and written there
     (atomically) when the file does not exist yet. A file computed over another requested
@@ -259,7 +234,7 @@ def ensure_statistics(source: GriddedSource):
 class _Gridded:
     """The datasets of a gridded source and the facts the task needs."""
 
-    def __init__(self, job: AutoencoderJob, expected: tuple[int, int, int]) -> None:
+    def __init__(self, job: TrainAutoencoderConfig, expected: tuple[int, int, int]) -> None:
         from appa.data.datasets import WindowDataset
         from appa.data.sources import SelectionError, open_era5
 
@@ -298,7 +273,9 @@ class _Gridded:
             raise ConfigError(f"data.source ({src.store}): {error}") from None
 
 
-def _latent_stats(job: DiffusionJob, data: ZarrWindows) -> tuple[list | None, list | None]:
+def _latent_stats(
+    job: TrainDiffusionConfig, data: WindowStoreDataset
+) -> tuple[list | None, list | None]:
     if job.latent_mean is not None and job.latent_std is not None:
         return job.latent_mean, job.latent_std
     if job.latent_stats == "none":
@@ -313,26 +290,15 @@ def _latent_stats(job: DiffusionJob, data: ZarrWindows) -> tuple[list | None, li
     import zarr
 
     array = zarr.open_group(data.path, mode="r")[data.variable]
-    start, stop = job.data.train or (0, array.shape[0])
-    # one pass in blocks of time: float64 sums per channel
-    s = np.zeros(array.shape[1])
-    s2 = np.zeros(array.shape[1])
-    n = 0
-    for i in range(start, stop, 256):
-        block = np.asarray(array[i : min(i + 256, stop)], dtype=np.float64)
-        s += block.sum(axis=(0, 2, 3))
-        s2 += np.square(block).sum(axis=(0, 2, 3))
-        n += block.shape[0] * block.shape[2] * block.shape[3]
-    mean = s / n
-    std = np.sqrt(np.maximum(s2 / n - mean**2, 1e-12))
+    mean, std = channel_moments(array, *data.span, block=256)
     return mean.tolist(), std.tolist()
 
 
-def _open_data(job: Job) -> tuple[Any, Any]:
+def _open_data(job: TrainConfig) -> tuple[Any, Any]:
     """The job's datasets, checked against its preset (raises :class:`ConfigError`); for a
     gridded source, the :class:`_Gridded` view instead of its training set as the first."""
     preset = get_preset(job.preset, job.overrides)
-    if isinstance(job, AutoencoderJob):
+    if isinstance(job, TrainAutoencoderConfig):
         cfg = preset.autoencoder
         expected = (cfg.in_channels, *cfg.grid)
         given = len(job.data.source.static) if job.data.source is not None else 0
@@ -369,7 +335,7 @@ def _open_data(job: Job) -> tuple[Any, Any]:
     return train, val
 
 
-def prepare_job(job: Job) -> Job:
+def prepare_job(job: TrainConfig) -> TrainConfig:
     """Checks ``job`` against its data on the launching process and resolves what every worker
     would otherwise recompute (latent statistics; the statistics of a gridded source, written
     beside it, with local paths made absolute); returns the job to send to workers."""
@@ -383,14 +349,14 @@ def prepare_job(job: Job) -> Job:
         data = job.data.model_copy(update={"source": src.model_copy(update=update)})
         job = job.model_copy(update={"data": data})
     train, _ = _open_data(job)
-    if isinstance(job, DiffusionJob):
+    if isinstance(job, TrainDiffusionConfig):
         mean, std = _latent_stats(job, train)
         if mean is not None:
             job = job.model_copy(update={"latent_mean": mean, "latent_std": std})
     return job
 
 
-def build_trainer(job: Job, callbacks: Iterable[Callback] = (), device=None) -> Trainer:
+def build_trainer(job: TrainConfig, callbacks: Iterable[Callback] = (), device=None) -> Trainer:
     """The :class:`Trainer` of ``job`` on this process (any rank of a process group).
 
     Seeds torch with the job's seed before building the network, so every rank starts from the
@@ -403,7 +369,7 @@ def build_trainer(job: Job, callbacks: Iterable[Callback] = (), device=None) -> 
 
         spec = train.source.spec
         weights = job.channel_weights or level_weights([p for _, p in spec.channels]).tolist()
-        task = AutoencoderTask(
+        task = AutoencoderObjective(
             preset.autoencoder,
             train.latitudes,
             channel_weights=weights,
@@ -419,9 +385,9 @@ def build_trainer(job: Job, callbacks: Iterable[Callback] = (), device=None) -> 
         if train.static is not None:
             store["static"] = train.static_moments
         train = train.train
-    elif isinstance(job, AutoencoderJob):
+    elif isinstance(job, TrainAutoencoderConfig):
         weights = job.channel_weights or train.attrs.get("channel_weights")
-        task = AutoencoderTask(
+        task = AutoencoderObjective(
             preset.autoencoder,
             train.attrs["latitudes"],
             channel_weights=weights,
@@ -436,11 +402,9 @@ def build_trainer(job: Job, callbacks: Iterable[Callback] = (), device=None) -> 
         store = {k: train.attrs[k] for k in sorted(train.attrs)}
     else:
         mean, std = _latent_stats(job, train)
-        task = DiffusionTask(
+        task = DiffusionObjective(
             preset.denoiser,
             schedule=job.schedule,
-            sigma_min=job.sigma_min,
-            sigma_max=job.sigma_max,
             sigma_data=job.sigma_data,
             latent_mean=mean,
             latent_std=std,
@@ -455,11 +419,7 @@ def build_trainer(job: Job, callbacks: Iterable[Callback] = (), device=None) -> 
             key=train.variable,
         )
         store = {k: train.attrs[k] for k in sorted(train.attrs)}
-    metadata: dict[str, Any] = {
-        "job": job.model_dump(mode="json"),
-        "preset": job.preset,
-        "store": store,
-    }
+    run = RunRecord(job=job.model_dump(mode="json"), data=store)
     return Trainer(
         task,
         train,
@@ -468,7 +428,7 @@ def build_trainer(job: Job, callbacks: Iterable[Callback] = (), device=None) -> 
         run_dir=job.run_dir,
         log_dir=job.log_dir,
         val_data=val,
-        metadata=metadata,
+        run=run,
         device=device,
         strategy=job.runner.strategy if job.runner.backend == "ray" else "none",
         resume=job.resume,
@@ -476,11 +436,55 @@ def build_trainer(job: Job, callbacks: Iterable[Callback] = (), device=None) -> 
     )
 
 
-def parse_job(data: dict[str, Any]) -> Job:
+def parse_job(data: dict[str, Any]) -> TrainConfig:
     """A job config from its JSON form (``kind`` picks the model)."""
     kind = data.get("kind")
     if kind == "autoencoder":
-        return AutoencoderJob.model_validate(data)
+        return TrainAutoencoderConfig.model_validate(data)
     if kind == "diffusion":
-        return DiffusionJob.model_validate(data)
+        return TrainDiffusionConfig.model_validate(data)
     raise ConfigError(f"unknown job kind {kind!r}; expected autoencoder or diffusion")
+
+
+def _absolute(job: TrainConfig) -> TrainConfig:
+    """Local paths made absolute: Ray workers need not share the driver's working folder."""
+    import os
+
+    def fix(path: str | None) -> str | None:
+        if path is None or "://" in path:
+            return path
+        return os.path.abspath(path)
+
+    data = job.data.model_copy(update={"path": fix(job.data.path)})
+    return job.model_copy(
+        update={"data": data, "run_dir": fix(job.run_dir), "log_dir": fix(job.log_dir)}
+    )
+
+
+def _build_from_json(job: dict[str, Any], callbacks: Iterable[Callback] = (), device=None):
+    """:func:`build_trainer` of a config in its JSON form (what Ray workers receive)."""
+    return build_trainer(parse_job(job), callbacks=callbacks, device=device)
+
+
+def run_training(job: TrainConfig) -> dict[str, float]:
+    """Runs ``job`` where its runner says: in this process (``backend: local``) or on Ray Train
+    workers; returns the last metrics (those of the newest checkpoint on Ray)."""
+    import functools
+    import os
+
+    if job.runner.backend == "local":
+        if job.runner.torch_threads:
+            torch.set_num_threads(job.runner.torch_threads)
+        return build_trainer(job).fit()
+    from appa.distributed.train import fit_on_ray
+    from appa.io.cards import read_card
+    from appa.io.checkpoints import latest_checkpoint, read_metadata
+
+    job = prepare_job(_absolute(job))  # fail fast on the driver, before starting workers
+    storage = job.run_dir if "://" in job.run_dir else os.path.join(job.run_dir, "ray")
+    build = functools.partial(_build_from_json, job.model_dump(mode="json"))
+    fit_on_ray(build, job.runner, job.kind, storage)
+    # the loop stores its last metrics in each checkpoint (Ray keeps metrics with its own
+    # checkpoints only)
+    latest = latest_checkpoint(f"{job.run_dir}/checkpoints")
+    return {} if latest is None else dict(read_card(read_metadata(latest), latest).run.metrics)

@@ -9,13 +9,13 @@ import pytest
 import torch
 from npe_utils import needs_sbibm
 
-from appa.npe import make_task
-from appa.npe.tasks import TASKS
+from appa.npe import make_problem
+from appa.npe.problems import PROBLEMS
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", sorted(PROBLEMS))
 def test_tasks_simulate_with_declared_shapes_and_reproducibly(name):
-    task = make_task(name)
+    task = make_problem(name)
     theta, x = task.sample_joint(64, seed=3)
     assert theta.shape == (64, task.dim_theta) and x.shape == (64, *task.x_shape)
     assert torch.isfinite(x).all()
@@ -26,13 +26,13 @@ def test_tasks_simulate_with_declared_shapes_and_reproducibly(name):
 
 def test_unknown_task_is_named():
     with pytest.raises(ValueError, match="unknown task 'three_moons'"):
-        make_task("three_moons")
+        make_problem("three_moons")
 
 
 @needs_sbibm
 def test_gaussian_linear_reference_is_the_analytic_posterior():
     """Prior N(0, 0.1 I), likelihood N(theta, 0.1 I): posterior N(x / 2, 0.05 I)."""
-    task = make_task("gaussian_linear")
+    task = make_problem("gaussian_linear")
     for obs in (1, 7):
         x, theta, ref = task.reference(obs)
         assert ref.shape == (10000, 10) and x.shape == (10,) and theta.shape == (10,)
@@ -46,7 +46,7 @@ def test_gaussian_linear_reference_is_the_analytic_posterior():
 def test_two_moons_reference_lies_on_the_simulators_ring():
     """Inverting our map at reference draws leaves points at radius r ~ N(0.1, 0.01^2) to the
     right of the offset: a wrong rotation or sign would scatter them."""
-    task = make_task("two_moons")
+    task = make_problem("two_moons")
     for obs in (1, 4):
         x, _, ref = task.reference(obs)
         c = math.sqrt(0.5)
@@ -62,7 +62,7 @@ def test_two_moons_reference_lies_on_the_simulators_ring():
 
 @needs_sbibm
 def test_gaussian_mixture_and_uniform_references():
-    mix = make_task("gaussian_mixture")
+    mix = make_problem("gaussian_mixture")
     x, _, ref = mix.reference(6)
     # far from the +-10 bounds the posterior is 0.5 N(x, I) + 0.5 N(x, 0.01 I)
     assert torch.allclose(ref.mean(0), x, atol=0.05)
@@ -70,7 +70,7 @@ def test_gaussian_mixture_and_uniform_references():
     assert ((ref - x).norm(dim=1) < 0.3).float().mean() == pytest.approx(
         0.5 * 0.99 + 0.5 * 0.044, abs=0.03
     )
-    glu = make_task("gaussian_linear_uniform")
+    glu = make_problem("gaussian_linear_uniform")
     x, _, ref = glu.reference(1)
     assert (ref.abs() <= 1).all()
     far = x.abs() < 0.2
@@ -82,7 +82,7 @@ def test_gaussian_mixture_and_uniform_references():
 def test_slcp_observation_is_likely_under_its_true_parameters():
     """Our SLCP likelihood (4 iid 2-D Gaussians) ranks sbibm's true parameters above nearly all
     prior draws for its observation, and our simulator's covariance is the stated one."""
-    task = make_task("slcp")
+    task = make_problem("slcp")
 
     def log_lik(theta, x):
         s1, s2, rho = theta[:, 2] ** 2, theta[:, 3] ** 2, torch.tanh(theta[:, 4])

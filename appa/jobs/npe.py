@@ -1,4 +1,4 @@
-"""The ``appa npe train | sample | diagnose`` jobs, driven by one config (:class:`NPEConfig`).
+"""``appa npe train | sample | diagnose``: one config (:class:`NPEConfig`) and the run functions.
 
 - ``train``: simulates ``simulations`` pairs from the task (or reads stored pairs from ``data``),
   trains ``members`` estimators and writes a checkpoint to ``<out>/checkpoint``.
@@ -21,10 +21,10 @@ from pydantic import Field
 
 from appa.config import StrictModel
 from appa.npe.estimators import EstimatorConfig, build_estimator
-from appa.npe.tasks import Task, make_task
+from appa.npe.problems import Problem, make_problem
 from appa.npe.training import (
     GaussianNoise,
-    TrainConfig,
+    NPETrainingConfig,
     load_estimator,
     load_pairs,
     save_estimator,
@@ -32,23 +32,23 @@ from appa.npe.training import (
 )
 
 __all__ = [
-    "DiagnoseSection",
     "NPEConfig",
-    "SampleSection",
+    "NPEDiagnoseConfig",
+    "NPESampleConfig",
     "run_diagnose",
     "run_sample",
     "run_train",
 ]
 
 
-class SampleSection(StrictModel):
+class NPESampleConfig(StrictModel):
     observation: int = Field(1, ge=1, description="sbibm reference number, or exoplanet seed")
     observation_file: Path | None = None
     samples: int = Field(10000, ge=1)
     seed: int = 0
 
 
-class DiagnoseSection(StrictModel):
+class NPEDiagnoseConfig(StrictModel):
     pairs: int = Field(200, ge=10, description="fresh (theta, x) pairs for coverage/SBC/TARP")
     posterior_samples: int = Field(500, ge=10)
     levels: list[float] = Field(default_factory=lambda: [0.5, 0.68, 0.9, 0.95])
@@ -71,19 +71,19 @@ class NPEConfig(StrictModel):
     threads: int = Field(1, ge=1)
     out: Path = Path("outputs/npe")
     estimator: EstimatorConfig = Field(default_factory=EstimatorConfig)
-    training: TrainConfig = Field(default_factory=TrainConfig)
-    sample: SampleSection = Field(default_factory=SampleSection)
-    diagnose: DiagnoseSection = Field(default_factory=DiagnoseSection)
+    training: NPETrainingConfig = Field(default_factory=NPETrainingConfig)
+    sample: NPESampleConfig = Field(default_factory=NPESampleConfig)
+    diagnose: NPEDiagnoseConfig = Field(default_factory=NPEDiagnoseConfig)
 
 
-def _noise(cfg: NPEConfig, task: Task):
+def _noise(cfg: NPEConfig, task: Problem):
     if cfg.noise is not None:
         return GaussianNoise(cfg.noise) if cfg.noise > 0 else None
     model = getattr(task, "model", None)
     return GaussianNoise(model.noise_std) if model is not None else None
 
 
-def training_pairs(cfg: NPEConfig, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
+def training_pairs(cfg: NPEConfig, task: Problem) -> tuple[torch.Tensor, torch.Tensor]:
     """The pairs to train on: stored ones, or fresh simulations (noiseless for the exoplanet
     task, whose noise is added on the fly)."""
     if cfg.data is not None:
@@ -103,7 +103,7 @@ def run_train(cfg: NPEConfig) -> Path:
 
     console = Console()
     torch.set_num_threads(cfg.threads)
-    task = make_task(cfg.task)
+    task = make_problem(cfg.task)
     theta, x = training_pairs(cfg, task)
     console.print(
         f"npe train: task {task.name}, {theta.shape[0]} pairs, {cfg.members} member(s), "
@@ -145,7 +145,7 @@ def run_train(cfg: NPEConfig) -> Path:
 
 
 def _observation(
-    cfg: NPEConfig, task: Task
+    cfg: NPEConfig, task: Problem
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``(x_o, theta_true or None, reference samples or None)``."""
     s = cfg.sample
@@ -171,7 +171,7 @@ def run_sample(cfg: NPEConfig) -> Path:
     from appa.npe.diagnostics import plot_corner
 
     torch.set_num_threads(cfg.threads)
-    task = make_task(cfg.task)
+    task = make_problem(cfg.task)
     estimator, _ = load_estimator(cfg.out / "checkpoint")
     x, theta, ref = _observation(cfg, task)
     samples = estimator.sample(x, cfg.sample.samples, seed=cfg.sample.seed)
@@ -196,10 +196,10 @@ def run_sample(cfg: NPEConfig) -> Path:
 def run_diagnose(cfg: NPEConfig) -> dict:
     """Coverage, SBC, TARP (and C2ST where references exist); writes ``<out>/diagnose``."""
     from appa.npe import diagnostics as dg
-    from appa.npe.tasks import ReferenceUnavailable
+    from appa.npe.problems import ReferenceUnavailable
 
     torch.set_num_threads(cfg.threads)
-    task = make_task(cfg.task)
+    task = make_problem(cfg.task)
     estimator, _ = load_estimator(cfg.out / "checkpoint")
     d = cfg.diagnose
     out = cfg.out / "diagnose"

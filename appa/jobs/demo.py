@@ -15,24 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from appa.assimilation.jobs import PriorPaths
-from appa.assimilation.tasks import SamplingSettings
-from appa.config import StrictModel
+from appa.assimilation.tasks import SamplingConfig
+from appa.assimilation.units import PriorConfig
+from appa.baselines.enoi import EnOIConfig
+from appa.config import StrictModel, Timestamp
 from appa.data.toy_earth import ToyEarthConfig
-from appa.distributed.pool import PoolConfig
+from appa.distributed.runner import RayConfig
 from appa.observations.simulators import ObserveConfig, SatelliteConfig, StationsConfig
 
 __all__ = ["DemoConfig", "DemoResult", "describe", "run_demo"]
-
-
-def _iso(value: Any) -> str:
-    # YAML reads 2003-03-01 as a date: keep ISO strings
-    try:
-        return pd.Timestamp(str(value)).isoformat()
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"{value!r} is not a date: {error}") from None
 
 
 def _toy_earth() -> ToyEarthConfig:
@@ -49,26 +42,21 @@ def _observe() -> ObserveConfig:
     )
 
 
-def _sampling() -> SamplingSettings:
-    return SamplingSettings(
+def _sampling() -> SamplingConfig:
+    return SamplingConfig(
         sampler="pc", steps=16, corrections=1, solver="gmres", iterations=2,
         representation_error=True,
     )  # fmt: skip
 
 
-class BaselineSettings(StrictModel):
-    """The classical baselines' settings (see :class:`appa.baselines.jobs.BaselineJob`)."""
+class DemoBaselinesConfig(StrictModel):
+    """The classical baselines' settings (see :class:`appa.jobs.baseline.BaselineConfig`); the
+    EnOI draws the demo's members with its seed."""
 
-    train_start: str = "2000-01-01T00:00:00"
-    train_end: str = "2001-12-31T23:59:00"
+    train_start: Timestamp = "2000-01-01T00:00:00"
+    train_end: Timestamp = "2001-12-31T23:59:00"
     window_days: int = Field(15, ge=0)
-    ensemble_size: int = Field(96, ge=2)
-    localisation_km: float | None = Field(2000.0, gt=0)
-
-    @field_validator("train_start", "train_end", mode="before")
-    @classmethod
-    def _date(cls, value):
-        return _iso(value)
+    enoi: EnOIConfig = Field(default_factory=EnOIConfig)
 
 
 class DemoConfig(StrictModel):
@@ -78,24 +66,19 @@ class DemoConfig(StrictModel):
     out: str = "outputs/demo"
     truth: str = "data/toy_earth.zarr"
     toy_earth: ToyEarthConfig = Field(default_factory=_toy_earth)
-    start: str = "2003-03-01T00:00:00"
-    end: str = "2003-03-04T18:00:00"
+    start: Timestamp = "2003-03-01T00:00:00"
+    end: Timestamp = "2003-03-04T18:00:00"
     step: str = "6h"
     members: int = Field(8, ge=2)
     seed: int = 0
     observe: ObserveConfig = Field(default_factory=_observe)
-    prior: PriorPaths = Field(default_factory=PriorPaths)
-    sampling: SamplingSettings = Field(default_factory=_sampling)
-    runner: PoolConfig = Field(default_factory=lambda: PoolConfig(actors=2, num_cpus=1))
-    baselines: BaselineSettings = Field(default_factory=BaselineSettings)
+    prior: PriorConfig = Field(default_factory=PriorConfig)
+    sampling: SamplingConfig = Field(default_factory=_sampling)
+    runner: RayConfig = Field(default_factory=lambda: RayConfig(workers=2, cpus_per_worker=1))
+    baselines: DemoBaselinesConfig = Field(default_factory=DemoBaselinesConfig)
     plot_variables: list[str] = Field(
         default_factory=lambda: ["2m_temperature", "mean_sea_level_pressure", "temperature"]
     )
-
-    @field_validator("start", "end", mode="before")
-    @classmethod
-    def _date(cls, value):
-        return _iso(value)
 
     def observed_channels(self) -> list[str]:
         """The channels the simulated networks observe (``name`` or ``name@level``)."""
@@ -161,9 +144,9 @@ def run_demo(config: DemoConfig, echo=print) -> DemoResult:
 
     from rich.console import Console
 
-    from appa.baselines.jobs import BaselineJob, run_baseline
     from appa.data.sources import open_era5
-    from appa.distributed.assimilate import AssimilationJob, run_assimilation
+    from appa.jobs.assimilate import AssimilateConfig, run_assimilation
+    from appa.jobs.baseline import BaselineConfig, run_baseline
     from appa.metrics.plots import plot_maps, plot_metric_curves
     from appa.metrics.report import evaluate_archives, summary_table, time_mean, write_table
     from appa.observations.schema import read_observations
@@ -181,7 +164,7 @@ def run_demo(config: DemoConfig, echo=print) -> DemoResult:
     timed("toy_earth", _truth, config, echo)
     observations = timed("observe", _observe, config, out, echo)
 
-    job = AssimilationJob(
+    job = AssimilateConfig(
         task="reanalysis",
         prior=config.prior,
         observations=[observations],
@@ -201,7 +184,7 @@ def run_demo(config: DemoConfig, echo=print) -> DemoResult:
     echo(f"reanalysis: {computed} units computed, {report.skipped} already done")
 
     b = config.baselines
-    baseline_job = BaselineJob(
+    baseline_job = BaselineConfig(
         truth=config.truth,
         start=config.start,
         end=config.end,
@@ -209,10 +192,7 @@ def run_demo(config: DemoConfig, echo=print) -> DemoResult:
         train_end=b.train_end,
         window_days=b.window_days,
         observations=observations,
-        ensemble_size=b.ensemble_size,
-        members=config.members,
-        localisation_km=b.localisation_km,
-        seed=config.seed,
+        enoi=b.enoi.model_copy(update={"members": config.members, "seed": config.seed}),
     )
     baselines = {}
     for kind in ("climatology", "enoi"):

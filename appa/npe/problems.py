@@ -1,5 +1,6 @@
-"""The cheap sbibm benchmark tasks (Lueckmann et al. 2021), written here in torch, and a reader
-of the reference posterior samples and observations that the sbibm package ships.
+"""Simulation-based inference problems: the cheap sbibm benchmark tasks (Lueckmann et al. 2021),
+written here in torch, the exoplanet atmosphere (:mod:`appa.npe.exoplanet`), and a reader of the
+reference posterior samples and observations that the sbibm package ships.
 
 The sbibm package is never imported (its dependencies are heavy): its installed files are found
 with ``importlib.util.find_spec`` and read as CSV. Install it with ``pip install --no-deps sbibm``.
@@ -27,13 +28,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from appa.npe.exoplanet import ExoplanetSimulator
 from appa.npe.priors import BoxUniform, DiagonalGaussian, Prior
 
 __all__ = [
-    "TASKS",
+    "PROBLEMS",
+    "Problem",
     "ReferenceUnavailable",
-    "Task",
-    "make_task",
+    "make_exoplanet_problem",
+    "make_problem",
     "sbibm_files",
 ]
 
@@ -45,11 +48,11 @@ class ReferenceUnavailable(RuntimeError):
 
 
 @dataclass
-class Task:
+class Problem:
     """A simulation-based inference problem: a prior, a simulator and (optionally) references.
 
     Attributes:
-        name: Task name.
+        name: Problem name.
         prior: The prior over ``dim_theta`` parameters.
         simulator: ``(theta (B, dim_theta), generator) -> x (B, *x_shape)``.
         x_shape: Shape of one observation.
@@ -147,44 +150,51 @@ def _names(d: int) -> list[str]:
     return [f"theta_{i + 1}" for i in range(d)]
 
 
-TASKS: dict[str, Callable[[], Task]] = {
-    "two_moons": lambda: Task(
+PROBLEMS: dict[str, Callable[[], Problem]] = {
+    "two_moons": lambda: Problem(
         "two_moons", BoxUniform([-1.0] * 2, [1.0] * 2), _two_moons, (2,), _names(2)
     ),
-    "gaussian_linear": lambda: Task(
+    "gaussian_linear": lambda: Problem(
         "gaussian_linear",
         DiagonalGaussian([0.0] * 10, [math.sqrt(0.1)] * 10),
         _gaussian_linear,
         (10,),
         _names(10),
     ),
-    "gaussian_linear_uniform": lambda: Task(
+    "gaussian_linear_uniform": lambda: Problem(
         "gaussian_linear_uniform",
         BoxUniform([-1.0] * 10, [1.0] * 10),
         _gaussian_linear,
         (10,),
         _names(10),
     ),
-    "gaussian_mixture": lambda: Task(
+    "gaussian_mixture": lambda: Problem(
         "gaussian_mixture",
         BoxUniform([-10.0] * 2, [10.0] * 2),
         _gaussian_mixture,
         (2,),
         _names(2),
     ),
-    "slcp": lambda: Task("slcp", BoxUniform([-3.0] * 5, [3.0] * 5), _slcp, (8,), _names(5)),
+    "slcp": lambda: Problem("slcp", BoxUniform([-3.0] * 5, [3.0] * 5), _slcp, (8,), _names(5)),
 }
 
 
-def make_task(name: str) -> Task:
-    """A task by name: the sbibm tasks above or ``exoplanet`` (see :mod:`appa.npe.exoplanet`)."""
+def make_problem(name: str) -> Problem:
+    """A problem by name: the sbibm tasks above or ``exoplanet`` (see :mod:`appa.npe.exoplanet`)."""
     if name == "exoplanet":
-        from appa.npe.exoplanet import make_exoplanet_task
-
-        return make_exoplanet_task()
+        return make_exoplanet_problem()
     try:
-        return TASKS[name]()
+        return PROBLEMS[name]()
     except KeyError:
         raise ValueError(
-            f"unknown task {name!r}; choose one of {[*sorted(TASKS), 'exoplanet']}"
+            f"unknown task {name!r}; choose one of {[*sorted(PROBLEMS), 'exoplanet']}"
         ) from None
+
+
+def make_exoplanet_problem(wavelengths: int = 128, relative_noise: float = 0.05) -> Problem:
+    """The exoplanet :class:`Problem`; its simulator's owner is available as
+    ``problem.model`` (noiseless spectra, ``noise_std``, wavelengths)."""
+    sim = ExoplanetSimulator(wavelengths, relative_noise=relative_noise)
+    problem = Problem("exoplanet", sim.prior, sim.simulate, (wavelengths,), list(sim.names))
+    problem.model = sim  # type: ignore[attr-defined]
+    return problem

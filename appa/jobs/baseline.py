@@ -1,0 +1,148 @@
+"""``appa baseline climatology|persistence|enoi``: the job config and its run function, which
+writes the baseline as an archive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import xarray as xr
+from pydantic import Field, field_validator
+
+from appa.baselines.climatology import climatology_at, compute_climatology, persistence
+from appa.baselines.enoi import EnOIConfig, enoi_analyses
+from appa.config import StrictModel, Timestamp
+from appa.data.spec import StateSpec
+from appa.io.archive import archive_dataset, open_archive, write_dataset
+
+__all__ = ["BaselineConfig", "run_baseline"]
+
+
+def _tiny_spec() -> StateSpec:
+    return StateSpec(
+        surface=["2m_temperature", "mean_sea_level_pressure", "sea_surface_temperature"],
+        atmospheric=["geopotential", "temperature"],
+        levels=[500],
+        masked=["sea_surface_temperature"],
+    )
+
+
+class BaselineConfig(StrictModel):
+    """Settings of ``appa baseline``. Times are inclusive ISO dates."""
+
+    truth: str = Field("data/toy_earth.zarr", description="gridded store (open_era5)")
+    start: Timestamp = Field(
+        "2003-01-01T00:00:00", description="first analysis / initialisation time"
+    )
+    end: Timestamp = Field("2003-01-07T18:00:00", description="last analysis / initialisation time")
+    train_start: Timestamp = "2000-01-01T00:00:00"
+    train_end: Timestamp = "2001-12-31T23:59:00"
+    spec: StateSpec = Field(default_factory=_tiny_spec)
+    lead_times: list[str] = Field(
+        default_factory=list,
+        description="e.g. ['6h', '1D']: forecast layout (climatology, persistence)",
+    )
+    every: int = Field(
+        1, ge=1, description="one time in every `every` of [start, end], e.g. 4: daily from 6 h"
+    )
+    window_days: int = Field(15, ge=0, le=183, description="climatology smoothing, +- days")
+    # Persistence only.
+    initial: str | None = Field(
+        None,
+        description="persist this archive's ensemble mean (e.g. the reanalysis a forecast "
+        "starts from) instead of the truth",
+    )
+    # EnOI only.
+    observations: str | None = Field(None, description="observation store (appa observe)")
+    enoi: EnOIConfig = Field(default_factory=EnOIConfig)
+
+    @field_validator("lead_times")
+    @classmethod
+    def _leads(cls, value: list[str]) -> list[str]:
+        for lead in value:
+            try:
+                if pd.Timedelta(lead) <= pd.Timedelta(0):
+                    raise ValueError
+            except ValueError:
+                raise ValueError(f"lead time {lead!r} is not a positive duration") from None
+        return value
+
+
+Kind = Literal["climatology", "persistence", "enoi"]
+
+
+def _open(job: BaselineConfig) -> xr.Dataset:
+    from appa.data.sources import open_era5
+
+    return open_era5(job.truth, spec=job.spec)
+
+
+def _target_times(ds: xr.Dataset, job: BaselineConfig) -> pd.DatetimeIndex:
+    times = pd.DatetimeIndex(ds["time"].sel(time=slice(job.start, job.end)).values)
+    if len(times) == 0:
+        have = ds["time"].values
+        raise ValueError(
+            f"no truth time between {job.start} and {job.end}; the truth spans "
+            f"{have[0]} to {have[-1]}"
+        )
+    train_end = pd.Timestamp(job.train_end)
+    if times[0] <= train_end and times[-1] >= pd.Timestamp(job.train_start):
+        raise ValueError(
+            f"the target window {job.start} .. {job.end} overlaps the training period "
+            f"{job.train_start} .. {job.train_end}"
+        )
+    return times[:: job.every]
+
+
+def _analysis_mean(job: BaselineConfig, truth: xr.Dataset) -> xr.Dataset:
+    """The ensemble mean of the archive ``job.initial``, with the truth's time-dependent
+    variables (all of them: persistence of an analysis must cover what it is scored on)."""
+    try:
+        analysis = open_archive(job.initial)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no initial archive at {job.initial}") from None
+    wanted = [v for v in truth.data_vars if "time" in truth[v].dims]
+    missing = [v for v in wanted if v not in analysis.data_vars]
+    if missing:
+        raise ValueError(f"initial archive {job.initial} lacks the variables {missing}")
+    analysis = analysis[wanted]
+    return analysis.mean("member") if "member" in analysis.dims else analysis
+
+
+def run_baseline(kind: Kind, job: BaselineConfig, out: str | Path, overwrite: bool = False) -> Path:
+    """Computes one baseline over ``[start, end]`` and writes it as an archive at ``out``."""
+    ds = _open(job)
+    times = _target_times(ds, job)
+    period = (job.train_start, job.train_end)
+    provenance = {
+        "appa_config": job.model_dump(),
+        "appa_baseline": kind,
+        "seeds": [job.enoi.seed],
+    }
+    leads = job.lead_times or None
+    if kind == "climatology":
+        train = ds.sel(time=slice(*period)).load()
+        clim = compute_climatology(train, period, job.window_days)
+        product = climatology_at(clim, times, leads)
+    elif kind == "persistence":
+        if not leads:
+            raise ValueError("persistence is a forecast: give lead_times (e.g. ['6h', '1D'])")
+        source = ds if job.initial is None else _analysis_mean(job, ds)
+        name = "truth" if job.initial is None else f"initial archive {job.initial}"
+        product = persistence(source, times, leads, source=name).load()
+        if job.initial is not None:
+            provenance["initial"] = job.initial
+    elif kind == "enoi":
+        if leads:
+            raise ValueError("enoi writes analyses: lead_times must be empty")
+        if job.observations is None:
+            raise ValueError("enoi needs observations (an observation store)")
+        product = enoi_analyses(
+            ds, times, job.observations, job.spec, period, job.window_days, job.enoi
+        )
+        provenance["observation_sources"] = [str(job.observations)]
+    else:
+        raise ValueError(f"unknown baseline {kind!r}: climatology, persistence or enoi")
+    archive = archive_dataset(product, truth=ds, provenance=provenance)
+    return write_dataset(archive, out, overwrite=overwrite)
