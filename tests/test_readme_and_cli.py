@@ -129,3 +129,21 @@ def test_demo_defaults_are_the_committed_demo_config():
         "mean_sea_level_pressure",
         "temperature@500",
     ]
+
+
+def test_the_repository_holds_no_run_artefacts():
+    """Jobs write under runs/, outputs/ and data/ (ignored); none of it is ever committed."""
+    import shutil
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(
+        ["git", "ls-files", "runs", "outputs", "data"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert tracked == []
+    ignored = subprocess.run(
+        ["git", "check-ignore", "runs/x", "outputs/x", "data/x"],
+        cwd=ROOT, capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    assert ignored == ["runs/x", "outputs/x", "data/x"]
