@@ -26,6 +26,7 @@ import yaml
 from appa.data.datasets import WindowStoreDataset, write_window_store
 from appa.nn import get_preset
 from appa.training import (
+    AutoencoderLossConfig,
     AutoencoderObjective,
     DiffusionObjective,
     LoopConfig,
@@ -111,7 +112,10 @@ def main() -> None:
         "denoiser step": (lambda: DiffusionObjective(preset.denoiser), latent_batch),
         "autoencoder step": (
             lambda: AutoencoderObjective(
-                ae_preset.autoencoder, lat, static=static, spectral_weight=3e-3
+                ae_preset.autoencoder,
+                lat,
+                AutoencoderLossConfig(spectral_weight=3e-3),
+                static=static,
             ),
             state_batch,
         ),

@@ -19,6 +19,8 @@ from appa.io import CheckpointError, list_checkpoints, load_checkpoint
 from appa.io.cards import read_card
 from appa.training import (
     EMA,
+    AutoencoderLossConfig,
+    DiffusionObjectiveConfig,
     LoopConfig,
     OptimizerConfig,
     StreamSampler,
@@ -206,7 +208,7 @@ def test_autoencoder_spectral_term_adds_to_the_loss_and_is_validated():
     assert with_weight["spectrum"] == pytest.approx(without["spectrum"]) and without["spectrum"] > 0
     assert with_weight["loss"] == pytest.approx(without["loss"] + 0.5 * without["spectrum"])
     with pytest.raises(ValueError, match="spectral_weight"):
-        type(task)(task.config, task.latitudes, spectral_weight=-1.0)
+        AutoencoderLossConfig(spectral_weight=-1.0)
 
 
 class _OffsetReconstruction(torch.nn.Module):
@@ -267,7 +269,7 @@ def test_autoencoder_tendency_term_sees_errors_that_come_and_go():
     with pytest.raises(ValueError, match="at least 2 consecutive states"):
         task.loss(steady, {"state": batch["state"][:, 0]}, generator)
     with pytest.raises(ValueError, match="tendency_weight"):
-        type(task)(task.config, task.latitudes, tendency_weight=-1.0)
+        AutoencoderLossConfig(tendency_weight=-1.0)
 
 
 def test_lognormal_training_noise_levels():
@@ -289,15 +291,15 @@ def test_lognormal_training_noise_levels():
     b = task.loss(task.module, batch, torch.Generator().manual_seed(3))
     torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="train_sigma"):
-        type(task)(task.config, train_sigma="uniform")
+        DiffusionObjectiveConfig(train_sigma="uniform")
 
 
 def test_known_frame_training_and_forecast_validation():
     torch.manual_seed(0)
     base = tiny_diffusion_objective()
     config = base.config.model_copy(update={"known_frames": True})
-    task = type(base)(config, latent_mean=[0.0] * 4, latent_std=[1.0] * 4, val_sigmas=3,
-                      known_probability=0.5)  # fmt: skip
+    settings = DiffusionObjectiveConfig(val_sigmas=3, known_probability=0.5)
+    task = type(base)(config, settings, latent_mean=[0.0] * 4, latent_std=[1.0] * 4)
     latents = Windows(smooth_fields(10, 4, (4, 8), seed=2), window=4, key="latent")
     trainer = _trainer(task, latents, None, steps=2, val=latents, val_every=2)
     metrics = trainer.fit()
@@ -314,9 +316,9 @@ def test_known_frame_training_and_forecast_validation():
     b = task.loss(task.module, batch, torch.Generator().manual_seed(0))
     assert not torch.allclose(a, b)
     with pytest.raises(ValueError, match="known_frames"):
-        type(base)(base.config, known_probability=0.5)
+        type(base)(base.config, DiffusionObjectiveConfig(known_probability=0.5))
     with pytest.raises(ValueError, match="known_probability"):
-        type(base)(config, known_probability=1.5)
+        DiffusionObjectiveConfig(known_probability=1.5)
 
 
 def test_autoencoder_learns(tmp_path: Path):

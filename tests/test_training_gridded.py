@@ -17,7 +17,7 @@ from appa.io import load_checkpoint
 from appa.io.cards import read_card
 from appa.nn import WeightedMSE
 from appa.nn.presets import get_preset
-from appa.training.objectives import AutoencoderObjective
+from appa.training.objectives import AutoencoderLossConfig, AutoencoderObjective
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_AE = [
@@ -73,7 +73,8 @@ def test_band_limited_autoencoder_task_builds_its_projection_from_the_latitudes(
 def _task() -> AutoencoderObjective:
     torch.manual_seed(0)
     cfg = get_preset("tiny", SMALL_AE).autoencoder
-    return AutoencoderObjective(cfg, np.linspace(-78.75, 78.75, 8), channel_weights=[1.0, 2.0, 0.5])
+    loss = AutoencoderLossConfig(channel_weights=[1.0, 2.0, 0.5])
+    return AutoencoderObjective(cfg, np.linspace(-78.75, 78.75, 8), loss)
 
 
 def test_values_at_masked_points_change_neither_loss_nor_gradients():

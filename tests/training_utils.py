@@ -8,7 +8,12 @@ import torch
 from torch.utils.data import Dataset
 
 from appa.nn import get_preset
-from appa.training import AutoencoderObjective, DiffusionObjective
+from appa.training.objectives import (
+    AutoencoderLossConfig,
+    AutoencoderObjective,
+    DiffusionObjective,
+    DiffusionObjectiveConfig,
+)
 
 
 def smooth_fields(n: int, channels: int, grid: tuple[int, int], seed: int = 0) -> torch.Tensor:
@@ -69,9 +74,8 @@ def tiny_autoencoder_objective(latent_noise: float = 0.0) -> AutoencoderObjectiv
         ],
     )
     lat = torch.linspace(-78.75, 78.75, 8).tolist()
-    return AutoencoderObjective(
-        preset.autoencoder, lat, channel_weights=[1.0, 0.5], channel_names=["a", "b"]
-    )
+    loss = AutoencoderLossConfig(channel_weights=[1.0, 0.5])
+    return AutoencoderObjective(preset.autoencoder, lat, loss, channel_names=["a", "b"])
 
 
 def tiny_diffusion_objective() -> DiffusionObjective:
@@ -87,6 +91,7 @@ def tiny_diffusion_objective() -> DiffusionObjective:
             "autoencoder.latent_channels=4",
         ],
     )
+    settings = DiffusionObjectiveConfig(val_sigmas=3)
     return DiffusionObjective(
-        preset.denoiser, latent_mean=[0.0] * 4, latent_std=[1.0] * 4, val_sigmas=3
+        preset.denoiser, settings, latent_mean=[0.0] * 4, latent_std=[1.0] * 4
     )

@@ -21,13 +21,17 @@ from appa.config import ConfigError, Period, StrictModel
 from appa.data.datasets import WindowStoreDataset
 from appa.data.spec import StateSpec
 from appa.data.stats import channel_moments
-from appa.diffusion.schedules import ScheduleConfig
 from appa.distributed.runner import RayConfig
 from appa.io.cards import RunRecord
 from appa.nn.presets import get_preset
 from appa.training.config import LoopConfig, OptimizerConfig
 from appa.training.loop import Callback, Trainer
-from appa.training.objectives import AutoencoderObjective, DiffusionObjective
+from appa.training.objectives import (
+    AutoencoderLossConfig,
+    AutoencoderObjective,
+    DiffusionObjective,
+    DiffusionObjectiveConfig,
+)
 
 __all__ = [
     "GriddedSourceConfig",
@@ -122,19 +126,15 @@ class _TrainConfig(StrictModel):
     runner: RayConfig = Field(default_factory=RayConfig)
 
 
-class TrainAutoencoderConfig(_TrainConfig):
-    """Autoencoder training. ``window`` states per item (flattened into the batch);
-    ``channel_weights`` weigh the loss per channel (default: the store's ``channel_weights``
-    attribute, else equal)."""
+class TrainAutoencoderConfig(_TrainConfig, AutoencoderLossConfig):
+    """Autoencoder training: the job's settings and the loss's
+    (:class:`~appa.training.objectives.AutoencoderLossConfig`). ``window`` states per item
+    (flattened into the batch); ``channel_weights`` default to the gridded spec's
+    :func:`appa.nn.level_weights`, or a window store's ``channel_weights`` attribute, else
+    equal."""
 
     kind: Literal["autoencoder"] = "autoencoder"
     window: int = Field(1, ge=1)
-    channel_weights: list[float] | None = None
-    # weight of appa.nn.ZonalSpectrumLoss beside the MSE (0: MSE only), and its power floor
-    spectral_weight: float = Field(0.0, ge=0)
-    spectral_floor: float = Field(1e-6, gt=0)
-    # weight of the MSE of reconstructed changes between consecutive states (needs window >= 2)
-    tendency_weight: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _tendency_needs_pairs(self) -> TrainAutoencoderConfig:
@@ -146,31 +146,20 @@ class TrainAutoencoderConfig(_TrainConfig):
         return self
 
 
-class TrainDiffusionConfig(_TrainConfig):
-    """Latent diffusion training on windows of the preset's ``denoiser.window`` latents.
+class TrainDiffusionConfig(_TrainConfig, DiffusionObjectiveConfig):
+    """Latent diffusion training on windows of the preset's ``denoiser.window`` latents: the
+    job's settings and the objective's
+    (:class:`~appa.training.objectives.DiffusionObjectiveConfig`: schedule, training noise,
+    validation).
 
     ``latent_stats="store"`` standardises latents with the store's ``latent_mean`` /
     ``latent_std`` attributes, ``"compute"`` with per-channel statistics of the training span,
     ``"none"`` leaves them as they are."""
 
     kind: Literal["diffusion"] = "diffusion"
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    sigma_data: float = Field(1.0, gt=0)
-    # how training noise levels are drawn: uniform time through the schedule, or EDM's
-    # log-normal (log sigma ~ N(sigma_log_mean, sigma_log_std^2), clipped to the bounds)
-    train_sigma: Literal["schedule", "lognormal"] = "schedule"
-    sigma_log_mean: float = -1.2
-    sigma_log_std: float = Field(1.2, gt=0)
-    # with denoiser.known_frames: the share of training windows whose first frames are given
-    # clean (the forecast's situation); the rest train the joint prior
-    known_probability: float = Field(0.0, ge=0, le=1)
     latent_stats: Literal["store", "compute", "none"] = "compute"
     latent_mean: list[float] | None = None  # when both are given, used as they are
     latent_std: list[float] | None = None
-    val_sigmas: int = Field(6, ge=1)
-    val_samples: int = Field(0, ge=0)  # windows generated per worker at each validation
-    val_sampler: Literal["ddpm", "ddim", "euler", "heun", "pc", "lms"] = "heun"
-    val_steps: int = Field(16, ge=1)
 
 
 TrainConfig = TrainAutoencoderConfig | TrainDiffusionConfig
@@ -356,6 +345,13 @@ def prepare_job(job: TrainConfig) -> TrainConfig:
     return job
 
 
+def _loss(job: TrainAutoencoderConfig, weights: list[float] | None) -> AutoencoderLossConfig:
+    """The job's loss settings with the channel weights resolved."""
+    fields = set(AutoencoderLossConfig.model_fields)
+    loss = AutoencoderLossConfig.model_validate(job.model_dump(include=fields))
+    return loss.model_copy(update={"channel_weights": weights})
+
+
 def build_trainer(job: TrainConfig, callbacks: Iterable[Callback] = (), device=None) -> Trainer:
     """The :class:`Trainer` of ``job`` on this process (any rank of a process group).
 
@@ -372,14 +368,11 @@ def build_trainer(job: TrainConfig, callbacks: Iterable[Callback] = (), device=N
         task = AutoencoderObjective(
             preset.autoencoder,
             train.latitudes,
-            channel_weights=weights,
+            loss=_loss(job, weights),
             channel_names=spec.channel_names(),
             state_spec=spec.model_dump(mode="json"),
             statistics=train.stats.to_json(),
             static=train.static,
-            spectral_weight=job.spectral_weight,
-            spectral_floor=job.spectral_floor,
-            tendency_weight=job.tendency_weight,
         )
         store = {"source": train.source.store, "statistics_path": train.source.statistics}
         if train.static is not None:
@@ -390,33 +383,20 @@ def build_trainer(job: TrainConfig, callbacks: Iterable[Callback] = (), device=N
         task = AutoencoderObjective(
             preset.autoencoder,
             train.attrs["latitudes"],
-            channel_weights=weights,
+            loss=_loss(job, weights),
             channel_names=train.attrs.get("channel_names"),
             key=train.variable,
             state_spec=train.attrs.get("state_spec"),
             statistics=train.attrs.get("statistics"),
-            spectral_weight=job.spectral_weight,
-            spectral_floor=job.spectral_floor,
-            tendency_weight=job.tendency_weight,
         )
         store = {k: train.attrs[k] for k in sorted(train.attrs)}
     else:
         mean, std = _latent_stats(job, train)
+        settings = DiffusionObjectiveConfig.model_validate(
+            job.model_dump(include=set(DiffusionObjectiveConfig.model_fields))
+        )
         task = DiffusionObjective(
-            preset.denoiser,
-            schedule=job.schedule,
-            sigma_data=job.sigma_data,
-            latent_mean=mean,
-            latent_std=std,
-            val_sigmas=job.val_sigmas,
-            known_probability=job.known_probability,
-            train_sigma=job.train_sigma,
-            sigma_log_mean=job.sigma_log_mean,
-            sigma_log_std=job.sigma_log_std,
-            val_samples=job.val_samples,
-            val_sampler=job.val_sampler,
-            val_steps=job.val_steps,
-            key=train.variable,
+            preset.denoiser, settings, latent_mean=mean, latent_std=std, key=train.variable
         )
         store = {k: train.attrs[k] for k in sorted(train.attrs)}
     run = RunRecord(job=job.model_dump(mode="json"), data=store)

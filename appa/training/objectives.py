@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
+from appa.config import StrictModel
 from appa.data.spectral import band_limit_projection
 from appa.diffusion import (
     ScheduleConfig,
@@ -29,7 +31,13 @@ from appa.nn import StateAutoencoder, WeightedMSE, ZonalSpectrumLoss, known_fram
 from appa.nn.latent import LatentStandardizer, latent_denoiser
 from appa.nn.presets import AutoencoderConfig, DenoiserConfig
 
-__all__ = ["AutoencoderObjective", "DiffusionObjective", "Objective"]
+__all__ = [
+    "AutoencoderLossConfig",
+    "AutoencoderObjective",
+    "DiffusionObjective",
+    "DiffusionObjectiveConfig",
+    "Objective",
+]
 
 
 class Objective(Protocol):
@@ -61,6 +69,46 @@ class Objective(Protocol):
         ...
 
 
+class AutoencoderLossConfig(StrictModel):
+    """The autoencoder's loss: an area- and channel-weighted MSE and two optional terms."""
+
+    channel_weights: list[float] | None = Field(
+        None, description="loss weight of each channel (None: equal)"
+    )
+    spectral_weight: float = Field(
+        0.0, ge=0, description="weight of appa.nn.ZonalSpectrumLoss beside the MSE (0: none)"
+    )
+    spectral_floor: float = Field(1e-6, gt=0, description="its relative power floor")
+    tendency_weight: float = Field(
+        0.0, ge=0, description="weight of the MSE of changes between consecutive states"
+    )
+
+
+class DiffusionObjectiveConfig(StrictModel):
+    """How the latent denoiser is trained and validated."""
+
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    sigma_data: float = Field(1.0, gt=0, description="EDM data std (1: standardised latents)")
+    train_sigma: Literal["schedule", "lognormal"] = Field(
+        "schedule",
+        description="training noise: uniform time through the schedule, or EDM's log-normal "
+        "(log sigma ~ N(sigma_log_mean, sigma_log_std^2), clipped to the bounds)",
+    )
+    sigma_log_mean: float = -1.2
+    sigma_log_std: float = Field(1.2, gt=0)
+    known_probability: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="with denoiser.known_frames: the share of training windows whose first "
+        "frames are given clean (the forecast's situation)",
+    )
+    val_sigmas: int = Field(6, ge=1, description="validation noise levels")
+    val_samples: int = Field(0, ge=0, description="windows generated per worker at validation")
+    val_sampler: Literal["ddpm", "ddim", "euler", "heun", "pc", "lms"] = "heun"
+    val_steps: int = Field(16, ge=1)
+
+
 def _get(batch: dict[str, Tensor], key: str) -> Tensor:
     if key not in batch:
         raise KeyError(f"batch has no {key!r}; it has {sorted(batch)}")
@@ -82,7 +130,14 @@ class AutoencoderObjective:
     Arguments:
         config: The autoencoder config (a preset's ``autoencoder``).
         latitudes: Row latitudes in degrees (``config.grid[0]`` of them).
-        channel_weights: ``(C,)`` loss weights, e.g. :func:`appa.nn.level_weights`.
+        loss: The loss (:class:`AutoencoderLossConfig`; ``channel_weights`` e.g.
+            :func:`appa.nn.level_weights`). Its ``tendency_weight`` weighs a term on
+            consecutive states (batches of windows of ``K >= 2`` states): the same weighted MSE
+            of the reconstructed changes ``x_hat[k+1] - x_hat[k]`` against the true ones.
+            Frame-by-frame errors that come and go make reconstructed trajectories change
+            faster than the truth (slow fields most: sea-surface temperature), which the MSE
+            alone does not see. Validation reports it (``tendency``) whenever windows hold two
+            states or more.
         channel_names: Names for the per-channel validation RMSE columns.
         key: The batch entry holding states.
         mask_key: The batch entry holding the validity mask (used when present).
@@ -92,14 +147,6 @@ class AutoencoderObjective:
             autoencoder (stored in its weights). With ``date_context``, batches must carry
             ``date`` features ``(B, [K,] 4)``.
         date_key: The batch entry holding date features.
-        spectral_weight: Weight of the zonal spectrum term (0: MSE only).
-        spectral_floor: Its relative power floor.
-        tendency_weight: Weight of a term on consecutive states (batches of windows of
-            ``K >= 2`` states): the same weighted MSE of the reconstructed changes
-            ``x_hat[k+1] - x_hat[k]`` against the true ones. Frame-by-frame errors that come and
-            go make reconstructed trajectories change faster than the truth (slow fields most:
-            sea-surface temperature), which the MSE alone does not see. Validation reports it
-            (``tendency``) whenever windows hold two states or more.
     """
 
     kind = "autoencoder"
@@ -108,7 +155,7 @@ class AutoencoderObjective:
         self,
         config: AutoencoderConfig,
         latitudes: Sequence[float],
-        channel_weights: Sequence[float] | None = None,
+        loss: AutoencoderLossConfig | None = None,
         channel_names: Sequence[str] | None = None,
         key: str = "state",
         mask_key: str = "mask",
@@ -116,10 +163,8 @@ class AutoencoderObjective:
         statistics: dict[str, Any] | None = None,
         static: np.ndarray | None = None,
         date_key: str = "date",
-        spectral_weight: float = 0.0,
-        spectral_floor: float = 1e-6,
-        tendency_weight: float = 0.0,
     ) -> None:
+        loss = loss if loss is not None else AutoencoderLossConfig()
         if len(latitudes) != config.grid[0]:
             raise ValueError(f"{len(latitudes)} latitudes for a grid of {config.grid[0]} rows")
         names = list(channel_names or [f"c{i}" for i in range(config.in_channels)])
@@ -140,18 +185,13 @@ class AutoencoderObjective:
             self.module.set_band_limit(torch.as_tensor(projection, dtype=torch.float32))
         self.network = self.module
         self.date_key = date_key
-        self.criterion = WeightedMSE(latitudes, channel_weights)
-        if not spectral_weight >= 0:
-            raise ValueError(f"spectral_weight must be >= 0, got {spectral_weight}")
-        self.spectral_weight = float(spectral_weight)
-        self.spectrum = ZonalSpectrumLoss(latitudes, spectral_floor)
-        if not tendency_weight >= 0:
-            raise ValueError(f"tendency_weight must be >= 0, got {tendency_weight}")
-        self.tendency_weight = float(tendency_weight)
+        self.loss_config = loss
+        self.criterion = WeightedMSE(latitudes, loss.channel_weights)
+        self.spectral_weight = float(loss.spectral_weight)
+        self.spectrum = ZonalSpectrumLoss(latitudes, loss.spectral_floor)
+        self.tendency_weight = float(loss.tendency_weight)
         self.latitudes = [float(v) for v in latitudes]
-        self.channel_weights = (
-            None if channel_weights is None else list(map(float, channel_weights))
-        )
+        self.channel_weights = loss.channel_weights
         self.channel_names = names
         self.key, self.mask_key = key, mask_key
         self.state_spec, self.statistics = state_spec, statistics
@@ -276,23 +316,17 @@ class DiffusionObjective:
 
     Arguments:
         config: The denoiser config (a preset's ``denoiser``).
-        schedule: The noise schedule of training noise levels and sampling (default
-            ``ScheduleConfig()``).
-        sigma_data: EDM data standard deviation (1 for standardised latents).
-        known_probability: With a ``known_frames`` denoiser, the share of training windows
-            whose first ``n`` frames (``n`` uniform in ``1 ... K - 1``) are given clean as
-            known frames (the forecast's situation); the rest train the joint prior.
-            Validation then also reports ``forecast_loss``: the loss on the second half of
-            windows whose first half is known, averaged over the validation noise levels.
-        train_sigma: How training noise levels are drawn: ``"schedule"`` (uniform time
-            through the schedule) or ``"lognormal"`` (``log sigma ~ N(sigma_log_mean,
-            sigma_log_std^2)``, clipped to the bounds).
+        settings: How it is trained (:class:`DiffusionObjectiveConfig`): the noise schedule
+            of training noise levels and sampling, ``sigma_data``, how training noise is
+            drawn; with a ``known_frames`` denoiser, ``known_probability``, the share of
+            training windows whose first ``n`` frames (``n`` uniform in ``1 ... K - 1``) are
+            given clean as known frames (the forecast's situation; validation then also reports
+            ``forecast_loss``, the loss on the second half of windows whose first half is
+            known); ``val_sigmas`` validation noise levels; ``val_samples`` windows generated
+            at each validation (per worker, dated like the first validation windows) by
+            ``val_sampler`` in ``val_steps``, whose per-channel mean, standard deviation and
+            lag-1 autocorrelation along time are compared with the validation data's.
         latent_mean, latent_std: ``(c,)`` latent statistics, or None.
-        val_sigmas: Number of validation noise levels.
-        val_samples: Windows generated at each validation (per worker, dated like the first
-            validation windows): their per-channel mean, standard deviation and lag-1
-            autocorrelation along time are compared with the validation data's.
-        val_sampler, val_steps: The sampler and its steps for those windows.
         key, date_key: Batch entries of latents and date features.
     """
 
@@ -301,49 +335,37 @@ class DiffusionObjective:
     def __init__(
         self,
         config: DenoiserConfig,
-        schedule: ScheduleConfig | None = None,
-        sigma_data: float = 1.0,
+        settings: DiffusionObjectiveConfig | None = None,
         latent_mean: Sequence[float] | None = None,
         latent_std: Sequence[float] | None = None,
-        val_sigmas: int = 6,
-        known_probability: float = 0.0,
-        train_sigma: str = "schedule",
-        sigma_log_mean: float = -1.2,
-        sigma_log_std: float = 1.2,
-        val_samples: int = 0,
-        val_sampler: str = "heun",
-        val_steps: int = 16,
         key: str = "latent",
         date_key: str = "date",
     ) -> None:
-        self.config = config
-        self.module = latent_denoiser(config, sigma_data=sigma_data)
-        self.network = self.module.backbone
-        self.schedule_config = schedule if schedule is not None else ScheduleConfig()
-        self.schedule = self.schedule_config.build()
-        self.sigma_data = float(sigma_data)
-        if train_sigma not in ("schedule", "lognormal"):
-            raise ValueError(f"train_sigma must be 'schedule' or 'lognormal', got {train_sigma!r}")
-        if sigma_log_std <= 0:
-            raise ValueError(f"sigma_log_std must be positive, got {sigma_log_std}")
-        self.train_sigma = train_sigma
-        if not 0 <= known_probability <= 1:
-            raise ValueError(f"known_probability must lie in [0, 1], got {known_probability}")
-        if known_probability and not config.known_frames:
+        settings = settings if settings is not None else DiffusionObjectiveConfig()
+        if settings.known_probability and not config.known_frames:
             raise ValueError("known_probability > 0 needs a denoiser with known_frames")
         if config.known_frames and config.window < 2:
             raise ValueError("known frames need windows of at least 2 frames")
-        self.known_probability = float(known_probability)
-        self.sigma_log_mean, self.sigma_log_std = float(sigma_log_mean), float(sigma_log_std)
+        self.config, self.settings = config, settings
+        self.module = latent_denoiser(config, sigma_data=settings.sigma_data)
+        self.network = self.module.backbone
+        self.schedule_config = settings.schedule
+        self.schedule = settings.schedule.build()
+        self.sigma_data = float(settings.sigma_data)
+        self.train_sigma = settings.train_sigma
+        self.known_probability = float(settings.known_probability)
+        self.sigma_log_mean = float(settings.sigma_log_mean)
+        self.sigma_log_std = float(settings.sigma_log_std)
         self.standardizer = LatentStandardizer(config.channels, latent_mean, latent_std)
         self.latent_mean, self.latent_std = self.standardizer.mean, self.standardizer.std
         self.val_sigmas = torch.logspace(
             math.log10(self.schedule.sigma_min),
             math.log10(self.schedule.sigma_max),
-            val_sigmas + 2,
+            settings.val_sigmas + 2,
             dtype=torch.float64,
         )[1:-1].tolist()
-        self.val_samples, self.val_sampler, self.val_steps = val_samples, val_sampler, val_steps
+        self.val_samples = settings.val_samples
+        self.val_sampler, self.val_steps = settings.val_sampler, settings.val_steps
         self.key, self.date_key = key, date_key
 
     def _inputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
