@@ -278,17 +278,17 @@ def test_earthkit_grib_source(tmp_path, reference):
         )
 
 
-def test_source_config(tmp_path, reference):
+def test_store_config(tmp_path, reference):
     from appa.config import load_config
-    from appa.data.sources import SourceConfig
+    from appa.data.sources import StoreConfig
 
     path = tmp_path / "wb2.zarr"
     reference.to_zarr(path, zarr_format=2, consolidated=True)
     yaml = tmp_path / "source.yaml"
-    yaml.write_text(f"store: {path}\nstart: 2020-01-01T06:00\nend: 2020-01-02\n")
-    cfg = load_config(SourceConfig, yaml)
-    ds = cfg.open(variables=["temperature"])
+    yaml.write_text(f"store: {path}\nstorage_options: {{}}\n")
+    cfg = load_config(StoreConfig, yaml)
+    ds = cfg.open(time=slice("2020-01-01T06:00", "2020-01-02"), variables=["temperature"])
     # A date-only end includes that whole day (06:00 on the 1st to 18:00 on the 2nd).
     assert ds.sizes["time"] == 7 and list(ds.data_vars) == ["temperature"]
-    default = load_config(SourceConfig, None, ["store=arco-0p25-1h-37"])
+    default = load_config(StoreConfig, None, ["store=arco-0p25-1h-37"])
     assert default.url == ERA5_PRESETS["arco-0p25-1h-37"]

@@ -11,7 +11,7 @@ from typing import Any
 _EXPORTS = {
     "ERA5_PRESETS": "appa.data.sources",
     "SelectionError": "appa.data.sources",
-    "SourceConfig": "appa.data.sources",
+    "StoreConfig": "appa.data.sources",
     "from_earthkit": "appa.data.sources",
     "open_era5": "appa.data.sources",
     "select": "appa.data.sources",

@@ -16,13 +16,13 @@ import numpy as np
 import xarray as xr
 from pydantic import Field
 
-from appa.config import DateText, StrictModel
+from appa.config import StrictModel
 from appa.data.layout import LayoutError, normalize, normalize_arrays, normalize_coords
 
 __all__ = [
     "ERA5_PRESETS",
     "SelectionError",
-    "SourceConfig",
+    "StoreConfig",
     "from_earthkit",
     "open_era5",
     "read_static",
@@ -233,32 +233,27 @@ def select(
     return ds
 
 
-class SourceConfig(StrictModel):
-    """A gridded source in a config file: a preset name (see :data:`ERA5_PRESETS`), a local
-    path, ``file://``, ``gs://`` or ``s3://`` URL, plus an optional time range."""
+class StoreConfig(StrictModel):
+    """A gridded store in a config file: a preset name (see :data:`ERA5_PRESETS`), a local
+    path, ``file://``, ``gs://`` or ``s3://`` URL, and how to open it. Every job that reads a
+    gridded store for its data names it this way (the training source extends it)."""
 
     store: str = Field("wb2-5p625-6h", description="preset name, path or URL")
-    start: DateText | None = None
-    end: DateText | None = None
-    storage_options: dict[str, Any] = Field(default_factory=dict)
-    zarr_format: int | None = Field(None, ge=2, le=3)
-    consolidated: bool | None = None
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options of remote stores"
+    )
 
     @property
     def url(self) -> str:
         return resolve_store(self.store)[0]
 
-    def open(self, spec=None, **kwargs: Any) -> xr.Dataset:
-        """:func:`open_era5` with these settings (``kwargs`` override)."""
-        time = slice(self.start, self.end) if self.start or self.end else None
-        options = {
-            "spec": spec,
-            "time": time,
-            "storage_options": self.storage_options,
-            "zarr_format": self.zarr_format,
-            "consolidated": self.consolidated,
-        }
-        return open_era5(self.store, **{**options, **kwargs})
+    def open(self, spec=None, time=None, **kwargs: Any) -> xr.Dataset:
+        """:func:`open_era5` of the store (``time``: a slice of dates, inclusive; ``kwargs``:
+        more of its arguments)."""
+        return open_era5(
+            self.store, spec=spec, time=time, storage_options=self.storage_options or None,
+            **kwargs,
+        )  # fmt: skip
 
 
 def from_earthkit(source: Any, *, member_dim: str | None = None) -> xr.Dataset:

@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 
 from appa.config import ConfigError, Period, StrictModel
 from appa.data.datasets import WindowStoreDataset
+from appa.data.sources import StoreConfig
 from appa.data.spec import StateSpec
 from appa.data.stats import channel_moments
 from appa.distributed.runner import RayConfig
@@ -46,13 +47,13 @@ __all__ = [
 ]
 
 
-class GriddedSourceConfig(StrictModel):
-    """A gridded store in the canonical ERA5 layout read through :class:`appa.data.WindowDataset`
-    (standardised on the fly, masked variables NaN-filled with a validity mask).
+class GriddedSourceConfig(StoreConfig):
+    """A gridded store (:class:`appa.data.StoreConfig`: path, URL or ERA5 preset and its
+    ``storage_options``) in the canonical ERA5 layout, read through
+    :class:`appa.data.WindowDataset` (standardised on the fly, masked variables NaN-filled with
+    a validity mask), and what training takes from it.
 
     Attributes:
-        store: Local path, ``gs://`` / ``s3://`` URL or ERA5 preset name
-            (:data:`appa.data.ERA5_PRESETS`), e.g. a toy Earth store.
         spec: The state spec (variables, levels, masked variables; channel order).
         statistics: JSON statistics (:class:`appa.data.Statistics`); None: ``<store>.stats.json``
             beside a local store. Missing files are computed over ``stats_period`` and written
@@ -62,17 +63,15 @@ class GriddedSourceConfig(StrictModel):
         static: Static fields of the store given to the autoencoder as context (e.g.
             ``[land_sea_mask, geopotential_at_surface]``; the preset's
             ``autoencoder.static_channels`` must match).
-        storage_options: fsspec options of remote stores.
     """
 
-    store: str
+    store: str = Field(description="preset name, path or URL")
     spec: StateSpec
     static: list[str] = Field(default_factory=list)
     statistics: str | None = None
     stats_period: Period | None = None
     train: Period
     val: Period | None = None
-    storage_options: dict[str, Any] = Field(default_factory=dict)
 
     def statistics_path(self) -> str:
         """Where the statistics live (the configured path, else beside the store)."""
