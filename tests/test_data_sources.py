@@ -290,5 +290,15 @@ def test_store_config(tmp_path, reference):
     ds = cfg.open(time=slice("2020-01-01T06:00", "2020-01-02"), variables=["temperature"])
     # A date-only end includes that whole day (06:00 on the 1st to 18:00 on the 2nd).
     assert ds.sizes["time"] == 7 and list(ds.data_vars) == ["temperature"]
+    # a Store field takes the store's name alone, or the whole config
+    from appa.config import StrictModel
+    from appa.data.sources import Store
+
+    class _Job(StrictModel):
+        truth: Store
+
+    assert load_config(_Job, None, [f"truth={path}"]).truth == StoreConfig(store=str(path))
+    full = load_config(_Job, None, [f"truth={{store: {path}, storage_options: {{token: anon}}}}"])
+    assert full.truth.storage_options == {"token": "anon"}
     default = load_config(StoreConfig, None, ["store=arco-0p25-1h-37"])
     assert default.url == ERA5_PRESETS["arco-0p25-1h-37"]

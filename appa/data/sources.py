@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import xarray as xr
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from appa.config import StrictModel
 from appa.data.layout import LayoutError, normalize, normalize_arrays, normalize_coords
@@ -22,6 +22,7 @@ from appa.data.layout import LayoutError, normalize, normalize_arrays, normalize
 __all__ = [
     "ERA5_PRESETS",
     "SelectionError",
+    "Store",
     "StoreConfig",
     "from_earthkit",
     "open_era5",
@@ -254,6 +255,14 @@ class StoreConfig(StrictModel):
             self.store, spec=spec, time=time, storage_options=self.storage_options or None,
             **kwargs,
         )  # fmt: skip
+
+
+def _store_shorthand(value: Any) -> Any:
+    return {"store": str(value)} if isinstance(value, str | Path) else value
+
+
+# A StoreConfig field that also takes a bare path, URL or preset name (``truth: data/x.zarr``).
+Store = Annotated[StoreConfig, BeforeValidator(_store_shorthand)]
 
 
 def from_earthkit(source: Any, *, member_dim: str | None = None) -> xr.Dataset:

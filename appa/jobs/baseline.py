@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 from appa.baselines.climatology import climatology_at, compute_climatology, persistence
 from appa.baselines.enoi import EnOIConfig, enoi_analyses
 from appa.config import StrictModel, Timestamp
+from appa.data.sources import Store, StoreConfig
 from appa.data.spec import StateSpec
 from appa.io.archive import archive_dataset, open_archive, write_dataset
 
@@ -31,7 +32,10 @@ def _tiny_spec() -> StateSpec:
 class BaselineConfig(StrictModel):
     """Settings of ``appa baseline``. Times are inclusive ISO dates."""
 
-    truth: str = Field("data/toy_earth.zarr", description="gridded store (open_era5)")
+    truth: Store = Field(
+        default_factory=lambda: StoreConfig(store="data/toy_earth.zarr"),
+        description="gridded truth store (a path, URL or preset, or a StoreConfig)",
+    )
     start: Timestamp = Field(
         "2003-01-01T00:00:00", description="first analysis / initialisation time"
     )
@@ -73,9 +77,7 @@ Kind = Literal["climatology", "persistence", "enoi"]
 
 
 def _open(job: BaselineConfig) -> xr.Dataset:
-    from appa.data.sources import open_era5
-
-    return open_era5(job.truth, spec=job.spec)
+    return job.truth.open(spec=job.spec)
 
 
 def _target_times(ds: xr.Dataset, job: BaselineConfig) -> pd.DatetimeIndex:
