@@ -23,6 +23,8 @@ ALLOWED = {
         "appa.metrics.climate",  # pure numpy statistics, for the prior's quality bars
     }
     | BASE,
+    # Strong lensing: a task on the same prior interface (its job configs sit in jobs.py).
+    "lensing": {"appa", "appa.diffusion", "appa.nn", "appa.io.checkpoints"} | BASE,
     # Classical baselines sit with the tasks: data and observations below them, no networks.
     "baselines": {"appa", "appa.data", "appa.observations"} | BASE,
 }
