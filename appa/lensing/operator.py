@@ -145,6 +145,8 @@ class LensingOperator(nn.Module):
         supersample: Sub-pixels per image pixel along each axis (integrates the pixel).
         mask: Bool ``(H, W)``, True where pixels are observed (:meth:`observe` keeps those).
         dtype: Floating dtype of the sampling grid (the source's dtype is used for the rest).
+        dense: Materialise ``A`` once as an ``(m, Hs Ws)`` matrix and observe by matrix products
+            (fast for small grids and large batches; memory ``8 m Hs Ws`` bytes).
 
     The ray-traced sampling grid is computed once, here. :meth:`forward` with ``lenses=...``
     ray-traces new lenses instead (differentiable in their parameters).
@@ -159,6 +161,7 @@ class LensingOperator(nn.Module):
         supersample: int = 1,
         mask: Tensor | None = None,
         dtype: torch.dtype = torch.float32,
+        dense: bool = False,
     ) -> None:
         super().__init__()
         if int(supersample) != supersample or supersample < 1:
@@ -181,6 +184,9 @@ class LensingOperator(nn.Module):
                 raise ValueError("mask hides every pixel")
         self.register_buffer("mask", mask)
         self.register_buffer("grid", self.sampling_grid(self.lenses, dtype=dtype))
+        self.register_buffer("dense", None)
+        if dense:
+            self.dense = self.matrix(dtype)
 
     @property
     def source_shape(self) -> tuple[int, int]:
@@ -245,13 +251,15 @@ class LensingOperator(nn.Module):
             grid = self.sampling_grid(lenses, dtype=source.dtype, device=source.device)
         if grid.shape[0] not in (1, B):
             raise ValueError(f"lenses hold a batch of {grid.shape[0]}, the source one of {B}")
-        fine = F.grid_sample(
-            source[:, None],
-            grid.expand(B, -1, -1, -1),
-            mode="bilinear",
-            padding_mode="zeros",
-            align_corners=False,
-        )
+        if grid.shape[0] == 1:
+            # one lens for the batch: sources become channels that share the sampling weights
+            fine = F.grid_sample(
+                source[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False
+            ).transpose(0, 1)
+        else:
+            fine = F.grid_sample(
+                source[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False
+            )
         image = F.avg_pool2d(fine, self.supersample) if self.supersample > 1 else fine
         if self.psf is not None:
             # conv2d correlates: flip the kernel to convolve
@@ -261,6 +269,9 @@ class LensingOperator(nn.Module):
 
     def observe(self, source: Tensor) -> Tensor:
         """The observed pixels of ``A x``: ``(B, m)`` (row-major, masked pixels dropped)."""
+        if self.dense is not None:
+            source = self._source(source)
+            return source.flatten(1) @ self.dense.to(source).T
         return self.flatten(self.forward(source))
 
     def flatten(self, image: Tensor) -> Tensor:
@@ -296,6 +307,8 @@ class LensingOperator(nn.Module):
     def matrix(self, dtype: torch.dtype = torch.float64, chunk: int = 256) -> Tensor:
         """The dense matrix of :meth:`observe`: ``(m, Hs Ws)``, column ``k`` the image of source
         pixel ``k`` (for closed-form baselines and exact checks on small grids)."""
+        if self.dense is not None:
+            return self.dense.to(dtype)
         d = self.source_shape[0] * self.source_shape[1]
         columns = []
         device = self.grid.device
