@@ -14,6 +14,7 @@ from autograd and lens parameters can be fitted by gradient descent.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
@@ -83,19 +84,19 @@ def _floor(like: Tensor) -> float:
 
 
 @dataclass(frozen=True)
-class Lens:
+class Lens(ABC):
     """Base class: a lens component in the lens plane, centred at ``(x0, y0)`` arcsec."""
 
     kind: ClassVar[str] = ""
 
+    @abstractmethod
     def deflection(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Deflection ``(alpha_x, alpha_y)`` in arcsec at image-plane positions ``x, y``
         (arcsec, shape ``(..., H, W)``)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def convergence(self, x: Tensor, y: Tensor) -> Tensor:
         """Dimensionless surface density ``kappa`` at ``x, y`` (arcsec)."""
-        raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
         """``{"kind": ..., <parameter>: float or list}``, JSON-able."""

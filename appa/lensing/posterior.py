@@ -36,6 +36,7 @@ __all__ = [
     "empirical_gaussian",
     "fit_gaussian_process",
     "gaussian_process_covariance",
+    "gaussian_source_moments",
     "gaussian_source_posterior",
     "sample_source_posterior",
 ]
@@ -144,6 +145,29 @@ def gaussian_source_posterior(
         prior.mean, prior.cov, matrix, y, noise_variance
     )
     return GaussianSource(mean, cov, f"{prior.name} posterior"), float(log_evidence)
+
+
+def gaussian_source_moments(
+    prior: GaussianSource, matrix: Tensor, y: Tensor, noise_variance: Tensor | float
+) -> tuple[Tensor, Tensor]:
+    """Mean and per-pixel standard deviation ``(d,)`` of the same exact posterior, without the
+    ``(d, d)`` posterior covariance (four ``O(d^3)`` products instead of six).
+
+    With ``M = A C``, ``S = M A^T + R = L L^T`` and ``W = L^-1 M``: the mean is
+    ``mu + W^T L^-1 (y - A mu)`` and the variances ``diag(C) - sum_rows(W^2)``."""
+    A = matrix.to(torch.float64)
+    C = prior.cov.to(torch.float64)
+    var = torch.as_tensor(noise_variance, dtype=torch.float64)
+    M = A @ C
+    S = M @ A.T
+    S.diagonal().add_(var.expand(S.shape[0]) if var.ndim == 0 else var)
+    L = torch.linalg.cholesky(S)
+    W = torch.linalg.solve_triangular(L, M, upper=False)
+    r = y.to(torch.float64) - A @ prior.mean
+    white = torch.linalg.solve_triangular(L, r[:, None], upper=False)[:, 0]
+    mean = prior.mean + W.T @ white
+    variance = torch.diagonal(C) - (W**2).sum(0)
+    return mean, variance.clamp_min(0).sqrt()
 
 
 class _Scaled:

@@ -1,0 +1,887 @@
+"""The ``appa lensing simulate | train | reconstruct | diagnose`` jobs, driven by one config
+(:class:`LensingConfig`); each run function takes the config and writes under ``out``.
+
+- ``simulate``: the galaxy stamps the prior trains on (Zarr, skipped when already there with the
+  same settings) and held-out lenses: generated sources behind random SIE + shear lenses, seen
+  through the PSF with Gaussian noise (``<out>/lenses.zarr``, one figure).
+- ``train``: trains the diffusion prior on the stamps, writes ``<out>/prior`` (and, with
+  ``train.export``, a float16 copy to commit).
+- ``reconstruct``: posterior source samples (MMPS, or DPS) for an observed image (Zarr, NPY or
+  FITS plus its lens parameters) or for held-out lenses, with the closed-form Gaussian baselines;
+  samples, summaries and figures under ``<out>/reconstruct``.
+- ``diagnose``: the prior's quality (morphology of its samples against the training set's), then
+  over held-out lenses: fit (reduced chi-square), source error against the baselines, per-pixel
+  coverage, spread/skill, DPS, the effect of wrong lens parameters, and the cost of a sample.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, field_validator
+
+from appa.config import StrictModel
+from appa.files import written_whole
+
+__all__ = [
+    "DataSection",
+    "DiagnoseSection",
+    "LensingConfig",
+    "ReconstructSection",
+    "SamplingSection",
+    "SetupSection",
+    "SimulateSection",
+    "TrainSection",
+    "UNetSection",
+    "run_diagnose",
+    "run_reconstruct",
+    "run_simulate",
+    "run_train",
+]
+
+
+class SetupSection(StrictModel):
+    """The observation model: grids, PSF and noise (arcsec; surface-brightness units)."""
+
+    source_size: int = Field(64, ge=8, description="source grid width (pixels)")
+    source_pixel: float = Field(0.05, gt=0, description="source pixel (arcsec)")
+    image_size: int = Field(64, ge=8, description="image width (pixels)")
+    image_pixel: float = Field(0.1, gt=0, description="image pixel (arcsec)")
+    supersample: int = Field(2, ge=1, description="sub-pixels per image pixel and axis")
+    psf_fwhm: float | None = Field(0.15, gt=0, description="Gaussian PSF FWHM (arcsec)")
+    noise_std: float = Field(0.1, gt=0, description="pixel noise standard deviation")
+
+
+class DataSection(StrictModel):
+    """The generated galaxy stamps (Zarr stores) the prior trains and validates on."""
+
+    train: Path = Path("outputs/lensing/galaxies-train.zarr")
+    validation: Path = Path("outputs/lensing/galaxies-val.zarr")
+    train_count: int = Field(24000, ge=16)
+    validation_count: int = Field(1024, ge=16)
+    train_seed: int = 1
+    validation_seed: int = 2
+
+
+class LensRanges(StrictModel):
+    """Uniform ranges of the simulated lenses' parameters."""
+
+    theta_e: tuple[float, float] = (1.0, 1.4)
+    q: tuple[float, float] = (0.55, 0.95)
+    shear: float = Field(0.05, ge=0, lt=1, description="largest |gamma|")
+    centre: float = Field(0.05, ge=0, description="largest lens offset (arcsec)")
+    source_offset: float = Field(
+        0.25, ge=0, description="largest source-centre offset from the optical axis (arcsec)"
+    )
+
+
+class SimulateSection(StrictModel):
+    lenses: int = Field(8, ge=1, description="held-out lenses to simulate")
+    seed: int = Field(100, description="seed of held-out sources, lenses and noise")
+    ranges: LensRanges = Field(default_factory=LensRanges)
+
+
+class UNetSection(StrictModel):
+    """The prior's U-Net (:class:`appa.nn.unet.UNetConfig`)."""
+
+    channels: list[int] = Field(default_factory=lambda: [32, 48, 64, 96])
+    attention: list[bool] = Field(default_factory=lambda: [False, False, False, True])
+    blocks: int = Field(1, ge=1)
+    embedding: int = Field(128, ge=8)
+    groups: int = Field(8, ge=1)
+    heads: int = Field(4, ge=1)
+    patch: int = Field(1, ge=1)
+
+
+class TrainSection(StrictModel):
+    """Training of the prior (:class:`appa.lensing.prior.TrainSettings`)."""
+
+    steps: int = Field(4000, ge=1)
+    batch: int = Field(32, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    warmup: int = Field(200, ge=0)
+    final_lr: float = Field(0.05, ge=0, le=1)
+    ema: float = Field(0.999, ge=0, lt=1)
+    sigma_log_mean: float = -0.7
+    sigma_log_std: float = Field(1.5, gt=0)
+    sigma_min: float = Field(1e-2, gt=0)
+    sigma_max: float = Field(1e2, gt=0)
+    precision: Literal["bf16", "fp32"] = "bf16"
+    validate_every: int = Field(500, ge=1)
+    checkpoint_every: int = Field(1000, ge=1)
+    seed: int = 0
+    train_limit: int | None = Field(None, ge=16, description="use only the first N stamps")
+    export: Path | None = Field(None, description="also write a float16 copy here (to commit)")
+    unet: UNetSection = Field(default_factory=UNetSection)
+
+
+class SamplingSection(StrictModel):
+    """Posterior sampling (:class:`appa.lensing.posterior.SamplingConfig`)."""
+
+    method: Literal["mmps", "dps"] = "mmps"
+    sampler: Literal["pc", "ddpm", "ddim", "heun", "euler", "lms"] = "pc"
+    steps: int = Field(64, ge=1)
+    corrections: int = Field(1, ge=0)
+    delta: float = Field(0.1, gt=0)
+    iterations: int = Field(8, ge=1, description="conjugate-gradient iterations (MMPS)")
+    zeta: float = Field(1.0, gt=0, description="DPS guidance strength")
+    sigma_min: float | None = Field(None, gt=0, description="default: the prior's")
+    sigma_max: float | None = Field(None, gt=0, description="default: the prior's")
+    batch: int = Field(8, ge=1)
+
+
+class ReconstructSection(StrictModel):
+    """Which image to reconstruct and how."""
+
+    observation: Path | None = Field(
+        None, description="observed image (.zarr, .npy, .fits); default: held-out lenses"
+    )
+    variable: str = Field("image", description="Zarr variable of the image")
+    lenses: list[dict[str, Any]] | None = Field(
+        None, description='lens specs for an observation file, e.g. [{"kind": "sie", ...}]'
+    )
+    noise_std: float | None = Field(None, gt=0, description="default: setup.noise_std")
+    noise_map: Path | None = Field(None, description=".npy per-pixel noise std (H, W)")
+    mask: Path | None = Field(None, description=".npy bool (H, W), True where observed")
+    index: list[int] = Field(default_factory=lambda: [0], description="held-out lenses")
+    samples: int = Field(16, ge=1)
+    seed: int = 0
+    baselines: list[Literal["gp", "empirical"]] = Field(default_factory=lambda: ["gp", "empirical"])
+    sampling: SamplingSection = Field(default_factory=SamplingSection)
+
+
+class DiagnoseSection(StrictModel):
+    """What ``diagnose`` measures."""
+
+    prior_samples: int = Field(256, ge=8, description="prior draws for the quality checks")
+    prior_steps: int = Field(64, ge=4)
+    lenses: list[int] | None = Field(None, description="held-out lenses (default: all)")
+    samples: int = Field(32, ge=2, description="posterior samples per lens")
+    levels: list[float] = Field(default_factory=lambda: [0.5, 0.68, 0.9, 0.95])
+    dps: bool = Field(True, description="also sample with DPS")
+    dps_zeta: float = Field(1.0, gt=0)
+    theta_e_errors: list[float] = Field(
+        default_factory=lambda: [0.01, 0.03],
+        description="relative errors of the Einstein radius to measure the effect of",
+    )
+    error_lenses: int = Field(2, ge=1, description="held-out lenses for the wrong-lens runs")
+    error_samples: int = Field(8, ge=2)
+    seed: int = 1
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, value: list[float]) -> list[float]:
+        if not value or not all(0 < v < 1 for v in value):
+            raise ValueError("levels must lie in (0, 1)")
+        return value
+
+
+class LensingConfig(StrictModel):
+    """Settings of ``appa lensing``."""
+
+    out: Path = Path("outputs/lensing")
+    threads: int = Field(2, ge=1)
+    prior: Path = Field(
+        Path("pipelines/priors/lensing-galaxies-tiny"),
+        description="prior checkpoint for reconstruct and diagnose",
+    )
+    setup: SetupSection = Field(default_factory=SetupSection)
+    data: DataSection = Field(default_factory=DataSection)
+    simulate: SimulateSection = Field(default_factory=SimulateSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    reconstruct: ReconstructSection = Field(default_factory=ReconstructSection)
+    diagnose: DiagnoseSection = Field(default_factory=DiagnoseSection)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with written_whole(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2))
+
+
+def run_train(cfg: LensingConfig) -> Path:
+    """Trains the prior on ``data.train`` (validating on ``data.validation``); writes
+    ``<out>/prior`` (float32, EMA weights) and ``<out>/prior/history.json``; with
+    ``train.export``, also a float16 copy there. Returns the checkpoint path."""
+    from appa.lensing.galaxies import read_galaxies
+    from appa.lensing.prior import TrainSettings, train_prior
+
+    t = cfg.train
+    torch.set_num_threads(cfg.threads)
+    train, _, attrs = read_galaxies(cfg.data.train, 0, t.train_limit)
+    validation, _, _ = read_galaxies(cfg.data.validation, 0, min(512, cfg.data.validation_count))
+    if train.shape[-1] != cfg.setup.source_size:
+        raise ValueError(
+            f"{cfg.data.train}: stamps of {train.shape[-1]} pixels, setup.source_size is "
+            f"{cfg.setup.source_size}"
+        )
+    settings = TrainSettings(
+        **t.model_dump(
+            exclude={"checkpoint_every", "train_limit", "export", "unet"},
+        ),
+        threads=cfg.threads,
+    )
+    unet = {"in_channels": 1, **t.unet.model_dump()}
+    out = cfg.out / "prior"
+    card = {
+        "config": cfg.model_dump(mode="json"),
+        "data": {"path": str(cfg.data.train), "count": int(train.shape[0]), "attrs": attrs},
+    }
+
+    def checkpoint(prior, step, result):
+        prior.card.update(card)
+        prior.save(out, step, extra={"training": result.to_dict()})
+        _write_json(out / "history.json", result.to_dict())
+
+    print(
+        f"lensing train: {train.shape[0]} stamps, {t.steps} steps of {t.batch}, "
+        f"{cfg.threads} threads, {t.precision}"
+    )
+    prior, result = train_prior(
+        train,
+        validation,
+        unet,
+        settings,
+        pixel=cfg.setup.source_pixel,
+        checkpoint=checkpoint,
+        checkpoint_every=t.checkpoint_every,
+    )
+    prior.card.update(card)
+    path = prior.save(out, t.steps, extra={"training": result.to_dict()})
+    if t.export is not None:
+        prior.save(t.export, t.steps, extra={"training": result.to_dict()}, dtype=torch.float16)
+        print(f"exported (float16): {t.export}")
+    print(
+        f"prior: {path} ({result.wall_seconds:.0f} s wall, {result.cpu_seconds:.0f} s CPU on "
+        f"{result.threads} threads)"
+    )
+    return Path(path)
+
+
+# --- observations ---------------------------------------------------------------------------
+
+
+def make_operator(
+    cfg: LensingConfig,
+    lenses: list,
+    source_center: tuple[float, float] = (0.0, 0.0),
+    mask: torch.Tensor | None = None,
+):
+    """The lensing operator of ``setup`` for these lenses (float32)."""
+    from appa.lensing.operator import LensingOperator, PixelGrid, gaussian_psf
+
+    st = cfg.setup
+    psf = None if st.psf_fwhm is None else gaussian_psf(st.psf_fwhm, st.image_pixel)
+    return LensingOperator(
+        lenses,
+        PixelGrid((st.source_size, st.source_size), st.source_pixel, source_center),
+        PixelGrid((st.image_size, st.image_size), st.image_pixel),
+        psf=psf,
+        supersample=st.supersample,
+        mask=mask,
+    )
+
+
+def _draw_lenses(ranges: LensRanges, n: int, g: torch.Generator) -> list[dict[str, float]]:
+    def uniform(low: float, high: float) -> float:
+        return float(low + (high - low) * torch.rand((), generator=g, dtype=torch.float64))
+
+    rows = []
+    for _ in range(n):
+        shear = uniform(0.0, ranges.shear)
+        shear_angle = uniform(0.0, np.pi)
+        radius = ranges.source_offset * uniform(0.0, 1.0) ** 0.5
+        angle = uniform(0.0, 2 * np.pi)
+        rows.append(
+            {
+                "theta_e": uniform(*ranges.theta_e),
+                "q": uniform(*ranges.q),
+                "phi": uniform(0.0, np.pi),
+                "lens_x0": uniform(-ranges.centre, ranges.centre),
+                "lens_y0": uniform(-ranges.centre, ranges.centre),
+                "gamma1": shear * float(np.cos(2 * shear_angle)),
+                "gamma2": shear * float(np.sin(2 * shear_angle)),
+                "source_x0": radius * float(np.cos(angle)),
+                "source_y0": radius * float(np.sin(angle)),
+            }
+        )
+    return rows
+
+
+def lenses_of(row: dict[str, float]) -> list:
+    """The SIE + external shear of a simulated lens's parameters."""
+    from appa.lensing.lenses import SIE, ExternalShear
+
+    x0, y0 = row["lens_x0"], row["lens_y0"]
+    return [
+        SIE(row["theta_e"], row["q"], row["phi"], x0, y0),
+        ExternalShear(row["gamma1"], row["gamma2"], x0, y0),
+    ]
+
+
+LENS_FIELDS = (
+    "theta_e",
+    "q",
+    "phi",
+    "lens_x0",
+    "lens_y0",
+    "gamma1",
+    "gamma2",
+    "source_x0",
+    "source_y0",
+)
+
+
+def _ensure_galaxies(path: Path, count: int, seed: int, cfg: LensingConfig) -> None:
+    """Writes a galaxy store unless one with the same settings is already there."""
+    import xarray as xr
+
+    from appa.lensing.galaxies import write_galaxies
+
+    size = cfg.setup.source_size
+    if path.exists():
+        with xr.open_zarr(path) as ds:
+            same = (
+                ds.sizes.get("galaxy") == count
+                and ds.attrs.get("seed") == seed
+                and ds.attrs.get("size") == size
+            )
+        if same:
+            print(f"galaxies: {path} already holds {count} stamps of seed {seed}")
+            return
+    write_galaxies(path, count, seed, size=size, pixel=cfg.setup.source_pixel)
+    print(f"galaxies: wrote {count} stamps (seed {seed}) to {path}")
+
+
+def run_simulate(cfg: LensingConfig) -> Path:
+    """Writes the training and validation stamps (unless present) and ``<out>/lenses.zarr``:
+    held-out sources (seed ``simulate.seed``) behind random SIE + shear lenses, their clean and
+    noisy images, noise level and lens parameters; and ``<out>/lenses.png``."""
+    import xarray as xr
+
+    from appa.lensing.galaxies import generate_galaxies
+
+    torch.set_num_threads(cfg.threads)
+    sim, st = cfg.simulate, cfg.setup
+    if {sim.seed} & {cfg.data.train_seed, cfg.data.validation_seed}:
+        raise ValueError(
+            f"simulate.seed {sim.seed} is a training or validation seed: held-out sources must "
+            "come from another"
+        )
+    _ensure_galaxies(cfg.data.train, cfg.data.train_count, cfg.data.train_seed, cfg)
+    _ensure_galaxies(cfg.data.validation, cfg.data.validation_count, cfg.data.validation_seed, cfg)
+    sources, _ = generate_galaxies(sim.lenses, seed=sim.seed, size=st.source_size)
+    g = torch.Generator().manual_seed(sim.seed)
+    rows = _draw_lenses(sim.ranges, sim.lenses, g)
+    clean, noisy = [], []
+    for source, row in zip(sources, rows, strict=True):
+        operator = make_operator(cfg, lenses_of(row), (row["source_x0"], row["source_y0"]))
+        image = operator(source[None])[0]
+        clean.append(image)
+        noisy.append(image + st.noise_std * torch.randn(image.shape, generator=g))
+    data = {
+        "source": (("lens", "sy", "sx"), sources.numpy()),
+        "clean": (("lens", "y", "x"), torch.stack(clean).numpy()),
+        "image": (("lens", "y", "x"), torch.stack(noisy).numpy()),
+        "noise_std": (("lens",), np.full(sim.lenses, st.noise_std, dtype=np.float32)),
+    }
+    for key in LENS_FIELDS:
+        data[key] = (("lens",), np.array([r[key] for r in rows]))
+    attrs = {"setup": json.dumps(st.model_dump(mode="json")), "seed": sim.seed}
+    path = cfg.out / "lenses.zarr"
+    with written_whole(path) as tmp:
+        xr.Dataset(data, attrs=attrs).to_zarr(tmp, mode="w", zarr_format=2, consolidated=True)
+    _plot_lenses(cfg.out / "lenses.png", sources, torch.stack(noisy), cfg)
+    print(f"lenses: {path} ({sim.lenses} held-out lenses, seed {sim.seed})")
+    return path
+
+
+def _plot_lenses(path: Path, sources, images, cfg: LensingConfig) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from appa.lensing.diagnostics import save_figure
+
+    n = min(6, len(sources))
+    fig, axes = plt.subplots(2, n, figsize=(2.4 * n, 4.8), squeeze=False)
+    st = cfg.setup
+    for k in range(n):
+        half_s = st.source_size * st.source_pixel / 2
+        half_i = st.image_size * st.image_pixel / 2
+        axes[0, k].imshow(
+            sources[k], origin="lower", cmap="magma", extent=(-half_s, half_s, -half_s, half_s)
+        )
+        axes[1, k].imshow(
+            images[k], origin="lower", cmap="magma", extent=(-half_i, half_i, -half_i, half_i)
+        )
+        axes[0, k].set_title(f"source {k}", fontsize=8)
+        axes[1, k].set_title(f"lensed image {k}", fontsize=8)
+    for ax in axes.flat:
+        ax.tick_params(labelsize=6)
+    save_figure(fig, path)
+
+
+def read_lenses(path: Path) -> list[dict[str, Any]]:
+    """The held-out lenses of ``simulate``: per lens its ``source``, ``clean`` and ``image``
+    tensors, ``noise_std`` and lens parameters."""
+    import xarray as xr
+
+    if not path.exists():
+        raise FileNotFoundError(f"held-out lenses not found: {path} (run 'appa lensing simulate')")
+    with xr.open_zarr(path) as ds:
+        ds = ds.load()
+        out = []
+        for k in range(ds.sizes["lens"]):
+            row = {key: float(ds[key][k]) for key in LENS_FIELDS}
+            row.update(
+                source=torch.from_numpy(ds["source"][k].values),
+                clean=torch.from_numpy(ds["clean"][k].values),
+                image=torch.from_numpy(ds["image"][k].values),
+                noise_std=float(ds["noise_std"][k]),
+                index=k,
+            )
+            out.append(row)
+    return out
+
+
+def load_image(path: Path, variable: str = "image") -> torch.Tensor:
+    """A 2-D image from ``.npy``, a Zarr store (``variable``) or FITS (primary HDU, needs
+    astropy)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"observation not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        data = np.load(path, allow_pickle=False)
+    elif suffix == ".zarr":
+        import xarray as xr
+
+        with xr.open_zarr(path) as ds:
+            if variable not in ds:
+                raise ValueError(f"{path}: no variable {variable!r}; it has {sorted(ds.data_vars)}")
+            data = ds[variable].values
+    elif suffix in (".fits", ".fit", ".fts"):
+        try:
+            from astropy.io import fits
+        except ImportError:
+            raise ImportError(
+                f"{path}: reading FITS needs astropy (pip install astropy); or save the image "
+                "as .npy"
+            ) from None
+        with fits.open(path) as hdus:
+            data = hdus[0].data
+            if data is None:
+                raise ValueError(f"{path}: the primary HDU holds no image")
+    else:
+        raise ValueError(f"{path}: unknown image format {suffix!r}; use .npy, .zarr or .fits")
+    data = np.asarray(data, dtype=np.float32)
+    if data.ndim != 2:
+        raise ValueError(f"{path}: the image must be 2-D, got shape {data.shape}")
+    return torch.from_numpy(np.ascontiguousarray(data))
+
+
+# --- baselines --------------------------------------------------------------------------------
+
+
+def gaussian_baselines(cfg: LensingConfig, names: list[str]) -> dict[str, Any]:
+    """The Gaussian priors of the baselines, fitted once on training stamps and cached under
+    ``<out>/baselines`` (``gp``: a Matern-3/2 process, length by likelihood; ``empirical``: the
+    stamps' mean and covariance)."""
+    from appa.lensing.galaxies import read_galaxies
+    from appa.lensing.operator import PixelGrid
+    from appa.lensing.posterior import GaussianSource, empirical_gaussian, fit_gaussian_process
+
+    st = cfg.setup
+    cache = cfg.out / "baselines"
+    out: dict[str, Any] = {}
+    images = None
+    for name in names:
+        mean_path, cov_path = cache / f"{name}-mean.npy", cache / f"{name}-cov.npy"
+        if mean_path.exists() and cov_path.exists():
+            mean, cov = np.load(mean_path), np.load(cov_path)
+            out[name] = GaussianSource(torch.from_numpy(mean), torch.from_numpy(cov), name)
+            continue
+        if images is None:
+            images, _, _ = read_galaxies(cfg.data.train, 0, min(4000, cfg.data.train_count))
+        grid = PixelGrid((st.source_size, st.source_size), st.source_pixel)
+        if name == "gp":
+            lengths = [st.source_pixel * k for k in (1, 2, 4, 8)]
+            source, info = fit_gaussian_process(images[:1000], grid, lengths)
+            print(
+                f"baseline gp: length {info['length']:g} arcsec, amplitude {info['amplitude']:.3g}"
+            )
+        else:
+            source = empirical_gaussian(images)
+        for path, value in ((mean_path, source.mean), (cov_path, source.cov)):
+            with written_whole(path) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, value.numpy())
+        source.name = name
+        out[name] = source
+    return out
+
+
+# --- reconstruction ---------------------------------------------------------------------------
+
+
+def _sampling(section: SamplingSection, prior) -> Any:
+    from appa.lensing.posterior import SamplingConfig
+
+    values = section.model_dump()
+    values["sigma_min"] = values["sigma_min"] or prior.sigma_min
+    values["sigma_max"] = values["sigma_max"] or prior.sigma_max
+    return SamplingConfig(**values)
+
+
+def _observations(cfg: LensingConfig) -> list[dict[str, Any]]:
+    from appa.lensing.lenses import lenses_from_dicts
+
+    rc = cfg.reconstruct
+    if rc.observation is None:
+        held_out = read_lenses(cfg.out / "lenses.zarr")
+        bad = [i for i in rc.index if not 0 <= i < len(held_out)]
+        if bad:
+            raise ValueError(f"reconstruct.index {bad}: there are {len(held_out)} held-out lenses")
+        out = []
+        for i in rc.index:
+            row = held_out[i]
+            out.append(
+                {
+                    "name": f"lens-{i}",
+                    "image": row["image"],
+                    "noise_std": torch.tensor(row["noise_std"]),
+                    "lenses": lenses_of(row),
+                    "source_center": (row["source_x0"], row["source_y0"]),
+                    "truth": row["source"],
+                    "mask": None,
+                }
+            )
+        return out
+    if not rc.lenses:
+        raise ValueError("reconstruct.observation needs reconstruct.lenses (the lens parameters)")
+    image = load_image(rc.observation, rc.variable)
+    size = cfg.setup.image_size
+    if tuple(image.shape) != (size, size):
+        raise ValueError(
+            f"{rc.observation}: image of shape {tuple(image.shape)}, setup.image_size is {size}"
+        )
+    noise = torch.tensor(rc.noise_std or cfg.setup.noise_std)
+    if rc.noise_map is not None:
+        noise = torch.from_numpy(np.load(rc.noise_map).astype(np.float32))
+        if tuple(noise.shape) != (size, size) or not (noise > 0).all():
+            raise ValueError(f"{rc.noise_map}: need a positive ({size}, {size}) noise map")
+    mask = None
+    if rc.mask is not None:
+        mask = torch.from_numpy(np.load(rc.mask)).to(torch.bool)
+    elif not torch.isfinite(image).all():
+        mask = torch.isfinite(image)  # NaN pixels are unobserved
+    return [
+        {
+            "name": rc.observation.stem,
+            "image": image,
+            "noise_std": noise,
+            "lenses": lenses_from_dicts(rc.lenses),
+            "source_center": (0.0, 0.0),
+            "truth": None,
+            "mask": mask,
+        }
+    ]
+
+
+def reconstruct_one(
+    cfg: LensingConfig,
+    prior,
+    observation: dict[str, Any],
+    samples: int,
+    sampling: SamplingSection,
+    seed: int,
+    lenses: list | None = None,
+) -> tuple[torch.Tensor, Any, float]:
+    """Posterior samples ``(samples, Hs, Ws)`` for one observation (optionally under other
+    lenses than its own), the operator and the seconds taken."""
+    import time
+
+    from appa.lensing.posterior import sample_source_posterior
+
+    operator = make_operator(
+        cfg, lenses or observation["lenses"], observation["source_center"], observation["mask"]
+    )
+    if prior.size != cfg.setup.source_size:
+        raise ValueError(
+            f"the prior makes {prior.size}-pixel sources, setup.source_size is "
+            f"{cfg.setup.source_size}"
+        )
+    start = time.perf_counter()
+    draws = sample_source_posterior(
+        prior.denoiser,
+        operator,
+        observation["image"],
+        observation["noise_std"] ** 2,
+        samples,
+        _sampling(sampling, prior),
+        scale=prior.scale,
+        event_shape=prior.event_shape,
+        seed=seed,
+    )
+    return draws.detach(), operator, time.perf_counter() - start
+
+
+def run_reconstruct(cfg: LensingConfig) -> Path:
+    """Posterior source samples for ``reconstruct.observation`` (with ``reconstruct.lenses``) or
+    the held-out lenses ``reconstruct.index``; per observation ``samples.npy``, ``summary.json``
+    and ``reconstruction.png`` under ``<out>/reconstruct/<name>``."""
+    from appa.lensing import diagnostics as dg
+    from appa.lensing.posterior import gaussian_source_moments
+    from appa.lensing.prior import GalaxyPrior
+
+    torch.set_num_threads(cfg.threads)
+    rc = cfg.reconstruct
+    prior = GalaxyPrior.load(cfg.prior)
+    baselines = gaussian_baselines(cfg, list(rc.baselines)) if rc.baselines else {}
+    root = cfg.out / "reconstruct"
+    for obs in _observations(cfg):
+        draws, operator, seconds = reconstruct_one(
+            cfg, prior, obs, rc.samples, rc.sampling, rc.seed
+        )
+        var = obs["noise_std"] ** 2
+        image = obs["image"]
+        mean = draws.mean(0)
+        summary: dict[str, Any] = {
+            "observation": obs["name"],
+            "method": rc.sampling.method,
+            "samples": rc.samples,
+            "seconds": seconds,
+            "samples_per_second": rc.samples / seconds,
+            "reduced_chi_square": dg.reduced_chi_square(operator, mean, image, var),
+        }
+        estimates = {}
+        matrix = operator.matrix() if baselines else None
+        for name, gaussian in baselines.items():
+            y = operator.flatten(torch.nan_to_num(image).double())
+            noise = var if var.ndim == 0 else operator.flatten(var)
+            b_mean, _ = gaussian_source_moments(gaussian, matrix, y, noise.double())
+            b_mean = b_mean.reshape(operator.source_shape).float()
+            estimates[name] = b_mean
+            summary[f"{name}_reduced_chi_square"] = dg.reduced_chi_square(
+                operator, b_mean, image, var
+            )
+        if obs["truth"] is not None:
+            truth = obs["truth"]
+            where = dg.galaxy_pixels(truth)
+            summary["rmse"] = dg.source_rmse(mean, truth)
+            summary["rmse_galaxy"] = dg.source_rmse(mean, truth, where)
+            for name, est in estimates.items():
+                summary[f"{name}_rmse"] = dg.source_rmse(est, truth)
+                summary[f"{name}_rmse_galaxy"] = dg.source_rmse(est, truth, where)
+        out = root / obs["name"]
+        out.mkdir(parents=True, exist_ok=True)
+        with written_whole(out / "samples.npy") as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, draws.numpy())
+        _write_json(out / "summary.json", summary)
+        dg.plot_reconstruction(
+            out / "reconstruction.png",
+            image,
+            draws,
+            operator,
+            obs["noise_std"],
+            truth=obs["truth"],
+            baselines=estimates,
+            title=f"{obs['name']}: {rc.samples} {rc.sampling.method.upper()} samples",
+        )
+        print(json.dumps(summary, indent=2))
+    return root
+
+
+# --- diagnostics ------------------------------------------------------------------------------
+
+
+def _mean_range(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": float(np.mean(values)),
+        "min": float(np.min(values)),
+        "max": float(np.max(values)),
+    }
+
+
+def run_diagnose(cfg: LensingConfig) -> dict:
+    """The prior's quality checks, then reconstructions of held-out lenses with MMPS (and DPS),
+    the Gaussian baselines, wrong Einstein radii and the cost of a sample; writes
+    ``<out>/diagnose/diagnostics.json`` and figures beside it. Returns the report."""
+    import time
+
+    from appa.lensing import diagnostics as dg
+    from appa.lensing.galaxies import read_galaxies
+    from appa.lensing.lenses import SIE
+    from appa.lensing.posterior import gaussian_source_moments
+    from appa.lensing.prior import GalaxyPrior
+
+    torch.set_num_threads(cfg.threads)
+    d = cfg.diagnose
+    out = cfg.out / "diagnose"
+    out.mkdir(parents=True, exist_ok=True)
+    prior = GalaxyPrior.load(cfg.prior)
+    report: dict[str, Any] = {"prior": str(cfg.prior), "threads": cfg.threads}
+
+    # the prior's quality: morphology of its draws against the training stamps'
+    start = time.perf_counter()
+    draws = prior.sample(d.prior_samples, steps=d.prior_steps, seed=d.seed)
+    report["prior_sample_seconds"] = time.perf_counter() - start
+    training, _, _ = read_galaxies(cfg.data.train, 0, min(4000, cfg.data.train_count))
+    held, _, _ = read_galaxies(
+        cfg.data.validation, 0, min(d.prior_samples, cfg.data.validation_count)
+    )
+    report["prior_quality"] = dg.compare_morphology(draws, training, held)
+    dg.plot_prior_quality(out / "prior_quality.png", draws, training, cfg.setup.source_pixel)
+    print(json.dumps(report["prior_quality"], indent=2))
+
+    held_out = read_lenses(cfg.out / "lenses.zarr")
+    indices = d.lenses if d.lenses is not None else list(range(len(held_out)))
+    baselines = gaussian_baselines(cfg, ["gp", "empirical"])
+    mmps = cfg.reconstruct.sampling.model_copy(update={"method": "mmps"})
+    dps = cfg.reconstruct.sampling.model_copy(update={"method": "dps", "zeta": d.dps_zeta})
+    final_noise = prior.scale * (mmps.sigma_min or prior.sigma_min)
+    per_lens = []
+    curves: dict[str, dict[str, list[float]]] = {}
+    for i in indices:
+        row = held_out[i]
+        obs = {
+            "image": row["image"],
+            "noise_std": torch.tensor(row["noise_std"]),
+            "lenses": lenses_of(row),
+            "source_center": (row["source_x0"], row["source_y0"]),
+            "mask": None,
+        }
+        truth = row["source"]
+        where = dg.galaxy_pixels(truth)
+        var = obs["noise_std"] ** 2
+        entry: dict[str, Any] = {"lens": i, "theta_e": row["theta_e"], "q": row["q"]}
+        runs = {"mmps": mmps} | ({"dps": dps} if d.dps else {})
+        for name, sampling in runs.items():
+            samples, operator, seconds = reconstruct_one(
+                cfg, prior, obs, d.samples, sampling, d.seed + 1000 * i
+            )
+            mean = samples.mean(0)
+            cov_all = dg.rank_coverage(samples, truth, d.levels, None, final_noise, seed=i)
+            cov_gal = dg.rank_coverage(samples, truth, d.levels, where, final_noise, seed=i)
+            entry[name] = {
+                "reduced_chi_square": dg.reduced_chi_square(operator, mean, row["image"], var),
+                "rmse": dg.source_rmse(mean, truth),
+                "rmse_galaxy": dg.source_rmse(mean, truth, where),
+                "coverage": cov_all,
+                "coverage_galaxy": cov_gal,
+                "spread_skill": dg.spread_skill(samples, truth),
+                "spread_skill_galaxy": dg.spread_skill(samples, truth, where),
+                "seconds": seconds,
+                "samples_per_second": d.samples / seconds,
+            }
+            for key, cov in ((f"{name} (all pixels)", cov_all), (f"{name} (galaxy)", cov_gal)):
+                for lv, c in cov.items():
+                    curves.setdefault(key, {}).setdefault(lv, []).append(c)
+            if name == "mmps":
+                mmps_samples = samples
+        matrix = operator.matrix()
+        y = operator.flatten(row["image"].double())
+        estimates = {}
+        for name, gaussian in baselines.items():
+            b_mean, b_std = gaussian_source_moments(gaussian, matrix, y, var.double())
+            b_mean = b_mean.reshape(operator.source_shape)
+            b_std = b_std.reshape(operator.source_shape)
+            estimates[name] = b_mean.float()
+            # Gaussian posteriors: the coverage of their central intervals is analytic
+            u = 0.5 * (1 + torch.erf((truth.double() - b_mean) / (b_std * 2**0.5)))
+            entry[name] = {
+                "reduced_chi_square": dg.reduced_chi_square(
+                    operator, b_mean.float(), row["image"], var
+                ),
+                "rmse": dg.source_rmse(b_mean, truth),
+                "rmse_galaxy": dg.source_rmse(b_mean, truth, where),
+                "coverage_galaxy": {
+                    f"{lv:g}": float(((u[where] - 0.5).abs() <= lv / 2).double().mean())
+                    for lv in d.levels
+                },
+            }
+        dg.plot_reconstruction(
+            out / f"lens-{i}.png",
+            row["image"],
+            mmps_samples,
+            operator,
+            obs["noise_std"],
+            truth=truth,
+            baselines=estimates,
+            title=f"held-out lens {i}: {d.samples} MMPS samples",
+        )
+        per_lens.append(entry)
+        print(json.dumps(entry, indent=1))
+    report["lenses"] = per_lens
+    summary: dict[str, Any] = {}
+    for method in ["mmps", "dps", "gp", "empirical"]:
+        rows = [e[method] for e in per_lens if method in e]
+        if not rows:
+            continue
+        summary[method] = {
+            key: _mean_range([r[key] for r in rows])
+            for key in (
+                "reduced_chi_square",
+                "rmse",
+                "rmse_galaxy",
+                "spread_skill",
+                "spread_skill_galaxy",
+                "samples_per_second",
+            )
+            if key in rows[0]
+        }
+        for key in ("coverage", "coverage_galaxy"):
+            if key in rows[0]:
+                summary[method][key] = {
+                    lv: _mean_range([r[key][lv] for r in rows]) for lv in rows[0][key]
+                }
+    report["summary"] = summary
+    dg.plot_coverage(
+        out / "coverage.png",
+        {name: {lv: float(np.mean(v)) for lv, v in c.items()} for name, c in curves.items()},
+        title=f"per-pixel coverage over {len(per_lens)} held-out lenses",
+    )
+
+    # wrong lens: the Einstein radius off by a few percent
+    errors = []
+    for i in indices[: d.error_lenses]:
+        row = held_out[i]
+        obs = {
+            "image": row["image"],
+            "noise_std": torch.tensor(row["noise_std"]),
+            "lenses": lenses_of(row),
+            "source_center": (row["source_x0"], row["source_y0"]),
+            "mask": None,
+        }
+        where = dg.galaxy_pixels(row["source"])
+        for rel in [0.0, *d.theta_e_errors]:
+            wrong = lenses_of({**row, "theta_e": row["theta_e"] * (1 + rel)})
+            assert isinstance(wrong[0], SIE)
+            samples, operator, _ = reconstruct_one(
+                cfg, prior, obs, d.error_samples, mmps, d.seed + 7 + 1000 * i, lenses=wrong
+            )
+            mean = samples.mean(0)
+            errors.append(
+                {
+                    "lens": i,
+                    "theta_e_error": rel,
+                    "reduced_chi_square": dg.reduced_chi_square(
+                        operator, mean, row["image"], obs["noise_std"] ** 2
+                    ),
+                    "rmse_galaxy": dg.source_rmse(mean, row["source"], where),
+                    "coverage_galaxy": dg.rank_coverage(
+                        samples, row["source"], d.levels, where, final_noise, seed=i
+                    ),
+                }
+            )
+            print(json.dumps(errors[-1]))
+    report["wrong_theta_e"] = errors
+    _write_json(out / "diagnostics.json", report)
+    print(json.dumps(summary, indent=2))
+    return report

@@ -1,0 +1,150 @@
+"""appa lensing simulate | train | reconstruct | diagnose end to end at toy size, observation
+files (NPY, Zarr, FITS), and bad input named."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from typer.testing import CliRunner
+
+from appa.cli import app
+from appa.config import load_config
+from appa.lensing.jobs import LensingConfig, load_image, read_lenses
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "pipelines" / "configs" / "lensing_tiny.yaml"
+
+
+def _invoke(command: str, out: Path, *overrides: str):
+    args = ["lensing", command, "--config", str(TINY), "--set", f"out={out}"]
+    args += ["--set", f"prior={out / 'prior'}"]
+    args += [
+        "--set",
+        f"data.train={out / 'train.zarr'}",
+        "--set",
+        f"data.validation={out / 'val.zarr'}",
+    ]
+    for item in overrides:
+        args += ["--set", item]
+    return CliRunner().invoke(app, args)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lensing")
+    for command in ("simulate", "train"):
+        result = _invoke(command, out)
+        assert result.exit_code == 0, result.output
+    return out
+
+
+def test_simulate_writes_held_out_lenses_with_their_truth(run):
+    lenses = read_lenses(run / "lenses.zarr")
+    assert len(lenses) == 2 and lenses[0]["source"].shape == (16, 16)
+    noise = lenses[0]["image"] - lenses[0]["clean"]
+    assert 0.05 < float(noise.std()) < 0.2  # noise_std 0.1 on 256 pixels
+    assert 1.0 <= lenses[0]["theta_e"] <= 1.4
+    assert (run / "lenses.png").stat().st_size > 5000
+    # a second run keeps the stamps it already has
+    result = _invoke("simulate", run)
+    assert result.exit_code == 0 and "already holds 64 stamps" in result.output
+
+
+def test_train_writes_a_loadable_prior(run):
+    history = json.loads((run / "prior" / "history.json").read_text())
+    assert [s for s, _ in history["validation_loss"]] == [10, 20]
+    from appa.lensing.prior import GalaxyPrior
+
+    prior = GalaxyPrior.load(run / "prior")
+    assert prior.size == 16 and prior.card["config"]["setup"]["source_size"] == 16
+
+
+def test_reconstruct_held_out_lens_and_observation_files(run, tmp_path):
+    result = _invoke("reconstruct", run)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run / "reconstruct" / "lens-0" / "summary.json").read_text())
+    assert summary["samples"] == 2 and summary["samples_per_second"] > 0
+    assert {"rmse", "gp_rmse", "empirical_rmse", "reduced_chi_square"} <= set(summary)
+    assert np.load(run / "reconstruct" / "lens-0" / "samples.npy").shape == (2, 16, 16)
+    # the same image from files, with its lens given in the config
+    lens = read_lenses(run / "lenses.zarr")[1]
+    image = lens["image"].numpy()
+    np.save(tmp_path / "obs.npy", image)
+    xr.Dataset({"data": (("y", "x"), image)}).to_zarr(tmp_path / "obs.zarr", zarr_format=2)
+    spec = (
+        f'[{{"kind": "sie", "theta_e": {lens["theta_e"]}, "q": {lens["q"]}, "phi": {lens["phi"]}}}]'
+    )
+    for name, extra in (("obs.npy", []), ("obs.zarr", ["reconstruct.variable=data"])):
+        result = _invoke(
+            "reconstruct",
+            run,
+            f"reconstruct.observation={tmp_path / name}",
+            f"reconstruct.lenses={spec}",
+            "reconstruct.baselines=[]",
+            *extra,
+        )
+        assert result.exit_code == 0, result.output
+        assert (run / "reconstruct" / "obs" / "reconstruction.png").exists()
+    np.testing.assert_array_equal(load_image(tmp_path / "obs.zarr", "data").numpy(), image)
+
+
+def test_fits_observations_read_with_astropy_or_fail_clearly(tmp_path):
+    path = tmp_path / "obs.fits"
+    try:
+        from astropy.io import fits
+    except ImportError:
+        path.write_bytes(b"SIMPLE")
+        with pytest.raises(ImportError, match="reading FITS needs astropy"):
+            load_image(path)
+        return
+    fits.PrimaryHDU(np.arange(12.0).reshape(3, 4)).writeto(path)
+    assert load_image(path).shape == (3, 4)
+
+
+def test_diagnose_reports_every_method(run):
+    result = _invoke("diagnose", run)
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "diagnose" / "diagnostics.json").read_text())
+    assert set(report["summary"]) == {"mmps", "dps", "gp", "empirical"}
+    assert set(report["summary"]["mmps"]["coverage_galaxy"]) == {"0.5", "0.68", "0.9", "0.95"}
+    assert {e["theta_e_error"] for e in report["wrong_theta_e"]} == {0.0, 0.03}
+    assert set(report["prior_quality"]) == {
+        "flux",
+        "ellipticity",
+        "half_light_radius",
+        "peak",
+        "profile",
+    }
+    for name in ("coverage.png", "prior_quality.png", "lens-0.png", "lens-1.png"):
+        assert (run / "diagnose" / name).stat().st_size > 5000
+
+
+def test_bad_input_is_named(run, tmp_path):
+    result = _invoke("reconstruct", run, "reconstruct.sampling.stepz=3")
+    assert result.exit_code == 2 and "reconstruct.sampling.stepz: unknown key" in result.output
+    np.save(tmp_path / "obs.npy", np.zeros((16, 16), dtype=np.float32))
+    result = _invoke("reconstruct", run, f"reconstruct.observation={tmp_path / 'obs.npy'}")
+    assert result.exit_code == 1 and "needs reconstruct.lenses" in result.output
+    np.save(tmp_path / "small.npy", np.zeros((8, 8), dtype=np.float32))
+    result = _invoke(
+        "reconstruct",
+        run,
+        f"reconstruct.observation={tmp_path / 'small.npy'}",
+        'reconstruct.lenses=[{"kind": "sis", "theta_e": 1.0}]',
+    )
+    assert result.exit_code == 1 and "setup.image_size is 16" in result.output
+    result = _invoke("reconstruct", run, "reconstruct.index=[5]")
+    assert result.exit_code == 1 and "there are 2 held-out lenses" in result.output
+    result = _invoke("simulate", run, "simulate.seed=1")
+    assert result.exit_code == 1 and "training or validation seed" in result.output
+    (tmp_path / "obs.txt").write_text("1")
+    with pytest.raises(ValueError, match=r"unknown image format '\.txt'"):
+        load_image(tmp_path / "obs.txt")
+
+
+def test_committed_configs_load():
+    for path in sorted((ROOT / "pipelines" / "configs").glob("lensing_*.yaml")):
+        cfg = load_config(LensingConfig, path)
+        assert cfg.setup.source_size % 8 == 0
