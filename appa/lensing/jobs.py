@@ -170,6 +170,11 @@ class DiagnoseSection(StrictModel):
     )
     error_lenses: int = Field(2, ge=1, description="held-out lenses for the wrong-lens runs")
     error_samples: int = Field(8, ge=2)
+    fit_lens: bool = Field(
+        True, description="also fit the lens (Gaussian evidence) from the largest error"
+    )
+    fit_steps: int = Field(60, ge=1)
+    fit_binning: int = Field(2, ge=1, description="source pixels binned for the lens fit")
     seed: int = 1
 
     @field_validator("levels")
@@ -269,19 +274,26 @@ def make_operator(
     lenses: list,
     source_center: tuple[float, float] = (0.0, 0.0),
     mask: torch.Tensor | None = None,
+    binning: int = 1,
+    dtype: torch.dtype = torch.float32,
 ):
-    """The lensing operator of ``setup`` for these lenses (float32)."""
+    """The lensing operator of ``setup`` for these lenses (its source pixels ``binning`` times
+    larger, for a coarse source grid)."""
     from appa.lensing.operator import LensingOperator, PixelGrid, gaussian_psf
 
     st = cfg.setup
-    psf = None if st.psf_fwhm is None else gaussian_psf(st.psf_fwhm, st.image_pixel)
+    if st.source_size % binning:
+        raise ValueError(f"binning {binning} does not divide setup.source_size {st.source_size}")
+    psf = None if st.psf_fwhm is None else gaussian_psf(st.psf_fwhm, st.image_pixel, dtype=dtype)
+    size = st.source_size // binning
     return LensingOperator(
         lenses,
-        PixelGrid((st.source_size, st.source_size), st.source_pixel, source_center),
+        PixelGrid((size, size), st.source_pixel * binning, source_center),
         PixelGrid((st.image_size, st.image_size), st.image_pixel),
         psf=psf,
         supersample=st.supersample,
         mask=mask,
+        dtype=dtype,
     )
 
 
@@ -488,10 +500,11 @@ def load_image(path: Path, variable: str = "image") -> torch.Tensor:
 # --- baselines --------------------------------------------------------------------------------
 
 
-def gaussian_baselines(cfg: LensingConfig, names: list[str]) -> dict[str, Any]:
+def gaussian_baselines(cfg: LensingConfig, names: list[str], binning: int = 1) -> dict[str, Any]:
     """The Gaussian priors of the baselines, fitted once on training stamps and cached under
     ``<out>/baselines`` (``gp``: a Matern-3/2 process, length by likelihood; ``empirical``: the
-    stamps' mean and covariance)."""
+    stamps' mean and covariance); with ``binning``, of stamps averaged over that many pixels
+    along each axis."""
     from appa.lensing.galaxies import read_galaxies
     from appa.lensing.operator import PixelGrid
     from appa.lensing.posterior import GaussianSource, empirical_gaussian, fit_gaussian_process
@@ -501,14 +514,18 @@ def gaussian_baselines(cfg: LensingConfig, names: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     images = None
     for name in names:
-        mean_path, cov_path = cache / f"{name}-mean.npy", cache / f"{name}-cov.npy"
+        tag = name if binning == 1 else f"{name}-binned{binning}"
+        mean_path, cov_path = cache / f"{tag}-mean.npy", cache / f"{tag}-cov.npy"
         if mean_path.exists() and cov_path.exists():
             mean, cov = np.load(mean_path), np.load(cov_path)
             out[name] = GaussianSource(torch.from_numpy(mean), torch.from_numpy(cov), name)
             continue
         if images is None:
             images, _, _ = read_galaxies(cfg.data.train, 0, min(4000, cfg.data.train_count))
-        grid = PixelGrid((st.source_size, st.source_size), st.source_pixel)
+            if binning > 1:
+                images = torch.nn.functional.avg_pool2d(images[:, None], binning)[:, 0]
+        size = st.source_size // binning
+        grid = PixelGrid((size, size), st.source_pixel * binning)
         if name == "gp":
             lengths = [st.source_pixel * k for k in (1, 2, 4, 8)]
             source, info = fit_gaussian_process(images[:1000], grid, lengths)
@@ -882,6 +899,67 @@ def run_diagnose(cfg: LensingConfig) -> dict:
             )
             print(json.dumps(errors[-1]))
     report["wrong_theta_e"] = errors
+
+    # the lens fitted from the image (Gaussian evidence on a coarse source grid), starting
+    # from the largest Einstein-radius error, then the diffusion posterior under it
+    fits = []
+    if d.fit_lens and d.theta_e_errors:
+        from appa.lensing.fit import fit_lens
+
+        coarse = gaussian_baselines(cfg, ["empirical"], binning=d.fit_binning)["empirical"]
+        rel = max(d.theta_e_errors, key=abs)
+        for i in indices[: d.error_lenses]:
+            row = held_out[i]
+            centre = (row["source_x0"], row["source_y0"])
+            operator = make_operator(
+                cfg, lenses_of(row), centre, binning=d.fit_binning, dtype=torch.float64
+            )
+            truth = {
+                "theta_e": row["theta_e"],
+                "q": row["q"],
+                "phi": row["phi"],
+                "x0": row["lens_x0"],
+                "y0": row["lens_y0"],
+                "gamma1": row["gamma1"],
+                "gamma2": row["gamma2"],
+            }
+            start = {**truth, "theta_e": row["theta_e"] * (1 + rel)}
+            begin = time.perf_counter()
+            fit = fit_lens(
+                operator, coarse, row["image"], row["noise_std"] ** 2, start, steps=d.fit_steps
+            )
+            seconds = time.perf_counter() - begin
+            obs = {
+                "image": row["image"],
+                "noise_std": torch.tensor(row["noise_std"]),
+                "lenses": fit.lenses(),
+                "source_center": centre,
+                "mask": None,
+            }
+            samples, operator, _ = reconstruct_one(
+                cfg, prior, obs, d.error_samples, mmps, d.seed + 7 + 1000 * i
+            )
+            mean = samples.mean(0)
+            where = dg.galaxy_pixels(row["source"])
+            fits.append(
+                {
+                    "lens": i,
+                    "start_theta_e_error": rel,
+                    "fitted_theta_e_error": fit.params["theta_e"] / row["theta_e"] - 1,
+                    "fitted": fit.params,
+                    "truth": truth,
+                    "fit_seconds": seconds,
+                    "reduced_chi_square": dg.reduced_chi_square(
+                        operator, mean, row["image"], obs["noise_std"] ** 2
+                    ),
+                    "rmse_galaxy": dg.source_rmse(mean, row["source"], where),
+                    "coverage_galaxy": dg.rank_coverage(
+                        samples, row["source"], d.levels, where, final_noise, seed=i
+                    ),
+                }
+            )
+            print(json.dumps(fits[-1]))
+    report["fitted_lens"] = fits
     _write_json(out / "diagnostics.json", report)
     print(json.dumps(summary, indent=2))
     return report
