@@ -170,11 +170,13 @@ def plot_reconstruction(
     title: str = "",
 ) -> None:
     """One figure: observed image, truth, posterior mean, three samples, per-pixel std,
-    normalised residuals of the posterior mean, and baseline means."""
+    normalised residuals of the posterior mean, and baseline means (sources on a square-root
+    stretch)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import PowerNorm
 
     mean = samples.mean(0)
     std = samples.std(0)
@@ -213,7 +215,8 @@ def plot_reconstruction(
         kwargs: dict = {"origin": "lower", "extent": grid.extent, "cmap": cmap}
         arr = data.detach().double().numpy()
         if cmap == "magma" and plane == "source":
-            kwargs.update(vmin=0, vmax=vmax)
+            # a square-root stretch shows faint discs and arms beside bright cores
+            kwargs.update(norm=PowerNorm(0.5, vmin=0, vmax=vmax))
         elif cmap == "RdBu_r":
             kwargs.update(vmin=-4, vmax=4)
         elif name.startswith("|mean"):
