@@ -265,7 +265,10 @@ def test_caustics_gives_the_same_images():
     caustics = pytest.importorskip("caustics")
     sg, ig = PixelGrid((64, 64), 0.05), PixelGrid((64, 64), 0.1)
     src = _gaussian_source(sg, (0.1, -0.05), 0.2) + 0.5 * _gaussian_source(sg, (-0.3, 0.2), 0.07)
-    for psf, up in [(None, 1), (gaussian_psf(0.15, 0.1, dtype=F64), 1), (None, 2)]:
+    cases = [(None, 1), (gaussian_psf(0.15, 0.1, dtype=F64), 1), (None, 2)]
+    # both blur the sub-pixels (a kernel of 13 and one of 15 sub-pixels, which leaves a crop)
+    cases += [(gaussian_psf(0.15, 0.05, dtype=F64), 2), (gaussian_psf(0.2, 0.05, dtype=F64), 2)]
+    for psf, up in cases:
         ours = LensingOperator(_lenses(), sg, ig, psf=psf, supersample=up, dtype=F64)(src[None])
         cosmology = caustics.FlatLambdaCDM(name="cosmology")
         sie = caustics.SIE(cosmology=cosmology, name="sie", x0=0.05, y0=-0.02, q=0.7, phi=0.4)

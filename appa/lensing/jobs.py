@@ -284,7 +284,9 @@ def make_operator(
     st = cfg.setup
     if st.source_size % binning:
         raise ValueError(f"binning {binning} does not divide setup.source_size {st.source_size}")
-    psf = None if st.psf_fwhm is None else gaussian_psf(st.psf_fwhm, st.image_pixel, dtype=dtype)
+    # the PSF is drawn at the sub-pixel scale, where the operator convolves
+    sub = st.image_pixel / st.supersample
+    psf = None if st.psf_fwhm is None else gaussian_psf(st.psf_fwhm, sub, dtype=dtype)
     size = st.source_size // binning
     return LensingOperator(
         lenses,

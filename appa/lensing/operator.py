@@ -2,14 +2,14 @@
 
 ``A`` maps a pixelated source (surface brightness on a source-plane grid) to the image: each
 image pixel is split into ``supersample^2`` sub-pixels whose centres are ray-traced through the
-lenses to the source plane; the source is sampled there bilinearly (zero outside its grid) and
-the sub-pixels are averaged; the image is then convolved with the PSF. Images and sources are in
-the same surface-brightness units (flux per unit solid angle), so a flux is a sum of pixels times
-the pixel's area.
+lenses to the source plane; the source is sampled there bilinearly (zero outside its grid); the
+sub-pixel image is convolved with the PSF (drawn at the sub-pixel scale), then each pixel
+averages its sub-pixels. Images and sources are in the same surface-brightness units (flux per
+unit solid angle), so a flux is a sum of pixels times the pixel's area.
 
-The PSF is applied without zero padding at the borders: the image is rendered on a margin of
-half the kernel around the field, then convolved "valid", so light from just outside the field
-blurs in as it would on a detector.
+The PSF is applied without zero padding at the borders: the image is rendered on a margin
+around the field (at least half the kernel), then convolved "valid", so light from just outside
+the field blurs in as it would on a detector.
 
 For fixed lenses the ray-traced sampling grid is computed once; ``A`` is then linear in the
 source, and its adjoint comes from autograd (:meth:`LensingOperator.adjoint`).
@@ -141,7 +141,9 @@ class LensingOperator(nn.Module):
             ``(B,)`` tensors: then each batch element of the source sees its own lens.
         source_grid: The source-plane grid.
         image_grid: The image-plane grid.
-        psf: Kernel ``(k, k)`` at the image's pixel size (odd ``k``, normalised here), or None.
+        psf: Kernel ``(k, k)`` at the sub-pixel scale ``image pixel / supersample`` (odd ``k``,
+            normalised here), or None. Blurring the sub-pixels before averaging them
+            integrates the blurred light over each pixel once.
         supersample: Sub-pixels per image pixel along each axis (integrates the pixel).
         mask: Bool ``(H, W)``, True where pixels are observed (:meth:`observe` keeps those).
         dtype: Floating dtype of the sampling grid (the source's dtype is used for the rest).
@@ -171,7 +173,10 @@ class LensingOperator(nn.Module):
         self.image_grid = image_grid
         self.supersample = int(supersample)
         psf = _check_psf(psf)
-        self.margin = 0 if psf is None else max(psf.shape) // 2
+        # the margin (image pixels) holds half the kernel (sub-pixels); what it adds beyond that
+        # is cropped after the convolution
+        self.half = 0 if psf is None else max(psf.shape) // 2
+        self.margin = math.ceil(self.half / self.supersample)
         self.register_buffer("psf", None if psf is None else psf.to(dtype))
         if mask is not None:
             mask = torch.as_tensor(mask)
@@ -260,11 +265,14 @@ class LensingOperator(nn.Module):
             fine = F.grid_sample(
                 source[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False
             )
-        image = F.avg_pool2d(fine, self.supersample) if self.supersample > 1 else fine
         if self.psf is not None:
             # conv2d correlates: flip the kernel to convolve
-            kernel = self.psf.flip(0, 1).to(image)[None, None]
-            image = F.conv2d(image, kernel)
+            kernel = self.psf.flip(0, 1).to(fine)[None, None]
+            fine = F.conv2d(fine, kernel)
+            cut = self.margin * self.supersample - self.half
+            if cut:
+                fine = fine[..., cut:-cut, cut:-cut]
+        image = F.avg_pool2d(fine, self.supersample) if self.supersample > 1 else fine
         return image[:, 0]
 
     def observe(self, source: Tensor) -> Tensor:
