@@ -150,6 +150,11 @@ def test_operator_is_linear_with_autograd_adjoint():
     lhs = (op(u) * v).sum()
     rhs = (u * op.adjoint(v)).sum()
     assert lhs.item() == pytest.approx(rhs.item(), rel=1e-12)
+    # second order through the operator (a gradient of a gradient) runs
+    x = u.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(op(x).square().sum(), x, create_graph=True)
+    (gg,) = torch.autograd.grad(g.sum(), x)
+    assert torch.allclose(gg, 2 * op.adjoint(op(torch.ones_like(u))))
     # the dense matrix is the same map, on the observed pixels only
     A = op.matrix()
     assert A.shape == (int(mask.sum()), 400)

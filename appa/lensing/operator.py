@@ -133,6 +133,28 @@ def _check_psf(psf: Tensor | None) -> Tensor | None:
     return psf / psf.sum()
 
 
+class _Correlate(torch.autograd.Function):
+    """``conv2d(image, kernel)`` ("valid" correlation, one channel) whose backward is a
+    correlation of the zero-padded gradient with the flipped kernel: the same result as
+    autograd's transposed convolution, which runs some 25 times slower for one channel on CPU.
+    The kernel is a constant (no gradient)."""
+
+    @staticmethod
+    def forward(image: Tensor, kernel: Tensor) -> Tensor:
+        return F.conv2d(image, kernel)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[1])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (kernel,) = ctx.saved_tensors
+        kh, kw = kernel.shape[-2:]
+        padded = F.pad(grad, (kw - 1, kw - 1, kh - 1, kh - 1))
+        return F.conv2d(padded, kernel.flip(-2, -1)), None
+
+
 class LensingOperator(nn.Module):
     """The linear lensing operator ``A``: source ``(B, Hs, Ws)`` -> image ``(B, H, W)``.
 
@@ -268,7 +290,7 @@ class LensingOperator(nn.Module):
         if self.psf is not None:
             # conv2d correlates: flip the kernel to convolve
             kernel = self.psf.flip(0, 1).to(fine)[None, None]
-            fine = F.conv2d(fine, kernel)
+            fine = _Correlate.apply(fine, kernel)
             cut = self.margin * self.supersample - self.half
             if cut:
                 fine = fine[..., cut:-cut, cut:-cut]
