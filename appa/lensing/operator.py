@@ -133,26 +133,16 @@ def _check_psf(psf: Tensor | None) -> Tensor | None:
     return psf / psf.sum()
 
 
-class _Correlate(torch.autograd.Function):
-    """``conv2d(image, kernel)`` ("valid" correlation, one channel) whose backward is a
-    correlation of the zero-padded gradient with the flipped kernel: the same result as
-    autograd's transposed convolution, which runs some 25 times slower for one channel on CPU.
-    The kernel is a constant (no gradient)."""
-
-    @staticmethod
-    def forward(image: Tensor, kernel: Tensor) -> Tensor:
-        return F.conv2d(image, kernel)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(inputs[1])
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        (kernel,) = ctx.saved_tensors
-        kh, kw = kernel.shape[-2:]
-        padded = F.pad(grad, (kw - 1, kw - 1, kh - 1, kh - 1))
-        return F.conv2d(padded, kernel.flip(-2, -1)), None
+def _correlate(image: Tensor, kernel: Tensor) -> Tensor:
+    """The "valid" correlation of images ``(..., H, W)`` with a kernel ``(kh, kw)``:
+    ``(..., H - kh + 1, W - kw + 1)``, by FFT. A circular convolution with the flipped kernel
+    wraps only into the first ``kh - 1`` rows and ``kw - 1`` columns, which are dropped. On CPU
+    this runs 5 times faster than ``conv2d`` for one channel in float32, 50 times in float64, and
+    its backward (autograd through the transforms) is as cheap."""
+    H, W = image.shape[-2:]
+    kh, kw = kernel.shape[-2:]
+    spectrum = torch.fft.rfft2(image, s=(H, W)) * torch.fft.rfft2(kernel.flip(-2, -1), s=(H, W))
+    return torch.fft.irfft2(spectrum, s=(H, W))[..., kh - 1 :, kw - 1 :]
 
 
 class LensingOperator(nn.Module):
@@ -288,9 +278,8 @@ class LensingOperator(nn.Module):
                 source[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False
             )
         if self.psf is not None:
-            # conv2d correlates: flip the kernel to convolve
-            kernel = self.psf.flip(0, 1).to(fine)[None, None]
-            fine = _Correlate.apply(fine, kernel)
+            # a convolution is a correlation with the flipped kernel
+            fine = _correlate(fine, self.psf.flip(0, 1).to(fine))
             cut = self.margin * self.supersample - self.half
             if cut:
                 fine = fine[..., cut:-cut, cut:-cut]
