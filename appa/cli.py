@@ -422,10 +422,12 @@ def _lensing_config(config: Path | None, overrides: list[str] | None):
 
 
 def _lensing_run(run, config: Path | None, overrides: list[str] | None):
+    from appa.io.checkpoints import CheckpointError
+
     cfg = _lensing_config(config, overrides)
     try:
         return run(cfg)
-    except (FileNotFoundError, ImportError, ValueError) as error:
+    except (CheckpointError, FileNotFoundError, ImportError, ValueError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
 

@@ -61,6 +61,60 @@ def test_train_writes_a_loadable_prior(run):
     assert prior.size == 16 and prior.card["config"]["setup"]["source_size"] == 16
 
 
+def test_train_again_resumes_or_names_what_changed(run):
+    before = (run / "prior" / "step-000000020" / "checkpoint.json").read_bytes()
+    result = _invoke("train", run)
+    assert result.exit_code == 0 and "already trained: 20 steps" in result.output
+    assert (run / "prior" / "step-000000020" / "checkpoint.json").read_bytes() == before
+    result = _invoke("train", run, "train.lr=0.002")
+    assert result.exit_code == 1
+    assert "differ in ['config.train.lr', 'settings.lr']" in result.output
+
+
+@pytest.mark.slow
+def test_a_killed_train_resumes_to_the_weights_of_an_uninterrupted_one(run, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    from appa.io.checkpoints import list_checkpoints, load_checkpoint
+
+    def command(out):
+        args = [str(Path(sys.executable).parent / "appa"), "lensing", "train", "--config"]
+        args += [str(TINY), "--set", f"out={out}", "--set", f"data.train={run / 'train.zarr'}"]
+        args += ["--set", f"data.validation={run / 'val.zarr'}", "--set", "train.steps=200"]
+        return [*args, "--set", "train.checkpoint_every=10"]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not list_checkpoints(str(tmp_path / "killed" / "prior")):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    killed_at = load_checkpoint(str(tmp_path / "killed" / "prior")).step
+    if killed_at == 200:
+        pytest.skip("the run finished before it could be killed")
+    for out in ("killed", "whole"):
+        done = subprocess.run(command(tmp_path / out), env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert ("resumed from" in done.stdout) == (out == "killed"), done.stdout
+    a = load_checkpoint(str(tmp_path / "killed" / "prior"))
+    b = load_checkpoint(str(tmp_path / "whole" / "prior"))
+    assert a.step == b.step == 200
+    for group in ("model", "raw"):
+        for name, tensor in a.tensors[group].items():
+            assert torch.equal(tensor, b.tensors[group][name]), (group, name)
+    assert a.metadata["training"]["train_loss"] == b.metadata["training"]["train_loss"]
+
+
 def test_reconstruct_held_out_lens_and_observation_files(run, tmp_path):
     result = _invoke("reconstruct", run)
     assert result.exit_code == 0, result.output

@@ -1,9 +1,11 @@
 """The image U-Net (appa.nn.unet) and the lensing galaxy prior: training, checkpoints, samples."""
 
+import json
+
 import pytest
 import torch
 
-from appa.io.checkpoints import CheckpointError, save_checkpoint
+from appa.io.checkpoints import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 from appa.lensing.galaxies import generate_galaxies
 from appa.lensing.prior import GalaxyPrior, TrainSettings, build_denoiser, train_prior
 from appa.nn.unet import ImageUNet, UNetConfig
@@ -44,22 +46,17 @@ def trained(tmp_path_factory):
         steps=60, batch=8, lr=2e-3, warmup=5, validate_every=30, precision="fp32", threads=1
     )
     root = tmp_path_factory.mktemp("prior")
-    saved = []
-
-    def checkpoint(prior, step, result):
-        saved.append(prior.save(root, step, extra={"training": result.to_dict()}))
-
     prior, result = train_prior(
         images[:48],
         images[48:],
         TINY,
         settings,
         pixel=0.05,
-        checkpoint=checkpoint,
+        checkpoint_dir=root,
         checkpoint_every=30,
         log=lambda _: None,
     )
-    return prior, result, root, saved, images
+    return prior, result, root, [path for _, path in list_checkpoints(str(root))], images
 
 
 def test_training_lowers_the_validation_loss_and_saves(trained):
@@ -102,3 +99,71 @@ def test_loading_something_else_fails_clearly(tmp_path):
             pixel=0.05,
         )
     assert isinstance(build_denoiser(TINY).backbone, ImageUNet)
+
+
+def _resumable_run(root, steps=20, stop_at=None, **changes):
+    images, _ = generate_galaxies(40, seed=3, size=16, batch=40)
+    settings = TrainSettings(
+        steps=steps, batch=4, lr=2e-3, warmup=3, validate_every=10, precision="fp32", threads=1
+    )
+    for key, value in changes.items():
+        setattr(settings, key, value)
+
+    def stop(step, _):
+        if step == stop_at:
+            raise KeyboardInterrupt  # as a killed run: the steps after the last checkpoint lost
+
+    return train_prior(
+        images[:32],
+        images[32:],
+        TINY,
+        settings,
+        pixel=0.05,
+        checkpoint_dir=root,
+        checkpoint_every=5,
+        log=lambda _: None,
+        callback=stop,
+    )
+
+
+def test_a_stopped_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path):
+    _resumable_run(tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        _resumable_run(tmp_path / "pieces", stop_at=13)
+    assert [s for s, _ in list_checkpoints(str(tmp_path / "pieces"))] == [5, 10]
+    with pytest.raises(KeyboardInterrupt):  # stopped again right after a resume
+        _resumable_run(tmp_path / "pieces", stop_at=11)
+    prior, result = _resumable_run(tmp_path / "pieces")
+    whole = load_checkpoint(str(tmp_path / "whole"))
+    pieces = load_checkpoint(str(tmp_path / "pieces"))
+    assert whole.step == pieces.step == 20
+    for group in ("model", "raw"):  # EMA and optimised weights, bitwise
+        assert whole.tensors[group].keys() == pieces.tensors[group].keys()
+        for name, tensor in whole.tensors[group].items():
+            assert torch.equal(tensor, pieces.tensors[group][name]), (group, name)
+    for name, tensor in prior.denoiser.backbone.state_dict().items():
+        assert torch.equal(tensor, whole.tensors["model"][name])
+    # the record: no step lost or counted twice
+    a, b = whole.metadata["training"], pieces.metadata["training"]
+    assert a["train_loss"] == b["train_loss"] and a["validation_loss"] == b["validation_loss"]
+    assert [s for s, _ in result.validation_loss] == [10, 20]
+    history = json.loads((tmp_path / "pieces" / "history.json").read_text())
+    assert history["train_loss"] == b["train_loss"]
+    # a finished run is not trained further
+    manifest = (tmp_path / "pieces" / "step-000000020" / "checkpoint.json").read_bytes()
+    again, _ = _resumable_run(tmp_path / "pieces")
+    assert (tmp_path / "pieces" / "step-000000020" / "checkpoint.json").read_bytes() == manifest
+    for name, tensor in again.denoiser.backbone.state_dict().items():
+        assert torch.equal(tensor, whole.tensors["model"][name])
+
+
+def test_resuming_with_other_settings_names_the_keys(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        _resumable_run(tmp_path, stop_at=6)
+    with pytest.raises(CheckpointError, match=r"differ in \['settings.lr', 'settings.steps'\]"):
+        _resumable_run(tmp_path, steps=30, lr=1e-3)
+    # a prior's checkpoint without the training state cannot be resumed
+    prior = GalaxyPrior.load(tmp_path)
+    prior.save(tmp_path / "weights-only", 5)
+    with pytest.raises(CheckpointError, match="holds no training state"):
+        _resumable_run(tmp_path / "weights-only")

@@ -209,10 +209,14 @@ def _write_json(path: Path, data: Any) -> None:
 
 def run_train(cfg: LensingConfig) -> Path:
     """Trains the prior on ``data.train`` (validating on ``data.validation``); writes
-    ``<out>/prior`` (float32, EMA weights) and ``<out>/prior/history.json``; with
-    ``train.export``, also a float16 copy there. Returns the checkpoint path."""
+    ``<out>/prior`` (checkpoints: the EMA weights a prior samples with plus the whole training
+    state) and ``<out>/prior/history.json``; with ``train.export``, a float16 copy of the final
+    EMA weights there. A stopped or killed run, started again, resumes from its newest
+    checkpoint when the settings it was written with match (else it names the keys that
+    differ). Returns the checkpoint path."""
+    from appa.io.checkpoints import latest_checkpoint
     from appa.lensing.galaxies import read_galaxies
-    from appa.lensing.prior import TrainSettings, train_prior
+    from appa.lensing.prior import TrainSettings, export_prior, train_prior
 
     t = cfg.train
     torch.set_num_threads(cfg.threads)
@@ -235,29 +239,30 @@ def run_train(cfg: LensingConfig) -> Path:
         "config": cfg.model_dump(mode="json"),
         "data": {"path": str(cfg.data.train), "count": int(train.shape[0]), "attrs": attrs},
     }
-
-    def checkpoint(prior, step, result):
-        prior.card.update(card)
-        prior.save(out, step, extra={"training": result.to_dict()})
-        _write_json(out / "history.json", result.to_dict())
-
+    # what a checkpoint must have been written with to be resumed (not where it is exported)
+    fingerprint = {
+        "setup": cfg.setup.model_dump(mode="json"),
+        "data": cfg.data.model_dump(mode="json"),
+        "train": t.model_dump(mode="json", exclude={"export", "checkpoint_every"}),
+    }
     print(
         f"lensing train: {train.shape[0]} stamps, {t.steps} steps of {t.batch}, "
         f"{cfg.threads} threads, {t.precision}"
     )
-    prior, result = train_prior(
+    _, result = train_prior(
         train,
         validation,
         unet,
         settings,
         pixel=cfg.setup.source_pixel,
-        checkpoint=checkpoint,
+        checkpoint_dir=out,
         checkpoint_every=t.checkpoint_every,
+        card=card,
+        fingerprint=fingerprint,
     )
-    prior.card.update(card)
-    path = prior.save(out, t.steps, extra={"training": result.to_dict()})
+    path = latest_checkpoint(str(out))
     if t.export is not None:
-        prior.save(t.export, t.steps, extra={"training": result.to_dict()}, dtype=torch.float16)
+        export_prior(path, t.export)
         print(f"exported (float16): {t.export}")
     print(
         f"prior: {path} ({result.wall_seconds:.0f} s wall, {result.cpu_seconds:.0f} s CPU on "

@@ -11,7 +11,9 @@ training record.
 from __future__ import annotations
 
 import copy
+import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,15 +30,24 @@ from appa.diffusion import (
     make_schedule,
     sample_lognormal_sigma,
 )
+from appa.files import written_whole
 from appa.io.checkpoints import (
     CheckpointError,
+    latest_checkpoint,
     load_checkpoint,
     load_module_state,
     save_checkpoint,
 )
 from appa.nn.unet import ImageUNet, UNetConfig
 
-__all__ = ["GalaxyPrior", "TrainResult", "TrainSettings", "build_denoiser", "train_prior"]
+__all__ = [
+    "GalaxyPrior",
+    "TrainResult",
+    "TrainSettings",
+    "build_denoiser",
+    "export_prior",
+    "train_prior",
+]
 
 KIND = "lensing-galaxy-prior"
 
@@ -77,9 +88,13 @@ class GalaxyPrior:
         step: int,
         extra: dict[str, Any] | None = None,
         dtype: torch.dtype = torch.float32,
+        groups: dict[str, dict[str, Tensor]] | None = None,
+        states: dict[str, Any] | None = None,
+        keep: int | None = 1,
     ) -> str:
         """Writes the weights (in ``dtype``: float16 halves a committed prior) and the card
-        under ``root/step-<step>/``; returns the path."""
+        under ``root/step-<step>/`` (with other tensor ``groups`` and nested ``states``, e.g. a
+        training state; the newest ``keep`` checkpoints kept); returns the path."""
         card = {
             "kind": KIND,
             "unet": self.denoiser.backbone.config.to_dict(),
@@ -88,11 +103,14 @@ class GalaxyPrior:
             "pixel": self.pixel,
             "sigma_min": self.sigma_min,
             "sigma_max": self.sigma_max,
-            **{k: v for k, v in self.card.items() if k not in ("step",)},
+            **{k: v for k, v in self.card.items() if k not in ("step", "path", "resume")},
             **(extra or {}),
         }
         state = {k: v.to(dtype) for k, v in self.denoiser.backbone.state_dict().items()}
-        return save_checkpoint(str(root), step, {"model": state}, metadata=card, keep=1)
+        tensors = {"model": state, **(groups or {})}
+        return save_checkpoint(
+            str(root), step, tensors, metadata=card, states=states or {}, keep=keep
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> GalaxyPrior:
@@ -194,6 +212,23 @@ def _validation_loss(denoiser, images: Tensor, seed: int) -> float:
         return float(denoising_loss(denoiser, images, sigma, noise=noise).mean())
 
 
+def _differ(a: Any, b: Any, path: str = "") -> list[str]:
+    """Key paths where two JSON documents differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            if k not in a or k not in b:
+                out.append(f"{path}{k}")
+            else:
+                out.extend(_differ(a[k], b[k], f"{path}{k}."))
+        return out
+    return [] if a == b else [path.rstrip(".") or "<root>"]
+
+
+def _json(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
 def train_prior(
     train: Tensor,
     validation: Tensor,
@@ -201,15 +236,41 @@ def train_prior(
     settings: TrainSettings,
     pixel: float,
     log: Callable[[str], None] = print,
-    checkpoint: Callable[[GalaxyPrior, int, TrainResult], None] | None = None,
+    checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 1000,
+    card: dict[str, Any] | None = None,
+    fingerprint: dict[str, Any] | None = None,
+    resume: bool = True,
+    keep: int = 2,
+    callback: Callable[[int, TrainResult], None] | None = None,
 ) -> tuple[GalaxyPrior, TrainResult]:
-    """Trains a galaxy prior on stamps ``(n, size, size)`` (surface brightness).
+    """Trains a galaxy prior on stamps ``(n, size, size)`` (surface brightness), resuming from
+    the newest checkpoint under ``checkpoint_dir`` when there is one.
 
     Batches are random stamps in random rotations and reflections. ``scale`` is the training
-    pixels' standard deviation. Returns the prior with the EMA weights and the record;
-    ``checkpoint(prior, step, result)`` is called every ``checkpoint_every`` steps and at the
-    end.
+    pixels' standard deviation.
+
+    Checkpoints (every ``checkpoint_every`` steps and at the end, the newest ``keep`` kept) are
+    the project's format (:func:`appa.io.checkpoints.save_checkpoint`, written atomically): a
+    loadable :class:`GalaxyPrior` (``model``: the EMA weights, and its card) plus the whole
+    training state: ``raw`` (the optimised weights), the optimiser's state, the batch generator's
+    and torch's RNG states, the step, the running loss and the record so far. A run stopped or
+    killed at any point and started again continues from its newest checkpoint and ends with
+    the weights and record of an uninterrupted run. ``history.json`` beside the checkpoints
+    holds the record.
+
+    Arguments:
+        checkpoint_dir: Folder of the checkpoints (None: none written, nothing resumed).
+        card: Extra card entries of the checkpoints (the job's config, the data...).
+        fingerprint: JSON facts a checkpoint must match to be resumed from, besides the
+            settings (but ``threads``), the network, the pixel size and the data's shape and
+            scale; a mismatch raises :class:`CheckpointError` naming the differing keys.
+        resume: Continue from the newest checkpoint (else start over; older checkpoints are
+            replaced as new ones are written).
+        callback: ``callback(step, result)`` after every step.
+
+    Returns:
+        The prior with the EMA weights and the record.
     """
     if train.ndim != 3 or train.shape[1] != train.shape[2]:
         raise ValueError(f"training stamps must be (n, size, size), got {tuple(train.shape)}")
@@ -226,6 +287,16 @@ def train_prior(
     ema = copy.deepcopy(denoiser).requires_grad_(False)
     ema.autocast_dtype = None
     optimiser = torch.optim.Adam(denoiser.parameters(), lr=settings.lr)
+    unet_dict = denoiser.backbone.config.to_dict()
+    facts = _json(
+        {
+            "settings": {k: v for k, v in asdict(settings).items() if k != "threads"},
+            "unet": unet_dict,
+            "pixel": pixel,
+            "data": {"shape": list(train.shape), "scale": scale},
+            "config": fingerprint or {},
+        }
+    )
 
     def lr_at(step: int) -> float:
         if step < settings.warmup:
@@ -236,15 +307,74 @@ def train_prior(
 
     g = torch.Generator().manual_seed(settings.seed + 1)
     result = TrainResult([], [], 0.0, 0.0, settings.threads)
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    running, count = 0.0, 0
+    running, count, done = 0.0, 0, 0
 
     def prior_of(module) -> GalaxyPrior:
-        return GalaxyPrior(
-            module, scale, size, pixel, settings.sigma_min, settings.sigma_max, card={}
-        )
+        bounds = (settings.sigma_min, settings.sigma_max)
+        return GalaxyPrior(module, scale, size, pixel, *bounds, card=dict(card or {}))
 
-    for step in range(1, settings.steps + 1):
+    latest = latest_checkpoint(str(checkpoint_dir)) if checkpoint_dir and resume else None
+    if latest is not None:
+        ckpt = load_checkpoint(latest)
+        state = ckpt.metadata.get("resume")
+        if ckpt.metadata.get("kind") != KIND or state is None or "raw" not in ckpt.tensors:
+            raise CheckpointError(
+                f"{ckpt.path}: holds no training state (raw weights, optimiser, generator), "
+                "only a prior's weights; it cannot be resumed. Export it (appa lensing export) "
+                "or move it aside to train from scratch"
+            )
+        differ = _differ(state["fingerprint"], facts)
+        if differ:
+            raise CheckpointError(
+                f"{ckpt.path}: written for other settings; they differ in {differ} (restore "
+                "them, or train into another out folder)"
+            )
+        load_module_state(denoiser.backbone, ckpt.tensors["raw"], f"{ckpt.path}/raw.safetensors")
+        load_module_state(ema.backbone, ckpt.tensors["model"], f"{ckpt.path}/model.safetensors")
+        try:
+            optimiser.load_state_dict(ckpt.states["optimizer"])
+        except (ValueError, KeyError) as error:
+            raise CheckpointError(f"{ckpt.path}/state-optimizer.safetensors: {error}") from None
+        g.set_state(ckpt.states["rng"]["generator"])
+        torch.set_rng_state(ckpt.states["rng"]["torch"])
+        done, running, count = ckpt.step, float(state["running"]), int(state["count"])
+        record = ckpt.metadata["training"]
+        result = TrainResult(
+            [tuple(r) for r in record["train_loss"]],
+            [tuple(r) for r in record["validation_loss"]],
+            float(record["wall_seconds"]),
+            float(record["cpu_seconds"]),
+            settings.threads,
+        )
+        log(f"resumed from {ckpt.path} (step {done}/{settings.steps})")
+    wall0 = time.perf_counter() - result.wall_seconds
+    cpu0 = time.process_time() - result.cpu_seconds
+
+    def save(step: int) -> None:
+        result.wall_seconds = time.perf_counter() - wall0
+        result.cpu_seconds = time.process_time() - cpu0
+        prior = prior_of(ema)
+        resume_state = {
+            "fingerprint": facts,
+            "running": running,
+            "count": count,
+        }
+        prior.save(
+            checkpoint_dir,
+            step,
+            extra={"training": result.to_dict(), "resume": resume_state},
+            groups={"raw": denoiser.backbone.state_dict()},
+            states={
+                "optimizer": optimiser.state_dict(),
+                "rng": {"generator": g.get_state(), "torch": torch.get_rng_state()},
+            },
+            keep=keep,
+        )
+        history = Path(checkpoint_dir) / "history.json"
+        with written_whole(history) as tmp:
+            tmp.write_text(json.dumps(result.to_dict(), indent=2))
+
+    for step in range(done + 1, settings.steps + 1):
         index = torch.randint(0, z_train.shape[0], (settings.batch,), generator=g)
         batch = z_train[index]
         # one of the 8 rotations/reflections per image
@@ -287,11 +417,62 @@ def train_prior(
                 f"validation (EMA) {val:.4f}, {result.wall_seconds:.0f} s wall, "
                 f"{result.cpu_seconds:.0f} s CPU"
             )
-        if checkpoint is not None and (step % checkpoint_every == 0 or step == settings.steps):
-            result.wall_seconds = time.perf_counter() - wall0
-            result.cpu_seconds = time.process_time() - cpu0
-            checkpoint(prior_of(ema), step, result)
-    result.wall_seconds = time.perf_counter() - wall0
-    result.cpu_seconds = time.process_time() - cpu0
+        if checkpoint_dir is not None and (step % checkpoint_every == 0 or step == settings.steps):
+            save(step)
+        if callback is not None:
+            callback(step, result)
+    if done < settings.steps:
+        result.wall_seconds = time.perf_counter() - wall0
+        result.cpu_seconds = time.process_time() - cpu0
+    else:
+        log(f"already trained: {settings.steps} steps")
     ema.eval()
     return prior_of(ema), result
+
+
+def export_prior(source: str | Path, destination: str | Path, dtype=torch.float16) -> str:
+    """Copies a prior checkpoint's EMA weights (the ones it samples with) in ``dtype`` to
+    ``destination/step-<N>/`` for distribution, without the training state; returns the path.
+
+    The card keeps the source's (network, units, config, data, training record) and adds
+    ``weights`` ("EMA"), ``dtype``, ``schedule_steps`` (the training run's planned steps),
+    ``complete`` (whether the run reached them), a sentence saying so (``state``) and
+    ``exported_from`` (path, step and SHA-256 of the source's manifest).
+    """
+    import hashlib
+
+    from appa.io.checkpoints import MANIFEST, list_checkpoints
+
+    prior = GalaxyPrior.load(source)
+    step = int(prior.card["step"])
+    planned = prior.card.get("config", {}).get("train", {}).get("steps")
+    complete = planned is None or step >= int(planned)
+    state = f"EMA weights at step {step}"
+    if planned is not None:
+        state += (
+            f" of a {planned}-step schedule"
+            if complete
+            else f" of a {planned}-step schedule (the run stopped there)"
+        )
+    origin = Path(prior.card["path"])
+    manifest = origin / MANIFEST
+    if origin.is_absolute() and origin.is_relative_to(Path.cwd()):
+        origin = origin.relative_to(Path.cwd())
+    extra = {
+        "weights": "EMA",
+        "dtype": str(dtype).removeprefix("torch."),
+        "schedule_steps": planned,
+        "complete": complete,
+        "state": state,
+        "exported_from": {
+            "path": str(origin),
+            "step": step,
+            "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
+        },
+    }
+    prior.card = {k: v for k, v in prior.card.items() if k != "path"}
+    path = prior.save(destination, step, extra=extra, dtype=dtype)
+    for other_step, other in list_checkpoints(str(destination)):
+        if other_step != step:
+            shutil.rmtree(other)
+    return path
