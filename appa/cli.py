@@ -448,6 +448,14 @@ def lensing_train(config: ConfigOption = None, overrides: OverridesOption = None
     _lensing_run(run_train, config, overrides)
 
 
+@lensing_app.command("export")
+def lensing_export(config: ConfigOption = None, overrides: OverridesOption = None) -> None:
+    """Copy the newest prior under <out>/prior to train.export (EMA, float16, with its card)."""
+    from appa.lensing.jobs import run_export
+
+    _lensing_run(run_export, config, overrides)
+
+
 @lensing_app.command("reconstruct")
 def lensing_reconstruct(config: ConfigOption = None, overrides: OverridesOption = None) -> None:
     """Posterior source samples for an observed lens image (Zarr/NPY/FITS + lens parameters)."""

@@ -61,6 +61,19 @@ def test_train_writes_a_loadable_prior(run):
     assert prior.size == 16 and prior.card["config"]["setup"]["source_size"] == 16
 
 
+def test_export_writes_float16_ema_weights_with_their_state(run, tmp_path):
+    result = _invoke("export", run, f"train.export={tmp_path / 'prior'}")
+    assert result.exit_code == 0, result.output
+    assert "EMA weights at step 20 of a 20-step schedule" in result.output
+    from appa.lensing.prior import GalaxyPrior
+
+    prior = GalaxyPrior.load(tmp_path / "prior")
+    assert prior.card["complete"] is True and prior.card["dtype"] == "float16"
+    assert prior.card["exported_from"]["step"] == 20 and "resume" not in prior.card
+    result = _invoke("export", run)
+    assert result.exit_code == 1 and "train.export is not set" in result.output
+
+
 def test_train_again_resumes_or_names_what_changed(run):
     before = (run / "prior" / "step-000000020" / "checkpoint.json").read_bytes()
     result = _invoke("train", run)

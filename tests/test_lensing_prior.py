@@ -167,3 +167,23 @@ def test_resuming_with_other_settings_names_the_keys(tmp_path):
     prior.save(tmp_path / "weights-only", 5)
     with pytest.raises(CheckpointError, match="holds no training state"):
         _resumable_run(tmp_path / "weights-only")
+
+
+def test_the_committed_prior_loads_samples_and_says_what_it_is():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "pipelines" / "priors" / "lensing-galaxies-tiny"
+    ckpt = load_checkpoint(str(root))
+    assert {t.dtype for t in ckpt.tensors["model"].values()} == {torch.float16}
+    assert set(ckpt.tensors) == {"model"} and not ckpt.states  # weights only, no training state
+    prior = GalaxyPrior.load(root)
+    card = prior.card
+    assert card["kind"] == "lensing-galaxy-prior" and card["step"] == 3000
+    assert card["weights"] == "EMA" and card["dtype"] == "float16"
+    assert card["schedule_steps"] == card["config"]["train"]["steps"] == 4000
+    assert card["complete"] is False and "stopped" in card["state"]
+    assert [s for s, _ in card["training"]["validation_loss"]][-1] == 3000
+    assert (prior.size, prior.pixel) == (64, 0.05) and prior.scale > 0
+    assert prior.sigma_min < prior.sigma_max
+    draws = prior.sample(1, steps=2, seed=0)
+    assert draws.shape == (1, 64, 64) and torch.isfinite(draws).all()

@@ -38,6 +38,7 @@ __all__ = [
     "TrainSection",
     "UNetSection",
     "run_diagnose",
+    "run_export",
     "run_reconstruct",
     "run_simulate",
     "run_train",
@@ -268,6 +269,19 @@ def run_train(cfg: LensingConfig) -> Path:
         f"prior: {path} ({result.wall_seconds:.0f} s wall, {result.cpu_seconds:.0f} s CPU on "
         f"{result.threads} threads)"
     )
+    return Path(path)
+
+
+def run_export(cfg: LensingConfig) -> Path:
+    """Exports the newest prior checkpoint under ``<out>/prior`` (EMA weights, float16, no
+    training state) to ``train.export``, the folder to commit; returns its path."""
+    from appa.lensing.prior import export_prior
+
+    if cfg.train.export is None:
+        raise ValueError("train.export is not set: where should the prior go?")
+    path = export_prior(cfg.out / "prior", cfg.train.export)
+    card = json.loads((Path(path) / "checkpoint.json").read_text())["metadata"]
+    print(f"exported (float16): {path}: {card['state']}")
     return Path(path)
 
 
