@@ -188,6 +188,16 @@ def test_diagnose_reports_every_method(run):
     }
     for name in ("coverage.png", "prior_quality.png", "lens-0.png", "lens-1.png"):
         assert (run / "diagnose" / name).stat().st_size > 5000
+    # parts are cached: a second run (or one of parts in other processes) reuses them
+    result = _invoke("diagnose", run, "diagnose.parts=[lenses]", "diagnose.lenses=[1]")
+    assert result.exit_code == 0 and "diagnose: lens-1 from" in result.output
+    assert "run with every part" in result.output
+    result = _invoke("diagnose", run)
+    assert result.exit_code == 0 and "diagnose: fit-0 from" in result.output
+    assert json.loads((run / "diagnose" / "diagnostics.json").read_text()) == report
+    # other settings are computed afresh
+    result = _invoke("diagnose", run, "diagnose.parts=[prior]", "diagnose.prior_samples=9")
+    assert result.exit_code == 0 and "diagnose: prior from" not in result.output
 
 
 def test_bad_input_is_named(run, tmp_path):

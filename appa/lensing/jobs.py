@@ -177,6 +177,11 @@ class DiagnoseSection(StrictModel):
     fit_steps: int = Field(60, ge=1)
     fit_binning: int = Field(2, ge=1, description="source pixels binned for the lens fit")
     seed: int = 1
+    parts: list[Literal["prior", "lenses", "wrong_lens", "fit"]] = Field(
+        default_factory=lambda: ["prior", "lenses", "wrong_lens", "fit"],
+        description="parts to run; each part's results are cached and reused, so parts can run "
+        "in separate processes and a stopped diagnose resumes",
+    )
 
     @field_validator("levels")
     @classmethod
@@ -777,6 +782,8 @@ def run_reconstruct(cfg: LensingConfig) -> Path:
 
 # --- diagnostics ------------------------------------------------------------------------------
 
+PARTS = ("prior", "lenses", "wrong_lens", "fit")
+
 
 def _mean_range(values: list[float]) -> dict[str, float]:
     return {
@@ -786,112 +793,259 @@ def _mean_range(values: list[float]) -> dict[str, float]:
     }
 
 
-def run_diagnose(cfg: LensingConfig) -> dict:
-    """The prior's quality checks, then reconstructions of held-out lenses with MMPS (and DPS),
-    the Gaussian baselines, wrong Einstein radii and the cost of a sample; writes
-    ``<out>/diagnose/diagnostics.json`` and figures beside it. Returns the report."""
+def _prior_identity(prior) -> str:
+    """The SHA-256 of the prior checkpoint's manifest (which holds its files' SHA-256)."""
+    import hashlib
+
+    from appa.io.checkpoints import MANIFEST
+
+    return hashlib.sha256((Path(prior.card["path"]) / MANIFEST).read_bytes()).hexdigest()
+
+
+class _PartCache:
+    """Results of ``diagnose`` parts under ``<out>/diagnose/parts/<name>.json``, each with the key
+    of what produced it (the prior's manifest, setup, data, diagnose and sampling settings); an
+    entry of another key is recomputed. Parts can so run in separate processes
+    (``diagnose.parts``) and a stopped ``diagnose`` resumes where it was."""
+
+    def __init__(self, cfg: LensingConfig, prior) -> None:
+        self.root = cfg.out / "diagnose" / "parts"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.key = json.loads(
+            json.dumps(
+                {
+                    "prior": _prior_identity(prior),
+                    "setup": cfg.setup.model_dump(mode="json"),
+                    "data": cfg.data.model_dump(mode="json"),
+                    "lenses": str(cfg.out / "lenses.zarr"),
+                    "diagnose": cfg.diagnose.model_dump(mode="json", exclude={"parts", "lenses"}),
+                    "sampling": cfg.reconstruct.sampling.model_dump(mode="json"),
+                }
+            )
+        )
+
+    def get(self, name: str) -> Any | None:
+        path = self.root / f"{name}.json"
+        if not path.exists():
+            return None
+        entry = json.loads(path.read_text())
+        if entry.get("key") != self.key:
+            return None
+        print(f"diagnose: {name} from {path}")
+        return entry["result"]
+
+    def put(self, name: str, result: Any) -> Any:
+        _write_json(self.root / f"{name}.json", {"key": self.key, "result": result})
+        return result
+
+
+def _held_out_observation(row: dict[str, Any], lenses: list | None = None) -> dict[str, Any]:
+    return {
+        "image": row["image"],
+        "noise_std": torch.tensor(row["noise_std"]),
+        "lenses": lenses if lenses is not None else lenses_of(row),
+        "source_center": (row["source_x0"], row["source_y0"]),
+        "mask": None,
+    }
+
+
+def _diagnose_prior(cfg: LensingConfig, prior, out: Path) -> dict[str, Any]:
+    """Morphology of prior draws against the training stamps' (and ``prior_quality.png``)."""
     import time
 
     from appa.lensing import diagnostics as dg
     from appa.lensing.galaxies import read_galaxies
-    from appa.lensing.lenses import SIE
-    from appa.lensing.prior import GalaxyPrior
 
-    torch.set_num_threads(cfg.threads)
     d = cfg.diagnose
-    out = cfg.out / "diagnose"
-    out.mkdir(parents=True, exist_ok=True)
-    prior = GalaxyPrior.load(cfg.prior)
-    report: dict[str, Any] = {"prior": str(cfg.prior), "threads": cfg.threads}
-
-    # the prior's quality: morphology of its draws against the training stamps'
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     draws = prior.sample(d.prior_samples, steps=d.prior_steps, seed=d.seed)
-    report["prior_sample_seconds"] = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     training, _, _ = read_galaxies(cfg.data.train, 0, min(4000, cfg.data.train_count))
     held, _, _ = read_galaxies(
         cfg.data.validation, 0, min(d.prior_samples, cfg.data.validation_count)
     )
-    report["prior_quality"] = dg.compare_morphology(draws, training, held)
+    quality = dg.compare_morphology(draws, training, held)
     dg.plot_prior_quality(out / "prior_quality.png", draws, training, cfg.setup.source_pixel)
-    print(json.dumps(report["prior_quality"], indent=2))
+    print(json.dumps(quality, indent=2))
+    return {
+        "quality": quality,
+        "samples": d.prior_samples,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "threads": cfg.threads,
+    }
 
-    held_out = read_lenses(cfg.out / "lenses.zarr")
-    indices = d.lenses if d.lenses is not None else list(range(len(held_out)))
-    baselines = gaussian_baselines(cfg, ["gp", "empirical"])
+
+def _diagnose_lens(
+    cfg: LensingConfig, prior, row: dict[str, Any], baselines: dict[str, Any], out: Path
+) -> dict[str, Any]:
+    """MMPS (and DPS) samples of one held-out lens against its truth and the Gaussian
+    baselines; ``lens-<i>.png`` and the MMPS samples (``parts/lens-<i>-mmps.npy``)."""
+    import time
+
+    from appa.lensing import diagnostics as dg
+
+    d = cfg.diagnose
+    i = row["index"]
     mmps = cfg.reconstruct.sampling.model_copy(update={"method": "mmps"})
     dps = cfg.reconstruct.sampling.model_copy(update={"method": "dps", "zeta": d.dps_zeta})
     final_noise = prior.scale * (mmps.sigma_min or prior.sigma_min)
-    per_lens = []
-    curves: dict[str, dict[str, list[float]]] = {}
-    for i in indices:
-        row = held_out[i]
-        obs = {
-            "image": row["image"],
-            "noise_std": torch.tensor(row["noise_std"]),
-            "lenses": lenses_of(row),
-            "source_center": (row["source_x0"], row["source_y0"]),
-            "mask": None,
-        }
-        truth = row["source"]
-        where = dg.galaxy_pixels(truth)
-        var = obs["noise_std"] ** 2
-        entry: dict[str, Any] = {"lens": i, "theta_e": row["theta_e"], "q": row["q"]}
-        runs = {"mmps": mmps} | ({"dps": dps} if d.dps else {})
-        for name, sampling in runs.items():
-            samples, operator, seconds = reconstruct_one(
-                cfg, prior, obs, d.samples, sampling, d.seed + 1000 * i
-            )
-            mean = samples.mean(0)
-            cov_all = dg.rank_coverage(samples, truth, d.levels, None, final_noise, seed=i)
-            cov_gal = dg.rank_coverage(samples, truth, d.levels, where, final_noise, seed=i)
-            entry[name] = {
-                "reduced_chi_square": dg.reduced_chi_square(operator, mean, row["image"], var),
-                "rmse": dg.source_rmse(mean, truth),
-                "rmse_galaxy": dg.source_rmse(mean, truth, where),
-                "coverage": cov_all,
-                "coverage_galaxy": cov_gal,
-                "spread_skill": dg.spread_skill(samples, truth),
-                "spread_skill_galaxy": dg.spread_skill(samples, truth, where),
-                "seconds": seconds,
-                "samples_per_second": d.samples / seconds,
-            }
-            for key, cov in ((f"{name} (all pixels)", cov_all), (f"{name} (galaxy)", cov_gal)):
-                for lv, c in cov.items():
-                    curves.setdefault(key, {}).setdefault(lv, []).append(c)
-            if name == "mmps":
-                mmps_samples = samples
-        estimates = {}
-        moments = held_out_baseline(cfg, row, baselines)
-        for name in baselines:
-            b_mean, b_std = moments[name]
-            estimates[name] = b_mean.float()
-            # Gaussian posteriors: the coverage of their central intervals is analytic
-            u = 0.5 * (1 + torch.erf((truth.double() - b_mean) / (b_std * 2**0.5)))
-            entry[name] = {
-                "reduced_chi_square": dg.reduced_chi_square(
-                    operator, b_mean.float(), row["image"], var
-                ),
-                "rmse": dg.source_rmse(b_mean, truth),
-                "rmse_galaxy": dg.source_rmse(b_mean, truth, where),
-                "coverage_galaxy": {
-                    f"{lv:g}": float(((u[where] - 0.5).abs() <= lv / 2).double().mean())
-                    for lv in d.levels
-                },
-            }
-        dg.plot_reconstruction(
-            out / f"lens-{i}.png",
-            row["image"],
-            mmps_samples,
-            operator,
-            obs["noise_std"],
-            truth=truth,
-            baselines=estimates,
-            title=f"held-out lens {i}: {d.samples} MMPS samples",
+    obs = _held_out_observation(row)
+    truth = row["source"]
+    where = dg.galaxy_pixels(truth)
+    var = obs["noise_std"] ** 2
+    entry: dict[str, Any] = {"lens": i, "theta_e": row["theta_e"], "q": row["q"]}
+    runs = {"mmps": mmps} | ({"dps": dps} if d.dps else {})
+    for name, sampling in runs.items():
+        cpu = time.process_time()
+        samples, operator, seconds = reconstruct_one(
+            cfg, prior, obs, d.samples, sampling, d.seed + 1000 * i
         )
-        per_lens.append(entry)
-        print(json.dumps(entry, indent=1))
-    report["lenses"] = per_lens
+        cpu_seconds = time.process_time() - cpu
+        mean = samples.mean(0)
+        entry[name] = {
+            "reduced_chi_square": dg.reduced_chi_square(operator, mean, row["image"], var),
+            "rmse": dg.source_rmse(mean, truth),
+            "rmse_galaxy": dg.source_rmse(mean, truth, where),
+            "coverage": dg.rank_coverage(samples, truth, d.levels, None, final_noise, seed=i),
+            "coverage_galaxy": dg.rank_coverage(
+                samples, truth, d.levels, where, final_noise, seed=i
+            ),
+            "spread_skill": dg.spread_skill(samples, truth),
+            "spread_skill_galaxy": dg.spread_skill(samples, truth, where),
+            "seconds": seconds,
+            "samples_per_second": d.samples / seconds,
+            "cpu_seconds_per_sample": cpu_seconds / d.samples,
+            "threads": cfg.threads,
+        }
+        if name == "mmps":
+            mmps_samples = samples
+            with written_whole(out / "parts" / f"lens-{i}-mmps.npy") as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, samples.numpy())
+    estimates = {}
+    moments = held_out_baseline(cfg, row, baselines)
+    for name in baselines:
+        b_mean, b_std = moments[name]
+        estimates[name] = b_mean.float()
+        # Gaussian posteriors: the coverage of their central intervals is analytic
+        u = 0.5 * (1 + torch.erf((truth.double() - b_mean) / (b_std * 2**0.5)))
+        entry[name] = {
+            "reduced_chi_square": dg.reduced_chi_square(
+                operator, b_mean.float(), row["image"], var
+            ),
+            "rmse": dg.source_rmse(b_mean, truth),
+            "rmse_galaxy": dg.source_rmse(b_mean, truth, where),
+            "coverage_galaxy": {
+                f"{lv:g}": float(((u[where] - 0.5).abs() <= lv / 2).double().mean())
+                for lv in d.levels
+            },
+        }
+    dg.plot_reconstruction(
+        out / f"lens-{i}.png",
+        row["image"],
+        mmps_samples,
+        operator,
+        obs["noise_std"],
+        truth=truth,
+        baselines=estimates,
+        title=f"held-out lens {i}: {d.samples} MMPS samples",
+    )
+    print(json.dumps(entry, indent=1))
+    return entry
+
+
+def _diagnose_wrong_lens(cfg: LensingConfig, prior, row: dict[str, Any]) -> list[dict[str, Any]]:
+    """MMPS under the Einstein radius off by each of ``diagnose.theta_e_errors`` (and exact)."""
+    from appa.lensing import diagnostics as dg
+
+    d = cfg.diagnose
+    i = row["index"]
+    mmps = cfg.reconstruct.sampling.model_copy(update={"method": "mmps"})
+    final_noise = prior.scale * (mmps.sigma_min or prior.sigma_min)
+    obs = _held_out_observation(row)
+    where = dg.galaxy_pixels(row["source"])
+    rows = []
+    for rel in [0.0, *d.theta_e_errors]:
+        wrong = lenses_of({**row, "theta_e": row["theta_e"] * (1 + rel)})
+        samples, operator, _ = reconstruct_one(
+            cfg, prior, obs, d.error_samples, mmps, d.seed + 7 + 1000 * i, lenses=wrong
+        )
+        mean = samples.mean(0)
+        rows.append(
+            {
+                "lens": i,
+                "theta_e_error": rel,
+                "reduced_chi_square": dg.reduced_chi_square(
+                    operator, mean, row["image"], obs["noise_std"] ** 2
+                ),
+                "rmse_galaxy": dg.source_rmse(mean, row["source"], where),
+                "coverage_galaxy": dg.rank_coverage(
+                    samples, row["source"], d.levels, where, final_noise, seed=i
+                ),
+            }
+        )
+        print(json.dumps(rows[-1]))
+    return rows
+
+
+def _diagnose_fit(cfg: LensingConfig, prior, row: dict[str, Any], coarse) -> dict[str, Any]:
+    """The lens fitted from the image (Gaussian evidence on a coarse source grid), starting from
+    the largest Einstein-radius error, then MMPS under the fitted lens."""
+    import time
+
+    from appa.lensing import diagnostics as dg
+    from appa.lensing.fit import fit_lens
+
+    d = cfg.diagnose
+    i = row["index"]
+    mmps = cfg.reconstruct.sampling.model_copy(update={"method": "mmps"})
+    final_noise = prior.scale * (mmps.sigma_min or prior.sigma_min)
+    rel = max(d.theta_e_errors, key=abs)
+    centre = (row["source_x0"], row["source_y0"])
+    operator = make_operator(
+        cfg, lenses_of(row), centre, binning=d.fit_binning, dtype=torch.float64
+    )
+    truth = {
+        "theta_e": row["theta_e"],
+        "q": row["q"],
+        "phi": row["phi"],
+        "x0": row["lens_x0"],
+        "y0": row["lens_y0"],
+        "gamma1": row["gamma1"],
+        "gamma2": row["gamma2"],
+    }
+    start = {**truth, "theta_e": row["theta_e"] * (1 + rel)}
+    begin = time.perf_counter()
+    fit = fit_lens(operator, coarse, row["image"], row["noise_std"] ** 2, start, steps=d.fit_steps)
+    seconds = time.perf_counter() - begin
+    obs = _held_out_observation(row, fit.lenses())
+    samples, operator, _ = reconstruct_one(
+        cfg, prior, obs, d.error_samples, mmps, d.seed + 7 + 1000 * i
+    )
+    mean = samples.mean(0)
+    where = dg.galaxy_pixels(row["source"])
+    result = {
+        "lens": i,
+        "start_theta_e_error": rel,
+        "fitted_theta_e_error": fit.params["theta_e"] / row["theta_e"] - 1,
+        "fitted": fit.params,
+        "truth": truth,
+        "fit_seconds": seconds,
+        "reduced_chi_square": dg.reduced_chi_square(
+            operator, mean, row["image"], obs["noise_std"] ** 2
+        ),
+        "rmse_galaxy": dg.source_rmse(mean, row["source"], where),
+        "coverage_galaxy": dg.rank_coverage(
+            samples, row["source"], d.levels, where, final_noise, seed=i
+        ),
+    }
+    print(json.dumps(result))
+    return result
+
+
+def _summary(per_lens: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and [min, max] over lenses of each method's figures."""
     summary: dict[str, Any] = {}
     for method in ["mmps", "dps", "gp", "empirical"]:
         rows = [e[method] for e in per_lens if method in e]
@@ -906,6 +1060,7 @@ def run_diagnose(cfg: LensingConfig) -> dict:
                 "spread_skill",
                 "spread_skill_galaxy",
                 "samples_per_second",
+                "cpu_seconds_per_sample",
             )
             if key in rows[0]
         }
@@ -914,108 +1069,87 @@ def run_diagnose(cfg: LensingConfig) -> dict:
                 summary[method][key] = {
                     lv: _mean_range([r[key][lv] for r in rows]) for lv in rows[0][key]
                 }
-    report["summary"] = summary
-    dg.plot_coverage(
-        out / "coverage.png",
-        {name: {lv: float(np.mean(v)) for lv, v in c.items()} for name, c in curves.items()},
-        title=f"per-pixel coverage over {len(per_lens)} held-out lenses",
-    )
+    return summary
+
+
+def run_diagnose(cfg: LensingConfig) -> dict:
+    """The prior's quality checks, then reconstructions of held-out lenses with MMPS (and DPS),
+    the Gaussian baselines, wrong Einstein radii, the fitted lens and the cost of a sample.
+
+    Each part's results are cached under ``<out>/diagnose/parts`` (see :class:`_PartCache`);
+    with every part in ``diagnose.parts`` (the default), writes ``<out>/diagnose/
+    diagnostics.json`` and figures beside it and returns the report."""
+    from appa.lensing import diagnostics as dg
+    from appa.lensing.prior import GalaxyPrior
+
+    torch.set_num_threads(cfg.threads)
+    d = cfg.diagnose
+    out = cfg.out / "diagnose"
+    out.mkdir(parents=True, exist_ok=True)
+    prior = GalaxyPrior.load(cfg.prior)
+    cache = _PartCache(cfg, prior)
+    report: dict[str, Any] = {"prior": str(cfg.prior), "prior_step": prior.card.get("step")}
+
+    if "prior" in d.parts:
+        quality = cache.get("prior") or cache.put("prior", _diagnose_prior(cfg, prior, out))
+        report["prior_quality"] = quality["quality"]
+        report["prior_sampling"] = {k: v for k, v in quality.items() if k != "quality"}
+
+    held_out = read_lenses(cfg.out / "lenses.zarr")
+    indices = d.lenses if d.lenses is not None else list(range(len(held_out)))
+    bad = [i for i in indices if not 0 <= i < len(held_out)]
+    if bad:
+        raise ValueError(f"diagnose.lenses {bad}: there are {len(held_out)} held-out lenses")
+    if "lenses" in d.parts:
+        baselines = gaussian_baselines(cfg, ["gp", "empirical"])
+        per_lens = []
+        for i in indices:
+            entry = cache.get(f"lens-{i}")
+            if entry is None:
+                entry = cache.put(
+                    f"lens-{i}", _diagnose_lens(cfg, prior, held_out[i], baselines, out)
+                )
+            per_lens.append(entry)
+        report["lenses"] = per_lens
+        report["summary"] = _summary(per_lens)
+        curves: dict[str, dict[str, list[float]]] = {}
+        for entry in per_lens:
+            for name in ("mmps", "dps"):
+                for key, label in (("coverage", "all pixels"), ("coverage_galaxy", "galaxy")):
+                    for lv, c in entry.get(name, {}).get(key, {}).items():
+                        curves.setdefault(f"{name} ({label})", {}).setdefault(lv, []).append(c)
+        dg.plot_coverage(
+            out / "coverage.png",
+            {name: {lv: float(np.mean(v)) for lv, v in c.items()} for name, c in curves.items()},
+            title=f"per-pixel coverage over {len(per_lens)} held-out lenses",
+        )
 
     # wrong lens: the Einstein radius off by a few percent
-    errors = []
-    for i in indices[: d.error_lenses]:
-        row = held_out[i]
-        obs = {
-            "image": row["image"],
-            "noise_std": torch.tensor(row["noise_std"]),
-            "lenses": lenses_of(row),
-            "source_center": (row["source_x0"], row["source_y0"]),
-            "mask": None,
-        }
-        where = dg.galaxy_pixels(row["source"])
-        for rel in [0.0, *d.theta_e_errors]:
-            wrong = lenses_of({**row, "theta_e": row["theta_e"] * (1 + rel)})
-            assert isinstance(wrong[0], SIE)
-            samples, operator, _ = reconstruct_one(
-                cfg, prior, obs, d.error_samples, mmps, d.seed + 7 + 1000 * i, lenses=wrong
-            )
-            mean = samples.mean(0)
-            errors.append(
-                {
-                    "lens": i,
-                    "theta_e_error": rel,
-                    "reduced_chi_square": dg.reduced_chi_square(
-                        operator, mean, row["image"], obs["noise_std"] ** 2
-                    ),
-                    "rmse_galaxy": dg.source_rmse(mean, row["source"], where),
-                    "coverage_galaxy": dg.rank_coverage(
-                        samples, row["source"], d.levels, where, final_noise, seed=i
-                    ),
-                }
-            )
-            print(json.dumps(errors[-1]))
-    report["wrong_theta_e"] = errors
-
-    # the lens fitted from the image (Gaussian evidence on a coarse source grid), starting
-    # from the largest Einstein-radius error, then the diffusion posterior under it
-    fits = []
-    if d.fit_lens and d.theta_e_errors:
-        from appa.lensing.fit import fit_lens
-
-        coarse = gaussian_baselines(cfg, ["empirical"], binning=d.fit_binning)["empirical"]
-        rel = max(d.theta_e_errors, key=abs)
+    if "wrong_lens" in d.parts:
+        errors = []
         for i in indices[: d.error_lenses]:
-            row = held_out[i]
-            centre = (row["source_x0"], row["source_y0"])
-            operator = make_operator(
-                cfg, lenses_of(row), centre, binning=d.fit_binning, dtype=torch.float64
-            )
-            truth = {
-                "theta_e": row["theta_e"],
-                "q": row["q"],
-                "phi": row["phi"],
-                "x0": row["lens_x0"],
-                "y0": row["lens_y0"],
-                "gamma1": row["gamma1"],
-                "gamma2": row["gamma2"],
-            }
-            start = {**truth, "theta_e": row["theta_e"] * (1 + rel)}
-            begin = time.perf_counter()
-            fit = fit_lens(
-                operator, coarse, row["image"], row["noise_std"] ** 2, start, steps=d.fit_steps
-            )
-            seconds = time.perf_counter() - begin
-            obs = {
-                "image": row["image"],
-                "noise_std": torch.tensor(row["noise_std"]),
-                "lenses": fit.lenses(),
-                "source_center": centre,
-                "mask": None,
-            }
-            samples, operator, _ = reconstruct_one(
-                cfg, prior, obs, d.error_samples, mmps, d.seed + 7 + 1000 * i
-            )
-            mean = samples.mean(0)
-            where = dg.galaxy_pixels(row["source"])
-            fits.append(
-                {
-                    "lens": i,
-                    "start_theta_e_error": rel,
-                    "fitted_theta_e_error": fit.params["theta_e"] / row["theta_e"] - 1,
-                    "fitted": fit.params,
-                    "truth": truth,
-                    "fit_seconds": seconds,
-                    "reduced_chi_square": dg.reduced_chi_square(
-                        operator, mean, row["image"], obs["noise_std"] ** 2
-                    ),
-                    "rmse_galaxy": dg.source_rmse(mean, row["source"], where),
-                    "coverage_galaxy": dg.rank_coverage(
-                        samples, row["source"], d.levels, where, final_noise, seed=i
-                    ),
-                }
-            )
-            print(json.dumps(fits[-1]))
-    report["fitted_lens"] = fits
-    _write_json(out / "diagnostics.json", report)
-    print(json.dumps(summary, indent=2))
+            rows = cache.get(f"wrong-lens-{i}")
+            if rows is None:
+                rows = cache.put(f"wrong-lens-{i}", _diagnose_wrong_lens(cfg, prior, held_out[i]))
+            errors.extend(rows)
+        report["wrong_theta_e"] = errors
+
+    if "fit" in d.parts and d.fit_lens and d.theta_e_errors:
+        coarse = gaussian_baselines(cfg, ["empirical"], binning=d.fit_binning)["empirical"]
+        fits = []
+        for i in indices[: d.error_lenses]:
+            fit = cache.get(f"fit-{i}")
+            if fit is None:
+                fit = cache.put(f"fit-{i}", _diagnose_fit(cfg, prior, held_out[i], coarse))
+            fits.append(fit)
+        report["fitted_lens"] = fits
+
+    if set(PARTS) <= set(d.parts):
+        _write_json(out / "diagnostics.json", report)
+        print(json.dumps(report.get("summary", {}), indent=2))
+    else:
+        print(
+            f"diagnose: parts {list(d.parts)} done (cached under {cache.root}); run with every "
+            "part for diagnostics.json"
+        )
     return report
