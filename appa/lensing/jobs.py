@@ -28,15 +28,16 @@ from appa.config import StrictModel
 from appa.files import written_whole
 
 __all__ = [
-    "DataSection",
-    "DiagnoseSection",
+    "DataConfig",
+    "DiagnoseConfig",
+    "LensRangesConfig",
     "LensingConfig",
-    "ReconstructSection",
-    "SamplingSection",
-    "SetupSection",
-    "SimulateSection",
-    "TrainSection",
-    "UNetSection",
+    "PosteriorSamplingConfig",
+    "PriorUNetConfig",
+    "ReconstructConfig",
+    "SetupConfig",
+    "SimulateConfig",
+    "TrainConfig",
     "run_diagnose",
     "run_export",
     "run_reconstruct",
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 
-class SetupSection(StrictModel):
+class SetupConfig(StrictModel):
     """The observation model: grids, PSF and noise (arcsec; surface-brightness units)."""
 
     source_size: int = Field(64, ge=8, description="source grid width (pixels)")
@@ -57,7 +58,7 @@ class SetupSection(StrictModel):
     noise_std: float = Field(0.1, gt=0, description="pixel noise standard deviation")
 
 
-class DataSection(StrictModel):
+class DataConfig(StrictModel):
     """The generated galaxy stamps (Zarr stores) the prior trains and validates on."""
 
     train: Path = Path("outputs/lensing/galaxies-train.zarr")
@@ -68,7 +69,7 @@ class DataSection(StrictModel):
     validation_seed: int = 2
 
 
-class LensRanges(StrictModel):
+class LensRangesConfig(StrictModel):
     """Uniform ranges of the simulated lenses' parameters."""
 
     theta_e: tuple[float, float] = (1.0, 1.4)
@@ -80,13 +81,13 @@ class LensRanges(StrictModel):
     )
 
 
-class SimulateSection(StrictModel):
+class SimulateConfig(StrictModel):
     lenses: int = Field(8, ge=1, description="held-out lenses to simulate")
     seed: int = Field(100, description="seed of held-out sources, lenses and noise")
-    ranges: LensRanges = Field(default_factory=LensRanges)
+    ranges: LensRangesConfig = Field(default_factory=LensRangesConfig)
 
 
-class UNetSection(StrictModel):
+class PriorUNetConfig(StrictModel):
     """The prior's U-Net (:class:`appa.nn.unet.UNetConfig`)."""
 
     channels: list[int] = Field(default_factory=lambda: [32, 48, 64, 96])
@@ -98,7 +99,7 @@ class UNetSection(StrictModel):
     patch: int = Field(1, ge=1)
 
 
-class TrainSection(StrictModel):
+class TrainConfig(StrictModel):
     """Training of the prior (:class:`appa.lensing.prior.TrainSettings`)."""
 
     steps: int = Field(4000, ge=1)
@@ -117,10 +118,10 @@ class TrainSection(StrictModel):
     seed: int = 0
     train_limit: int | None = Field(None, ge=16, description="use only the first N stamps")
     export: Path | None = Field(None, description="also write a float16 copy here (to commit)")
-    unet: UNetSection = Field(default_factory=UNetSection)
+    unet: PriorUNetConfig = Field(default_factory=PriorUNetConfig)
 
 
-class SamplingSection(StrictModel):
+class PosteriorSamplingConfig(StrictModel):
     """Posterior sampling (:class:`appa.lensing.posterior.SamplingConfig`)."""
 
     method: Literal["mmps", "dps"] = "mmps"
@@ -135,7 +136,7 @@ class SamplingSection(StrictModel):
     batch: int = Field(8, ge=1)
 
 
-class ReconstructSection(StrictModel):
+class ReconstructConfig(StrictModel):
     """Which image to reconstruct and how."""
 
     observation: Path | None = Field(
@@ -152,10 +153,10 @@ class ReconstructSection(StrictModel):
     samples: int = Field(16, ge=1)
     seed: int = 0
     baselines: list[Literal["gp", "empirical"]] = Field(default_factory=lambda: ["gp", "empirical"])
-    sampling: SamplingSection = Field(default_factory=SamplingSection)
+    sampling: PosteriorSamplingConfig = Field(default_factory=PosteriorSamplingConfig)
 
 
-class DiagnoseSection(StrictModel):
+class DiagnoseConfig(StrictModel):
     """What ``diagnose`` measures."""
 
     prior_samples: int = Field(256, ge=8, description="prior draws for the quality checks")
@@ -200,12 +201,12 @@ class LensingConfig(StrictModel):
         Path("pipelines/priors/lensing-galaxies-tiny"),
         description="prior checkpoint for reconstruct and diagnose",
     )
-    setup: SetupSection = Field(default_factory=SetupSection)
-    data: DataSection = Field(default_factory=DataSection)
-    simulate: SimulateSection = Field(default_factory=SimulateSection)
-    train: TrainSection = Field(default_factory=TrainSection)
-    reconstruct: ReconstructSection = Field(default_factory=ReconstructSection)
-    diagnose: DiagnoseSection = Field(default_factory=DiagnoseSection)
+    setup: SetupConfig = Field(default_factory=SetupConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    simulate: SimulateConfig = Field(default_factory=SimulateConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    reconstruct: ReconstructConfig = Field(default_factory=ReconstructConfig)
+    diagnose: DiagnoseConfig = Field(default_factory=DiagnoseConfig)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -323,7 +324,7 @@ def make_operator(
     )
 
 
-def _draw_lenses(ranges: LensRanges, n: int, g: torch.Generator) -> list[dict[str, float]]:
+def _draw_lenses(ranges: LensRangesConfig, n: int, g: torch.Generator) -> list[dict[str, float]]:
     def uniform(low: float, high: float) -> float:
         return float(low + (high - low) * torch.rand((), generator=g, dtype=torch.float64))
 
@@ -611,10 +612,10 @@ def held_out_baseline(
 # --- reconstruction ---------------------------------------------------------------------------
 
 
-def _sampling(section: SamplingSection, prior) -> Any:
+def _sampling(sampling: PosteriorSamplingConfig, prior) -> Any:
     from appa.lensing.posterior import SamplingConfig
 
-    values = section.model_dump()
+    values = sampling.model_dump()
     values["sigma_min"] = values["sigma_min"] or prior.sigma_min
     values["sigma_max"] = values["sigma_max"] or prior.sigma_max
     return SamplingConfig(**values)
@@ -680,7 +681,7 @@ def reconstruct_one(
     prior,
     observation: dict[str, Any],
     samples: int,
-    sampling: SamplingSection,
+    sampling: PosteriorSamplingConfig,
     seed: int,
     lenses: list | None = None,
 ) -> tuple[torch.Tensor, Any, float]:
