@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from appa.cli import app
 from appa.config import load_config
-from appa.lensing.jobs import LensingConfig, load_image, read_lenses
+from appa.lensing.jobs import LensingConfig, finite_samples, load_image, read_lenses
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "pipelines" / "configs" / "lensing_tiny.yaml"
@@ -227,3 +227,13 @@ def test_committed_configs_load():
     for path in sorted((ROOT / "pipelines" / "configs").glob("lensing_*.yaml")):
         cfg = load_config(LensingConfig, path)
         assert cfg.setup.source_size % 8 == 0
+
+
+def test_diverged_samples_are_counted_and_left_out():
+    import torch
+
+    samples = torch.ones(4, 3, 3)
+    samples[1, 0, 0] = float("nan")
+    samples[3, 2, 1] = float("inf")
+    kept, dropped = finite_samples(samples)
+    assert dropped == 2 and kept.shape == (2, 3, 3) and torch.isfinite(kept).all()

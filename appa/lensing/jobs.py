@@ -38,6 +38,7 @@ __all__ = [
     "SetupConfig",
     "SimulateConfig",
     "TrainConfig",
+    "finite_samples",
     "run_diagnose",
     "run_export",
     "run_reconstruct",
@@ -676,6 +677,13 @@ def _observations(cfg: LensingConfig) -> list[dict[str, Any]]:
     ]
 
 
+def finite_samples(samples: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The samples without any non-finite value, and how many were dropped (a diverged
+    sample is reported, never averaged in)."""
+    keep = torch.isfinite(samples.flatten(1)).all(1)
+    return samples[keep], int((~keep).sum())
+
+
 def reconstruct_one(
     cfg: LensingConfig,
     prior,
@@ -731,6 +739,7 @@ def run_reconstruct(cfg: LensingConfig) -> Path:
         draws, operator, seconds = reconstruct_one(
             cfg, prior, obs, rc.samples, rc.sampling, rc.seed
         )
+        draws, dropped = finite_samples(draws)
         var = obs["noise_std"] ** 2
         image = obs["image"]
         mean = draws.mean(0)
@@ -738,6 +747,7 @@ def run_reconstruct(cfg: LensingConfig) -> Path:
             "observation": obs["name"],
             "method": rc.sampling.method,
             "samples": rc.samples,
+            "nonfinite_samples": dropped,
             "seconds": seconds,
             "samples_per_second": rc.samples / seconds,
             "reduced_chi_square": dg.reduced_chi_square(operator, mean, image, var),
@@ -903,8 +913,10 @@ def _diagnose_lens(
             cfg, prior, obs, d.samples, sampling, d.seed + 1000 * i
         )
         cpu_seconds = time.process_time() - cpu
+        samples, dropped = finite_samples(samples)
         mean = samples.mean(0)
         entry[name] = {
+            "nonfinite_samples": dropped,
             "reduced_chi_square": dg.reduced_chi_square(operator, mean, row["image"], var),
             "rmse": dg.source_rmse(mean, truth),
             "rmse_galaxy": dg.source_rmse(mean, truth, where),
@@ -972,11 +984,13 @@ def _diagnose_wrong_lens(cfg: LensingConfig, prior, row: dict[str, Any]) -> list
         samples, operator, _ = reconstruct_one(
             cfg, prior, obs, d.error_samples, mmps, d.seed + 7 + 1000 * i, lenses=wrong
         )
+        samples, dropped = finite_samples(samples)
         mean = samples.mean(0)
         rows.append(
             {
                 "lens": i,
                 "theta_e_error": rel,
+                "nonfinite_samples": dropped,
                 "reduced_chi_square": dg.reduced_chi_square(
                     operator, mean, row["image"], obs["noise_std"] ** 2
                 ),
@@ -1024,10 +1038,12 @@ def _diagnose_fit(cfg: LensingConfig, prior, row: dict[str, Any], coarse) -> dic
     samples, operator, _ = reconstruct_one(
         cfg, prior, obs, d.error_samples, mmps, d.seed + 7 + 1000 * i
     )
+    samples, dropped = finite_samples(samples)
     mean = samples.mean(0)
     where = dg.galaxy_pixels(row["source"])
     result = {
         "lens": i,
+        "nonfinite_samples": dropped,
         "start_theta_e_error": rel,
         "fitted_theta_e_error": fit.params["theta_e"] / row["theta_e"] - 1,
         "fitted": fit.params,
@@ -1065,6 +1081,8 @@ def _summary(per_lens: list[dict[str, Any]]) -> dict[str, Any]:
             )
             if key in rows[0]
         }
+        if "nonfinite_samples" in rows[0]:
+            summary[method]["nonfinite_samples"] = sum(r["nonfinite_samples"] for r in rows)
         for key in ("coverage", "coverage_galaxy"):
             if key in rows[0]:
                 summary[method][key] = {
