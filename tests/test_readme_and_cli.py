@@ -93,6 +93,7 @@ def test_config_loading_and_overrides(tmp_path):
 def test_every_pipeline_config_validates():
     from appa.demo import DemoConfig
     from appa.distributed.assimilate import AssimilationJob
+    from appa.lensing.jobs import LensingConfig
     from appa.showcase import ShowcaseConfig
     from appa.training.encode import EncodeJob
     from appa.training.jobs import AutoencoderJob, DiffusionJob
@@ -109,6 +110,8 @@ def test_every_pipeline_config_validates():
         "filter_toy_earth.yaml": AssimilationJob,
         "forecast_toy_earth.yaml": AssimilationJob,
         "demo.yaml": DemoConfig,
+        "lensing_galaxies.yaml": LensingConfig,
+        "lensing_tiny.yaml": LensingConfig,
     }
     paths = sorted((ROOT / "pipelines" / "configs").glob("*.yaml"))
     assert paths
