@@ -404,6 +404,75 @@ def npe_diagnose(config: ConfigOption = None, overrides: OverridesOption = None)
     run_diagnose(_npe_config(config, overrides))
 
 
+# --- appa lensing: source galaxies behind strong lenses (appa.jobs.lensing) --------------------
+lensing_app = typer.Typer(
+    help="Strong lensing: posterior source galaxies from lensed images with a diffusion prior."
+)
+app.add_typer(lensing_app, name="lensing")
+
+
+def _lensing_config(config: Path | None, overrides: list[str] | None):
+    from appa.config import ConfigError, load_config
+    from appa.jobs.lensing import LensingConfig
+
+    try:
+        return load_config(LensingConfig, config, overrides or [])
+    except ConfigError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _lensing_run(run, config: Path | None, overrides: list[str] | None):
+    from appa.io.checkpoints import CheckpointError
+
+    cfg = _lensing_config(config, overrides)
+    try:
+        return run(cfg)
+    except (CheckpointError, FileNotFoundError, ImportError, ValueError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+
+
+@lensing_app.command("simulate")
+def lensing_simulate(config: ConfigOption = None, overrides: OverridesOption = None) -> None:
+    """Generate the training galaxies (Zarr) and held-out lenses of generated sources."""
+    from appa.jobs.lensing import run_simulate
+
+    _lensing_run(run_simulate, config, overrides)
+
+
+@lensing_app.command("train")
+def lensing_train(config: ConfigOption = None, overrides: OverridesOption = None) -> None:
+    """Train the galaxy diffusion prior; writes <out>/prior (and train.export, float16)."""
+    from appa.jobs.lensing import run_train
+
+    _lensing_run(run_train, config, overrides)
+
+
+@lensing_app.command("export")
+def lensing_export(config: ConfigOption = None, overrides: OverridesOption = None) -> None:
+    """Copy the newest prior under <out>/prior to train.export (EMA, float16, with its card)."""
+    from appa.jobs.lensing import run_export
+
+    _lensing_run(run_export, config, overrides)
+
+
+@lensing_app.command("reconstruct")
+def lensing_reconstruct(config: ConfigOption = None, overrides: OverridesOption = None) -> None:
+    """Posterior source samples for an observed lens image (Zarr/NPY/FITS + lens parameters)."""
+    from appa.jobs.lensing import run_reconstruct
+
+    _lensing_run(run_reconstruct, config, overrides)
+
+
+@lensing_app.command("diagnose")
+def lensing_diagnose(config: ConfigOption = None, overrides: OverridesOption = None) -> None:
+    """Prior quality, fit, error against baselines, coverage, wrong lenses, cost."""
+    from appa.jobs.lensing import run_diagnose
+
+    _lensing_run(run_diagnose, config, overrides)
+
+
 # --- appa evaluate / baseline / plot: WeatherBench2 scores, classical baselines, figures ------
 @app.command()
 def evaluate(

@@ -205,6 +205,31 @@ def test_krylov_solvers_match_dense_solve():
     assert (partial - expected).norm() > (cg(op, b, iterations=6) - expected).norm()
 
 
+def test_cg_stops_at_negative_curvature_and_leaves_other_systems_alone():
+    g = torch.Generator().manual_seed(5)
+    m = 12
+    good = _random_cov(m, 0).double()
+    q, _ = torch.linalg.qr(torch.randn(m, m, generator=g, dtype=torch.float64))
+    # symmetric, indefinite: one eigenvalue far below zero (a network's Jacobian can be)
+    eigenvalues = torch.ones(m, dtype=torch.float64)
+    eigenvalues[0] = -1e3
+    bad = q @ torch.diag(eigenvalues) @ q.T
+    M = torch.stack([good, bad])
+    b = torch.randn(2, m, generator=g, dtype=torch.float64)
+
+    def op(u):
+        return (M @ u[..., None])[..., 0]
+
+    u = cg(op, b, iterations=2 * m)
+    assert torch.isfinite(u).all()
+    # the first system solves as it would alone (bitwise: the batch does not mix)
+    alone = cg(lambda v: (good @ v[..., None])[..., 0], b[:1], iterations=2 * m)
+    assert torch.equal(u[:1], alone)
+    # the indefinite one keeps its iterate from before the negative curvature: a descent on
+    # the residual of the first step at least
+    assert (op(u)[1] - b[1]).norm() < b[1].norm() * 10
+
+
 def test_gmres_solves_non_symmetric_systems():
     g = torch.Generator().manual_seed(4)
     m = 8

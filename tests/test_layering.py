@@ -15,12 +15,12 @@ LAYERS = [
     ["nn"],
     ["data", "observations"],
     ["io", "metrics"],
-    ["assimilation", "baselines", "training", "npe"],
+    ["assimilation", "baselines", "training", "npe", "lensing"],
     ["distributed"],
     ["jobs", "cli"],
 ]
 # The tasks of one layer do not lean on each other (a baseline knows no network).
-SIBLINGS_APART = {"assimilation", "baselines", "training", "npe"}
+SIBLINGS_APART = {"assimilation", "baselines", "training", "npe", "lensing"}
 
 
 def _allowed(package: str) -> set[str]:

@@ -94,6 +94,7 @@ def test_every_pipeline_config_validates():
     from appa.jobs.assimilate import AssimilateConfig
     from appa.jobs.demo import DemoConfig
     from appa.jobs.encode import EncodeConfig
+    from appa.jobs.lensing import LensingConfig
     from appa.jobs.showcase import ShowcaseConfig
     from appa.jobs.train import TrainAutoencoderConfig, TrainDiffusionConfig
 
@@ -109,6 +110,8 @@ def test_every_pipeline_config_validates():
         "filter_toy_earth.yaml": AssimilateConfig,
         "forecast_toy_earth.yaml": AssimilateConfig,
         "demo.yaml": DemoConfig,
+        "lensing_galaxies.yaml": LensingConfig,
+        "lensing_tiny.yaml": LensingConfig,
     }
     paths = sorted((ROOT / "pipelines" / "configs").glob("*.yaml"))
     assert paths

@@ -3,7 +3,8 @@
 The operator acts on ``(B, m)`` tensors in the caller's dtype; the iterations themselves run in
 ``dtype`` (float64 by default). Every iteration runs regardless of convergence, so no value is
 ever read back to the host and a GPU never waits; denominators are clamped so that a converged
-system stays finite.
+system stays finite, and CG stops a system's iterations at a direction of non-positive
+curvature (an indefinite ``A``), keeping its iterate.
 """
 
 from __future__ import annotations
@@ -38,11 +39,17 @@ def cg(A: Operator, b: Tensor, iterations: int, dtype: torch.dtype = torch.float
     u = torch.zeros_like(r)
     p = r
     rr = _dot(r, r)
+    active = torch.ones_like(rr, dtype=torch.bool)
     for _ in range(iterations):
         Ap = A(p.to(b.dtype)).to(dtype)
-        alpha = rr / _dot(p, Ap).clamp(min=tiny)
-        u = u + alpha * p
-        r = r - alpha * Ap
+        pAp = _dot(p, Ap)
+        # a direction of non-positive (or non-finite) curvature, where A is not positive definite
+        # (MMPS's Tweedie covariance is a network's Jacobian), ends that system's iterations:
+        # it keeps its iterate so far instead of a step of rr / tiny
+        active = active & (pAp > 0)
+        alpha = rr / pAp.clamp(min=tiny)
+        u = torch.where(active, u + alpha * p, u)
+        r = torch.where(active, r - alpha * Ap, r)
         rr_new = _dot(r, r)
         p = r + (rr_new / rr.clamp(min=tiny)) * p
         rr = rr_new

@@ -1,5 +1,6 @@
 """Networks of the Earth-system prior: the state autoencoder, the latent trajectory
-transformer, their losses and named presets from ``tiny`` (CPU) to ``paper`` scale."""
+transformer, their losses and named presets from ``tiny`` (CPU) to ``paper`` scale; and a
+generic image U-Net for pixel-space priors."""
 
 from appa.nn.attention import (
     LocalChunks,
@@ -20,12 +21,14 @@ from appa.nn.presets import (
     preset_names,
 )
 from appa.nn.transformer import DiTBlock, LatentDiT, known_frames_input
+from appa.nn.unet import ImageUNet, UNetConfig
 
 __all__ = [
     "PRESETS",
     "AutoencoderConfig",
     "DenoiserConfig",
     "DiTBlock",
+    "ImageUNet",
     "LatentDiT",
     "LocalChunks",
     "MultiheadSelfAttention",
@@ -33,6 +36,7 @@ __all__ = [
     "ResBlock",
     "RotaryEmbedding3d",
     "StateAutoencoder",
+    "UNetConfig",
     "WeightedMSE",
     "ZonalSpectrumLoss",
     "attention",
