@@ -28,6 +28,7 @@ __all__ = [
     "StrictModel",
     "Timestamp",
     "apply_overrides",
+    "differing_keys",
     "load_config",
 ]
 
@@ -142,3 +143,17 @@ def load_config(model: type[M], path: str | Path | None = None, overrides: Itera
         return model.model_validate(data)
     except ValidationError as error:
         raise ConfigError(_format_errors(model, error, source)) from None
+
+
+def differing_keys(a: Any, b: Any, path: str = "") -> list[str]:
+    """Dotted key paths where two JSON documents differ (a run's saved settings against the
+    settings it is resumed with, say); ``<root>`` when they differ as a whole."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            if k not in a or k not in b:
+                out.append(f"{path}{k}")
+            else:
+                out.extend(differing_keys(a[k], b[k], f"{path}{k}."))
+        return out
+    return [] if a == b else [path.rstrip(".") or "<root>"]

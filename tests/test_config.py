@@ -43,3 +43,12 @@ def test_an_impossible_date_in_a_file_names_the_file(tmp_path):
     path.write_text("day: 2003-02-30\n")
     with pytest.raises(ConfigError, match=r"job\.yaml: not valid YAML: day is out of range"):
         load_config(_Dated, path)
+
+
+def test_differing_keys_name_every_changed_path():
+    from appa.config import differing_keys
+
+    saved = {"loop": {"lr": 1e-3, "steps": 10}, "preset": "tiny", "old": 1}
+    now = {"loop": {"lr": 2e-3, "steps": 10}, "preset": "tiny", "new": 2}
+    assert differing_keys(saved, now) == ["loop.lr", "new", "old"]
+    assert differing_keys(saved, saved) == [] and differing_keys(1, 2) == ["<root>"]

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from appa.config import differing_keys
 from appa.diffusion import (
     EDMDenoiser,
     ScheduleConfig,
@@ -212,19 +213,6 @@ def _validation_loss(denoiser, images: Tensor, seed: int) -> float:
         return float(denoising_loss(denoiser, images, sigma, noise=noise).mean())
 
 
-def _differ(a: Any, b: Any, path: str = "") -> list[str]:
-    """Key paths where two JSON documents differ."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            if k not in a or k not in b:
-                out.append(f"{path}{k}")
-            else:
-                out.extend(_differ(a[k], b[k], f"{path}{k}."))
-        return out
-    return [] if a == b else [path.rstrip(".") or "<root>"]
-
-
 def _json(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
@@ -323,7 +311,7 @@ def train_prior(
                 "only a prior's weights; it cannot be resumed. Export it (appa lensing export) "
                 "or move it aside to train from scratch"
             )
-        differ = _differ(state["fingerprint"], facts)
+        differ = differing_keys(state["fingerprint"], facts)
         if differ:
             raise CheckpointError(
                 f"{ckpt.path}: written for other settings; they differ in {differ} (restore "

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from appa.config import differing_keys
 from appa.io.cards import CardError, CheckpointCard, LoopRecord, RunRecord, read_card
 from appa.io.checkpoints import (
     CheckpointError,
@@ -59,19 +60,6 @@ def _to(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     return {
         k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()
     }
-
-
-def _diff(a: Any, b: Any, path: str = "") -> list[str]:
-    """Paths where two JSON documents differ."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            if k not in a or k not in b:
-                out.append(f"{path}{k}")
-            else:
-                out.extend(_diff(a[k], b[k], f"{path}{k}."))
-        return out
-    return [] if a == b else [path.rstrip(".") or "<root>"]
 
 
 class Trainer:
@@ -305,7 +293,7 @@ class Trainer:
             raise CheckpointError(str(error)) from None
         if card.exported_from is not None or card.run.loop is None:
             raise CheckpointError(f"{path}: an exported copy holds no training state to resume")
-        differ = _diff(json_round(card.fingerprint), json_round(self.fingerprint))
+        differ = differing_keys(json_round(card.fingerprint), json_round(self.fingerprint))
         if differ:
             raise CheckpointError(
                 f"{path}: written for a different set-up; it differs in {differ[:8]} "
