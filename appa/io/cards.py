@@ -9,7 +9,7 @@ A checkpoint's ``checkpoint.json`` holds, beside the manifest of its tensor file
   training loop's position, the last metrics) and, for an exported copy, where it came from.
 
 Training writes the card with :meth:`CheckpointCard.dump`; every reader (the prior, the
-encoder, the archive layout, the export) parses it with :func:`read_card`, so a field is named,
+encoder, the archive layout, the Ray driver) parses it with :func:`read_card`, so a field is named,
 typed and defaulted in one place.
 """
 
