@@ -179,6 +179,9 @@ def test_diagnose_reports_every_method(run):
     assert {e["theta_e_error"] for e in report["wrong_theta_e"]} == {0.0, 0.03}
     (fit,) = report["fitted_lens"]
     assert fit["start_theta_e_error"] == 0.03 and set(fit["fitted"]) == set(fit["truth"])
+    for entry in [*report["wrong_theta_e"], fit]:
+        assert entry["reduced_chi_square"] > 0 and entry["rmse_galaxy"] > 0
+        assert set(entry["coverage_galaxy"]) == {"0.5", "0.68", "0.9", "0.95"}
     assert set(report["prior_quality"]) == {
         "flux",
         "ellipticity",

@@ -968,6 +968,31 @@ def _diagnose_lens(
     return entry
 
 
+def _galaxy_scores(
+    operator,
+    samples: torch.Tensor,
+    row: dict[str, Any],
+    obs: dict[str, Any],
+    where,
+    levels: list[float],
+    final_noise: float,
+) -> dict[str, Any]:
+    """Reduced chi-square of the posterior mean, its RMSE on galaxy pixels ``where`` and the
+    per-pixel rank coverage there of ``samples`` ``(n, H, W)`` of held-out lens ``row``."""
+    from appa.lensing import diagnostics as dg
+
+    mean = samples.mean(0)
+    return {
+        "reduced_chi_square": dg.reduced_chi_square(
+            operator, mean, row["image"], obs["noise_std"] ** 2
+        ),
+        "rmse_galaxy": dg.source_rmse(mean, row["source"], where),
+        "coverage_galaxy": dg.rank_coverage(
+            samples, row["source"], levels, where, final_noise, seed=row["index"]
+        ),
+    }  # fmt: skip
+
+
 def _diagnose_wrong_lens(cfg: LensingConfig, prior, row: dict[str, Any]) -> list[dict[str, Any]]:
     """MMPS under the Einstein radius off by each of ``diagnose.theta_e_errors`` (and exact)."""
     from appa.lensing import diagnostics as dg
@@ -985,19 +1010,12 @@ def _diagnose_wrong_lens(cfg: LensingConfig, prior, row: dict[str, Any]) -> list
             cfg, prior, obs, d.error_samples, mmps, d.seed + 7 + 1000 * i, lenses=wrong
         )
         samples, dropped = finite_samples(samples)
-        mean = samples.mean(0)
         rows.append(
             {
                 "lens": i,
                 "theta_e_error": rel,
                 "nonfinite_samples": dropped,
-                "reduced_chi_square": dg.reduced_chi_square(
-                    operator, mean, row["image"], obs["noise_std"] ** 2
-                ),
-                "rmse_galaxy": dg.source_rmse(mean, row["source"], where),
-                "coverage_galaxy": dg.rank_coverage(
-                    samples, row["source"], d.levels, where, final_noise, seed=i
-                ),
+                **_galaxy_scores(operator, samples, row, obs, where, d.levels, final_noise),
             }
         )
         print(json.dumps(rows[-1]))
@@ -1039,7 +1057,6 @@ def _diagnose_fit(cfg: LensingConfig, prior, row: dict[str, Any], coarse) -> dic
         cfg, prior, obs, d.error_samples, mmps, d.seed + 7 + 1000 * i
     )
     samples, dropped = finite_samples(samples)
-    mean = samples.mean(0)
     where = dg.galaxy_pixels(row["source"])
     result = {
         "lens": i,
@@ -1049,13 +1066,7 @@ def _diagnose_fit(cfg: LensingConfig, prior, row: dict[str, Any], coarse) -> dic
         "fitted": fit.params,
         "truth": truth,
         "fit_seconds": seconds,
-        "reduced_chi_square": dg.reduced_chi_square(
-            operator, mean, row["image"], obs["noise_std"] ** 2
-        ),
-        "rmse_galaxy": dg.source_rmse(mean, row["source"], where),
-        "coverage_galaxy": dg.rank_coverage(
-            samples, row["source"], d.levels, where, final_noise, seed=i
-        ),
+        **_galaxy_scores(operator, samples, row, obs, where, d.levels, final_noise),
     }
     print(json.dumps(result))
     return result
