@@ -35,6 +35,8 @@ __all__ = [
     "PriorConfig",
     "PriorLayout",
     "check_observations",
+    "input_digests",
+    "job_identity",
     "job_times",
     "member_seeds",
     "observation_period",
@@ -227,6 +229,47 @@ def check_observations(job: AssimilationConfig, spec: StateSpec, window: int) ->
             observation_channels(table, spec)
         except ObservationError as error:
             raise ObservationError(f"observations {path}: {error}") from None
+
+
+def job_identity(job: AssimilationConfig) -> dict[str, Any]:
+    """What an archive of ``job`` holds, as JSON: the config without where it runs or writes
+    and without the paths of its inputs, whose contents :func:`input_digests` pins instead (a
+    moved prior, store or archive resumes; one changed in place does not)."""
+    identity = job.model_dump(
+        mode="json",
+        exclude={
+            "runner": True,
+            "overwrite": True,
+            "output": True,
+            "storage_options": True,
+            "observations": True,
+            "prior": {"path", "autoencoder", "diffusion"},
+            "forecast": {"initial"},
+        },
+    )
+    identity["observation_stores"] = len(job.observations)
+    identity["forecast"]["from_archive"] = job.forecast.initial is not None
+    return identity
+
+
+def input_digests(job: AssimilationConfig, layout: PriorLayout) -> dict[str, str]:
+    """SHA-256 of each input of ``job`` by name: the prior's checkpoints (their manifests, which
+    hold the SHA-256 of every tensor file), each observation store over the period the job
+    reads (:func:`~appa.observations.schema.store_digest`) and a forecast's initial archive
+    (its own identity: config and input digests)."""
+    from appa.observations.schema import store_digest
+
+    digests = {f"prior.{name}": info["sha256"] for name, info in layout.checkpoints.items()}
+    first, last = observation_period(job, layout.window)
+    for i, path in enumerate(job.observations):
+        digests[f"observations[{i}]"] = store_digest(path, first, last)
+    if job.forecast.initial is not None and job.task == "forecast":
+        from appa.io.archive import archive_identity
+
+        digests["forecast.initial"] = archive_identity(
+            job.forecast.initial, job.storage_options or None
+        )
+    return digests
 
 
 def _device(setting: str) -> torch.device:

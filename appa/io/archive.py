@@ -53,6 +53,7 @@ __all__ = [
     "ArchiveError",
     "Unit",
     "archive_dataset",
+    "archive_identity",
     "check_layout",
     "config_hash",
     "create_archive",
@@ -308,6 +309,24 @@ def open_archive(
     return ds
 
 
+def archive_identity(
+    path: str | os.PathLike, storage_options: Mapping[str, Any] | None = None
+) -> str:
+    """SHA-256 (hex) of what an archive is: the config and input digests it was made from (a
+    unit archive), or its root attributes (an archive written whole), which determine its
+    data. Raises :class:`FileNotFoundError` for a missing store."""
+    url = _location(path)
+    group = _open_group(url, storage_options)
+    if group is None:
+        raise FileNotFoundError(f"no archive at {url}")
+    if RECORDS_GROUP in group:
+        records = dict(group[RECORDS_GROUP].attrs)
+        facts: Any = {k: records.get(k) for k in ("config_hash", "inputs")}
+    else:
+        facts = dict(group.attrs)
+    return config_hash(facts)
+
+
 def _is_url(path: str) -> bool:
     return "://" in path
 
@@ -400,6 +419,7 @@ def create_archive(
     provenance: Mapping[str, Any] | None = None,
     chunks: Mapping[str, int] | None = None,
     allow_nan: Sequence[str] = (),
+    inputs: Mapping[str, str] | None = None,
     overwrite: bool = False,
     storage_options: Mapping[str, Any] | None = None,
 ) -> Archive:
@@ -419,10 +439,14 @@ def create_archive(
         chunks: Chunk sizes; along unit dims they must divide the unit size (default: the unit
             size), along field dims default to whole.
         allow_nan: Variables whose written data may hold NaN (masked fields).
+        inputs: Digests of what the job reads, by name (``{"prior.diffusion": sha256, ...}``):
+            part of the archive's identity, so that a resumed job never mixes units computed
+            from different inputs; a changed one is named in the error.
         overwrite: Replace an archive made by another config instead of refusing.
 
     Raises :class:`ArchiveError` for a template outside the layout, or an existing archive
-    made by another config or with another structure (unless ``overwrite``).
+    made by another config, from other inputs or with another structure (unless
+    ``overwrite``).
     """
     import dask.array as da
 
@@ -442,6 +466,7 @@ def create_archive(
         "config_hash": digest,
         "variables": {str(n): list(map(str, v.dims)) for n, v in template.data_vars.items()},
         "sizes": {str(d): int(n) for d, n in template.sizes.items()},
+        "inputs": {str(k): str(v) for k, v in sorted((inputs or {}).items())},
     }
 
     existing = _open_group(url, storage_options)
@@ -457,6 +482,7 @@ def create_archive(
                 f"{url} was written by another config (hash {saved.get('config_hash')}, this "
                 f"config's is {digest}); choose another path or pass overwrite to replace it"
             )
+        _check_inputs(url, saved.get("inputs"), records_attrs["inputs"])
         differ = [
             k
             for k in ("unit", "variables", "sizes", "allow_nan")
@@ -503,6 +529,29 @@ def create_archive(
     # written last: an archive without them is one whose creation was interrupted
     records.attrs.update(records_attrs)
     return Archive(url, storage_options)
+
+
+def _check_inputs(url: str, saved: Mapping[str, str] | None, given: Mapping[str, str]) -> None:
+    """Refuses to resume an archive whose units were computed from other inputs, naming them."""
+    if saved is None:
+        if given:
+            raise ArchiveError(
+                f"{url} records no digests of its inputs (an older appa wrote it), so resuming "
+                "it could mix inputs; choose another path or pass overwrite to recompute it"
+            )
+        return
+    changed = []
+    for name in sorted(set(saved) | set(given)):
+        before, now = saved.get(name), given.get(name)
+        if before != now:
+            was = "absent" if before is None else f"sha256 {before[:12]}"
+            is_ = "absent" if now is None else f"sha256 {now[:12]}"
+            changed.append(f"{name} ({was} then, {is_} now)")
+    if changed:
+        raise ArchiveError(
+            f"{url} was started from other inputs: {'; '.join(changed)} changed since; restore "
+            "them to resume, or pass overwrite to recompute the archive from the new ones"
+        )
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:

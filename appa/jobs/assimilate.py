@@ -14,6 +14,8 @@ from appa.assimilation.units import (
     AssimilationConfig,
     AssimilationWorker,
     check_observations,
+    input_digests,
+    job_identity,
     job_times,
     prior_layout,
     provenance,
@@ -56,6 +58,7 @@ def plan_archive(job: AssimilateConfig) -> Archive:
         longitude=layout.longitude,
         lead_time=None if lead is None else pd.TimedeltaIndex(lead).values,
     )
+    digests = input_digests(job, layout)
     units: dict[str, int] = {"member": job.members_per_unit}
     if job.segment is not None:
         units["time"] = job.segment
@@ -64,10 +67,9 @@ def plan_archive(job: AssimilateConfig) -> Archive:
         template,
         units=units,
         # what the archive holds, not where it lives or runs: a moved archive resumes elsewhere
-        config=job.model_dump(
-            mode="json", exclude={"runner", "overwrite", "output", "storage_options"}
-        ),
-        provenance=provenance(job, layout, times),
+        config=job_identity(job),
+        inputs=digests,
+        provenance={**provenance(job, layout, times), "input_digests": digests},
         overwrite=job.overwrite,
         storage_options=job.storage_options or None,
     )

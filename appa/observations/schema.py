@@ -17,6 +17,7 @@ the partitions that overlap it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "concat_tables",
     "make_table",
     "read_observations",
+    "store_digest",
     "validate_table",
     "write_observations",
 ]
@@ -205,3 +207,32 @@ def read_observations(
     if not tables or sum(t.sizes["obs"] for t in tables) == 0:
         raise ObservationError(f"no observations in {path} between {start} and {end}")
     return concat_tables(tables)
+
+
+def store_digest(path: str | Path, start: str | None = None, end: str | None = None) -> str:
+    """SHA-256 (hex) of what a store holds for ``start <= time < end``: the bytes of every file
+    of the partitions overlapping the window (names and contents), so a store replaced at the
+    same path, or a partition rewritten, gives another digest while a moved store gives the same.
+    Raises :class:`FileNotFoundError` for a path that is not a store."""
+    path = Path(path)
+    meta_path = path / _META
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{path} is not an observation store (no {_META})")
+    try:
+        meta = json.loads(meta_path.read_text())
+        span = pd.Timedelta(meta["partition"])
+        parts = list(meta["partitions"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ObservationError(f"{meta_path} is not a valid store manifest: {error}") from None
+    t0 = pd.Timestamp(start) if start is not None else None
+    t1 = pd.Timestamp(end) if end is not None else None
+    digest = hashlib.sha256()
+    for part in parts:
+        p0 = pd.Timestamp(part["start"])
+        if (t1 is not None and p0 >= t1) or (t0 is not None and p0 + span <= t0):
+            continue
+        folder = path / part["name"]
+        for file in sorted(f for f in folder.rglob("*") if f.is_file()):
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+            digest.update(hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()
