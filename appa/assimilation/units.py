@@ -285,9 +285,17 @@ class AssimilationWorker:
     Arguments:
         job: The job.
         threads: torch CPU threads (None: leave torch's default).
+        inputs: The input digests the archive was started from (:func:`input_digests`): a
+            worker started later (a restarted actor) that finds other inputs at the job's paths
+            refuses every unit, so that no archive mixes inputs.
     """
 
-    def __init__(self, job: AssimilationConfig, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        job: AssimilationConfig,
+        threads: int | None = None,
+        inputs: dict[str, str] | None = None,
+    ) -> None:
         from appa.assimilation.prior import LatentPrior
 
         if threads is not None:
@@ -304,6 +312,9 @@ class AssimilationWorker:
             if job.forecast.initial is None
             else open_archive(job.forecast.initial, job.storage_options or None)
         )
+        # read after loading: what this worker computes from is what it digests
+        self.expected_inputs = inputs
+        self.inputs = None if inputs is None else input_digests(job, prior_layout(job.prior))
 
     def _observations(self) -> xr.Dataset | None:
         from appa.observations.schema import concat_tables, read_observations
@@ -340,7 +351,10 @@ class AssimilationWorker:
 
     def __call__(self, unit: Any, coords: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from appa.assimilation import tasks
+        from appa.io.archive import check_inputs
 
+        if self.inputs is not None:
+            check_inputs(self.job.output, self.expected_inputs, self.inputs)
         job, prior = self.job, self.prior
         members = coords["member"]
         times = pd.DatetimeIndex(coords["time"])

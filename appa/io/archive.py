@@ -54,6 +54,7 @@ __all__ = [
     "Unit",
     "archive_dataset",
     "archive_identity",
+    "check_inputs",
     "check_layout",
     "config_hash",
     "create_archive",
@@ -482,7 +483,7 @@ def create_archive(
                 f"{url} was written by another config (hash {saved.get('config_hash')}, this "
                 f"config's is {digest}); choose another path or pass overwrite to replace it"
             )
-        _check_inputs(url, saved.get("inputs"), records_attrs["inputs"])
+        check_inputs(url, saved.get("inputs"), records_attrs["inputs"])
         differ = [
             k
             for k in ("unit", "variables", "sizes", "allow_nan")
@@ -531,8 +532,10 @@ def create_archive(
     return Archive(url, storage_options)
 
 
-def _check_inputs(url: str, saved: Mapping[str, str] | None, given: Mapping[str, str]) -> None:
-    """Refuses to resume an archive whose units were computed from other inputs, naming them."""
+def check_inputs(url: str, saved: Mapping[str, str] | None, given: Mapping[str, str]) -> None:
+    """Raises :class:`ArchiveError` naming each input whose digest in ``given`` differs from
+    the one the archive at ``url`` was started from (``saved``): its units must never mix
+    inputs."""
     if saved is None:
         if given:
             raise ArchiveError(

@@ -34,8 +34,10 @@ class AssimilateConfig(AssimilationConfig):
     runner: RayConfig = Field(default_factory=RayConfig)
 
 
-def _worker(settings: AssimilationConfig, threads: int | None) -> AssimilationWorker:
-    return AssimilationWorker(settings, threads=threads)
+def _worker(
+    settings: AssimilationConfig, threads: int | None, inputs: dict[str, str]
+) -> AssimilationWorker:
+    return AssimilationWorker(settings, threads=threads, inputs=inputs)
 
 
 def plan_archive(job: AssimilateConfig) -> Archive:
@@ -82,6 +84,7 @@ def run_assimilation(job: AssimilateConfig) -> tuple[Archive, PoolReport]:
     runner = job.runner
     threads = None if runner.use_gpu else runner.threads()
     settings = AssimilationConfig.model_validate(job.model_dump(exclude={"runner"}))
-    report = run_units(archive, functools.partial(_worker, settings, threads), runner)
+    inputs = dict(archive.records["inputs"])
+    report = run_units(archive, functools.partial(_worker, settings, threads, inputs), runner)
     archive.finalize()
     return archive, report

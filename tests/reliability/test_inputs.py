@@ -114,3 +114,21 @@ def test_a_forecasts_initial_archive_recomputed_in_place_is_named(base, tmp_path
     _started({**base, "seed": 1, "overwrite": True})
     with pytest.raises(ArchiveError, match=r"forecast\.initial \(sha256"):
         plan_archive(AssimilateConfig.model_validate(forecast))
+
+
+def test_a_worker_started_after_an_input_changed_refuses_its_units(base, world, tmp_path):
+    """An actor restarted mid-job reads the inputs again: if they changed since the archive
+    was started, it computes nothing (the pool ends the job at once on this error)."""
+    from appa.assimilation.units import AssimilationWorker
+
+    store = tmp_path / "obs"
+    shutil.copytree(world["observations"], store)
+    doc = {**base, "observations": [str(store)]}
+    archive = _started(doc)
+    inputs = dict(archive.records["inputs"])
+    shutil.rmtree(store)
+    _other_observations(world, store)
+    worker = AssimilationWorker(AssimilateConfig.model_validate(doc), threads=1, inputs=inputs)
+    unit = archive.units[1]
+    with pytest.raises(ArchiveError, match=r"observations\[0\]"):
+        worker(unit, archive.coords(unit))
