@@ -38,12 +38,13 @@ def _worker(settings: AssimilationConfig, threads: int | None) -> AssimilationWo
 
 def plan_archive(job: AssimilateConfig) -> Archive:
     """Creates the job's archive (or reopens it to resume: same config only), once the job's
-    observations are known to fit the prior's states."""
+    observations are known to fit the prior's states and pass their checks; their summary
+    goes into the archive's root attributes."""
     import pandas as pd
 
     layout = prior_layout(job.prior)
     times = job_times(job)
-    check_observations(job, layout.spec, layout.window)
+    observations = check_observations(job, layout)
     lead = None
     if job.task == "forecast":
         step = pd.Timedelta(job.step)
@@ -67,7 +68,7 @@ def plan_archive(job: AssimilateConfig) -> Archive:
         config=job.model_dump(
             mode="json", exclude={"runner", "overwrite", "output", "storage_options"}
         ),
-        provenance=provenance(job, layout, times),
+        provenance=provenance(job, layout, times, observations),
         overwrite=job.overwrite,
         storage_options=job.storage_options or None,
     )
