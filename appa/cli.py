@@ -252,6 +252,16 @@ def _assimilate(
         f"{report.skipped} already done, {len(report.failures)} failed attempts retried; "
         f"archive {archive.url}"
     )
+    _echo_observations(archive)
+
+
+def _echo_observations(archive) -> None:
+    """The account of the job's observations, as its archive records it."""
+    from appa.assimilation.screening import ObservationSummary
+
+    summary = ObservationSummary.from_attributes(archive.open_dataset().attrs)
+    for line in summary.lines() if summary is not None else []:
+        typer.echo(line)
 
 
 StartOption = Annotated[str | None, typer.Option(help="First state (date), overrides start.")]

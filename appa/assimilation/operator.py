@@ -46,8 +46,9 @@ class WindowObservation:
         prior: The latent prior (codec, statistics, spec, grid).
         layout: The trajectory's windows (:class:`appa.diffusion.WindowLayout`).
         times: The trajectory's ``L`` times.
-        table: Observations (:mod:`appa.observations` schema) or None. Each must fall on one of
-            ``times`` within ``time_tolerance``.
+        table: Observations (:mod:`appa.observations` schema) or None. Each must belong to one
+            of ``times`` within ``time_tolerance`` (the rule of
+            :func:`appa.observations.screening.assign_times`, as the tasks' selection).
         observable: ``(L,)`` bool: frames whose observations are used (default all); the
             others' observations are dropped (e.g. the future of a filter cycle).
         known: ``(L,)`` bool: frames held as latent conditions (values given to
@@ -72,7 +73,7 @@ class WindowObservation:
         known: Sequence[bool] | np.ndarray | None = None,
         condition_std: float = 1e-2,
         frames: Frames = "observed",
-        time_tolerance: str = "0s",
+        time_tolerance: str | pd.Timedelta = "0s",
         representation_std: Sequence[float] | None = None,
         error_scale: float = 1.0,
     ) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor
 
 from appa.assimilation.operator import WindowObservation
@@ -32,6 +32,7 @@ from appa.assimilation.prior import LatentPrior, regular_step
 from appa.config import StrictModel
 from appa.diffusion import MMPSDenoiser, WindowedDenoiser, make_sampler
 from appa.nn import known_frames_input
+from appa.observations.screening import TimeRule, assign_times, time_tolerance
 from appa.seeds import derive_seed
 
 __all__ = [
@@ -57,7 +58,12 @@ class SamplingConfig(StrictModel):
             (standardised latent units).
         frames: Decode only the ``observed`` frames in the operator, or ``all`` (Appa's way).
         member_batch: Members sampled together (None: all at once).
-        time_tolerance: How far an observation may lie from a state's time (e.g. ``"1h"``).
+        time_rule, time_tolerance: Which state an observation belongs to
+            (:func:`appa.observations.screening.assign_times`): ``nearest``: the nearest state
+            time (halfway between two: the later), when within ``time_tolerance`` (None: half
+            the step, so every observation between the first and last state is used);
+            ``exact``: only observations at a state's time. Jobs count the observations each
+            rule drops (:mod:`appa.assimilation.screening`).
         representation_error: Add the autoencoder's per-channel reconstruction RMSE (from its
             checkpoint's validation) to observation errors in quadrature: the decoder cannot
             fit observations closer than that, and pretending it can makes ensembles
@@ -77,9 +83,22 @@ class SamplingConfig(StrictModel):
     condition_std: float = Field(1e-2, gt=0)
     frames: Literal["observed", "all"] = "observed"
     member_batch: int | None = Field(None, ge=1)
-    time_tolerance: str = "0s"
+    time_rule: TimeRule = "nearest"
+    time_tolerance: str | None = None
     representation_error: bool = False
     error_inflation: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _time_rule(self) -> SamplingConfig:
+        try:
+            time_tolerance(self.time_rule, self.time_tolerance, None)
+        except ValueError as error:
+            raise ValueError(f"sampling: {error}") from None
+        return self
+
+    def tolerance(self, step: pd.Timedelta | None) -> pd.Timedelta:
+        """How far an observation may lie from its state, for states ``step`` apart."""
+        return time_tolerance(self.time_rule, self.time_tolerance, step)
 
     def sampler_options(self) -> dict:
         if self.sampler == "pc":
@@ -106,18 +125,22 @@ def _check_seeds(seeds: Sequence[int]) -> list[int]:
 
 
 def select_observations(
-    table: xr.Dataset | None, times: Sequence | np.ndarray, tolerance: str = "0s"
+    table: xr.Dataset | None,
+    times: Sequence | np.ndarray,
+    settings: SamplingConfig | None = None,
+    step: str | pd.Timedelta | None = None,
 ) -> xr.Dataset | None:
-    """The observations lying within ``tolerance`` of one of ``times`` (None when none)."""
+    """The observations that belong to one of ``times`` under the settings' time rule
+    (:func:`appa.observations.screening.assign_times`; ``step``: the states' step, None: their
+    spacing), None when none."""
     if table is None or table.sizes.get("obs", 0) == 0:
         return None
-    times = pd.DatetimeIndex(np.atleast_1d(times)).values
-    obs_t = table["time"].values.astype("datetime64[ns]")
-    tol = pd.Timedelta(tolerance).to_timedelta64()
-    pos = np.clip(np.searchsorted(times, obs_t), 0, len(times) - 1)
-    prev = np.clip(pos - 1, 0, len(times) - 1)
-    dist = np.minimum(np.abs(times[pos] - obs_t), np.abs(times[prev] - obs_t))
-    keep = np.flatnonzero(dist <= tol)
+    settings = settings or SamplingConfig()
+    times = pd.DatetimeIndex(np.atleast_1d(times))
+    if step is None and len(times) > 1:
+        step = regular_step(times)
+    index = assign_times(table["time"].values, times, settings.tolerance(step), step)
+    keep = np.flatnonzero(index >= 0)
     return table.isel(obs=keep) if keep.size else None
 
 
@@ -177,7 +200,7 @@ def sample_latents(
     obs = WindowObservation(
         prior, layout, times, table, observable, known,
         condition_std=settings.condition_std, frames=settings.frames,
-        time_tolerance=settings.time_tolerance,
+        time_tolerance=settings.tolerance(regular_step(times) if L > 1 else None),
         representation_std=_representation_std(prior, settings),
         error_scale=settings.error_inflation,
     )  # fmt: skip
@@ -227,7 +250,7 @@ def reanalysis(
     times = pd.DatetimeIndex(np.atleast_1d(times))
     if len(times) > 1:
         regular_step(times)
-    table = select_observations(observations, times, settings.time_tolerance)
+    table = select_observations(observations, times, settings)
     out = []
     for part in _batches(len(seeds), settings.member_batch):
         gens = _generators(seeds[part], prior.device)
@@ -280,9 +303,10 @@ def filtering(
             if known.any():
                 values = torch.zeros(B, K, *prior.latent_shape, device=prior.device)
                 values[:, :pos] = analyses[:, start:i]
-            # the cycle sees the observations at t_i only (earlier ones are in its conditions)
+            # the cycle sees the observations of t_i only (earlier ones are in its conditions;
+            # the step puts one halfway between two cycles in the later one only)
             table = select_observations(
-                observations, window[pos : pos + 1], settings.time_tolerance
+                observations, window[pos : pos + 1], settings, step if T > 1 else None
             )
             u = sample_latents(prior, window, gens, settings, table, observable, known, values)
             analyses[:, i] = u[:, pos]
@@ -369,7 +393,7 @@ def forecast(
             known_ctx = prior.fit_latents(
                 initial[:, n].to(prior.device), iterations=initial_fit, times=ctx_times
             )
-        table = select_observations(observations, ctx_times, settings.time_tolerance)
+        table = select_observations(observations, ctx_times, settings, step)
         for part in _batches(M, settings.member_batch):
             # each (member, initialisation) draws from its own seed: units of any shape agree
             gens = _generators(

@@ -12,6 +12,7 @@ by itself, and units may group members in any way without changing the result.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +23,12 @@ import xarray as xr
 from pydantic import Field, field_validator, model_validator
 
 import appa
+from appa.assimilation.screening import (
+    ObservationSummary,
+    ObservationUseConfig,
+    Screening,
+    StoreSummary,
+)
 from appa.assimilation.tasks import SamplingConfig
 from appa.config import ConfigError, StrictModel, Timestamp
 from appa.data.spec import StateSpec, stack, unstack
@@ -40,8 +47,10 @@ __all__ = [
     "job_times",
     "member_seeds",
     "observation_period",
+    "observation_states",
     "prior_layout",
     "provenance",
+    "screen_store",
 ]
 
 
@@ -95,7 +104,12 @@ class AssimilationConfig(StrictModel):
 
     Units: ``members_per_unit`` members each; reanalysis units also split time into
     ``segment`` states (None: the whole period, one joint trajectory per member; segments are
-    sampled independently, so choose them long)."""
+    sampled independently, so choose them long).
+
+    Observations: each belongs to the nearest state (``sampling.time_rule``), is checked
+    against physical bounds and the prior's climatology (``observation_use``), and every one
+    read is accounted for in the job's :class:`~appa.assimilation.screening.
+    ObservationSummary`."""
 
     task: Literal["reanalysis", "filter", "forecast"] = "reanalysis"
     prior: PriorConfig = Field(default_factory=PriorConfig)
@@ -108,6 +122,7 @@ class AssimilationConfig(StrictModel):
     members_per_unit: int = Field(1, ge=1)
     segment: int | None = Field(None, ge=1)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    observation_use: ObservationUseConfig = Field(default_factory=ObservationUseConfig)
     forecast: ForecastConfig = Field(default_factory=ForecastConfig)
     output: str
     overwrite: bool = False
@@ -132,6 +147,12 @@ class AssimilationConfig(StrictModel):
             raise ValueError("segment splits reanalysis periods only")
         if self.task != "forecast" and not self.observations:
             raise ValueError(f"a {self.task} needs observation stores (observations: [...])")
+        half = pd.Timedelta(self.step) / 2
+        if self.sampling.time_rule == "nearest" and self.sampling.tolerance(None) > half:
+            raise ValueError(
+                f"sampling.time_tolerance {self.sampling.time_tolerance} exceeds half the step "
+                f"({half}): an observation belongs to its nearest state"
+            )
         return self
 
 
@@ -152,10 +173,12 @@ def member_seeds(job: AssimilationConfig, members: np.ndarray | list[int]) -> li
 
 class PriorLayout(StrictModel):
     """What the archive needs to know of the prior, read from checkpoint metadata only (no
-    weights): state spec, statistics, grid, the denoiser's window and the checkpoints'
-    digests."""
+    weights): state spec, statistics (``mean``, ``std`` per channel of ``spec``, physical
+    units), grid, the denoiser's window and the checkpoints' digests."""
 
     spec: StateSpec
+    mean: list[float]
+    std: list[float]
     latitude: list[float]
     longitude: list[float]
     window: int
@@ -190,10 +213,14 @@ def prior_layout(prior: PriorConfig) -> PriorLayout:
     except CardError as error:
         raise ConfigError(str(error)) from None
     assert isinstance(ae, AutoencoderCard) and isinstance(dn, DenoiserCard)
-    if ae.state_spec is None:
-        raise ConfigError(f"{autoencoder} carries no state spec")
+    try:
+        spec, stats = ae.spec_and_statistics()
+    except CardError as error:
+        raise ConfigError(f"{autoencoder}: {error}") from None
     return PriorLayout(
-        spec=ae.state_spec,
+        spec=spec,
+        mean=stats.mean.tolist(),
+        std=stats.std.tolist(),
         latitude=ae.latitudes,
         longitude=ae.longitudes,
         window=dn.denoiser.window,
@@ -201,34 +228,150 @@ def prior_layout(prior: PriorConfig) -> PriorLayout:
     )
 
 
-def observation_period(job: AssimilationConfig, window: int) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """``[first, last)``: the times of the observations a job reads (a forecast from
-    observations also reads its ``context`` states, ``window`` by default, before ``start``)."""
+def _context_length(job: AssimilationConfig, window: int) -> int:
+    """States of a forecast's context (as :func:`appa.assimilation.tasks.forecast` counts)."""
+    f = job.forecast
+    if f.context is not None:
+        return f.context
+    if f.mode == "autoregressive":
+        return window - (f.new_states or max(1, window // 2))
+    return window // 2
+
+
+def observation_states(job: AssimilationConfig, window: int) -> pd.DatetimeIndex:
+    """The states at which the job assimilates observations: its analysis times, or for a
+    forecast from observations the context states before each initialisation (empty for a
+    forecast from ``forecast.initial``, which reads none)."""
+    times = job_times(job)
+    if job.task != "forecast":
+        return times
+    if job.forecast.initial is not None:
+        return pd.DatetimeIndex([])
     step = pd.Timedelta(job.step)
-    context = (job.forecast.context or window) if job.task == "forecast" else 0
-    # the store's end bound is exclusive: one step more keeps observations at job.end
-    return pd.Timestamp(job.start) - step * context, pd.Timestamp(job.end) + step
+    n_ctx = _context_length(job, window)
+    return pd.DatetimeIndex(sorted({t0 - step * j for t0 in times for j in range(n_ctx)}))
 
 
-def check_observations(job: AssimilationConfig, spec: StateSpec, window: int) -> None:
-    """Checks, before any unit starts, that every observation store of the job has
-    observations in its period and that the prior's states hold every variable and level they
-    observe (reads only those fields).
+def observation_period(job: AssimilationConfig, window: int) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """``[first, last)``: the times a job reads observations for (every partition of a store
+    that overlaps them is read): its observation states, one step more on each side."""
+    step = pd.Timedelta(job.step)
+    states = observation_states(job, window)
+    if len(states) == 0:
+        states = job_times(job)
+    return states[0] - step, states[-1] + step
+
+
+def screen_store(
+    job: AssimilationConfig,
+    path: str,
+    spec: StateSpec,
+    mean: Sequence[float] | np.ndarray,
+    std: Sequence[float] | np.ndarray,
+    window: int,
+) -> Screening:
+    """The verdict on every observation a job reads from the store ``path`` (see
+    :mod:`appa.assimilation.screening`): what the driver summarises and what every worker
+    assimilates, one function for both.
 
     Raises:
-        ObservationError: naming the store and what its observations ask for.
+        ObservationError: units declared other than SI, variables or levels the prior lacks,
+            a store with nothing near the period (not prefixed with the path).
         FileNotFoundError: for a path that is not an observation store.
     """
-    from appa.observations.operator import observation_channels
-    from appa.observations.schema import ObservationError, read_observations
+    from appa.assimilation.screening import screen_observations
+    from appa.observations.schema import read_observations
+    from appa.observations.screening import check_units
 
     first, last = observation_period(job, window)
+    table = read_observations(path, first, last, whole_partitions=True)
+    check_units(table)
+    step = pd.Timedelta(job.step)
+    return screen_observations(
+        table,
+        observation_states(job, window),
+        step,
+        job.sampling.tolerance(step),
+        spec,
+        mean,
+        std,
+        job.observation_use.gross_std,
+    )
+
+
+def _duration(value: pd.Timedelta) -> str:
+    """``3h``, ``1h30m``, ``0s``."""
+    seconds = int(value.total_seconds())
+    parts = [(seconds // 86400, "d"), (seconds // 3600 % 24, "h"), (seconds // 60 % 60, "m")]
+    text = "".join(f"{n}{u}" for n, u in parts if n) + (f"{seconds % 60}s" if seconds % 60 else "")
+    return text or "0s"
+
+
+def check_observations(job: AssimilationConfig, layout: PriorLayout) -> ObservationSummary:
+    """Checks, before any unit starts, the observations of every store of the job and returns
+    the account of them: the prior's states hold every variable and level they observe, no
+    store declares units other than SI or holds mostly implausible values of a channel, each
+    store has observations used, and every day of the period has some (or
+    ``observation_use.unobserved`` is ``flag``).
+
+    Raises:
+        ObservationError: naming the store (or the days) and what is wrong.
+        FileNotFoundError: for a path that is not an observation store.
+    """
+    from appa.assimilation.screening import REASONS, check_plausible
+    from appa.observations.schema import ObservationError
+
+    sampling, use = job.sampling, job.observation_use
+    step = pd.Timedelta(job.step)
+    tolerance = sampling.tolerance(step)
+    states = observation_states(job, layout.window)
+    rule = (
+        f"each at the nearest {job.step} state within {_duration(tolerance)} (halfway: the later)"
+        if sampling.time_rule == "nearest"
+        else f"each at a {job.step} state's exact time"
+    )
+    summary = ObservationSummary(
+        time_rule=rule,
+        gross_checks=(
+            f"physical bounds, and at most {use.gross_std:g} sqrt(std^2 + error^2) from the "
+            f"prior's mean; a store stops the job above {use.max_rejected:.0%} rejected"
+        ),
+        states=len(states),
+        days=sorted({str(t.date()) for t in states}),
+        unobserved=use.unobserved,
+    )
+    if len(states) == 0:
+        summary.note = f"a forecast from {job.forecast.initial} reads no observations" + (
+            f"; not read: {', '.join(job.observations)}" if job.observations else ""
+        )
+        return summary
+    used_days: set[str] = set()
     for path in job.observations:
         try:
-            table = read_observations(path, first, last, fields=("variable", "level"))
-            observation_channels(table, spec)
+            screening = screen_store(job, path, layout.spec, layout.mean, layout.std, layout.window)
+            check_plausible(screening, layout.spec, layout.mean, layout.std, use)
         except ObservationError as error:
             raise ObservationError(f"observations {path}: {error}") from None
+        store = StoreSummary.of(path, [screening])
+        if store.used == 0:
+            why = ", ".join(f"{n} {REASONS[r]}" for r, n in store.dropped.items())
+            raise ObservationError(
+                f"observations {path}: none of its {store.read} observations near the period "
+                f"is used ({why}; time rule: {rule})"
+            )
+        summary.stores.append(store)
+        used = screening.state[screening.reason == "used"]
+        used_days |= {str(t.date()) for t in states[np.unique(used)]}
+    summary.unobserved_days = [d for d in summary.days if d not in used_days]
+    if summary.unobserved_days and use.unobserved == "refuse":
+        dropped = "; ".join(f"{s.path}: {s.describe()}" for s in summary.stores)
+        raise ObservationError(
+            f"observations: none is used on {', '.join(summary.unobserved_days)} (of "
+            f"{summary.days[0]} .. {summary.days[-1]}), so those days would be prior samples "
+            f"({dropped}); observe them, shorten the period, or set "
+            "observation_use.unobserved=flag to run and flag them"
+        )
+    return summary
 
 
 def job_identity(job: AssimilationConfig) -> dict[str, Any]:
@@ -317,16 +460,19 @@ class AssimilationWorker:
         self.inputs = None if inputs is None else input_digests(job, prior_layout(job.prior))
 
     def _observations(self) -> xr.Dataset | None:
-        from appa.observations.schema import concat_tables, read_observations
+        from appa.observations.schema import concat_tables
 
-        job = self.job
-        if not job.observations:
+        job, prior = self.job, self.prior
+        if not job.observations or len(observation_states(job, prior.window)) == 0:
             return None
-        first, last = observation_period(job, self.prior.window)
-        # read_observations raises on a store with nothing in the period (as the driver's
-        # check_observations did before any unit), so every table holds observations
-        tables = [read_observations(path, start=first, end=last) for path in job.observations]
-        return concat_tables(tables).load()
+        # the driver's check_observations screened the same stores with the same function
+        # before any unit, so every store has observations used, each at its state's time
+        mean, std = prior.statistics.mean, prior.statistics.std
+        tables = [
+            screen_store(job, path, prior.spec, mean, std, prior.window).used()
+            for path in job.observations
+        ]
+        return concat_tables([t for t in tables if t is not None]).load()
 
     def _initial(self, members: np.ndarray, inits: pd.DatetimeIndex, n_ctx: int) -> torch.Tensor:
         """``(M, n_init, n_ctx, C, H, W)`` context states of each member from the initial
@@ -367,12 +513,7 @@ class AssimilationWorker:
             f = job.forecast
             initial = None
             if self.initial is not None:
-                n_ctx = f.context or (
-                    prior.window - (f.new_states or max(1, prior.window // 2))
-                    if f.mode == "autoregressive"
-                    else prior.window // 2
-                )
-                initial = self._initial(members, times, n_ctx)
+                initial = self._initial(members, times, _context_length(job, prior.window))
             x, _ = tasks.forecast(
                 prior,
                 times,
@@ -403,9 +544,16 @@ def _to_variables(x: np.ndarray, spec: StateSpec, forecast: bool) -> dict[str, n
     return {name: ds[name].values for name in spec.variables}
 
 
-def provenance(job: AssimilationConfig, layout: PriorLayout, times: pd.DatetimeIndex) -> dict:
-    """Root attributes of the job's archive."""
+def provenance(
+    job: AssimilationConfig,
+    layout: PriorLayout,
+    times: pd.DatetimeIndex,
+    observations: ObservationSummary | None = None,
+) -> dict:
+    """Root attributes of the job's archive (with ``observations``: its summary and
+    ``unobserved_days``)."""
     return {
+        **(observations.attributes() if observations is not None else {}),
         "appa_version": appa.__version__,
         "task": job.task,
         "checkpoints": layout.checkpoints,

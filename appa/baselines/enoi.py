@@ -194,7 +194,12 @@ def enoi_analyses(
     Observations of channels outside ``spec`` are left out."""
     from tqdm.auto import tqdm
 
-    from appa.observations import ObservationError, ObservationOperator, read_observations
+    from appa.observations import (
+        ObservationError,
+        ObservationOperator,
+        assign_times,
+        read_observations,
+    )
 
     period = train_period
     train = ds.sel(time=slice(*period)).load()
@@ -237,7 +242,8 @@ def enoi_analyses(
         match = variables == name
         keep |= match & (np.isnan(levels) if level is None else levels == level)
     table = table.isel(obs=np.flatnonzero(keep))
-    obs_times = pd.DatetimeIndex(table["time"].values)
+    # the time rule every reader shares: the nearest analysis, halfway between two the later
+    state = assign_times(table["time"].values, times, step / 2, step)
 
     background, _ = stack(climatology_at(clim, times), spec)
     background = background.numpy().astype(np.float64)
@@ -245,7 +251,7 @@ def enoi_analyses(
     zb = np.nan_to_num((background - mean) / std, nan=0.0)
     out = np.empty((config.members, len(times), *zb.shape[1:]), dtype=np.float32)
     for k, t in enumerate(tqdm(times, desc="EnOI", unit="analysis", mininterval=1.0)):
-        sel = np.flatnonzero(np.abs(obs_times - t) < step / 2)
+        sel = np.flatnonzero(state == k)
         perturbations = None
         if config.members > 1:
             perturbations = anomalies(rng.choice(pool, config.members, replace=False))

@@ -42,12 +42,13 @@ def _worker(
 
 def plan_archive(job: AssimilateConfig) -> Archive:
     """Creates the job's archive (or reopens it to resume: same config only), once the job's
-    observations are known to fit the prior's states."""
+    observations are known to fit the prior's states and pass their checks; their summary
+    goes into the archive's root attributes."""
     import pandas as pd
 
     layout = prior_layout(job.prior)
     times = job_times(job)
-    check_observations(job, layout.spec, layout.window)
+    observations = check_observations(job, layout)
     lead = None
     if job.task == "forecast":
         step = pd.Timedelta(job.step)
@@ -71,7 +72,7 @@ def plan_archive(job: AssimilateConfig) -> Archive:
         # what the archive holds, not where it lives or runs: a moved archive resumes elsewhere
         config=job_identity(job),
         inputs=digests,
-        provenance={**provenance(job, layout, times), "input_digests": digests},
+        provenance={**provenance(job, layout, times, observations), "input_digests": digests},
         overwrite=job.overwrite,
         storage_options=job.storage_options or None,
     )

@@ -20,6 +20,7 @@ from torch import Tensor
 from appa.data.spec import StateSpec
 from appa.data.stats import Statistics
 from appa.observations.schema import ObservationError, validate_table
+from appa.observations.screening import assign_times
 
 __all__ = ["ObservationOperator", "interpolation_weights", "observation_channels"]
 
@@ -103,8 +104,8 @@ class ObservationOperator:
         table: An observation table (:mod:`appa.observations.schema`).
         spec: The state spec: channel of each observation from ``variable`` and ``level``.
         latitude, longitude: The state's grid (ascending latitudes, longitudes from 0).
-        times: The state's times; each observation must fall on one of them within
-            ``time_tolerance``.
+        times: The state's times (sorted); each observation must belong to one of them
+            within ``time_tolerance`` (:func:`appa.observations.screening.assign_times`).
         stats: When given, the operator acts on standardised states: ``y`` and the variances
             are standardised per channel (exact, since the weights sum to one).
         time_axis: Whether states carry a time axis (``(B, T, C, H, W)``).
@@ -137,16 +138,12 @@ class ObservationOperator:
 
         channel = observation_channels(table, spec)
 
-        # Time index of each observation.
+        # Time index of each observation: the rule every reader shares (appa.observations.
+        # screening: nearest state, ties to the later one)
         obs_t = pd.DatetimeIndex(table["time"].values)
         tol = pd.Timedelta(time_tolerance)
-        pos = np.clip(times.searchsorted(obs_t), 0, len(times) - 1)
-        prev = np.clip(pos - 1, 0, len(times) - 1)
-        d_pos = np.abs((times[pos] - obs_t).values)
-        d_prev = np.abs((times[prev] - obs_t).values)
-        t_index = np.where(d_prev < d_pos, prev, pos)
-        dist = np.minimum(d_pos, d_prev)
-        outside = dist > tol.to_timedelta64()
+        t_index = assign_times(obs_t, times, tol)
+        outside = t_index < 0
         if outside.any():
             first = obs_t[np.flatnonzero(outside)[0]]
             raise ObservationError(

@@ -177,10 +177,12 @@ def read_observations(
     start: str | None = None,
     end: str | None = None,
     fields: Sequence[str] | None = None,
+    whole_partitions: bool = False,
 ) -> xr.Dataset:
     """Observations with ``start <= time < end`` (either bound optional), reading only the
     partitions that overlap the window, and only ``fields`` of them when given (``time`` is
-    always read)."""
+    always read). ``whole_partitions``: every observation of those partitions (what a reader
+    of the window loads), inside the window or not."""
     path = Path(path)
     meta_path = path / _META
     if not meta_path.is_file():
@@ -199,9 +201,9 @@ def read_observations(
             table = table[list(dict.fromkeys(["time", *fields]))]
         table = table.load()
         keep = np.ones(table.sizes["obs"], dtype=bool)
-        if t0 is not None:
+        if t0 is not None and not whole_partitions:
             keep &= table["time"].values >= t0.to_datetime64()
-        if t1 is not None:
+        if t1 is not None and not whole_partitions:
             keep &= table["time"].values < t1.to_datetime64()
         tables.append(table.isel(obs=np.flatnonzero(keep)))
     if not tables or sum(t.sizes["obs"] for t in tables) == 0:
