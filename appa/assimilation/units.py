@@ -48,13 +48,16 @@ class PriorConfig(StrictModel):
     (each a checkpoint folder or a run's ``checkpoints`` folder); either may be given
     explicitly instead. ``weights``: the denoiser's weights, ``ema`` or ``model`` (None: those
     an exported copy names, else ``ema``). ``device``: ``auto`` takes the GPU when the actor
-    has one."""
+    has one. ``unverified_pair``: accept a denoiser that does not record the SHA-256 of the
+    autoencoder weights it was trained on (the archive's provenance says ``prior_pair:
+    unverified``); a recorded digest that differs is refused regardless."""
 
     path: str | None = "pipelines/priors/toy-earth-tiny"
     autoencoder: str | None = None
     diffusion: str | None = None
     weights: Literal["ema", "model"] | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    unverified_pair: bool = False
 
     def resolved(self) -> tuple[str, str]:
         """``(autoencoder, diffusion)`` checkpoint paths."""
@@ -149,15 +152,16 @@ def member_seeds(job: AssimilationConfig, members: np.ndarray | list[int]) -> li
 
 
 class PriorLayout(StrictModel):
-    """What the archive needs to know of the prior, read from checkpoint metadata only (no
-    weights): state spec, statistics, grid, the denoiser's window and the checkpoints'
-    digests."""
+    """What the archive needs to know of the prior, read without loading its weights: state
+    spec, statistics, grid, the denoiser's window, the checkpoints' digests and whether the
+    pair is verified (``verified`` or ``unverified``)."""
 
     spec: StateSpec
     latitude: list[float]
     longitude: list[float]
     window: int
     checkpoints: dict[str, dict[str, Any]]
+    pair: str = "verified"
 
 
 def _digest(path: str) -> dict[str, Any]:
@@ -174,19 +178,21 @@ def _digest(path: str) -> dict[str, Any]:
 
 
 def prior_layout(prior: PriorConfig) -> PriorLayout:
-    """The layout of the prior's states, from the autoencoder checkpoint's metadata."""
-    from appa.io.cards import AutoencoderCard, CardError, DenoiserCard, read_card
-    from appa.io.checkpoints import read_metadata
+    """The layout of the prior's states, once its checkpoints are checked as the workers will
+    load them (:func:`~appa.assimilation.prior.inspect_prior`: files, digests, cards against
+    weights, the pair), without loading the weights."""
+    from appa.assimilation.prior import inspect_prior
+    from appa.io.cards import AutoencoderCard, CardError, DenoiserCard
 
     autoencoder, diffusion = prior.resolved()
     for name, path in (("autoencoder", autoencoder), ("diffusion", diffusion)):
         if not Path(path).exists() and "://" not in path:
             raise ConfigError(f"prior.{name}: {path} does not exist")
     try:
-        ae = read_card(read_metadata(autoencoder), autoencoder, kind="autoencoder").card
-        dn = read_card(read_metadata(diffusion), diffusion, kind="diffusion").card
+        parts = inspect_prior(autoencoder, diffusion, prior.weights, prior.unverified_pair)
     except CardError as error:
         raise ConfigError(str(error)) from None
+    ae, dn = parts.autoencoder_card.card, parts.diffusion_card.card
     assert isinstance(ae, AutoencoderCard) and isinstance(dn, DenoiserCard)
     if ae.state_spec is None:
         raise ConfigError(f"{autoencoder} carries no state spec")
@@ -196,6 +202,7 @@ def prior_layout(prior: PriorConfig) -> PriorLayout:
         longitude=ae.longitudes,
         window=dn.denoiser.window,
         checkpoints={"autoencoder": _digest(autoencoder), "diffusion": _digest(diffusion)},
+        pair=parts.pair,
     )
 
 
@@ -252,8 +259,9 @@ class AssimilationWorker:
         self.job = job
         autoencoder, diffusion = job.prior.resolved()
         self.prior = LatentPrior.from_checkpoints(
-            autoencoder, diffusion, device=_device(job.prior.device), weights=job.prior.weights
-        )
+            autoencoder, diffusion, device=_device(job.prior.device), weights=job.prior.weights,
+            unverified_pair=job.prior.unverified_pair,
+        )  # fmt: skip
         self.step = pd.Timedelta(job.step)
         self.observations = self._observations()
         self.initial = (
@@ -352,6 +360,7 @@ def provenance(job: AssimilationConfig, layout: PriorLayout, times: pd.DatetimeI
         "appa_version": appa.__version__,
         "task": job.task,
         "checkpoints": layout.checkpoints,
+        "prior_pair": layout.pair,
         "observation_sources": list(job.observations),
         "seeds": {str(m): s for m, s in enumerate(member_seeds(job, list(range(job.members))))},
         "seed_rule": "member m draws from appa.seeds.derive_seed(seed, m)",

@@ -19,7 +19,7 @@ from appa.assimilation.units import (
     provenance,
 )
 from appa.distributed.pool import PoolReport, run_units
-from appa.distributed.runner import RayConfig
+from appa.distributed.runner import RayConfig, check_cluster
 from appa.io.archive import Archive, create_archive, template_from_spec
 
 __all__ = ["AssimilateConfig", "plan_archive", "run_assimilation"]
@@ -32,13 +32,26 @@ class AssimilateConfig(AssimilationConfig):
     runner: RayConfig = Field(default_factory=RayConfig)
 
 
+# config entries that are not what the archive holds, only where it lives or runs (a moved
+# archive resumes elsewhere), and the acceptance of an unverified prior pair, which changes no
+# value (the archive's provenance records it)
+_NOT_HELD: dict = {
+    "runner": True,
+    "overwrite": True,
+    "output": True,
+    "storage_options": True,
+    "prior": {"unverified_pair"},
+}
+
+
 def _worker(settings: AssimilationConfig, threads: int | None) -> AssimilationWorker:
     return AssimilationWorker(settings, threads=threads)
 
 
 def plan_archive(job: AssimilateConfig) -> Archive:
-    """Creates the job's archive (or reopens it to resume: same config only), once the job's
-    observations are known to fit the prior's states."""
+    """Creates the job's archive (or reopens it to resume: same config only), once the prior's
+    checkpoints are checked, the job's observations are known to fit its states and the
+    cluster of ``runner.address`` (if any) answers."""
     import pandas as pd
 
     layout = prior_layout(job.prior)
@@ -59,14 +72,12 @@ def plan_archive(job: AssimilateConfig) -> Archive:
     units: dict[str, int] = {"member": job.members_per_unit}
     if job.segment is not None:
         units["time"] = job.segment
+    check_cluster(job.runner)  # last of the checks: an unreachable cluster leaves no archive
     return create_archive(
         job.output,
         template,
         units=units,
-        # what the archive holds, not where it lives or runs: a moved archive resumes elsewhere
-        config=job.model_dump(
-            mode="json", exclude={"runner", "overwrite", "output", "storage_options"}
-        ),
+        config=job.model_dump(mode="json", exclude=_NOT_HELD),
         provenance=provenance(job, layout, times),
         overwrite=job.overwrite,
         storage_options=job.storage_options or None,
