@@ -178,24 +178,43 @@ def read_observations(
 ) -> xr.Dataset:
     """Observations with ``start <= time < end`` (either bound optional), reading only the
     partitions that overlap the window, and only ``fields`` of them when given (``time`` is
-    always read)."""
+    always read).
+
+    Raises:
+        FileNotFoundError: when ``path`` is not an observation store.
+        ObservationError: naming the store and the partition that cannot be read (a truncated
+            index or ``.zmetadata``, a missing partition, a corrupt chunk), or when the window
+            holds no observations.
+    """
     path = Path(path)
     meta_path = path / _META
     if not meta_path.is_file():
         raise FileNotFoundError(f"{path} is not an observation store (no {_META})")
-    meta = json.loads(meta_path.read_text())
-    span = pd.Timedelta(meta["partition"])
+    try:
+        meta = json.loads(meta_path.read_text())
+        span = pd.Timedelta(meta["partition"])
+        partitions = [(str(p["name"]), pd.Timestamp(p["start"])) for p in meta["partitions"]]
+    except (UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
+        # a truncated or hand-edited index (JSONDecodeError is a ValueError)
+        raise ObservationError(
+            f"{meta_path}: not a valid observation store index ({type(error).__name__}: {error})"
+        ) from None
     t0 = pd.Timestamp(start) if start is not None else None
     t1 = pd.Timestamp(end) if end is not None else None
     tables = []
-    for part in meta["partitions"]:
-        p0 = pd.Timestamp(part["start"])
+    for name, p0 in partitions:
         if (t1 is not None and p0 >= t1) or (t0 is not None and p0 + span <= t0):
             continue
-        table = xr.open_zarr(path / part["name"], consolidated=True)
-        if fields is not None:
-            table = table[list(dict.fromkeys(["time", *fields]))]
-        table = table.load()
+        try:
+            table = xr.open_zarr(path / name, consolidated=True)
+            if fields is not None:
+                table = table[list(dict.fromkeys(["time", *fields]))]
+            table = table.load()
+        except (KeyError, OSError, RuntimeError, TypeError, ValueError) as error:
+            # a missing folder, truncated .zmetadata, a lost field or a corrupt chunk
+            raise ObservationError(
+                f"{path}: partition {name} cannot be read ({type(error).__name__}: {error})"
+            ) from None
         keep = np.ones(table.sizes["obs"], dtype=bool)
         if t0 is not None:
             keep &= table["time"].values >= t0.to_datetime64()
