@@ -27,6 +27,17 @@ OverridesOption = Annotated[
 ]
 
 
+def _error_line(error: BaseException) -> str:
+    """An error as one line: ``<path>: <reason>`` for an operating-system error on a file
+    (permission denied, a file where a folder is expected...), else its message."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        where = str(error.filename)
+        if error.filename2 is not None:
+            where += f" -> {error.filename2}"
+        return f"{where}: {error.strerror}"
+    return str(error)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"appa {appa.__version__}")
@@ -110,8 +121,8 @@ def toy_earth(
     try:
         cfg = load_config(ToyEarthConfig, config, [*(overrides or []), *extra])
         path = write_toy_earth(cfg, out, progress=progress, overwrite=overwrite)
-    except (ConfigError, FileExistsError) as error:
-        typer.echo(f"error: {error}", err=True)
+    except (ConfigError, OSError) as error:
+        typer.echo(f"error: {_error_line(error)}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"wrote {path}")
     if plot is not None:
@@ -137,8 +148,8 @@ def observe(
     try:
         cfg = load_config(ObserveConfig, config, overrides or [])
         path, n = observe_store(str(truth), cfg, str(out), overwrite=overwrite)
-    except (ConfigError, ObservationError, SelectionError, FileExistsError) as error:
-        typer.echo(f"error: {error}", err=True)
+    except (ConfigError, ObservationError, SelectionError, OSError) as error:
+        typer.echo(f"error: {_error_line(error)}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"wrote {n} observations to {path}")
 
@@ -164,8 +175,8 @@ def _train(kind: str, config: Path | None, overrides: list[str] | None, address:
     try:
         job = load_config(model, config, [*(overrides or []), *extra])
         metrics = run_training(job)
-    except (ConfigError, FileNotFoundError, KeyError) as error:
-        typer.echo(f"error: {error}", err=True)
+    except (ConfigError, OSError, KeyError) as error:
+        typer.echo(f"error: {_error_line(error)}", err=True)
         raise typer.Exit(2) from None
     shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, int | float))
     typer.echo(f"{kind}: {shown}")
@@ -201,8 +212,8 @@ def encode(
     try:
         job = load_config(EncodeConfig, config, [*(overrides or []), *extra])
         result = run_encode(job)
-    except (ConfigError, CheckpointError, FileNotFoundError) as error:
-        typer.echo(f"error: {error}", err=True)
+    except (ConfigError, CheckpointError, OSError) as error:
+        typer.echo(f"error: {_error_line(error)}", err=True)
         raise typer.Exit(2) from None
     typer.echo(
         f"encoded {result['encoded']} blocks, skipped {result['skipped']} already done; "
@@ -243,9 +254,9 @@ def _assimilate(
         CheckpointError,
         PriorMismatchError,
         ObservationError,
-        FileNotFoundError,
+        OSError,  # files and folders, and the Ray cluster's address
     ) as error:
-        typer.echo(f"error: {error}", err=True)
+        typer.echo(f"error: {_error_line(error)}", err=True)
         raise typer.Exit(2) from None
     typer.echo(
         f"{task}: {sum(r.written for r in report.records)} units computed, "
@@ -311,8 +322,8 @@ def demo(config: ConfigOption = None, overrides: OverridesOption = None) -> None
     try:
         cfg = load_config(DemoConfig, config, overrides or [])
         result = run_demo(cfg, echo=typer.echo)
-    except (ConfigError, FileNotFoundError, ObservationError) as error:
-        typer.echo(f"error: {error}", err=True)
+    except (ConfigError, OSError, ObservationError) as error:
+        typer.echo(f"error: {_error_line(error)}", err=True)
         raise typer.Exit(2) from None
     typer.echo("the reanalysis's ensemble mean against the truth (RMSE, time mean):")
     for line in describe(result, cfg.observed_channels()):
@@ -335,8 +346,8 @@ def export_checkpoint_command(
 
     try:
         path = export_checkpoint(source, destination, group or None)
-    except (CheckpointError, FileNotFoundError) as error:
-        typer.echo(f"error: {error}", err=True)
+    except (CheckpointError, OSError) as error:
+        typer.echo(f"error: {_error_line(error)}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"exported: {path}")
 
@@ -562,9 +573,9 @@ def baseline(
     try:
         job = load_config(BaselineConfig, config, [*(overrides or []), *extra])
         path = run_baseline(kind, job, out, overwrite=overwrite)  # type: ignore[arg-type]
-    except (ConfigError, ValueError, KeyError, FileExistsError, FileNotFoundError) as error:
+    except (ConfigError, ValueError, KeyError, OSError) as error:
         # ValueError covers ObservationError; KeyError covers SelectionError.
-        typer.echo(f"error: {error}", err=True)
+        typer.echo(f"error: {_error_line(error)}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"wrote {path}")
 

@@ -110,6 +110,8 @@ def _format_errors(model: type[BaseModel], error: ValidationError, source: str) 
         key = ".".join(str(p) for p in item["loc"]) or "<root>"
         if item["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
+        elif not item["loc"]:  # a check across fields: its input is the whole document
+            lines.append(f"  {key}: {item['msg']}")
         else:
             lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
     return "\n".join(lines)

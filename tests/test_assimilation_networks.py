@@ -19,7 +19,7 @@ from appa.assimilation import (
     reanalysis,
 )
 from appa.data.spec import StateSpec
-from appa.io import CheckpointError, save_checkpoint
+from appa.io import CheckpointError, inspect_checkpoint, save_checkpoint
 from appa.io.cards import CheckpointCard, RunRecord
 from appa.nn import get_preset
 from appa.training import AutoencoderObjective, DiffusionObjective
@@ -42,7 +42,12 @@ OVERRIDES = [
 TIMES = pd.date_range("2003-02-01", periods=6, freq="6h")
 
 
-def _write(tmp_path, denoiser_channels=4, spec=SPEC, stats=STATS, known_frames=False):
+def _write(
+    tmp_path, denoiser_channels=4, spec=SPEC, stats=STATS, known_frames=False, trained_on=None
+):
+    """An autoencoder and a denoiser checkpoint; the denoiser records the SHA-256 of the
+    autoencoder weights its latents were encoded with (``appa encode``'s provenance): those of
+    the autoencoder written here, or of the checkpoint ``trained_on``."""
     preset = get_preset("tiny", OVERRIDES)
     torch.manual_seed(0)
     ae = AutoencoderObjective(
@@ -50,10 +55,11 @@ def _write(tmp_path, denoiser_channels=4, spec=SPEC, stats=STATS, known_frames=F
         state_spec=spec.model_dump(mode="json"), statistics=stats.to_json(),
     )  # fmt: skip
     ae_root = str(tmp_path / "ae" / "checkpoints")
-    save_checkpoint(
+    ae_path = save_checkpoint(
         ae_root, 5, {"model": ae.network.state_dict()},
         metadata=CheckpointCard(card=ae.card()).dump(),
     )  # fmt: skip
+    encoded_with = inspect_checkpoint(trained_on or ae_path).files["model.safetensors"]["sha256"]
     cfg = preset.denoiser.model_copy(
         update={"channels": denoiser_channels, "known_frames": known_frames}
     )
@@ -61,7 +67,11 @@ def _write(tmp_path, denoiser_channels=4, spec=SPEC, stats=STATS, known_frames=F
         cfg, latent_mean=[0.1] * denoiser_channels, latent_std=[0.5] * denoiser_channels
     )
     store = {
-        "provenance": {"state_spec": spec.model_dump(mode="json"), "statistics": stats.to_json()}
+        "provenance": {
+            "state_spec": spec.model_dump(mode="json"),
+            "statistics": stats.to_json(),
+            "checkpoint_sha256": encoded_with,
+        }
     }
     dn_root = str(tmp_path / "dn" / "checkpoints")
     save_checkpoint(
@@ -266,7 +276,7 @@ def test_a_date_conditioned_autoencoder_decodes_every_frame_at_its_own_time(tmp_
         ae_root, 5, {"model": ae.network.state_dict()},
         metadata=CheckpointCard(card=ae.card()).dump(),
     )  # fmt: skip
-    _, dn_root = _write(tmp_path / "other")
+    _, dn_root = _write(tmp_path / "other", trained_on=ae_root)
     prior = LatentPrior.from_checkpoints(ae_root, dn_root)
     assert prior.codec_dates
     assert torch.equal(prior.codec.static, land)

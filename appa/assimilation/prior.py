@@ -12,6 +12,7 @@ Three spaces, from the user's to the sampler's:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -24,12 +25,25 @@ from appa.data.stats import Statistics
 from appa.dates import DATE_FEATURES, date_features
 from appa.diffusion import NoiseSchedule, WindowedDenoiser, make_sampler
 from appa.diffusion.windows import StitchMode
-from appa.io.cards import AutoencoderCard, CardError, DenoiserCard, read_card
-from appa.io.checkpoints import CheckpointError, load_checkpoint, load_module_state
+from appa.io.cards import AutoencoderCard, CardError, CheckpointCard, DenoiserCard, read_card
+from appa.io.checkpoints import (
+    CheckpointError,
+    check_tensor_shapes,
+    inspect_checkpoint,
+    load_checkpoint,
+    load_module_state,
+)
 from appa.nn import StateAutoencoder
 from appa.nn.latent import LatentStandardizer, latent_denoiser
 
-__all__ = ["Codec", "LatentPrior", "PriorMismatchError", "regular_step"]
+__all__ = [
+    "Codec",
+    "LatentPrior",
+    "PriorMismatchError",
+    "PriorParts",
+    "inspect_prior",
+    "regular_step",
+]
 
 
 class PriorMismatchError(ValueError):
@@ -60,6 +74,201 @@ def _validation_rmse(metrics: dict[str, Any], spec: StateSpec) -> list[float] | 
     """Per-channel validation RMSE of an autoencoder checkpoint (standardised), if logged."""
     values = [metrics.get(f"val_rmse_{name}") for name in spec.channel_names()]
     return None if any(v is None for v in values) else [float(v) for v in values]
+
+
+# how a user goes on with a denoiser that does not name its autoencoder's weights
+_UNRECORDED = (
+    "{dn} does not record the SHA-256 of the autoencoder weights its latents were encoded "
+    "with{made}, so its pairing with {ae} cannot be checked: add that autoencoder's "
+    "model.safetensors sha256 to its checkpoint.json as run.data.provenance.checkpoint_sha256, "
+    "retrain it on latents of `appa encode`, or accept the pair unverified with "
+    "prior.unverified_pair: true (unverified_pair=True; the archive records it)"
+)
+
+
+def _check_pair(
+    ae_card: CheckpointCard,
+    dn_card: CheckpointCard,
+    ae_path: str,
+    dn_path: str,
+    ae_sha256: str,
+    unverified_pair: bool,
+) -> tuple[StateSpec, Statistics, str]:
+    """Checks that an autoencoder (whose ``model.safetensors`` has SHA-256 ``ae_sha256``) and a
+    denoiser belong together; returns the state spec, its statistics and the pair's status,
+    ``"verified"`` (the denoiser was trained on latents of exactly these weights) or
+    ``"unverified"`` (it records no digest and ``unverified_pair`` accepts that).
+
+    Raises:
+        PriorMismatchError: naming both checkpoints and what differs.
+    """
+    ae, dn = ae_card.card, dn_card.card
+    if not isinstance(ae, AutoencoderCard) or not isinstance(dn, DenoiserCard):
+        raise PriorMismatchError(f"{ae_path} and {dn_path}: expected an autoencoder and a denoiser")
+    if dn.denoiser.channels != ae.autoencoder.latent_channels:
+        raise PriorMismatchError(
+            f"{dn_path}: the denoiser has {dn.denoiser.channels} latent channels, the "
+            f"autoencoder of {ae_path} makes {ae.autoencoder.latent_channels}"
+        )
+    if dn.denoiser.date_features not in (0, DATE_FEATURES):
+        raise PriorMismatchError(
+            f"{dn_path}: the denoiser takes {dn.denoiser.date_features} date "
+            f"features; appa.dates makes {DATE_FEATURES}"
+        )
+    try:
+        spec, stats = ae.spec_and_statistics()
+    except CardError as error:
+        raise PriorMismatchError(f"{ae_path}: {error}") from None
+    # the latent store the denoiser was trained on records the autoencoder's spec, statistics
+    # and weights (appa encode): they must be this autoencoder's
+    made = dn_card.run.data.get("provenance", {})
+    if made.get("state_spec") is not None:
+        other = StateSpec.model_validate(made["state_spec"])
+        if other != spec:
+            raise PriorMismatchError(
+                f"{dn_path} was trained on latents of states {other.channel_names()}, "
+                f"the autoencoder of {ae_path} encodes {spec.channel_names()}"
+            )
+    if made.get("statistics") is not None:
+        other_stats = Statistics.from_json(made["statistics"]).for_spec(spec)
+        if not (
+            np.allclose(other_stats.mean, stats.mean, rtol=1e-6)
+            and np.allclose(other_stats.std, stats.std, rtol=1e-6)
+        ):
+            raise PriorMismatchError(
+                f"{dn_path} was trained on latents of states standardised with other "
+                f"statistics than those of {ae_path}"
+            )
+    if len(ae.latitudes) != ae.autoencoder.grid[0]:
+        raise PriorMismatchError(
+            f"{ae_path} carries {len(ae.latitudes)} latitudes for a grid of "
+            f"{ae.autoencoder.grid[0]} rows"
+        )
+    recorded = made.get("checkpoint_sha256")
+    if recorded is None:
+        if not unverified_pair:
+            raise PriorMismatchError(
+                _UNRECORDED.format(
+                    dn=dn_path,
+                    ae=ae_path,
+                    made=(
+                        f" ({made['checkpoint']} step {made.get('checkpoint_step')})"
+                        if made.get("checkpoint")
+                        else ""
+                    ),
+                )
+            )
+        return spec, stats, "unverified"
+    if recorded != ae_sha256:
+        raise PriorMismatchError(
+            f"{dn_path} was trained on latents of the autoencoder {made.get('checkpoint')} "
+            f"step {made.get('checkpoint_step')} (weights SHA-256 {recorded}), not of {ae_path} "
+            f"(model.safetensors SHA-256 {ae_sha256}): give the autoencoder it was trained with"
+        )
+    return spec, stats, "verified"
+
+
+def _denoiser_group(
+    card: CheckpointCard, groups: Sequence[str], weights: str | None, path: str
+) -> str:
+    """The denoiser's tensor group to sample with (``weights``, else the one an exported copy
+    names, else ``ema``), which must be among ``groups``."""
+    group = weights or card.weights or "ema"
+    if group not in groups:
+        hint = (
+            " (trained without loop.ema_decay, or exported with -g model): ask for its "
+            "final weights with weights='model' (prior.weights: model)"
+            if group == "ema"
+            else ""
+        )
+        raise CheckpointError(f"{path}: no {group}.safetensors{hint}")
+    return group
+
+
+def _autoencoder_sha256(files: dict[str, dict[str, Any]], path: str) -> str:
+    """The SHA-256 of an autoencoder's weights file (the manifest's entry)."""
+    if "model.safetensors" not in files:
+        raise CheckpointError(f"{path}: no model.safetensors (the autoencoder's weights)")
+    return str(files["model.safetensors"]["sha256"])
+
+
+@dataclass(frozen=True)
+class PriorParts:
+    """A prior's checkpoints as :func:`inspect_prior` found them, without their weights.
+
+    Attributes:
+        autoencoder, diffusion: The checkpoint folders (``step-*``).
+        autoencoder_card, diffusion_card: Their cards.
+        weights: The denoiser's tensor group that sampling takes.
+        pair: ``"verified"`` or ``"unverified"`` (see :meth:`LatentPrior.from_checkpoints`).
+    """
+
+    autoencoder: str
+    diffusion: str
+    autoencoder_card: CheckpointCard
+    diffusion_card: CheckpointCard
+    weights: str
+    pair: str
+
+
+# networks whose weights are smaller than this are built on the CPU to learn their parameter
+# shapes (0.04 s for the committed prior's two); larger ones on the meta device, which
+# allocates nothing but costs about 1 s the first time (torch imports its compiler for the
+# meta kernels written in Python)
+_META_BYTES = 64 << 20
+
+
+def _shapes(build: Any, nbytes: int) -> dict[str, tuple[int, ...]]:
+    """Parameter and buffer shapes of the network ``build()`` makes (the global RNG is left as
+    it was: initialising weights draws from it)."""
+    if nbytes >= _META_BYTES:
+        with torch.device("meta"):
+            module = build()
+    else:
+        with torch.random.fork_rng(devices=[]):
+            module = build()
+    return {name: tuple(t.shape) for name, t in module.state_dict().items()}
+
+
+def inspect_prior(
+    autoencoder: str,
+    diffusion: str,
+    weights: Literal["ema", "model"] | None = None,
+    unverified_pair: bool = False,
+) -> PriorParts:
+    """Checks a prior's two checkpoints as :meth:`LatentPrior.from_checkpoints` would load
+    them, without loading their weights: each manifest parses and its card is valid and
+    unedited, each tensor file is there with the manifest's size and SHA-256 and its header
+    holds the parameter names and shapes of the network the card describes (built without
+    its weights: on the meta device when large), and the two belong together (the denoiser's
+    record of the autoencoder weights it was trained on). What a job's driver runs before any
+    worker starts.
+
+    Raises:
+        CheckpointError: a missing, truncated or corrupt file, or a card that does not match
+            its weights.
+        CardError: a missing or invalid card.
+        PriorMismatchError: parts that do not belong together.
+    """
+    ae_head = inspect_checkpoint(autoencoder)
+    dn_head = inspect_checkpoint(diffusion)
+    ae_card = read_card(ae_head.metadata, ae_head.path, kind="autoencoder")
+    dn_card = read_card(dn_head.metadata, dn_head.path, kind="diffusion")
+    ae_sha = _autoencoder_sha256(ae_head.files, ae_head.path)
+    _, _, pair = _check_pair(ae_card, dn_card, ae_head.path, dn_head.path, ae_sha, unverified_pair)
+    group = _denoiser_group(dn_card, list(dn_head.shapes), weights, dn_head.path)
+    ae, dn = ae_card.card, dn_card.card
+    assert isinstance(ae, AutoencoderCard) and isinstance(dn, DenoiserCard)
+    codec = _shapes(
+        lambda: StateAutoencoder(ae.autoencoder), ae_head.files["model.safetensors"]["bytes"]
+    )
+    check_tensor_shapes(codec, ae_head.shapes["model"], f"{ae_head.path}/model.safetensors")
+    backbone = _shapes(
+        lambda: latent_denoiser(dn.denoiser, sigma_data=dn.sigma_data).backbone,
+        dn_head.files[f"{group}.safetensors"]["bytes"],
+    )
+    check_tensor_shapes(backbone, dn_head.shapes[group], f"{dn_head.path}/{group}.safetensors")
+    return PriorParts(ae_head.path, dn_head.path, ae_card, dn_card, group, pair)
 
 
 class LatentPrior:
@@ -353,20 +562,29 @@ class LatentPrior:
         diffusion: str,
         device: torch.device | str = "cpu",
         weights: Literal["ema", "model"] | None = None,
+        unverified_pair: bool = False,
     ) -> LatentPrior:
         """Loads the prior from an autoencoder and a diffusion checkpoint as ``appa train``
         writes them (a ``step-*`` folder, or a run's ``checkpoints`` folder: the latest).
 
-        The autoencoder takes its trained weights, those the latents were encoded with. The
-        denoiser takes ``weights``: ``"ema"`` (the moving average of training), ``"model"``
+        The autoencoder takes its trained weights, those the latents were encoded with: the
+        denoiser's card records their SHA-256 (``appa encode`` writes it into the latent
+        store, diffusion training copies it), and another autoencoder, even of the same
+        architecture, spec and statistics, is refused. A denoiser without that record is
+        refused too unless ``unverified_pair`` (``prior.unverified_pair: true``) accepts it;
+        :attr:`provenance` then says ``"pair": "unverified"``.
+
+        The denoiser takes ``weights``: ``"ema"`` (the moving average of training), ``"model"``
         (the final weights) or None, the group an exported copy names (``appa
         export-checkpoint -g``), else ``"ema"``. Asking for EMA weights the checkpoint does not
         hold is an error.
 
         Raises:
-            PriorMismatchError: when the two do not belong together (latent channels or grid,
-                state spec, statistics) or a checkpoint is of the wrong kind.
-            CheckpointError: when the asked-for weights are not in the checkpoint.
+            PriorMismatchError: when the two do not belong together (the autoencoder weights
+                the denoiser was trained on, latent channels or grid, state spec, statistics)
+                or a checkpoint is of the wrong kind.
+            CheckpointError: when the asked-for weights are not in the checkpoint, or a card
+                does not match its weights.
         """
         ae_ckpt = load_checkpoint(autoencoder)
         dn_ckpt = load_checkpoint(diffusion)
@@ -375,60 +593,18 @@ class LatentPrior:
             dn_card = read_card(dn_ckpt.metadata, dn_ckpt.path, kind="diffusion")
         except CardError as error:
             raise PriorMismatchError(str(error)) from None
+        ae_sha = _autoencoder_sha256(ae_ckpt.files, ae_ckpt.path)
+        spec, stats, pair = _check_pair(
+            ae_card, dn_card, ae_ckpt.path, dn_ckpt.path, ae_sha, unverified_pair
+        )
         ae, dn = ae_card.card, dn_card.card
         assert isinstance(ae, AutoencoderCard) and isinstance(dn, DenoiserCard)
-        if dn.denoiser.channels != ae.autoencoder.latent_channels:
-            raise PriorMismatchError(
-                f"{dn_ckpt.path}: the denoiser has {dn.denoiser.channels} latent channels, the "
-                f"autoencoder of {ae_ckpt.path} makes {ae.autoencoder.latent_channels}"
-            )
-        if dn.denoiser.date_features not in (0, DATE_FEATURES):
-            raise PriorMismatchError(
-                f"{dn_ckpt.path}: the denoiser takes {dn.denoiser.date_features} date "
-                f"features; appa.dates makes {DATE_FEATURES}"
-            )
-        try:
-            spec, stats = ae.spec_and_statistics()
-        except CardError as error:
-            raise PriorMismatchError(f"{ae_ckpt.path}: {error}") from None
-        # the latent store the denoiser was trained on records the autoencoder's spec and
-        # statistics (appa encode): they must be this autoencoder's
         made = dn_card.run.data.get("provenance", {})
-        if made.get("state_spec") is not None:
-            other = StateSpec.model_validate(made["state_spec"])
-            if other != spec:
-                raise PriorMismatchError(
-                    f"{dn_ckpt.path} was trained on latents of states {other.channel_names()}, "
-                    f"the autoencoder of {ae_ckpt.path} encodes {spec.channel_names()}"
-                )
-        if made.get("statistics") is not None:
-            other_stats = Statistics.from_json(made["statistics"]).for_spec(spec)
-            if not (
-                np.allclose(other_stats.mean, stats.mean, rtol=1e-6)
-                and np.allclose(other_stats.std, stats.std, rtol=1e-6)
-            ):
-                raise PriorMismatchError(
-                    f"{dn_ckpt.path} was trained on latents of states standardised with other "
-                    f"statistics than those of {ae_ckpt.path}"
-                )
-        if len(ae.latitudes) != ae.autoencoder.grid[0]:
-            raise PriorMismatchError(
-                f"{ae_ckpt.path} carries {len(ae.latitudes)} latitudes for a grid of "
-                f"{ae.autoencoder.grid[0]} rows"
-            )
 
         codec = StateAutoencoder(ae.autoencoder)
         load_module_state(codec, ae_ckpt.tensors["model"], f"{ae_ckpt.path}/model.safetensors")
         denoiser = latent_denoiser(dn.denoiser, sigma_data=dn.sigma_data)
-        group = weights or dn_card.weights or "ema"
-        if group not in dn_ckpt.tensors:
-            hint = (
-                " (trained without loop.ema_decay, or exported with -g model): ask for its "
-                "final weights with weights='model' (prior.weights: model)"
-                if group == "ema"
-                else ""
-            )
-            raise CheckpointError(f"{dn_ckpt.path}: no {group}.safetensors{hint}")
+        group = _denoiser_group(dn_card, list(dn_ckpt.tensors), weights, dn_ckpt.path)
         load_module_state(
             denoiser.backbone, dn_ckpt.tensors[group], f"{dn_ckpt.path}/{group}.safetensors"
         )
@@ -438,7 +614,9 @@ class LatentPrior:
             "latents_encoded_with": {
                 "path": made.get("checkpoint"),
                 "step": made.get("checkpoint_step"),
+                "sha256": made.get("checkpoint_sha256"),
             },
+            "pair": pair,
         }
         prior = cls(
             codec,

@@ -59,13 +59,16 @@ class PriorConfig(StrictModel):
     (each a checkpoint folder or a run's ``checkpoints`` folder); either may be given
     explicitly instead. ``weights``: the denoiser's weights, ``ema`` or ``model`` (None: those
     an exported copy names, else ``ema``). ``device``: ``auto`` takes the GPU when the actor
-    has one."""
+    has one. ``unverified_pair``: accept a denoiser that does not record the SHA-256 of the
+    autoencoder weights it was trained on (the archive's provenance says ``prior_pair:
+    unverified``); a recorded digest that differs is refused regardless."""
 
     path: str | None = "pipelines/priors/toy-earth-tiny"
     autoencoder: str | None = None
     diffusion: str | None = None
     weights: Literal["ema", "model"] | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    unverified_pair: bool = False
 
     def resolved(self) -> tuple[str, str]:
         """``(autoencoder, diffusion)`` checkpoint paths."""
@@ -172,9 +175,10 @@ def member_seeds(job: AssimilationConfig, members: np.ndarray | list[int]) -> li
 
 
 class PriorLayout(StrictModel):
-    """What the archive needs to know of the prior, read from checkpoint metadata only (no
-    weights): state spec, statistics (``mean``, ``std`` per channel of ``spec``, physical
-    units), grid, the denoiser's window and the checkpoints' digests."""
+    """What the archive needs to know of the prior, read without loading its weights: state
+    spec, statistics (``mean``, ``std`` per channel of ``spec``, physical units), grid, the
+    denoiser's window, the checkpoints' digests and whether the pair is verified (``verified``
+    or ``unverified``)."""
 
     spec: StateSpec
     mean: list[float]
@@ -183,6 +187,7 @@ class PriorLayout(StrictModel):
     longitude: list[float]
     window: int
     checkpoints: dict[str, dict[str, Any]]
+    pair: str = "verified"
 
 
 def _digest(path: str) -> dict[str, Any]:
@@ -199,19 +204,21 @@ def _digest(path: str) -> dict[str, Any]:
 
 
 def prior_layout(prior: PriorConfig) -> PriorLayout:
-    """The layout of the prior's states, from the autoencoder checkpoint's metadata."""
-    from appa.io.cards import AutoencoderCard, CardError, DenoiserCard, read_card
-    from appa.io.checkpoints import read_metadata
+    """The layout of the prior's states, once its checkpoints are checked as the workers will
+    load them (:func:`~appa.assimilation.prior.inspect_prior`: files, digests, cards against
+    weights, the pair), without loading the weights."""
+    from appa.assimilation.prior import inspect_prior
+    from appa.io.cards import AutoencoderCard, CardError, DenoiserCard
 
     autoencoder, diffusion = prior.resolved()
     for name, path in (("autoencoder", autoencoder), ("diffusion", diffusion)):
         if not Path(path).exists() and "://" not in path:
             raise ConfigError(f"prior.{name}: {path} does not exist")
     try:
-        ae = read_card(read_metadata(autoencoder), autoencoder, kind="autoencoder").card
-        dn = read_card(read_metadata(diffusion), diffusion, kind="diffusion").card
+        parts = inspect_prior(autoencoder, diffusion, prior.weights, prior.unverified_pair)
     except CardError as error:
         raise ConfigError(str(error)) from None
+    ae, dn = parts.autoencoder_card.card, parts.diffusion_card.card
     assert isinstance(ae, AutoencoderCard) and isinstance(dn, DenoiserCard)
     try:
         spec, stats = ae.spec_and_statistics()
@@ -225,6 +232,7 @@ def prior_layout(prior: PriorConfig) -> PriorLayout:
         longitude=ae.longitudes,
         window=dn.denoiser.window,
         checkpoints={"autoencoder": _digest(autoencoder), "diffusion": _digest(diffusion)},
+        pair=parts.pair,
     )
 
 
@@ -386,7 +394,9 @@ def job_identity(job: AssimilationConfig) -> dict[str, Any]:
             "output": True,
             "storage_options": True,
             "observations": True,
-            "prior": {"path", "autoencoder", "diffusion"},
+            # where the prior is, and the acceptance of an unverified pair, which changes no
+            # value (the archive's provenance records it)
+            "prior": {"path", "autoencoder", "diffusion", "unverified_pair"},
             "forecast": {"initial"},
         },
     )
@@ -446,8 +456,9 @@ class AssimilationWorker:
         self.job = job
         autoencoder, diffusion = job.prior.resolved()
         self.prior = LatentPrior.from_checkpoints(
-            autoencoder, diffusion, device=_device(job.prior.device), weights=job.prior.weights
-        )
+            autoencoder, diffusion, device=_device(job.prior.device), weights=job.prior.weights,
+            unverified_pair=job.prior.unverified_pair,
+        )  # fmt: skip
         self.step = pd.Timedelta(job.step)
         self.observations = self._observations()
         self.initial = (
@@ -557,6 +568,7 @@ def provenance(
         "appa_version": appa.__version__,
         "task": job.task,
         "checkpoints": layout.checkpoints,
+        "prior_pair": layout.pair,
         "observation_sources": list(job.observations),
         "seeds": {str(m): s for m, s in enumerate(member_seeds(job, list(range(job.members))))},
         "seed_rule": "member m draws from appa.seeds.derive_seed(seed, m)",

@@ -5,7 +5,12 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "appa.distributed.runner": ["RayConfig", "init_ray"],
+    "appa.distributed.runner": [
+        "ClusterUnreachableError",
+        "RayConfig",
+        "check_cluster",
+        "init_ray",
+    ],
     "appa.distributed.train": ["fit_on_ray", "run_training"],
     "appa.distributed.pool": ["PoolReport", "UnitFailedError", "run_units"],
 }

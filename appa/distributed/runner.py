@@ -4,13 +4,21 @@ pool of sampling jobs, and the one place that joins or starts a Ray cluster."""
 from __future__ import annotations
 
 import os
+import socket
 from typing import Literal
 
 from pydantic import Field
 
 from appa.config import StrictModel
 
-__all__ = ["RayConfig", "init_ray"]
+__all__ = ["ClusterUnreachableError", "RayConfig", "check_cluster", "init_ray"]
+
+# the ports Ray listens on when an address names none: the GCS, and the Ray Client server
+_GCS_PORT, _CLIENT_PORT = 6379, 10001
+
+
+class ClusterUnreachableError(ConnectionError):
+    """The Ray cluster of ``runner.address`` does not answer; the message names it."""
 
 
 class RayConfig(StrictModel):
@@ -27,6 +35,9 @@ class RayConfig(StrictModel):
     )
     address: str | None = Field(
         None, description="Ray cluster to join, e.g. ray://head:10001 (None: start a local one)"
+    )
+    connect_timeout_s: float = Field(
+        30.0, gt=0, description="seconds to reach the cluster at address before failing"
     )
     cluster_cpus: int | None = Field(
         None, ge=1, description="CPUs of a local cluster (None: all the machine's)"
@@ -63,16 +74,70 @@ class RayConfig(StrictModel):
         return self.torch_threads or max(int(self.cpus_per_worker), 1)
 
 
+def _endpoint(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` a Ray address connects to first, or None for ``auto`` / ``local``."""
+    client = address.startswith("ray://")
+    rest = address.removeprefix("ray://").split("/", 1)[0]
+    if rest in ("auto", "local", ""):
+        return None
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():  # no port: Ray's default
+        host, port = rest, str(_CLIENT_PORT if client else _GCS_PORT)
+    return host.strip("[]"), int(port)
+
+
+def check_cluster(config: RayConfig) -> None:
+    """Checks that the cluster at ``config.address`` (if any) accepts a TCP connection within
+    ``config.connect_timeout_s``: ``ray.init`` itself retries an unreachable address for a
+    long time (a host that drops packets: until killed). Local clusters pass.
+
+    Raises:
+        ClusterUnreachableError: one line naming the address and why.
+    """
+    if config.address is None:
+        return
+    endpoint = _endpoint(config.address)
+    if endpoint is None:
+        return
+    timeout = config.connect_timeout_s
+    try:
+        with socket.create_connection(endpoint, timeout=timeout):
+            pass
+    except TimeoutError:
+        raise ClusterUnreachableError(
+            f"cannot reach the Ray cluster at {config.address} within {timeout:g} s "
+            "(runner.connect_timeout_s): no answer"
+        ) from None
+    except OSError as error:
+        reason = error.strerror or str(error) or type(error).__name__
+        raise ClusterUnreachableError(
+            f"cannot reach the Ray cluster at {config.address} within {timeout:g} s: {reason}"
+        ) from None
+
+
 def init_ray(config: RayConfig) -> bool:
-    """Joins the cluster at ``config.address`` or starts a local one (no dashboard); returns
-    whether this call started Ray (and so should shut it down)."""
+    """Joins the cluster at ``config.address`` (once :func:`check_cluster` reached it) or
+    starts a local one (no dashboard); returns whether this call started Ray (and so should
+    shut it down).
+
+    Raises:
+        ClusterUnreachableError: one line naming the address, when it cannot be joined.
+    """
     import ray
 
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if config.address is not None:
-        ray.init(address=config.address)
+        check_cluster(config)
+        try:
+            ray.init(address=config.address)
+        except (ConnectionError, RuntimeError, TimeoutError) as error:
+            # something answers at the address, but not a Ray cluster this Ray can join
+            first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise ClusterUnreachableError(
+                f"cannot join the Ray cluster at {config.address}: {first}"
+            ) from None
     else:
         ray.init(
             num_cpus=config.cluster_cpus,

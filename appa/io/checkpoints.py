@@ -5,7 +5,9 @@ A checkpoint is a folder ``<root>/step-<NNNNNNNNN>/`` holding
 - ``<group>.safetensors`` for each tensor group (``model``, ``ema``, ``optimizer``, ``rng``...);
 - ``checkpoint.json``: format version, step, the JSON-able metadata (config, state spec,
   normalisation statistics, data position...), the versions of appa, torch and Python, the
-  non-tensor structure of the optimiser state, and the size and SHA-256 of every tensor file.
+  non-tensor structure of the optimiser state, the size and SHA-256 of every tensor file, and
+  ``network``: the SHA-256 of the metadata keys that describe the network (its card), so that a
+  description edited after the weights were written is refused wherever it is read.
 
 Writing is atomic: on a local disk the folder is written under a temporary name and renamed;
 on object stores (``gs://``, ``s3://``, ...), where renames are copies, the manifest is written
@@ -22,7 +24,7 @@ import json
 import platform
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,12 +41,16 @@ __all__ = [
     "FORMAT_VERSION",
     "Checkpoint",
     "CheckpointError",
+    "CheckpointHeader",
+    "check_tensor_shapes",
     "export_checkpoint",
     "flatten_state",
+    "inspect_checkpoint",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
     "load_module_state",
+    "network_digest",
     "read_metadata",
     "save_checkpoint",
     "unflatten_state",
@@ -56,6 +62,8 @@ _STEP_DIR = re.compile(r"^step-(\d{9})$")
 _TENSOR = "__tensor__"
 _ITEMS = "__items__"
 _TUPLE = "__tuple__"
+# bytes read at a time when hashing a tensor file (the driver checks a prior without loading it)
+_CHUNK = 1 << 22
 
 
 class CheckpointError(RuntimeError):
@@ -73,6 +81,7 @@ class Checkpoint:
         metadata: The JSON metadata given to :func:`save_checkpoint`.
         states: Nested states (e.g. the optimiser's) rebuilt with their tensors.
         versions: Versions of appa, torch, Python and safetensors that wrote it.
+        files: The manifest's entry of each tensor file (``bytes``, ``sha256``) by file name.
     """
 
     path: str
@@ -81,6 +90,27 @@ class Checkpoint:
     metadata: dict[str, Any]
     states: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class CheckpointHeader:
+    """What :func:`inspect_checkpoint` learns of a checkpoint without loading its tensors.
+
+    Attributes:
+        path: The checkpoint folder.
+        step: Optimisation steps done when it was written.
+        metadata: The JSON metadata.
+        files: The manifest's entry of each tensor file (``bytes``, ``sha256``) by file name.
+        shapes: Shape of each tensor by group (``model``, ``ema``...) and name, from the
+            safetensors headers.
+    """
+
+    path: str
+    step: int
+    metadata: dict[str, Any]
+    files: dict[str, dict[str, Any]]
+    shapes: dict[str, dict[str, tuple[int, ...]]]
 
 
 def _fs(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -201,6 +231,14 @@ def latest_checkpoint(root: str) -> str | None:
     return found[-1][1] if found else None
 
 
+def network_digest(metadata: Mapping[str, Any], keys: Sequence[str]) -> str:
+    """SHA-256 of the metadata entries ``keys`` (a missing one counts as null), as canonical
+    JSON (sorted keys, no spaces): what the manifest's ``network`` records."""
+    part = {key: metadata.get(key) for key in keys}
+    text = json.dumps(part, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def save_checkpoint(
     root: str,
     step: int,
@@ -208,6 +246,7 @@ def save_checkpoint(
     metadata: Mapping[str, Any] | None = None,
     states: Mapping[str, Any] | None = None,
     keep: int | None = 3,
+    network: Sequence[str] | None = None,
 ) -> str:
     """Writes ``<root>/step-<step>/`` atomically and prunes older checkpoints.
 
@@ -220,6 +259,9 @@ def save_checkpoint(
         states: Nested states mixing tensors and JSON values (e.g. ``{"optimizer":
             optimizer.state_dict()}``); their tensors go to ``state-<name>.safetensors``.
         keep: Keep the newest ``keep`` checkpoints (None: all).
+        network: The top-level metadata keys that describe the network (how to build it and
+            use its weights), digested into the manifest and checked on every read (None:
+            ``card`` when the metadata has one, else nothing).
 
     Returns:
         The checkpoint's path (URL for remote stores).
@@ -228,7 +270,6 @@ def save_checkpoint(
         raise ValueError(f"step must be >= 0, got {step}")
     if keep is not None and keep < 1:
         raise ValueError(f"keep must be >= 1 or None, got {keep}")
-    fs, base = _fs(root)
     groups: dict[str, dict[str, Tensor]] = {}
     for name, group in tensors.items():
         if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or name.startswith("state-"):
@@ -241,12 +282,27 @@ def save_checkpoint(
         skeleton, flat = flatten_state(state)
         skeletons[name] = skeleton
         groups[f"state-{name}"] = _prepare(flat)
+    blobs = {f"{name}.safetensors": st_save(group) for name, group in groups.items()}
+    return _commit(root, step, blobs, metadata, skeletons, keep, network)
+
+
+def _commit(
+    root: str,
+    step: int,
+    blobs: Mapping[str, bytes],
+    metadata: Mapping[str, Any] | None,
+    skeletons: Mapping[str, Any],
+    keep: int | None,
+    network: Sequence[str] | None,
+) -> str:
+    """Writes the serialised tensor files ``blobs`` and their manifest as ``step-<step>/``."""
+    fs, base = _fs(root)
     try:
         meta_json = json.loads(json.dumps(dict(metadata or {})))
     except (TypeError, ValueError) as error:
         raise ValueError(f"checkpoint metadata is not JSON-able: {error}") from None
-
-    blobs = {f"{name}.safetensors": st_save(group) for name, group in groups.items()}
+    if network is None:
+        network = ["card"] if "card" in meta_json else []
     manifest = {
         "format": "appa-checkpoint",
         "format_version": FORMAT_VERSION,
@@ -256,9 +312,12 @@ def save_checkpoint(
             fname: {"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
             for fname, blob in blobs.items()
         },
-        "states": skeletons,
+        "states": dict(skeletons),
         "metadata": meta_json,
     }
+    if network:
+        keys = [str(k) for k in network]
+        manifest["network"] = {"keys": keys, "sha256": network_digest(meta_json, keys)}
     text = json.dumps(manifest, indent=1)
     final = f"{base}/step-{step:09d}"
     fs.makedirs(base, exist_ok=True)
@@ -329,30 +388,51 @@ def _manifest(path: str) -> tuple[fsspec.AbstractFileSystem, str, dict[str, Any]
     for key in ("step", "files", "states", "metadata"):
         if key not in manifest:
             raise CheckpointError(f"{mpath}: missing key {key!r}")
+    for fname, info in manifest["files"].items():
+        if not (
+            isinstance(info, dict)
+            and isinstance(info.get("bytes"), int)
+            and isinstance(info.get("sha256"), str)
+        ):
+            raise CheckpointError(f"{mpath}: the entry of {fname} lacks its bytes or sha256")
+    _check_network(manifest, mpath)
     return fs, base, manifest
+
+
+def _check_network(manifest: dict[str, Any], mpath: str) -> None:
+    """Refuses a manifest whose network description (``network.keys`` of its metadata) is not
+    the one its weights were written with. Manifests without the record (written before it
+    existed) pass; their weights' shapes are still checked where the network is built."""
+    record = manifest.get("network")
+    if record is None:
+        return
+    keys, recorded = (
+        (record.get("keys"), record.get("sha256")) if isinstance(record, dict) else ((), None)
+    )
+    if not keys or not isinstance(recorded, str):
+        raise CheckpointError(f"{mpath}: malformed network record {record!r}")
+    found = network_digest(manifest["metadata"], keys)
+    if found != recorded:
+        raise CheckpointError(
+            f"{mpath}: its card's network description ({', '.join(keys)}) was edited after the "
+            f"weights were written (SHA-256 {found[:16]}..., recorded {recorded[:16]}...): "
+            "restore it, or train or export the checkpoint again"
+        )
 
 
 def read_metadata(path: str) -> dict[str, Any]:
     """The metadata of a checkpoint (or of the newest under a run folder), reading only the
-    manifest."""
+    manifest (whose network description must be the one the weights were written with)."""
     _, _, manifest = _manifest(path)
     return dict(manifest["metadata"])
 
 
-def load_checkpoint(path: str, verify: bool = True) -> Checkpoint:
-    """Loads a checkpoint folder (or the latest checkpoint under a run folder).
-
-    Arguments:
-        path: A ``step-*`` folder, or a run folder holding them (the newest is taken).
-        verify: Check each file's size and SHA-256 against the manifest.
-
-    Raises:
-        CheckpointError: naming the file and what is wrong with it.
-    """
-    fs, base, manifest = _manifest(path)
+def _read_files(
+    fs: fsspec.AbstractFileSystem, base: str, manifest: dict[str, Any], verify: bool
+) -> dict[str, bytes]:
+    """The bytes of every tensor file of a manifest, checked against it when ``verify``."""
     where = _url(fs, base)
-
-    groups: dict[str, dict[str, Tensor]] = {}
+    blobs = {}
     for fname, info in manifest["files"].items():
         fpath = f"{where}/{fname}"
         if not fs.exists(f"{base}/{fname}"):
@@ -365,10 +445,32 @@ def load_checkpoint(path: str, verify: bool = True) -> Checkpoint:
                 )
             if hashlib.sha256(blob).hexdigest() != info["sha256"]:
                 raise CheckpointError(f"{fpath}: SHA-256 differs from the manifest (corrupt)")
+        blobs[fname] = blob
+    return blobs
+
+
+def load_checkpoint(path: str, verify: bool = True) -> Checkpoint:
+    """Loads a checkpoint folder (or the latest checkpoint under a run folder).
+
+    Arguments:
+        path: A ``step-*`` folder, or a run folder holding them (the newest is taken).
+        verify: Check each file's size and SHA-256 against the manifest.
+
+    Raises:
+        CheckpointError: naming the file and what is wrong with it (or a network description
+            edited after the weights were written).
+    """
+    fs, base, manifest = _manifest(path)
+    where = _url(fs, base)
+
+    groups: dict[str, dict[str, Tensor]] = {}
+    for fname, blob in _read_files(fs, base, manifest, verify).items():
         try:
             groups[fname.removesuffix(".safetensors")] = st_load(blob)
         except (SafetensorError, ValueError, RuntimeError) as error:
-            raise CheckpointError(f"{fpath}: not a readable safetensors file ({error})") from None
+            raise CheckpointError(
+                f"{where}/{fname}: not a readable safetensors file ({error})"
+            ) from None
 
     states = {}
     for name, skeleton in manifest["states"].items():
@@ -388,11 +490,112 @@ def load_checkpoint(path: str, verify: bool = True) -> Checkpoint:
         metadata=manifest["metadata"],
         states=states,
         versions=dict(manifest.get("versions", {})),
+        files={k: dict(v) for k, v in manifest["files"].items()},
     )
+
+
+def _header_shapes(text: bytes, data_bytes: int, fpath: str) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of a safetensors header, checking that its tensors lie in (and fill) the
+    ``data_bytes`` that follow it."""
+    try:
+        header = json.loads(text)
+        shapes, end = {}, 0
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            first, last = (int(v) for v in entry["data_offsets"])
+            if not 0 <= first <= last <= data_bytes:
+                raise ValueError(f"tensor {name} lies outside the file")
+            shapes[name] = tuple(int(v) for v in entry["shape"])
+            end = max(end, last)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{fpath}: not a readable safetensors file ({error})") from None
+    if end != data_bytes:
+        raise CheckpointError(
+            f"{fpath}: not a readable safetensors file (its tensors end at byte {end} of "
+            f"{data_bytes})"
+        )
+    return shapes
+
+
+def inspect_checkpoint(path: str, verify: bool = True) -> CheckpointHeader:
+    """Checks a checkpoint without loading its tensors: the manifest parses (with the network
+    description the weights were written with), every file it lists is there with its size
+    and, when ``verify``, its SHA-256 (each file read once, in 4 MiB chunks), and every file's
+    safetensors header is readable and covers the file. What a job's driver checks before its
+    workers load the weights.
+
+    Raises:
+        CheckpointError: naming the file and what is wrong with it.
+    """
+    fs, base, manifest = _manifest(path)
+    where = _url(fs, base)
+    shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+    for fname, info in manifest["files"].items():
+        fpath, local = f"{where}/{fname}", f"{base}/{fname}"
+        if not fs.exists(local):
+            raise CheckpointError(f"{fpath}: listed in the manifest but missing")
+        size = fs.size(local)
+        if size != info["bytes"]:
+            raise CheckpointError(
+                f"{fpath}: {size} bytes, the manifest says {info['bytes']} (truncated?)"
+            )
+        with fs.open(local, "rb") as handle:
+            head = handle.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 2 <= length <= size - 8:
+                raise CheckpointError(
+                    f"{fpath}: not a readable safetensors file (header of {length} bytes)"
+                )
+            text = handle.read(length)
+            digest = hashlib.sha256(head + text)
+            while verify and (chunk := handle.read(_CHUNK)):
+                digest.update(chunk)
+        if verify and digest.hexdigest() != info["sha256"]:
+            raise CheckpointError(f"{fpath}: SHA-256 differs from the manifest (corrupt)")
+        shapes[fname.removesuffix(".safetensors")] = _header_shapes(text, size - 8 - length, fpath)
+    return CheckpointHeader(
+        path=where,
+        step=int(manifest["step"]),
+        metadata=manifest["metadata"],
+        files={k: dict(v) for k, v in manifest["files"].items()},
+        shapes=shapes,
+    )
+
+
+def check_tensor_shapes(
+    expected: Mapping[str, Sequence[int]], found: Mapping[str, Sequence[int]], source: str
+) -> None:
+    """Compares the parameter names and shapes of a network built from a card (``expected``,
+    in the network's order) with those of its weights (``found``: e.g.
+    :attr:`CheckpointHeader.shapes`); raises :class:`CheckpointError` naming ``source`` and the
+    first parameter that differs."""
+    differences = []
+    for name, shape in expected.items():
+        if name not in found:
+            differences.append(f"{name} {tuple(shape)} of the network is not in the weights")
+        elif tuple(found[name]) != tuple(shape):
+            differences.append(
+                f"{name} is {tuple(found[name])} in the weights, {tuple(shape)} in the network"
+            )
+    differences += [
+        f"the weights hold {name} {tuple(shape)}, the network has no such parameter"
+        for name, shape in found.items()
+        if name not in expected
+    ]
+    if differences:
+        more = f" (and {len(differences) - 1} more differences)" if len(differences) > 1 else ""
+        raise CheckpointError(
+            f"{source} does not match the network its card describes: {differences[0]}{more}"
+        )
 
 
 def export_checkpoint(source: str, destination: str, groups: list[str] | None = None) -> str:
     """Copies the weights of a checkpoint, without optimiser or RNG state, for distribution.
+
+    The kept tensor files are copied byte for byte, so their SHA-256 (in the manifest's
+    ``files``, and in ``exported_from``) stays the source's: what a denoiser's record of the
+    autoencoder it was trained with names.
 
     Arguments:
         source: A checkpoint folder or a run's checkpoints folder (the newest is taken).
@@ -404,28 +607,41 @@ def export_checkpoint(source: str, destination: str, groups: list[str] | None = 
         (path, step and the SHA-256 of each kept file) and, when one group is kept, ``weights``
         naming it: the weights to use (:class:`appa.io.cards.CheckpointCard`).
     """
-    ckpt = load_checkpoint(source)
-    wanted = groups if groups is not None else [g for g in ("model", "ema") if g in ckpt.tensors]
-    missing = [g for g in wanted if g not in ckpt.tensors]
+    fs, base, manifest = _manifest(source)
+    where = _url(fs, base)
+    present = [f.removesuffix(".safetensors") for f in manifest["files"]]
+    tensor_groups = [g for g in present if not g.startswith("state-")]
+    wanted = groups if groups is not None else [g for g in ("model", "ema") if g in present]
+    missing = [g for g in wanted if g not in tensor_groups]
     if missing or not wanted:
         raise CheckpointError(
-            f"{ckpt.path}: no tensor group {missing or wanted}; it has {sorted(ckpt.tensors)}"
+            f"{where}: no tensor group {missing or wanted}; it has {sorted(tensor_groups)}"
         )
-    _, _, manifest = _manifest(ckpt.path)
+    kept = {f"{g}.safetensors": manifest["files"][f"{g}.safetensors"] for g in wanted}
+    blobs = _read_files(fs, base, {**manifest, "files": kept}, verify=True)
+    for fname, blob in blobs.items():
+        try:
+            st_load(blob)
+        except (SafetensorError, ValueError, RuntimeError) as error:
+            raise CheckpointError(
+                f"{where}/{fname}: not a readable safetensors file ({error})"
+            ) from None
+    step = int(manifest["step"])
     origin = {
-        "path": ckpt.path,
-        "step": ckpt.step,
+        "path": where,
+        "step": step,
         "sha256": {g: manifest["files"][f"{g}.safetensors"]["sha256"] for g in wanted},
     }
-    metadata = {**ckpt.metadata, "exported_from": origin}
+    metadata = {**manifest["metadata"], "exported_from": origin}
     if len(wanted) == 1:
         metadata["weights"] = wanted[0]
-    tensors = {g: ckpt.tensors[g] for g in wanted}
-    path = save_checkpoint(destination, ckpt.step, tensors, metadata=metadata, keep=None)
-    for step, other in list_checkpoints(destination):
-        if step != ckpt.step:
-            fs, local = fsspec.core.url_to_fs(other)
-            fs.rm(local, recursive=True)
+    record = manifest.get("network")
+    network = record["keys"] if isinstance(record, dict) else None
+    path = _commit(destination, step, blobs, metadata, {}, None, network)
+    for other_step, other in list_checkpoints(destination):
+        if other_step != step:
+            other_fs, local = fsspec.core.url_to_fs(other)
+            other_fs.rm(local, recursive=True)
     return path
 
 

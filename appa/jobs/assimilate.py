@@ -21,7 +21,7 @@ from appa.assimilation.units import (
     provenance,
 )
 from appa.distributed.pool import PoolReport, run_units
-from appa.distributed.runner import RayConfig
+from appa.distributed.runner import RayConfig, check_cluster
 from appa.io.archive import Archive, create_archive, template_from_spec
 
 __all__ = ["AssimilateConfig", "plan_archive", "run_assimilation"]
@@ -41,9 +41,10 @@ def _worker(
 
 
 def plan_archive(job: AssimilateConfig) -> Archive:
-    """Creates the job's archive (or reopens it to resume: same config only), once the job's
-    observations are known to fit the prior's states and pass their checks; their summary
-    goes into the archive's root attributes."""
+    """Creates the job's archive (or reopens it to resume: same config only), once the prior's
+    checkpoints are checked, the job's observations are known to fit its states and pass their
+    checks (their summary goes into the archive's root attributes) and the cluster of
+    ``runner.address`` (if any) answers."""
     import pandas as pd
 
     layout = prior_layout(job.prior)
@@ -65,6 +66,7 @@ def plan_archive(job: AssimilateConfig) -> Archive:
     units: dict[str, int] = {"member": job.members_per_unit}
     if job.segment is not None:
         units["time"] = job.segment
+    check_cluster(job.runner)  # last of the checks: an unreachable cluster leaves no archive
     return create_archive(
         job.output,
         template,

@@ -51,6 +51,9 @@ __all__ = [
 ]
 
 KIND = "lensing-galaxy-prior"
+# the card's entries that build the network and give its weights their meaning: digested into
+# the manifest when saved, so an edit of one after the weights were written is refused on load
+NETWORK_KEYS = ("kind", "unet", "scale", "size", "pixel", "sigma_min", "sigma_max")
 
 
 def build_denoiser(unet: UNetConfig | dict, autocast_dtype: torch.dtype | None = None):
@@ -110,8 +113,9 @@ class GalaxyPrior:
         state = {k: v.to(dtype) for k, v in self.denoiser.backbone.state_dict().items()}
         tensors = {"model": state, **(groups or {})}
         return save_checkpoint(
-            str(root), step, tensors, metadata=card, states=states or {}, keep=keep
-        )
+            str(root), step, tensors, metadata=card, states=states or {}, keep=keep,
+            network=NETWORK_KEYS,
+        )  # fmt: skip
 
     @classmethod
     def load(cls, path: str | Path) -> GalaxyPrior:

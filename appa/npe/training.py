@@ -334,7 +334,8 @@ def save_estimator(
     members = list(estimator.members) if isinstance(estimator, Ensemble) else [estimator]
     tensors = {f"member{k}": m.state_dict() for k, m in enumerate(members)}
     metadata = {"kind": NPE_KIND, "members": [m.spec() for m in members], "extra": extra or {}}
-    save_checkpoint(str(path), 0, tensors, metadata=metadata, keep=1)
+    # each member's spec builds its network: an edit after the weights were written is refused
+    save_checkpoint(str(path), 0, tensors, metadata=metadata, keep=1, network=["kind", "members"])
     return Path(path)
 
 

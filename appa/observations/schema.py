@@ -172,6 +172,29 @@ def write_observations(
     return path
 
 
+def _partitions(path: Path, t0: pd.Timestamp | None, t1: pd.Timestamp | None) -> list[str]:
+    """Names of the store's partitions overlapping ``[t0, t1)`` (either bound optional), from
+    its index; raises :class:`FileNotFoundError` for a path that is no store and
+    :class:`ObservationError` for an index that cannot be read."""
+    meta_path = path / _META
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{path} is not an observation store (no {_META})")
+    try:
+        meta = json.loads(meta_path.read_text())
+        span = pd.Timedelta(meta["partition"])
+        partitions = [(str(p["name"]), pd.Timestamp(p["start"])) for p in meta["partitions"]]
+    except (UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
+        # a truncated or hand-edited index (JSONDecodeError is a ValueError)
+        raise ObservationError(
+            f"{meta_path}: not a valid observation store index ({type(error).__name__}: {error})"
+        ) from None
+    return [
+        name
+        for name, p0 in partitions
+        if not ((t1 is not None and p0 >= t1) or (t0 is not None and p0 + span <= t0))
+    ]
+
+
 def read_observations(
     path: str | Path,
     start: str | None = None,
@@ -182,24 +205,29 @@ def read_observations(
     """Observations with ``start <= time < end`` (either bound optional), reading only the
     partitions that overlap the window, and only ``fields`` of them when given (``time`` is
     always read). ``whole_partitions``: every observation of those partitions (what a reader
-    of the window loads), inside the window or not."""
+    of the window loads), inside the window or not.
+
+    Raises:
+        FileNotFoundError: when ``path`` is not an observation store.
+        ObservationError: naming the store and the partition that cannot be read (a truncated
+            index or ``.zmetadata``, a missing partition, a corrupt chunk), or when the window
+            holds no observations.
+    """
     path = Path(path)
-    meta_path = path / _META
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{path} is not an observation store (no {_META})")
-    meta = json.loads(meta_path.read_text())
-    span = pd.Timedelta(meta["partition"])
     t0 = pd.Timestamp(start) if start is not None else None
     t1 = pd.Timestamp(end) if end is not None else None
     tables = []
-    for part in meta["partitions"]:
-        p0 = pd.Timestamp(part["start"])
-        if (t1 is not None and p0 >= t1) or (t0 is not None and p0 + span <= t0):
-            continue
-        table = xr.open_zarr(path / part["name"], consolidated=True)
-        if fields is not None:
-            table = table[list(dict.fromkeys(["time", *fields]))]
-        table = table.load()
+    for name in _partitions(path, t0, t1):
+        try:
+            table = xr.open_zarr(path / name, consolidated=True)
+            if fields is not None:
+                table = table[list(dict.fromkeys(["time", *fields]))]
+            table = table.load()
+        except (KeyError, OSError, RuntimeError, TypeError, ValueError) as error:
+            # a missing folder, truncated .zmetadata, a lost field or a corrupt chunk
+            raise ObservationError(
+                f"{path}: partition {name} cannot be read ({type(error).__name__}: {error})"
+            ) from None
         keep = np.ones(table.sizes["obs"], dtype=bool)
         if t0 is not None and not whole_partitions:
             keep &= table["time"].values >= t0.to_datetime64()
@@ -217,24 +245,11 @@ def store_digest(path: str | Path, start: str | None = None, end: str | None = N
     same path, or a partition rewritten, gives another digest while a moved store gives the same.
     Raises :class:`FileNotFoundError` for a path that is not a store."""
     path = Path(path)
-    meta_path = path / _META
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{path} is not an observation store (no {_META})")
-    try:
-        meta = json.loads(meta_path.read_text())
-        span = pd.Timedelta(meta["partition"])
-        parts = list(meta["partitions"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise ObservationError(f"{meta_path} is not a valid store manifest: {error}") from None
     t0 = pd.Timestamp(start) if start is not None else None
     t1 = pd.Timestamp(end) if end is not None else None
     digest = hashlib.sha256()
-    for part in parts:
-        p0 = pd.Timestamp(part["start"])
-        if (t1 is not None and p0 >= t1) or (t0 is not None and p0 + span <= t0):
-            continue
-        folder = path / part["name"]
-        for file in sorted(f for f in folder.rglob("*") if f.is_file()):
+    for name in _partitions(path, t0, t1):
+        for file in sorted(f for f in (path / name).rglob("*") if f.is_file()):
             digest.update(file.relative_to(path).as_posix().encode() + b"\0")
             digest.update(hashlib.sha256(file.read_bytes()).digest())
     return digest.hexdigest()

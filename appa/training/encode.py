@@ -3,12 +3,12 @@ resumably.
 
 The output is a Zarr group with ``latent`` ``(T, c, h, w)`` float32 (chunked by ``block`` time
 steps), ``time``, a ``done`` flag per block (one chunk each, so concurrent writers never share
-a chunk), and attributes: provenance (autoencoder checkpoint and step, source store, its state
-spec and statistics when present, time range, appa version) and, once every block is done, the
-per-channel ``latent_mean`` / ``latent_std`` that diffusion training reads with
-``latent_stats: store``. Re-running skips finished blocks. Pure torch and zarr: the Ray Data
-pipeline that spreads blocks over an actor pool is :mod:`appa.distributed.encode`, the
-``appa encode`` job :mod:`appa.jobs.encode`.
+a chunk), and attributes: provenance (autoencoder checkpoint, step and the SHA-256 of the
+weights encoded with, source store, its state spec and statistics when present, time range,
+appa version) and, once every block is done, the per-channel ``latent_mean`` / ``latent_std``
+that diffusion training reads with ``latent_stats: store``. Re-running skips finished blocks.
+Pure torch and zarr: the Ray Data pipeline that spreads blocks over an actor pool is
+:mod:`appa.distributed.encode`, the ``appa encode`` job :mod:`appa.jobs.encode`.
 """
 
 from __future__ import annotations
@@ -166,7 +166,8 @@ def load_autoencoder(
     path: str, device: torch.device | str = "cpu"
 ) -> tuple[StateAutoencoder, dict[str, Any]]:
     """The autoencoder of a checkpoint (eval mode) and what it says of itself: ``card``
-    (:class:`~appa.io.cards.AutoencoderCard`), ``path`` and ``step``."""
+    (:class:`~appa.io.cards.AutoencoderCard`), ``path``, ``step`` and ``sha256`` (of the
+    weights file it encodes with, ``model.safetensors``)."""
     ckpt = load_checkpoint(path)
     try:
         card = read_card(ckpt.metadata, ckpt.path, kind="autoencoder").card
@@ -174,7 +175,10 @@ def load_autoencoder(
         raise ConfigError(str(error)) from None
     model = StateAutoencoder(card.autoencoder)
     load_module_state(model, ckpt.tensors["model"], f"{ckpt.path}/model.safetensors")
-    meta = {"card": card, "path": ckpt.path, "step": ckpt.step}
+    # the digest of the weights encoded with: a denoiser trained on these latents names its
+    # autoencoder by it, and loading a prior checks the pair (export copies the file unchanged)
+    sha256 = ckpt.files["model.safetensors"]["sha256"]
+    meta = {"card": card, "path": ckpt.path, "step": ckpt.step, "sha256": sha256}
     return model.to(device).eval(), meta
 
 
@@ -196,6 +200,7 @@ def prepare_latent_store(job: LatentEncodingConfig) -> list[int]:
     provenance = {
         "checkpoint": meta["path"],
         "checkpoint_step": meta["step"],
+        "checkpoint_sha256": meta["sha256"],
         "source": job.source,
         "source_format": job.source_format,
         "source_variable": job.variable if job.source_format == "window" else None,
@@ -214,6 +219,9 @@ def prepare_latent_store(job: LatentEncodingConfig) -> list[int]:
             for k in ("checkpoint", "checkpoint_step", "source", "block", "period")
             if saved.get(k) != provenance[k]
         ]
+        # stores encoded before the weights' digest was recorded resume without it
+        if saved.get("checkpoint_sha256", meta["sha256"]) != meta["sha256"]:
+            differ.append("checkpoint_sha256")
         if differ:
             raise ConfigError(
                 f"{job.output} was encoded with other settings ({differ}); "
