@@ -359,7 +359,9 @@ def check_observations(job: AssimilationConfig, layout: PriorLayout) -> Observat
             screening = screen_store(job, path, layout.spec, layout.mean, layout.std, layout.window)
             check_plausible(screening, layout.spec, layout.mean, layout.std, use)
         except ObservationError as error:
-            raise ObservationError(f"observations {path}: {error}") from None
+            # the store's own errors (an unreadable index or partition) already name it
+            named = str(error).startswith(str(Path(path)))
+            raise ObservationError(f"observations{'' if named else f' {path}'}: {error}") from None
         store = StoreSummary.of(path, [screening])
         if store.used == 0:
             why = ", ".join(f"{n} {REASONS[r]}" for r, n in store.dropped.items())

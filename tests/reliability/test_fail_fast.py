@@ -113,7 +113,8 @@ def test_a_broken_observation_store_stops_the_job_before_its_archive(case, world
     base["observations"] = [str(store)]
     with pytest.raises(ObservationError, match=reason):
         plan_archive(AssimilateConfig.model_validate(base))
-    _one_line(_run(base, tmp_path), str(store), reason)
+    line = _one_line(_run(base, tmp_path), str(store), reason)
+    assert f"{store}: {store}" not in line, line  # named once, not twice in a row
     assert not Path(base["output"]).exists()
 
 
