@@ -247,7 +247,7 @@ def _assimilate(
         extra.append(f"runner.address={address}")
     try:
         job = load_config(AssimilateConfig, config, [*(overrides or []), *extra])
-        archive, report = run_assimilation(job)
+        archive, report = run_assimilation(job, echo=typer.echo)
     except (
         ConfigError,
         ArchiveError,
@@ -316,13 +316,14 @@ def demo(config: ConfigOption = None, overrides: OverridesOption = None) -> None
     """The toy-Earth demo: observe held-out days, reanalyse them with the committed tiny prior
     on Ray actors, score against the truth and the classical baselines, plot."""
     from appa.config import ConfigError, load_config
+    from appa.io.archive import ArchiveError
     from appa.jobs.demo import DemoConfig, describe, run_demo
     from appa.observations.schema import ObservationError
 
     try:
         cfg = load_config(DemoConfig, config, overrides or [])
         result = run_demo(cfg, echo=typer.echo)
-    except (ConfigError, OSError, ObservationError) as error:
+    except (ConfigError, OSError, ObservationError, ArchiveError) as error:
         typer.echo(f"error: {_error_line(error)}", err=True)
         raise typer.Exit(2) from None
     typer.echo("the reanalysis's ensemble mean against the truth (RMSE, time mean):")
@@ -449,7 +450,7 @@ def _lensing_run(run, config: Path | None, overrides: list[str] | None):
     cfg = _lensing_config(config, overrides)
     try:
         return run(cfg)
-    except (CheckpointError, FileNotFoundError, ImportError, ValueError) as error:
+    except (CheckpointError, FileNotFoundError, FileExistsError, ImportError, ValueError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
 
@@ -513,11 +514,13 @@ def evaluate(
         list[str] | None, typer.Option("--variable", "-v", help="Score only these (repeatable).")
     ] = None,
     by_time: Annotated[bool, typer.Option(help="Keep per-time scores in the table.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing score table.")] = False,
 ) -> None:
     """WeatherBench2 scores (RMSE, spread, spread/skill, fair CRPS, bias) against a truth."""
     from rich.console import Console
 
     from appa.data.sources import SelectionError
+    from appa.files import claim_output
     from appa.metrics.report import evaluate_archives, summary_table, write_table
     from appa.metrics.wb2 import EvaluationError
 
@@ -529,15 +532,22 @@ def evaluate(
             raise typer.Exit(2)
         archives[key] = Path(path)
     try:
+        if out is not None:  # before the scores are computed
+            claim_output(out, "scores", overwrite=overwrite)
         table = evaluate_archives(archives, truth, variables=variable, by_time=by_time)
-    except (EvaluationError, SelectionError, FileNotFoundError) as error:
+    except (EvaluationError, SelectionError, FileNotFoundError, FileExistsError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
     console = Console()
     # Piped output (logs, CI) would otherwise wrap at 80 columns.
     Console(width=max(console.width, 140)).print(summary_table(table))
     if out is not None:
-        typer.echo(f"table: {write_table(table, out)}")
+        try:
+            path = write_table(table, out, overwrite=overwrite)
+        except FileExistsError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(f"table: {path}")
 
 
 @app.command()
@@ -580,6 +590,37 @@ def baseline(
     typer.echo(f"wrote {path}")
 
 
+@app.command()
+def verify(archive: Annotated[str, typer.Argument(help="Archive (path or URL).")]) -> None:
+    """Read an archive back: a job's done units against the checksums recorded when they were
+    written, every chunk of an archive written whole. Changes nothing; exits 1 naming the
+    damage (rerunning the job computes damaged units again)."""
+    from appa.io.archive import Archive, ArchiveError, open_archive, unreadable_chunks
+
+    try:
+        open_archive(archive)
+        try:
+            units = Archive(archive)
+        except ArchiveError:  # written whole (a baseline): no units, read every chunk
+            units = None
+        if units is not None:
+            damage = [str(d) for d in units.check_units()]
+            done = int(units.done_mask().sum())
+            sound = f"{done} of {len(units.units)} units done, each reads back as written"
+        else:
+            bad = unreadable_chunks(archive, limit=None)
+            damage = [f"{name} chunk {key} {why}" for name, key, why in bad]
+            sound = "every chunk reads back"
+    except (ArchiveError, FileNotFoundError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    for line in damage:
+        typer.echo(f"damaged: {line}")
+    if damage:
+        raise typer.Exit(1)
+    typer.echo(f"{archive}: {sound}")
+
+
 plot_app = typer.Typer(help="Figures: maps of an archive, metric curves of a table.")
 app.add_typer(plot_app, name="plot")
 
@@ -599,7 +640,7 @@ def plot_maps_command(
     import pandas as pd
 
     from appa.data.sources import open_era5
-    from appa.io.archive import open_archive
+    from appa.io.archive import ArchiveError, open_archive, read_errors_named
     from appa.metrics.plots import plot_maps
     from appa.observations import read_observations
 
@@ -607,10 +648,15 @@ def plot_maps_command(
     if observations is not None:
         t = pd.Timestamp(time)
         obs = read_observations(observations, t - pd.Timedelta("1D"), t + pd.Timedelta("1D"))
-    path = plot_maps(
-        open_archive(archive), open_era5(truth), variable, time, out,
-        level=level, lead_time=lead_time, observations=obs,
-    )  # fmt: skip
+    try:
+        with read_errors_named(archive, expected=(KeyError,)):
+            path = plot_maps(
+                open_archive(archive), open_era5(truth), variable, time, out,
+                level=level, lead_time=lead_time, observations=obs,
+            )  # fmt: skip
+    except (ArchiveError, FileNotFoundError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"figure: {path}")
 
 

@@ -32,7 +32,7 @@ from appa.assimilation.screening import (
 from appa.assimilation.tasks import SamplingConfig
 from appa.config import ConfigError, StrictModel, Timestamp
 from appa.data.spec import StateSpec, stack, unstack
-from appa.io.archive import open_archive
+from appa.io.archive import open_archive, read_errors_named
 from appa.seeds import derive_seed
 
 __all__ = [
@@ -503,7 +503,11 @@ class AssimilationWorker:
                         f"forecast.initial {self.job.forecast.initial} lacks member {m} or the "
                         f"context times {times[0]} .. {times[-1]} ({error})"
                     ) from None
-                x, _ = stack(sel, self.prior.spec, dtype=torch.float32)
+                # a damaged chunk of the initial archive is named, not a decoder's traceback
+                with read_errors_named(
+                    self.job.forecast.initial, self.job.storage_options or None, (ConfigError,)
+                ):
+                    x, _ = stack(sel, self.prior.spec, dtype=torch.float32)
                 per_init.append(x)
             out.append(torch.stack(per_init))
         return torch.stack(out)

@@ -28,6 +28,7 @@ from appa.data.sources import open_era5
 from appa.data.spec import StateSpec
 from appa.data.stats import Statistics
 from appa.dates import date_features
+from appa.files import PRODUCT_ATTR, claim_output
 
 __all__ = [
     "WindowDataset",
@@ -226,6 +227,8 @@ def write_window_store(
     names = list(channel_names or [f"c{i}" for i in range(array.shape[1])])
     if len(names) != array.shape[1]:
         raise ValueError(f"{len(names)} channel names for {array.shape[1]} channels")
+    # replaces a window store; never anything else (mode="w" would clear any folder)
+    claim_output(path, "windows", overwrite=True)
     group = zarr.open_group(path, mode="w")
     chunks = (min(chunk_time, array.shape[0]), *array.shape[1:])
     group.create_array(variable, data=array, chunks=chunks)
@@ -236,6 +239,7 @@ def write_window_store(
             "channel_names": names,
             "variable": variable,
             **(attrs or {}),
+            PRODUCT_ATTR: "windows",
         }
     )
     return path

@@ -52,7 +52,7 @@ from appa.config import DateText, StrictModel
 from appa.data import portable
 from appa.data.grids import equiangular_grid, parse_grid
 from appa.data.spectral import SphericalHarmonics
-from appa.files import written_whole
+from appa.files import PRODUCT_ATTR, claim_output, written_whole
 
 __all__ = [
     "ATMOSPHERIC_VARIABLES",
@@ -472,14 +472,16 @@ def write_toy_earth(
     """Runs the toy Earth and writes a Zarr store in the canonical ERA5 layout.
 
     The store is written to a temporary sibling path and renamed into place when complete, so
-    ``out`` is either absent or whole. Returns ``out``.
+    ``out`` is either absent or whole. ``out`` must be free (absent, an empty directory) or,
+    with ``overwrite``, a toy-Earth store; anything else raises
+    :class:`~appa.files.OutputExistsError` naming what is there, before the run. Returns
+    ``out``.
     """
     from threadpoolctl import threadpool_limits
     from tqdm.auto import tqdm
 
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    claim_output(out, "toy-earth", overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = ToyEarth(config)
     n_total = round(config.years * YEAR_DAYS * 24 / config.step_hours)
@@ -496,7 +498,10 @@ def write_toy_earth(
     try:
         # The model's matrices are small: BLAS threads cost CPU time and save no wall time, and
         # exact products give the same bits with any number of them.
-        with threadpool_limits(limits=1, user_api="blas"), written_whole(out) as tmp:
+        with (
+            threadpool_limits(limits=1, user_api="blas"),
+            written_whole(out, "toy-earth", overwrite=overwrite) as tmp,
+        ):
             start = pd.Timestamp(config.start)
             while model.time < start - pd.Timedelta(seconds=1):
                 model.advance()
@@ -529,6 +534,7 @@ def write_toy_earth(
                         f"T{model.sh.T} on a {model.sh.nlon}x{model.sh.nlat} Gaussian grid",
                         "history": f"created {pd.Timestamp.now(tz='UTC').isoformat()} by appa",
                         "appa_toy_earth_config": json.dumps(config.model_dump()),
+                        PRODUCT_ATTR: "toy-earth",
                     }
                     encoding = {
                         name: {"chunks": _chunks(ds[name].dims, ds[name].shape, encoding_chunks)}

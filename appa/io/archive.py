@@ -5,23 +5,50 @@ physical SI units, dims ``(member, time, [lead_time,] [level,] latitude, longitu
 ``member`` int64 from 0 (``standard_name: realization``), ``time`` datetime64, ``lead_time``
 timedelta64, ``level`` in hPa, ``latitude`` ascending, ``longitude`` in [0, 360) ascending.
 Root attributes hold provenance as JSON strings (``appa_config``, ``appa_config_hash``,
-``appa_version``, whatever the caller adds: checkpoint hashes, observation sources, seeds) and
-``appa_status`` (``"writing"``, then ``"complete"``).
+``appa_version``, whatever the caller adds: checkpoint hashes, observation sources, seeds),
+``appa_product: "archive"`` (what :func:`appa.files.what_is` recognises) and ``appa_status``
+(``"writing"``, then ``"complete"``).
 
 Writing: :func:`create_archive` writes the template (metadata and coordinates only, data as
 lazy zeros with ``to_zarr(compute=False)``), chunked so that every unit of work (a block of
 members x times (x lead times)) covers whole chunks. Workers write one unit with
-:meth:`Archive.write_unit` (an ``xarray`` region write), then set the unit's flag in
-``appa_units/done`` (one chunk per unit, so concurrent writers never share a chunk). A crash
-between the two only means the unit is computed again; a unit already done is never rewritten.
-:meth:`Archive.finalize` checks that every unit is done, marks the archive complete and
-consolidates the metadata once. Cells of units not yet written read as NaN (the fill value),
-and NaN is refused in written data (except in ``allow_nan`` variables such as sea-surface
-temperature over land), so a NaN outside those variables always means "not written".
+:meth:`Archive.write_unit` (an ``xarray`` region write), record the SHA-256 of each
+variable's data as stored (``appa_units/checksums``) and then set the unit's flag in
+``appa_units/done`` (one chunk per unit in both, so concurrent writers never share a chunk).
+A crash before the flag only means the unit is computed again; a unit already done is never
+rewritten. :meth:`Archive.finalize` checks that every unit is done, marks the archive complete
+and consolidates the metadata once. Cells of units not yet written read as NaN (the fill
+value), and NaN is refused in written data (except in ``allow_nan`` variables such as
+sea-surface temperature over land), so a NaN outside those variables always means "not
+written".
+
+Guarantees:
+
+- Nothing that is not ours is replaced. :func:`create_archive` writes only where
+  :func:`appa.files.what_is` finds nothing (or an empty directory) or an Appa archive: a
+  user's folder, or another product (an observation store), is refused even with
+  ``overwrite``, naming the path and what it holds. An archive of the same config is reopened
+  to resume; of another config it is replaced only with ``overwrite``, except a stub (status
+  ``"writing"``, no unit done: what a job that failed before its first unit leaves), which is
+  replaced with a note (:attr:`Archive.notes`).
+- A unit is done only if its chunks read back. Reopening an archive to resume
+  (:meth:`Archive.verify`) reads every done unit back and compares it with the checksums
+  recorded when it was written (archives written before the checksums: whether it decodes and
+  holds no unwritten cell); a damaged unit (a truncated, deleted or overwritten chunk) is
+  pending again, named in :attr:`Archive.notes`, and a complete archive goes back to
+  ``"writing"`` until it is recomputed and finalised. Reading back costs one read of the
+  archive, small beside sampling it.
+- Readers name the damage: :func:`read_errors_named` turns a failure to decode while reading
+  an archive into one :class:`ArchiveError` naming the archive, the variable and the chunk
+  (:func:`unreadable_chunks` finds them). A truncated chunk always fails to decode: importing
+  this module registers a Blosc codec that refuses a buffer shorter than its header says
+  (numcodecs' own reads past the end of such a buffer, and then fails, returns garbage or
+  returns the stale bytes of an earlier read, at random).
 
 Products computed whole in one process (the classical baselines) take the other door to the
 same layout: :func:`archive_dataset` puts a dataset in it and :func:`write_dataset` writes it
-at once, atomically. Every archive, however written, is read back with :func:`open_archive`.
+at once, atomically, under the same rule of what it may replace. Every archive, however
+written, is read back with :func:`open_archive`.
 
 Paths are local folders or fsspec URLs (``gs://``, ``s3://``, ``memory://``) with
 ``storage_options``. Nothing here knows about networks or Ray.
@@ -33,16 +60,20 @@ import hashlib
 import itertools
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
+from numcodecs import Blosc, register_codec
+from numcodecs.compat import ensure_contiguous_ndarray
 
 import appa
-from appa.files import written_whole
+from appa.files import PRODUCT_ATTR, OutputExistsError, claim_output, written_whole
 
 __all__ = [
     "DIM_ORDER",
@@ -52,6 +83,7 @@ __all__ = [
     "Archive",
     "ArchiveError",
     "Unit",
+    "UnitDamage",
     "archive_dataset",
     "archive_identity",
     "check_inputs",
@@ -62,7 +94,9 @@ __all__ = [
     "open_archive",
     "pending_indices",
     "provenance_attrs",
+    "read_errors_named",
     "template_from_spec",
+    "unreadable_chunks",
     "write_dataset",
 ]
 
@@ -71,7 +105,9 @@ UNIT_DIMS = ("member", "time", "lead_time")
 FIELD_DIMS = ("level", "latitude", "longitude")
 DIM_ORDER = (*UNIT_DIMS, *FIELD_DIMS)
 RECORDS_GROUP = "appa_units"
-FORMAT_VERSION = 1
+CHECKSUMS = "checksums"
+# 2: records hold a checksum per unit and variable (format 1 archives are read and resumed)
+FORMAT_VERSION = 2
 MEMBER_ATTRS = {"standard_name": "realization", "long_name": "ensemble member"}
 LEAD_TIME_ATTRS = {"long_name": "forecast lead time (valid time = time + lead_time)"}
 
@@ -117,6 +153,61 @@ class Unit:
 
     def __str__(self) -> str:
         return self.key
+
+
+@dataclass(frozen=True)
+class UnitDamage:
+    """A done unit whose data do not read back as written: the ``variables`` that fail and
+    why the first fails (``reason``: a decode error, data that differ from their checksum,
+    unwritten cells)."""
+
+    unit: Unit
+    variables: tuple[str, ...]
+    reason: str
+
+    def __str__(self) -> str:
+        return (
+            f"unit {self.unit.key} of {', '.join(self.variables)} failed its read-back check "
+            f"({self.reason})"
+        )
+
+
+def _digest(array: np.ndarray) -> np.ndarray:
+    """SHA-256 (32 uint8) of float32 data as stored: C order, every NaN as one bit pattern
+    (the fill value and a written NaN read back alike)."""
+    data = np.ascontiguousarray(array, dtype=np.float32)
+    nan = np.isnan(data)
+    if nan.any():
+        data = np.where(nan, np.float32(np.nan), data)
+    return np.frombuffer(hashlib.sha256(memoryview(data).cast("B")).digest(), dtype=np.uint8)
+
+
+class _CheckedBlosc(Blosc):
+    """numcodecs' Blosc that refuses a buffer shorter than the compressed size its 16-byte
+    header records (a truncated chunk file): numcodecs' own would read past its end. Valid
+    chunks decode exactly as before. Registered for every Blosc decode in the process."""
+
+    codec_id = "blosc"
+
+    def decode(self, buf: Any, out: Any = None) -> Any:
+        data = memoryview(ensure_contiguous_ndarray(buf)).cast("B")
+        if data.nbytes < 16:
+            raise RuntimeError(f"blosc: a chunk of {data.nbytes} bytes has no 16-byte header")
+        recorded = int.from_bytes(bytes(data[12:16]), "little")
+        if data.nbytes < recorded:
+            raise RuntimeError(
+                f"blosc: the chunk holds {data.nbytes} bytes, its header says {recorded} "
+                "(truncated)"
+            )
+        return super().decode(buf, out)
+
+
+register_codec(_CheckedBlosc)
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or "no message"
+    return f"{type(error).__name__}: {text[:200]}"
 
 
 def check_layout(ds: xr.Dataset) -> None:
@@ -254,6 +345,7 @@ def archive_dataset(
         "Conventions": "CF-1.8",
         "appa_version": appa.__version__,
         **provenance_attrs(provenance),
+        PRODUCT_ATTR: "archive",
     }
     check_layout(out)
     return out
@@ -262,14 +354,17 @@ def archive_dataset(
 def write_dataset(ds: xr.Dataset, out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Writes a dataset in the archive layout (:func:`archive_dataset`) to the local Zarr store
     ``out`` at once, via a temporary sibling and a rename, so ``out`` is either absent or whole
-    (Zarr format 2, consolidated metadata; one member and one time per chunk)."""
+    (Zarr format 2, consolidated metadata; one member and one time per chunk).
+
+    ``out`` must be free (absent, an empty directory) or, with ``overwrite``, an Appa archive;
+    anything else raises :class:`~appa.files.OutputExistsError` (a :class:`FileExistsError`)
+    naming what is there, and is left as it is."""
     check_layout(ds)
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    claim_output(out, "archive", overwrite=overwrite)
     # the source store's encodings (its codecs, its Zarr format) do not belong to the archive
-    ds = ds.drop_encoding()
-    with written_whole(out) as tmp:
+    ds = ds.drop_encoding().assign_attrs({PRODUCT_ATTR: "archive"})
+    with written_whole(out, "archive", overwrite=overwrite) as tmp:
         encoding = {
             name: {
                 "chunks": tuple(1 if d in ("member", "time") else n for d, n in var.sizes.items())
@@ -326,6 +421,73 @@ def archive_identity(
     else:
         facts = dict(group.attrs)
     return config_hash(facts)
+
+
+def unreadable_chunks(
+    path: str | os.PathLike,
+    storage_options: Mapping[str, Any] | None = None,
+    variables: Sequence[str] | None = None,
+    limit: int | None = 1,
+) -> list[tuple[str, str, str]]:
+    """``(variable, chunk key, problem)`` of chunks of an archive's data variables that cannot
+    be decoded (a truncated or overwritten chunk file) or, in a complete archive, that read
+    as unwritten (all NaN: a deleted chunk file), the first ``limit`` of them (None: all).
+    Reads every chunk of ``variables`` (default: all): meant for diagnosis, once a read has
+    failed. Errors of the store itself (:class:`OSError`) propagate."""
+    url = _location(path)
+    group = _open_group(url, storage_options)
+    if group is None:
+        raise FileNotFoundError(f"no archive at {url}")
+    complete = group.attrs.get("appa_status", "complete") == "complete"
+    names = list(variables) if variables is not None else sorted(group.array_keys())
+    bad: list[tuple[str, str, str]] = []
+    for name in names:
+        array = group[name]
+        if array.ndim == 0 or name in DIM_ORDER:
+            continue
+        separator = getattr(array.metadata, "dimension_separator", ".") or "."
+        for block in itertools.product(*(range(n) for n in array.cdata_shape)):
+            why = None
+            try:
+                data = np.asarray(array.blocks[block])
+            except OSError:
+                raise
+            except Exception as error:  # any decoder's failure: this chunk is damaged
+                why = f"cannot be read ({_one_line(error)})"
+            else:
+                if complete and data.dtype.kind == "f" and np.isnan(data).all():
+                    why = "is missing (its cells read as never written)"
+            if why is not None:
+                bad.append((name, separator.join(map(str, block)), why))
+                if limit is not None and len(bad) >= limit:
+                    return bad
+    return bad
+
+
+@contextmanager
+def read_errors_named(
+    path: str | os.PathLike,
+    storage_options: Mapping[str, Any] | None = None,
+    expected: tuple[type[BaseException], ...] = (),
+) -> Iterator[None]:
+    """Errors inside the block (computing a lazy dataset of :func:`open_archive`) caused by a
+    damaged chunk of the archive at ``path`` become one :class:`ArchiveError` naming the
+    archive, the variable and the chunk (:func:`unreadable_chunks` finds it); other errors,
+    and those of the ``expected`` types (a caller's own, needing no look at the chunks),
+    propagate as they are."""
+    try:
+        yield
+    except (ArchiveError, KeyboardInterrupt, *expected):
+        raise
+    except Exception as error:
+        try:
+            bad = unreadable_chunks(path, storage_options)
+        except Exception:
+            bad = []  # the diagnosis failed too: the original error says more
+        if not bad:
+            raise
+        name, key, why = bad[0]
+        raise ArchiveError(f"archive {_location(path)}: {name} chunk {key} {why}") from error
 
 
 def _is_url(path: str) -> bool:
@@ -426,7 +588,8 @@ def create_archive(
 ) -> Archive:
     """Creates the archive at ``path`` from ``template`` (only its structure, coordinates and
     attributes are used; its data may be lazy), or reopens the archive already there when it
-    was made by the same ``config`` (to resume it).
+    was made by the same ``config`` (to resume it: its done units are read back first, see
+    :meth:`Archive.verify`).
 
     Args:
         template: A dataset in the archive layout (:func:`check_layout`, e.g. from
@@ -443,11 +606,15 @@ def create_archive(
         inputs: Digests of what the job reads, by name (``{"prior.diffusion": sha256, ...}``):
             part of the archive's identity, so that a resumed job never mixes units computed
             from different inputs; a changed one is named in the error.
-        overwrite: Replace an archive made by another config instead of refusing.
+        overwrite: Replace an Appa archive made by another config or from other inputs (or the
+            same ones) instead of refusing or resuming it. Never replaces anything that is not
+            an Appa archive.
 
-    Raises :class:`ArchiveError` for a template outside the layout, or an existing archive
-    made by another config, from other inputs or with another structure (unless
-    ``overwrite``).
+    Raises :class:`ArchiveError` for a template outside the layout, a path that holds anything
+    but an Appa archive (or nothing, or an empty directory), or an archive made by another
+    config, from other inputs or with another structure (unless ``overwrite``, or unless it is
+    a stub in which no unit was written: that one is replaced, saying so in
+    :attr:`Archive.notes`).
     """
     import dask.array as da
 
@@ -460,41 +627,35 @@ def create_archive(
     sizes = template.sizes
     unit = {d: min(int(units.get(d, sizes[d])), sizes[d]) for d in UNIT_DIMS if d in sizes}
     digest = config_hash(config)
+    variables = {str(n): list(map(str, v.dims)) for n, v in template.data_vars.items()}
     records_attrs = {
         "format": FORMAT_VERSION,
         "unit": unit,
         "allow_nan": list(allow_nan),
         "config_hash": digest,
-        "variables": {str(n): list(map(str, v.dims)) for n, v in template.data_vars.items()},
+        "variables": variables,
         "sizes": {str(d): int(n) for d, n in template.sizes.items()},
         "inputs": {str(k): str(v) for k, v in sorted((inputs or {}).items())},
+        "checksums": {"algorithm": "sha256", "variables": sorted(variables)},
     }
 
-    existing = _open_group(url, storage_options)
-    if existing is not None and not overwrite:
-        if RECORDS_GROUP not in existing or "config_hash" not in existing[RECORDS_GROUP].attrs:
-            raise ArchiveError(
-                f"{url} exists but is not an Appa archive (or its creation was interrupted); "
-                "choose another path or pass overwrite"
-            )
-        saved = dict(existing[RECORDS_GROUP].attrs)
-        if saved.get("config_hash") != digest:
-            raise ArchiveError(
-                f"{url} was written by another config (hash {saved.get('config_hash')}, this "
-                f"config's is {digest}); choose another path or pass overwrite to replace it"
-            )
-        check_inputs(url, saved.get("inputs"), records_attrs["inputs"])
-        differ = [
-            k
-            for k in ("unit", "variables", "sizes", "allow_nan")
-            if saved.get(k) != _json_round_trip(records_attrs[k])
-        ]
-        if differ:
-            raise ArchiveError(
-                f"{url} has another structure than this template ({differ}); choose another "
-                "path or pass overwrite"
-            )
-        return Archive(url, storage_options)
+    try:
+        found = claim_output(
+            url, "archive", resumable=True, flag="overwrite", storage_options=storage_options
+        )
+    except OutputExistsError as error:
+        raise ArchiveError(str(error)) from None
+    notes = []
+    if not found.free:
+        existing = _open_group(url, storage_options)
+        reopen, note = _judge_existing(url, existing, records_attrs, overwrite)
+        if reopen:
+            archive = Archive(url, storage_options)
+            damaged = archive.verify()
+            archive.notes.extend(_damage_notes(url, damaged))
+            return archive
+        if note:
+            notes.append(note)
 
     ds = template.copy()
     ds["member"].attrs = {**ds["member"].attrs, **MEMBER_ATTRS}
@@ -514,7 +675,9 @@ def create_archive(
         "appa_config_hash": digest,
         "appa_version": appa.__version__,
         "appa_status": "writing",
+        PRODUCT_ATTR: "archive",
     }
+    # mode="w" clears what is there: nothing, an empty directory or an Appa archive (above)
     ds.to_zarr(
         _store(url, storage_options),
         mode="w",
@@ -527,22 +690,92 @@ def create_archive(
     n_units = len(_unit_grid(dict(template.sizes), unit))
     records = group.create_group(RECORDS_GROUP)
     create_done_flags(records, n_units)
+    # one chunk per unit: concurrent writers never share one
+    n_vars = len(variables)
+    records.create_array(
+        CHECKSUMS, shape=(n_units, n_vars, 32), chunks=(1, n_vars, 32), dtype="uint8",
+        fill_value=0,
+    )  # fmt: skip
     # written last: an archive without them is one whose creation was interrupted
     records.attrs.update(records_attrs)
-    return Archive(url, storage_options)
+    archive = Archive(url, storage_options)
+    archive.notes.extend(notes)
+    return archive
 
 
-def check_inputs(url: str, saved: Mapping[str, str] | None, given: Mapping[str, str]) -> None:
-    """Raises :class:`ArchiveError` naming each input whose digest in ``given`` differs from
-    the one the archive at ``url`` was started from (``saved``): its units must never mix
-    inputs."""
+def _is_stub(group: Any) -> bool:
+    """An archive in which no unit was ever written: still ``"writing"``, and either its
+    creation was interrupted (no complete records) or no unit is done."""
+    if group is None or group.attrs.get("appa_status") != "writing":
+        return False
+    if RECORDS_GROUP not in group or "done" not in group[RECORDS_GROUP]:
+        return "appa_config_hash" in group.attrs  # made by create_archive, interrupted
+    return not np.asarray(group[RECORDS_GROUP]["done"][:]).any()
+
+
+def _judge_existing(
+    url: str, group: Any, records_attrs: Mapping[str, Any], overwrite: bool
+) -> tuple[bool, str | None]:
+    """For an Appa archive at ``url``: ``(True, None)`` to reopen it (same config and
+    structure), ``(False, note)`` to replace it (``overwrite``, or a stub: ``note`` says so),
+    or raises :class:`ArchiveError` naming why it may not be replaced."""
+    records = None
+    if group is not None and RECORDS_GROUP in group:
+        records = dict(group[RECORDS_GROUP].attrs)
+    if records is None or "config_hash" not in records:
+        if overwrite:
+            return False, None
+        if _is_stub(group):
+            return False, f"{url}: replacing the stub of an archive whose creation was interrupted"
+        raise ArchiveError(
+            f"{url} is an Appa archive written whole (a baseline, not unit by unit by a job); "
+            "choose another path or pass overwrite to replace it"
+        )
+    digest = records_attrs["config_hash"]
+    hint = "choose another path or pass overwrite to replace it"
+    if records.get("config_hash") != digest:
+        why = (
+            f"{url} was written by another config (hash {records.get('config_hash')}, this "
+            f"config's is {digest})"
+        )
+    else:
+        differ = [
+            k
+            for k in ("unit", "variables", "sizes", "allow_nan")
+            if records.get(k) != _json_round_trip(records_attrs[k])
+        ]
+        if not differ:
+            changed = _input_changes(records.get("inputs"), records_attrs["inputs"])
+            if changed is None:
+                return not overwrite, None
+            why = f"{url} was started from other inputs: {changed} changed since"
+            hint = "restore them to resume, or pass overwrite to recompute it from the new ones"
+        else:
+            why = f"{url} has another structure than this template ({differ})"
+    if overwrite:
+        return False, None
+    if _is_stub(group):
+        return False, (
+            f"{url}: replacing the empty archive a job of another config left there (it wrote "
+            "no unit)"
+        )
+    raise ArchiveError(f"{why}; {hint}")
+
+
+def _damage_notes(url: str, damaged: Sequence[UnitDamage], shown: int = 10) -> list[str]:
+    """One line per damaged unit (the first ``shown``), then how many more."""
+    lines = [f"{url}: {d}; computing it again" for d in damaged[:shown]]
+    if len(damaged) > shown:
+        lines.append(f"{url}: {len(damaged) - shown} more damaged units are computed again")
+    return lines
+
+
+def _input_changes(saved: Mapping[str, str] | None, given: Mapping[str, str]) -> str | None:
+    """The inputs whose digest in ``given`` differs from the one an archive was started from
+    (``saved``; None for an archive that records none), as one phrase naming each with both
+    digests; None when they all agree."""
     if saved is None:
-        if given:
-            raise ArchiveError(
-                f"{url} records no digests of its inputs (an older appa wrote it), so resuming "
-                "it could mix inputs; choose another path or pass overwrite to recompute it"
-            )
-        return
+        return "its inputs (an older appa recorded no digests of them)" if given else None
     changed = []
     for name in sorted(set(saved) | set(given)):
         before, now = saved.get(name), given.get(name)
@@ -550,10 +783,18 @@ def check_inputs(url: str, saved: Mapping[str, str] | None, given: Mapping[str, 
             was = "absent" if before is None else f"sha256 {before[:12]}"
             is_ = "absent" if now is None else f"sha256 {now[:12]}"
             changed.append(f"{name} ({was} then, {is_} now)")
-    if changed:
+    return "; ".join(changed) or None
+
+
+def check_inputs(url: str, saved: Mapping[str, str] | None, given: Mapping[str, str]) -> None:
+    """Raises :class:`ArchiveError` naming each input whose digest in ``given`` differs from
+    the one the archive at ``url`` was started from (``saved``): its units must never mix
+    inputs."""
+    changed = _input_changes(saved, given)
+    if changed is not None:
         raise ArchiveError(
-            f"{url} was started from other inputs: {'; '.join(changed)} changed since; restore "
-            "them to resume, or pass overwrite to recompute the archive from the new ones"
+            f"{url} was started from other inputs: {changed} changed since; restore them to "
+            "resume, or pass overwrite to recompute it from the new ones"
         )
 
 
@@ -587,6 +828,8 @@ class Archive:
                 "made by create_archive, or its creation was interrupted)"
             )
         self.records = dict(group[RECORDS_GROUP].attrs)
+        # what opening it did that its user should hear of (a stub replaced, units damaged)
+        self.notes: list[str] = []
 
     def __getstate__(self) -> dict[str, Any]:
         return {"url": self.url, "storage_options": self.storage_options, "records": self.records}
@@ -594,6 +837,7 @@ class Archive:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._cache = {}
+        self.notes = []
 
     def __repr__(self) -> str:
         return f"Archive({self.url!r})"
@@ -751,7 +995,8 @@ class Archive:
         if unit.index >= len(self.units) or self.units[unit.index] != unit:
             raise ArchiveError(f"{unit.key} (index {unit.index}) is not a unit of {self.url}")
         ds = self._validated(unit, data)
-        done = self._done_array(mode="r+")
+        records = _open_group(self.url, self.storage_options, mode="r+")[RECORDS_GROUP]
+        done = records["done"]
         if done[unit.index]:
             return False
         ds.to_zarr(
@@ -760,8 +1005,84 @@ class Archive:
             mode="r+",
             consolidated=False,
         )
+        names = self.records.get("checksums", {}).get("variables")
+        if names and CHECKSUMS in records:  # archives of format 1 have none
+            records[CHECKSUMS][unit.index] = np.stack([_digest(ds[n].values) for n in names])
         done[unit.index] = 1  # after the data: a crash in between only recomputes the unit
         return True
+
+    # -- read-back -------------------------------------------------------------------------
+    def check_units(
+        self, units: Sequence[Unit] | None = None, threads: int = 8
+    ) -> list[UnitDamage]:
+        """Reads back the done ``units`` (default: all) and returns those whose data are not
+        what was written: a chunk that cannot be decoded, data that differ from the checksum
+        recorded at writing, or (units written without one) unwritten NaN cells outside
+        ``allow_nan``. Changes nothing. Raises :class:`ArchiveError` when the store itself
+        cannot be read (an :class:`OSError`: a network or permission failure is no damage)."""
+        group = _open_group(self.url, self.storage_options)
+        records = group[RECORDS_GROUP]
+        done = np.asarray(records["done"][:]).astype(bool)
+        todo = [u for u in (self.units if units is None else units) if done[u.index]]
+        if not todo:
+            return []
+        sums = np.asarray(records[CHECKSUMS][:]) if CHECKSUMS in records else None
+        order = self.records.get("checksums", {}).get("variables", [])
+        variables = self.records["variables"]
+        arrays = {name: group[name] for name in variables}
+
+        def check(unit: Unit) -> UnitDamage | None:
+            region = unit.region
+            failed, reason = [], ""
+            for name, dims in variables.items():
+                selection = tuple(region.get(d, slice(None)) for d in dims)
+                try:
+                    data = np.asarray(arrays[name][selection])
+                except OSError as error:
+                    raise ArchiveError(
+                        f"{self.url}: cannot read back unit {unit.key} of {name} "
+                        f"({_one_line(error)})"
+                    ) from error
+                except Exception as error:  # a decoder's failure: the chunk is damaged
+                    failed.append(name)
+                    reason = reason or f"cannot be read: {_one_line(error)}"
+                    continue
+                recorded = None
+                if sums is not None and name in order and sums[unit.index].any():
+                    recorded = sums[unit.index, order.index(name)]
+                if recorded is not None:
+                    if not np.array_equal(_digest(data), recorded):
+                        failed.append(name)
+                        reason = reason or "its data differ from what was written"
+                elif name not in self.allow_nan and not np.isfinite(data).all():
+                    failed.append(name)
+                    count = int(np.count_nonzero(~np.isfinite(data)))
+                    reason = reason or f"{count} cells read as unwritten"
+            return UnitDamage(unit, tuple(failed), reason) if failed else None
+
+        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(todo)))) as pool:
+            found = list(pool.map(check, todo))
+        return [d for d in found if d is not None]
+
+    def verify(self) -> list[UnitDamage]:
+        """Reads back every done unit (:meth:`check_units`) and makes the damaged ones pending
+        again, so that the next run computes them; a complete archive with damage goes back
+        to ``"writing"`` until it is finalised again. Returns the damage found."""
+        import zarr
+
+        damaged = self.check_units()
+        if not damaged:
+            return []
+        group = _open_group(self.url, self.storage_options, mode="r+")
+        if group.attrs.get("appa_status") == "complete":
+            group.attrs["appa_status"] = "writing"
+            # the consolidated copy of the attributes must say so too
+            zarr.consolidate_metadata(_store(self.url, self.storage_options))
+        done = group[RECORDS_GROUP]["done"]
+        for damage in damaged:
+            done[damage.unit.index] = 0
+        self._cache.pop("structure", None)
+        return damaged
 
     def finalize(self) -> None:
         """Marks the archive complete and consolidates its metadata (once, at the end); raises

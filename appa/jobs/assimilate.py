@@ -7,6 +7,7 @@ units into the archive itself; the driver sees only small records of finished un
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 from pydantic import Field
 
@@ -80,10 +81,16 @@ def plan_archive(job: AssimilateConfig) -> Archive:
     )
 
 
-def run_assimilation(job: AssimilateConfig) -> tuple[Archive, PoolReport]:
+def run_assimilation(
+    job: AssimilateConfig, echo: Callable[[str], None] | None = None
+) -> tuple[Archive, PoolReport]:
     """Plans the archive, computes its pending units on Ray actors and finalises it. A rerun
-    of a finished or killed job skips the units already written."""
+    of a finished or killed job skips the units already written and read back whole, and
+    computes again those that do not read back; ``echo`` hears what planning found (a
+    damaged unit, a stub replaced: :attr:`~appa.io.archive.Archive.notes`)."""
     archive = plan_archive(job)
+    for note in archive.notes:
+        (echo or print)(note)
     runner = job.runner
     threads = None if runner.use_gpu else runner.threads()
     settings = AssimilationConfig.model_validate(job.model_dump(exclude={"runner"}))

@@ -15,7 +15,8 @@ from appa.baselines.enoi import EnOIConfig, enoi_analyses
 from appa.config import StrictModel, Timestamp
 from appa.data.sources import Store, StoreConfig
 from appa.data.spec import StateSpec
-from appa.io.archive import archive_dataset, open_archive, write_dataset
+from appa.files import claim_output
+from appa.io.archive import archive_dataset, open_archive, read_errors_named, write_dataset
 
 __all__ = ["BaselineConfig", "run_baseline"]
 
@@ -113,7 +114,10 @@ def _analysis_mean(job: BaselineConfig, truth: xr.Dataset) -> xr.Dataset:
 
 
 def run_baseline(kind: Kind, job: BaselineConfig, out: str | Path, overwrite: bool = False) -> Path:
-    """Computes one baseline over ``[start, end]`` and writes it as an archive at ``out``."""
+    """Computes one baseline over ``[start, end]`` and writes it as an archive at ``out`` (free,
+    or an Appa archive replaced with ``overwrite``: checked before the work, see
+    :func:`~appa.io.archive.write_dataset`)."""
+    claim_output(out, "archive", overwrite=overwrite)
     ds = _open(job)
     times = _target_times(ds, job)
     period = (job.train_start, job.train_end)
@@ -132,7 +136,11 @@ def run_baseline(kind: Kind, job: BaselineConfig, out: str | Path, overwrite: bo
             raise ValueError("persistence is a forecast: give lead_times (e.g. ['6h', '1D'])")
         source = ds if job.initial is None else _analysis_mean(job, ds)
         name = "truth" if job.initial is None else f"initial archive {job.initial}"
-        product = persistence(source, times, leads, source=name).load()
+        if job.initial is None:
+            product = persistence(source, times, leads, source=name).load()
+        else:  # a damaged chunk of the initial archive is named
+            with read_errors_named(job.initial, expected=(KeyError,)):
+                product = persistence(source, times, leads, source=name).load()
         if job.initial is not None:
             provenance["initial"] = job.initial
     elif kind == "enoi":

@@ -179,7 +179,7 @@ def run_demo(config: DemoConfig, echo=print) -> DemoResult:
         runner=config.runner,
     )
     echo(f"reanalysis: {config.members} members on Ray actors -> {job.output}")
-    archive, report = timed("reanalysis", run_assimilation, job)
+    archive, report = timed("reanalysis", run_assimilation, job, echo)
     computed = sum(r.written for r in report.records)
     echo(f"reanalysis: {computed} units computed, {report.skipped} already done")
 
@@ -202,9 +202,9 @@ def run_demo(config: DemoConfig, echo=print) -> DemoResult:
 
     systems = {"appa": archive.url, **baselines}
     table = timed("evaluate", evaluate_archives, systems, config.truth)
-    table_path = write_table(table, out / "scores.nc")
+    table_path = write_table(table, out / "scores.nc", overwrite=True)
     by_time = evaluate_archives(systems, config.truth, by_time=True)
-    write_table(by_time, out / "scores_by_time.nc")
+    write_table(by_time, out / "scores_by_time.nc", overwrite=True)
     Console(width=160).print(summary_table(table))
 
     figures = []

@@ -25,7 +25,7 @@ import torch
 from pydantic import Field, field_validator
 
 from appa.config import StrictModel
-from appa.files import written_whole
+from appa.files import PRODUCT_ATTR, written_whole
 
 __all__ = [
     "DataConfig",
@@ -430,9 +430,11 @@ def run_simulate(cfg: LensingConfig) -> Path:
     }
     for key in LENS_FIELDS:
         data[key] = (("lens",), np.array([r[key] for r in rows]))
-    attrs = {"setup": json.dumps(st.model_dump(mode="json")), "seed": sim.seed}
+    attrs = {
+        "setup": json.dumps(st.model_dump(mode="json")), "seed": sim.seed, PRODUCT_ATTR: "lenses",
+    }  # fmt: skip
     path = cfg.out / "lenses.zarr"
-    with written_whole(path) as tmp:
+    with written_whole(path, "lenses", overwrite=True) as tmp:
         xr.Dataset(data, attrs=attrs).to_zarr(tmp, mode="w", zarr_format=2, consolidated=True)
     _plot_lenses(cfg.out / "lenses.png", sources, torch.stack(noisy), cfg)
     print(f"lenses: {path} ({sim.lenses} held-out lenses, seed {sim.seed})")

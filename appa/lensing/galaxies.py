@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from appa.files import written_whole
+from appa.files import PRODUCT_ATTR, written_whole
 
 __all__ = [
     "PARAMETERS",
@@ -313,6 +313,7 @@ def write_galaxies(
     data.update({k: (("galaxy",), v.numpy()) for k, v in params.items()})
     attrs = {
         "generator": "appa.lensing.galaxies",
+        PRODUCT_ATTR: "galaxies",
         "seed": int(seed),
         "size": int(size),
         "oversample": int(oversample),
@@ -324,7 +325,8 @@ def write_galaxies(
     dataset = xr.Dataset(data, attrs=attrs)
     encoding = {"image": {"chunks": (min(batch, n), size, size)}}
     path = Path(path)
-    with written_whole(path) as tmp:
+    # replaces a galaxy store, never anything else
+    with written_whole(path, "galaxies", overwrite=True) as tmp:
         dataset.to_zarr(tmp, mode="w", encoding=encoding, zarr_format=2, consolidated=True)
     return path
 

@@ -2,7 +2,8 @@
 
 The table is an :class:`xarray.Dataset` with one data variable per scored variable, dims
 ``(system, metric, [time,] [lead_time,] [level])`` (see :mod:`appa.metrics.wb2`), and the
-coordinate ``ensemble_size(system)``; it is written as NetCDF (``.nc``) or Zarr (``.zarr``).
+coordinate ``ensemble_size(system)``; it is written as NetCDF (``.nc``) or Zarr (``.zarr``),
+marked ``appa_product: "scores"``, and replaces only a score table (with ``overwrite``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from appa.files import written_whole
-from appa.io.archive import ArchiveError, open_archive
+from appa.files import PRODUCT_ATTR, written_whole
+from appa.io.archive import ArchiveError, open_archive, read_errors_named
 from appa.metrics.wb2 import EvaluationError, check_finite, evaluate, time_mean
 
 __all__ = ["evaluate_archives", "summary_table", "write_table"]
@@ -49,9 +50,17 @@ def evaluate_archives(
         if names is None:
             names = [v for v in ds.data_vars if {"member", "time"} <= set(ds[v].dims)]
         try:
-            table = evaluate(ds, truth, variables=names, by_time=by_time)
-            check_finite(table)
-        except EvaluationError as error:
+            if isinstance(archive, xr.Dataset):
+                table = evaluate(ds, truth, variables=names, by_time=by_time)
+                check_finite(table)
+            else:
+                # a damaged chunk is named, not left to a decoder's traceback
+                with read_errors_named(archive, expected=(EvaluationError, KeyError)):
+                    table = evaluate(ds, truth, variables=names, by_time=by_time)
+                # NaN scores of a complete archive: a chunk file is missing
+                with read_errors_named(archive):
+                    check_finite(table)
+        except (EvaluationError, ArchiveError) as error:
             raise EvaluationError(f"{name}: {error}") from None
         size = table.attrs.pop("ensemble_size")
         table = table.expand_dims(system=[name]).assign_coords(ensemble_size=("system", [size]))
@@ -61,10 +70,13 @@ def evaluate_archives(
     return out
 
 
-def write_table(table: xr.Dataset, out: str | Path) -> Path:
-    """Writes the table atomically: NetCDF for ``.nc`` (scipy engine), Zarr otherwise."""
+def write_table(table: xr.Dataset, out: str | Path, overwrite: bool = False) -> Path:
+    """Writes the table atomically: NetCDF for ``.nc``, Zarr otherwise. ``out`` must be free
+    (absent, an empty directory) or, with ``overwrite``, a score table; anything else raises
+    :class:`~appa.files.OutputExistsError` naming what is there."""
     out = Path(out)
-    with written_whole(out) as tmp:
+    table = table.assign_attrs({PRODUCT_ATTR: "scores"})
+    with written_whole(out, "scores", overwrite=overwrite) as tmp:
         if out.suffix == ".nc":
             encoded = table.copy()
             for coord in ("system", "metric"):

@@ -22,7 +22,7 @@ from pydantic import Field
 from torch import Tensor
 
 from appa.config import StrictModel
-from appa.files import written_whole
+from appa.files import PRODUCT_ATTR, written_whole
 from appa.io.checkpoints import (
     CheckpointError,
     load_checkpoint,
@@ -260,7 +260,8 @@ def _format(path: Path) -> str:
 
 def save_pairs(path: str | Path, theta: Tensor, x: Tensor, attrs: dict | None = None) -> Path:
     """Writes ``theta (N, dim)`` and ``x (N, *x_shape)`` to a Zarr store or an HDF5 file,
-    atomically (written beside the target, then renamed)."""
+    atomically (written beside the target, then renamed). Replaces a store of pairs, never
+    anything else (:class:`~appa.files.OutputExistsError`)."""
     path = Path(path)
     kind = _format(path)
     theta_np = torch.as_tensor(theta).float().numpy()
@@ -268,7 +269,7 @@ def save_pairs(path: str | Path, theta: Tensor, x: Tensor, attrs: dict | None = 
     if theta_np.ndim != 2 or x_np.shape[0] != theta_np.shape[0]:
         raise ValueError(f"need theta (N, dim) and x (N, ...), got {theta_np.shape}, {x_np.shape}")
     meta = json.dumps(attrs or {})
-    with written_whole(path) as tmp:
+    with written_whole(path, "pairs", overwrite=True) as tmp:
         if kind == "zarr":
             import zarr
 
@@ -277,7 +278,7 @@ def save_pairs(path: str | Path, theta: Tensor, x: Tensor, attrs: dict | None = 
             create = getattr(root, "create_array", None) or root.create_dataset
             for name, array in (("theta", theta_np), ("x", x_np)):
                 create(name, data=array, chunks=(min(len(array), 65536), *array.shape[1:]))
-            root.attrs["appa_npe"] = meta
+            root.attrs.update({"appa_npe": meta, PRODUCT_ATTR: "pairs"})
         else:
             import h5py
 
@@ -285,6 +286,7 @@ def save_pairs(path: str | Path, theta: Tensor, x: Tensor, attrs: dict | None = 
                 f.create_dataset("theta", data=theta_np)
                 f.create_dataset("x", data=x_np)
                 f.attrs["appa_npe"] = meta
+                f.attrs[PRODUCT_ATTR] = "pairs"
     return path
 
 

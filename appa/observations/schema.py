@@ -12,7 +12,9 @@ A table is an :class:`xarray.Dataset` along one dimension ``obs`` with the field
 
 The store is a directory of Zarr groups, one per time partition (``YYYY-MM-DDTHH``), each
 holding the observations of ``[start, start + partition)``; reading a time window opens only
-the partitions that overlap it.
+the partitions that overlap it. ``observations.json`` at its root lists them; it is also what
+marks the directory as an Appa observation store (:func:`appa.files.what_is`), the only thing
+:func:`write_observations` replaces (with ``overwrite``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from appa.files import written_whole
+from appa.files import claim_output, written_whole
 
 __all__ = [
     "FIELDS",
@@ -143,15 +145,16 @@ def _partition_starts(times: np.ndarray, partition: pd.Timedelta) -> np.ndarray:
 def write_observations(
     table: xr.Dataset, path: str | Path, partition: str = "1D", overwrite: bool = False
 ) -> Path:
-    """Writes a table as a store partitioned by time (atomic: temporary directory, rename)."""
+    """Writes a table as a store partitioned by time (atomic: temporary directory, rename).
+    ``path`` must be free (absent, an empty directory) or, with ``overwrite``, an observation
+    store; anything else raises :class:`~appa.files.OutputExistsError` naming what is there."""
     validate_table(table)
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    claim_output(path, "observations", overwrite=overwrite)
     span = pd.Timedelta(partition)
     if span <= pd.Timedelta(0):
         raise ObservationError(f"partition {partition!r} must be a positive duration")
-    with written_whole(path) as tmp:
+    with written_whole(path, "observations", overwrite=overwrite) as tmp:
         tmp.mkdir()
         times = table["time"].values.astype("datetime64[ns]")
         starts = _partition_starts(times, span)

@@ -308,11 +308,14 @@ def observe_store(
 ) -> tuple[str, int]:
     """Simulates observations of a gridded store and writes an observation store.
 
-    Returns the output path and the number of observations.
+    Returns the output path and the number of observations. ``out`` is checked first (see
+    :func:`~appa.observations.schema.write_observations`), before any work.
     """
     from appa.data.sources import open_era5
+    from appa.files import claim_output
     from appa.observations.schema import write_observations
 
+    claim_output(out, "observations", overwrite=overwrite)
     variables = set()
     for part in (config.stations, config.satellite, config.coarse):
         if part.enabled:

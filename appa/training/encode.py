@@ -7,7 +7,9 @@ a chunk), and attributes: provenance (autoencoder checkpoint, step and the SHA-2
 weights encoded with, source store, its state spec and statistics when present, time range,
 appa version) and, once every block is done, the per-channel ``latent_mean`` / ``latent_std``
 that diffusion training reads with ``latent_stats: store``. Re-running skips finished blocks.
-Pure torch and zarr: the Ray Data pipeline that spreads blocks over an actor pool is
+The output path must be free (absent, an empty directory) or a latent store of the same
+settings (marked ``appa_product: "latents"``): anything else is refused, never replaced. Pure
+torch and zarr: the Ray Data pipeline that spreads blocks over an actor pool is
 :mod:`appa.distributed.encode`, the ``appa encode`` job :mod:`appa.jobs.encode`.
 """
 
@@ -25,6 +27,7 @@ from appa.data.datasets import period_index
 from appa.data.spec import StateSpec
 from appa.data.stats import channel_moments
 from appa.dates import date_features
+from appa.files import PRODUCT_ATTR, claim_output
 from appa.io.archive import create_done_flags, pending_indices
 from appa.io.cards import AutoencoderCard, CardError, read_card
 from appa.io.checkpoints import load_checkpoint, load_module_state
@@ -187,6 +190,9 @@ def prepare_latent_store(job: LatentEncodingConfig) -> list[int]:
     blocks still to encode."""
     import zarr
 
+    # a latent store is resumed; a free path is written; anything else is refused untouched,
+    # before any work
+    found = claim_output(job.output, "latents", resumable=True)
     model, meta = load_autoencoder(job.checkpoint)
     source = _Source(job, meta)
     cfg = model.config
@@ -208,10 +214,7 @@ def prepare_latent_store(job: LatentEncodingConfig) -> list[int]:
         "block": job.block,
         "appa_version": appa.__version__,
     }
-    try:
-        out = zarr.open_group(job.output, mode="r+")
-    except FileNotFoundError:
-        out = None
+    out = None if found.free else zarr.open_group(job.output, mode="r+")
     if out is not None:
         saved = dict(out.attrs.get("provenance", {}))
         differ = [
@@ -237,6 +240,7 @@ def prepare_latent_store(job: LatentEncodingConfig) -> list[int]:
     attrs = source.attrs
     out.attrs.update(
         {
+            PRODUCT_ATTR: "latents",
             "variable": "latent",
             "provenance": {
                 **provenance,

@@ -109,7 +109,7 @@ def test_a_forecasts_initial_archive_recomputed_in_place_is_named(base, tmp_path
         "forecast": {"initial": initial.url, "lead_steps": 2},
         "output": str(tmp_path / "forecast.zarr"),
     }
-    plan_archive(AssimilateConfig.model_validate(forecast))
+    _started(forecast)
     # the reanalysis recomputed over it with another seed: other members, same path
     _started({**base, "seed": 1, "overwrite": True})
     with pytest.raises(ArchiveError, match=r"forecast\.initial \(sha256"):
