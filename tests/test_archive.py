@@ -1,5 +1,6 @@
 """Output archives: template, unit plan, region writes, completion records, finalisation,
-resumption checks and the errors for bad input (no Ray here: tests/test_pool.py runs actors)."""
+resumption checks and the errors for bad input (no Ray here: the reliability catalogue's
+test_faults_pool.py runs actors)."""
 
 from __future__ import annotations
 

@@ -144,7 +144,7 @@ def _alive(pid: int) -> bool:
 
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, ray_pool):
     address = ray_pool.get_runtime_context().gcs_address
-    script = Path(__file__).with_name("pool_job.py")
+    script = Path(__file__).parents[1] / "pool_job.py"
     out, log = tmp_path / "killed.zarr", tmp_path / "log.txt"
 
     command = [sys.executable, str(script), str(out), str(log), "--address", address]
@@ -206,7 +206,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, ray_pool):
 def test_one_gpu_per_actor_on_a_cluster_declaring_gpus(tmp_path):
     # its own cluster (a subprocess): the shared test cluster has no GPUs
     out, log = tmp_path / "gpu.zarr", tmp_path / "log.txt"
-    script = Path(__file__).with_name("pool_job.py")
+    script = Path(__file__).parents[1] / "pool_job.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     run = subprocess.run(
         [sys.executable, str(script), str(out), str(log), "--fake-gpus", "3"],
