@@ -469,6 +469,9 @@ def test_overlay_rules(rendered, overlay: str) -> None:
     head = by_kind["RayCluster"]["metadata"]["name"] + "-head-svc"
     assert argv[:3] == ["appa", "submit", "daily"] and "--wait" in argv
     assert argv[argv.index("--address") + 1] == f"http://{head}:8265"
+    # `kubectl apply -l appa.dev/part=service` applies all but the one-off job
+    parts = {doc["kind"]: doc["metadata"]["labels"]["appa.dev/part"] for doc in docs}
+    assert parts.pop("RayJob") == "oneoff" and set(parts.values()) == {"service"}
     # the pods that hold the bucket's credentials: the same service account everywhere
     for doc in docs:
         for where, pod in _pod_specs(doc):
