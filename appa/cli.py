@@ -888,11 +888,12 @@ app.add_typer(jobs_app, name="jobs")
 JobIdArgument = Annotated[str, typer.Argument(help="Submission id (appa submit prints it).")]
 
 
-def _jobs_call(function, *args):
-    from appa.distributed.submit import JobsError
+def _jobs_call(what: str, function, *args):
+    """A job client's call, or exit 3 with its one-line error."""
+    from appa.distributed.submit import JobsError, call
 
     try:
-        return function(*args)
+        return call(what, function, *args)
     except JobsError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(_SUBMIT_ERROR) from None
@@ -903,17 +904,8 @@ def jobs_status(
     job_id: JobIdArgument, address: JobsAddressOption = None, token_file: TokenFileOption = None
 ) -> None:
     """A job's status and message."""
-    from appa.distributed.submit import JobsError
-
     client = _jobs_client(address, token_file)
-
-    def info():
-        try:
-            return client.get_job_info(job_id)
-        except RuntimeError as error:
-            raise JobsError(f"{job_id}: {str(error).strip().splitlines()[0]}") from None
-
-    details = _jobs_call(info)
+    details = _jobs_call(job_id, client.get_job_info, job_id)
     typer.echo(f"{job_id}: {str(details.status.value).lower()}: {details.message or ''}".strip())
 
 
@@ -927,21 +919,14 @@ def jobs_logs(
     ] = False,
 ) -> None:
     """A job's logs so far (or followed to its end)."""
-    from appa.distributed.submit import JobsError, exit_code, follow
+    from appa.distributed.submit import exit_code, follow
 
     client = _jobs_client(address, token_file)
     if follow_logs:
-        status = _jobs_call(follow, client, job_id, typer.echo)
+        status = _jobs_call(job_id, follow, client, job_id, typer.echo)
         typer.echo(f"{job_id}: {status.lower()}")
         raise typer.Exit(exit_code(status))
-
-    def logs():
-        try:
-            return client.get_job_logs(job_id)
-        except RuntimeError as error:
-            raise JobsError(f"{job_id}: {str(error).strip().splitlines()[0]}") from None
-
-    typer.echo(_jobs_call(logs).rstrip("\n"))
+    typer.echo(_jobs_call(job_id, client.get_job_logs, job_id).rstrip("\n"))
 
 
 @jobs_app.command("stop")
@@ -952,7 +937,7 @@ def jobs_stop(
     from appa.distributed.submit import stop
 
     client = _jobs_client(address, token_file)
-    stopped = _jobs_call(stop, client, job_id)
+    stopped = _jobs_call(job_id, stop, client, job_id)
     typer.echo(f"{job_id}: {'stopping' if stopped else 'had already ended'}")
 
 
@@ -960,7 +945,8 @@ def jobs_stop(
 def jobs_list(address: JobsAddressOption = None, token_file: TokenFileOption = None) -> None:
     """Every submitted job the cluster knows: id, status, command."""
     client = _jobs_client(address, token_file)
-    for job in sorted(_jobs_call(client.list_jobs), key=lambda j: j.start_time or 0):
+    jobs = _jobs_call(str(client.get_address()), client.list_jobs)
+    for job in sorted(jobs, key=lambda j: j.start_time or 0):
         if job.submission_id is None:  # a driver run on the cluster directly
             continue
         command = (job.metadata or {}).get("appa_command", job.entrypoint)

@@ -4,6 +4,7 @@ head node that runs a submitted job once although it is submitted twice."""
 
 import os
 import secrets
+import shutil
 import shlex
 import signal
 import socket
@@ -241,11 +242,12 @@ def head(tmp_path_factory):
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=30)
+            process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         log.close()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _appa(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:

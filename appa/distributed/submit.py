@@ -20,6 +20,7 @@ __all__ = [
     "EXCLUDES",
     "JobsError",
     "Submission",
+    "call",
     "connect",
     "entrypoint",
     "exit_code",
@@ -144,7 +145,7 @@ def connect(address: str, token: str | None = None) -> Any:
     with _without(("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")):
         try:
             return JobSubmissionClient(address, headers=headers)
-        except (ConnectionError, RuntimeError, ValueError) as error:
+        except (*_client_errors(), ValueError) as error:
             raise JobsError(f"{address}: {_first_line(error)}") from None
 
 
@@ -207,11 +208,30 @@ def runtime_env(
     return found
 
 
+def _client_errors() -> tuple[type[BaseException], ...]:
+    """What Ray's job client raises: a refused request (RuntimeError), a refused or missing
+    token (Ray's AuthenticationError), an unreachable server (OSError, as requests raises)."""
+    try:
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # a Ray without token authentication
+        return (RuntimeError, OSError)
+    return (RuntimeError, OSError, AuthenticationError)
+
+
+def call(what: str, method: Callable[..., Any], *args: Any) -> Any:
+    """``method(*args)`` of the job client, its errors as one-line :class:`JobsError`
+    errors naming ``what`` (a job id or the address)."""
+    try:
+        return method(*args)
+    except _client_errors() as error:
+        raise JobsError(f"{what}: {_first_line(error)}") from None
+
+
 def _status(client: Any, job_id: str) -> str | None:
     """The job's status, or None when the cluster knows no such job."""
     try:
         return str(client.get_job_status(job_id).value)
-    except RuntimeError as error:
+    except _client_errors() as error:
         if "does not exist" in str(error) or "404" in str(error):
             return None
         raise JobsError(f"{job_id}: {_first_line(error)}") from None
@@ -262,7 +282,7 @@ def submit(
             metadata=dict(metadata or {}),
             entrypoint_num_cpus=entrypoint_num_cpus,
         )
-    except RuntimeError as error:
+    except _client_errors() as error:
         # another submitter got there first: attach to its job
         status = _status(client, job_id)
         if status is not None and (status in LIVE or status == "SUCCEEDED"):
@@ -282,7 +302,7 @@ def follow(client: Any, job_id: str, echo: Callable[[str], None] = print) -> str
 
     try:
         asyncio.run(tail())
-    except RuntimeError as error:
+    except _client_errors() as error:
         raise JobsError(f"{job_id}: {_first_line(error)}") from None
     status = _status(client, job_id)
     if status is None:
@@ -294,10 +314,7 @@ def stop(client: Any, job_id: str) -> bool:
     """Asks the cluster to stop the job; False when it had already ended."""
     if _status(client, job_id) is None:
         raise JobsError(f"{job_id}: no such job on this cluster")
-    try:
-        return bool(client.stop_job(job_id))
-    except RuntimeError as error:
-        raise JobsError(f"{job_id}: {_first_line(error)}") from None
+    return bool(call(job_id, client.stop_job, job_id))
 
 
 def exit_code(status: str) -> int:
