@@ -4,8 +4,8 @@ head node that runs a submitted job once although it is submitted twice."""
 
 import os
 import secrets
-import shutil
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
