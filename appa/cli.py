@@ -678,6 +678,281 @@ def plot_curves_command(
     typer.echo(f"figure: {plot_metric_curves(ds.load(), variable, out, level=level)}")
 
 
+# --- appa submit / appa jobs: any command as a Ray Job on a standing cluster -----------------
+# The config class of each command that has one, by command path (module, class): a submission's
+# id hashes the loaded config, so the same job submitted twice gets the same id.
+_CONFIG_CLASSES: dict[tuple[str, ...], tuple[str, str]] = {
+    ("toy-earth",): ("appa.data.toy_earth", "ToyEarthConfig"),
+    ("observe",): ("appa.observations.simulators", "ObserveConfig"),
+    ("showcase",): ("appa.jobs.showcase", "ShowcaseConfig"),
+    ("train", "autoencoder"): ("appa.jobs.train", "TrainAutoencoderConfig"),
+    ("train", "diffusion"): ("appa.jobs.train", "TrainDiffusionConfig"),
+    ("encode",): ("appa.jobs.encode", "EncodeConfig"),
+    ("reanalysis",): ("appa.jobs.assimilate", "AssimilateConfig"),
+    ("filter",): ("appa.jobs.assimilate", "AssimilateConfig"),
+    ("forecast",): ("appa.jobs.assimilate", "AssimilateConfig"),
+    ("demo",): ("appa.jobs.demo", "DemoConfig"),
+    ("baseline",): ("appa.jobs.baseline", "BaselineConfig"),
+}
+# a command's own options that say where it runs, not what it computes
+_PLACEMENT_PARAMS = {"address", "progress"}
+
+JobsAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="The cluster's job server, http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS).",
+    ),
+]
+TokenFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--token-file",
+        help="File holding the cluster's token (default: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, "
+        "~/.ray/auth_token).",
+    ),
+]
+# exit status when the submission or query itself fails (0/1/2 are the job's outcome)
+_SUBMIT_ERROR = 3
+
+
+class _NotACommandError(ValueError):
+    """Arguments that do not name an appa command that can be submitted."""
+
+
+def _parse_job(args: list[str]) -> tuple[tuple[str, ...], dict]:
+    """The command path and parsed parameters of ``appa ARGS`` (without running it); a bad
+    option raises Typer's usage error, as the command itself would."""
+    command = typer.main.get_command(app)
+    path: list[str] = []
+    rest = list(args)
+    while hasattr(command, "list_commands"):  # a group: the next word names its command
+        if not rest or rest[0].startswith("-"):
+            raise _NotACommandError(f"name a command: appa {' '.join([*path, 'COMMAND'])} ...")
+        sub = command.get_command(typer.Context(command), rest[0])
+        if sub is None or (not path and rest[0] in ("submit", "jobs")):
+            raise _NotACommandError(f"no appa command {' '.join([*path, rest[0]])!r} to submit")
+        path.append(rest.pop(0))
+        command = sub
+    with command.make_context(" ".join(["appa", *path]), rest) as ctx:
+        return tuple(path), dict(ctx.params)
+
+
+def _job_identity(args: list[str]) -> tuple[tuple[str, ...], str, tuple[str, str] | None]:
+    """The command path, digest and period (if the job has one) of ``appa ARGS``."""
+    import importlib
+
+    from appa.config import load_config
+    from appa.distributed.submit import job_digest
+    from appa.io.archive import config_hash
+
+    path, params = _parse_job(args)
+    config_file, overrides = params.pop("config", None), list(params.pop("overrides", None) or [])
+    cfg = None
+    if path in _CONFIG_CLASSES:
+        module, name = _CONFIG_CLASSES[path]
+        model = getattr(importlib.import_module(module), name)
+        if name == "AssimilateConfig":
+            overrides.append(f"task={path[0]}")
+        cfg = load_config(model, config_file, overrides)
+        dumped = cfg.model_dump(mode="json", exclude={"runner"})
+        digest = config_hash(dumped)
+    else:
+        # a command without a registered config class: its config file's bytes and overrides
+        text = Path(config_file).read_text() if config_file is not None else ""
+        digest = config_hash({"file": text, "overrides": overrides}) if config_file else None
+    rest = sorted(
+        f"{k}={v}" for k, v in params.items() if k not in _PLACEMENT_PARAMS and v is not None
+    )
+    start = params.get("start") or getattr(cfg, "start", None)
+    end = params.get("end") or getattr(cfg, "end", None)
+    period = (str(start), str(end)) if start is not None and end is not None else None
+    return path, job_digest(path, digest, rest), period
+
+
+def _jobs_client(address: str | None, token_file: Path | None):
+    """The job server's client, or exit 3 naming what is wrong."""
+    import os
+
+    from appa.distributed.submit import JobsError, connect, read_token
+
+    if address is None:
+        address = os.environ.get("RAY_API_SERVER_ADDRESS")
+        if not address:
+            typer.echo("error: give the cluster's job server: --address http://HEAD:8265", err=True)
+            raise typer.Exit(_SUBMIT_ERROR)
+        typer.echo(f"address {address} (from RAY_API_SERVER_ADDRESS)", err=True)
+    try:
+        token, _ = read_token(token_file)
+        return connect(address, token)
+    except JobsError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(_SUBMIT_ERROR) from None
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def submit(
+    ctx: typer.Context,
+    address: JobsAddressOption = None,
+    token_file: TokenFileOption = None,
+    wait: Annotated[
+        bool, typer.Option(help="Follow the logs; exit 0/1/2: succeeded/failed/stopped.")
+    ] = False,
+    new: Annotated[
+        bool,
+        typer.Option(help="Submit again under a fresh id when the earlier job failed/stopped."),
+    ] = False,
+    env: Annotated[
+        list[str] | None,
+        typer.Option("--env", "-e", help="Environment variable of the job: KEY=VALUE."),
+    ] = None,
+    requirements: Annotated[
+        Path | None,
+        typer.Option(help="Pinned pip requirements installed for the job (default: the image's)."),
+    ] = None,
+    working_dir: Annotated[
+        Path, typer.Option(help="Folder uploaded as the job's working directory.")
+    ] = Path("."),
+) -> None:
+    """Submit any appa command to a Ray cluster as a Ray Job: appa submit COMMAND [its options]
+    --address http://HEAD:8265. The same job submitted again attaches to the first one (its id
+    derives from the command, its config and its period). Exits 3 when it cannot submit."""
+    from appa.config import ConfigError
+    from appa.distributed.submit import (
+        JobsError,
+        entrypoint,
+        exit_code,
+        follow,
+        runtime_env,
+        submission_id,
+    )
+    from appa.distributed.submit import submit as submit_job
+
+    args = list(ctx.args)
+    if not args:
+        typer.echo("error: name the command to submit: appa submit COMMAND [options]", err=True)
+        raise typer.Exit(_SUBMIT_ERROR)
+    variables = {}
+    for item in env or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            typer.echo(f"error: --env {item!r} is not KEY=VALUE", err=True)
+            raise typer.Exit(_SUBMIT_ERROR)
+        variables[key] = value
+    try:
+        path, digest, period = _job_identity(args)  # a bad command fails here, not on the cluster
+        pins = None
+        if requirements is not None:
+            lines = requirements.read_text().splitlines()
+            pins = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    except (typer.TyperException, _NotACommandError) as error:
+        why = error.format_message() if hasattr(error, "format_message") else str(error)
+        typer.echo(f"error: appa {' '.join(args)}: {why}", err=True)
+        raise typer.Exit(_SUBMIT_ERROR) from None
+    except (ConfigError, OSError) as error:
+        typer.echo(f"error: {_error_line(error)}", err=True)
+        raise typer.Exit(_SUBMIT_ERROR) from None
+    if not working_dir.is_dir():
+        typer.echo(f"error: --working-dir {working_dir}: not a folder", err=True)
+        raise typer.Exit(_SUBMIT_ERROR)
+    client = _jobs_client(address, token_file)
+    job_id = submission_id(path, digest, period)
+    metadata = {"appa_command": " ".join(args), "appa_version": appa.__version__}
+    try:
+        done = submit_job(
+            client,
+            job_id,
+            entrypoint(args),
+            runtime_env(working_dir, variables, pins),
+            new=new,
+            metadata=metadata,
+        )
+        verb = "attached to" if done.attached else "submitted"
+        typer.echo(f"{verb} {done.submission_id} ({done.status.lower()})")
+        if not wait:
+            return
+        status = follow(client, done.submission_id, echo=typer.echo)
+    except JobsError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(_SUBMIT_ERROR) from None
+    typer.echo(f"{done.submission_id}: {status.lower()}")
+    raise typer.Exit(exit_code(status))
+
+
+jobs_app = typer.Typer(
+    help="Jobs on a Ray cluster (appa submit): status, logs, stop, list.", no_args_is_help=True
+)
+app.add_typer(jobs_app, name="jobs")
+JobIdArgument = Annotated[str, typer.Argument(help="Submission id (appa submit prints it).")]
+
+
+def _jobs_call(what: str, function, *args):
+    """A job client's call, or exit 3 with its one-line error."""
+    from appa.distributed.submit import JobsError, call
+
+    try:
+        return call(what, function, *args)
+    except JobsError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(_SUBMIT_ERROR) from None
+
+
+@jobs_app.command("status")
+def jobs_status(
+    job_id: JobIdArgument, address: JobsAddressOption = None, token_file: TokenFileOption = None
+) -> None:
+    """A job's status and message."""
+    client = _jobs_client(address, token_file)
+    details = _jobs_call(job_id, client.get_job_info, job_id)
+    typer.echo(f"{job_id}: {str(details.status.value).lower()}: {details.message or ''}".strip())
+
+
+@jobs_app.command("logs")
+def jobs_logs(
+    job_id: JobIdArgument,
+    address: JobsAddressOption = None,
+    token_file: TokenFileOption = None,
+    follow_logs: Annotated[
+        bool, typer.Option("--follow", "-f", help="Follow until the job ends; exit 0/1/2.")
+    ] = False,
+) -> None:
+    """A job's logs so far (or followed to its end)."""
+    from appa.distributed.submit import exit_code, follow
+
+    client = _jobs_client(address, token_file)
+    if follow_logs:
+        status = _jobs_call(job_id, follow, client, job_id, typer.echo)
+        typer.echo(f"{job_id}: {status.lower()}")
+        raise typer.Exit(exit_code(status))
+    typer.echo(_jobs_call(job_id, client.get_job_logs, job_id).rstrip("\n"))
+
+
+@jobs_app.command("stop")
+def jobs_stop(
+    job_id: JobIdArgument, address: JobsAddressOption = None, token_file: TokenFileOption = None
+) -> None:
+    """Ask the cluster to stop a job."""
+    from appa.distributed.submit import stop
+
+    client = _jobs_client(address, token_file)
+    stopped = _jobs_call(job_id, stop, client, job_id)
+    typer.echo(f"{job_id}: {'stopping' if stopped else 'had already ended'}")
+
+
+@jobs_app.command("list")
+def jobs_list(address: JobsAddressOption = None, token_file: TokenFileOption = None) -> None:
+    """Every submitted job the cluster knows: id, status, command."""
+    client = _jobs_client(address, token_file)
+    jobs = _jobs_call(str(client.get_address()), client.list_jobs)
+    for job in sorted(jobs, key=lambda j: j.start_time or 0):
+        if job.submission_id is None:  # a driver run on the cluster directly
+            continue
+        command = (job.metadata or {}).get("appa_command", job.entrypoint)
+        typer.echo(f"{job.submission_id}  {str(job.status.value).lower():9}  {command}")
+
+
 def main() -> None:
     """Console entry point."""
     app()

@@ -577,7 +577,9 @@ def test_a_mismatched_ray_version_is_caught(rendered, tmp_path) -> None:
     # and a pyproject whose Ray is not pinned exactly
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text(
-        (REPO / "pyproject.toml").read_text().replace(f"ray[train,data]=={ray}", "ray>=2.50", 1)
+        (REPO / "pyproject.toml")
+        .read_text()
+        .replace(f"ray[default,train,data]=={ray}", "ray>=2.50", 1)
     )
     with pytest.raises(ValueError, match=r"ray>=2.50.* is not ==X\.Y\.Z"):
         pinned_ray(pyproject)
