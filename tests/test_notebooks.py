@@ -1,23 +1,240 @@
-"""Every notebook's code cells run top to bottom (outputs are not stored in the repository)."""
+"""Every notebook runs top to bottom in a real Jupyter kernel (nbclient). The notebooks over
+output archives run on a small world this module makes once: a few days of toy Earth, stations
+and a satellite observing it, a 2-member reanalysis of two days with the committed tiny prior
+(few sampler steps: the notebooks are checked, not the skill), and the climatology and
+persistence baselines of ``appa baseline`` (analysis and forecast layouts).
 
-import json
+``APPA_NOTEBOOKS_OUT=DIR`` keeps the executed notebooks (with their outputs) in ``DIR``."""
+
+from __future__ import annotations
+
+import os
+import time
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import nbclient
+import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+PRIOR = ROOT / "pipelines" / "priors" / "toy-earth-tiny"
+ARCHIVE_NOTEBOOKS = [
+    "reanalysis_maps.ipynb",
+    "point_time_series.ipynb",
+    "scores_against_baselines.ipynb",
+]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs(path):
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def run_notebook(
+    path: Path, cwd: Path, parameters: dict[str, Any] | None = None, keep_as: str | None = None
+):
+    """Executes ``path`` in a fresh kernel with ``parameters`` injected after its cell tagged
+    ``parameters`` (as papermill does); returns the executed notebook, also written to
+    ``$APPA_NOTEBOOKS_OUT/keep_as`` (default: its own name) when that variable is set. Raises
+    nbclient's ``CellExecutionError`` (which holds the cell's error) when a cell fails."""
+    nb = nbformat.read(path, as_version=4)
+    if parameters:
+        at = next(
+            (i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])),
+            None,
+        )
+        assert at is not None, f"{path.name} has no cell tagged 'parameters'"
+        source = "\n".join(f"{k} = {v!r}" for k, v in parameters.items())
+        cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
+        cell.id = "injected-parameters"
+        nb.cells.insert(at + 1, cell)
+    # the kernel imports this checkout's appa, whatever the environment's editable install is
+    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": pythonpath}
+    env.pop("MPLBACKEND", None)  # the kernel's inline backend renders the figures
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}
+    )
+    t0 = time.perf_counter()
+    client.execute(env=env)
+    keep = os.environ.get("APPA_NOTEBOOKS_OUT")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        nb.metadata["appa_seconds"] = round(time.perf_counter() - t0, 1)
+        nbformat.write(nb, Path(keep) / (keep_as or path.name))
+    return nb
 
-    cells = json.loads(path.read_text())["cells"]
-    namespace: dict = {}
-    for cell in cells:
-        if cell["cell_type"] == "code":
-            exec(compile("".join(cell["source"]), f"{path.name}", "exec"), namespace)
-    plt.close("all")
+
+def outputs_of(nb, kind: str) -> list[Any]:
+    """The outputs of every code cell with the given MIME type (e.g. ``image/png``)."""
+    return [
+        out["data"][kind]
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.outputs
+        if kind in out.get("data", {})
+    ]
+
+
+def text_of(nb) -> str:
+    """Everything the code cells printed or displayed as text."""
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            parts.append(out.get("text", "") or out.get("data", {}).get("text/plain", ""))
+    return "\n".join(parts)
+
+
+@pytest.fixture(scope="session")
+def archives(tmp_path_factory, ray_cluster) -> dict[str, str]:
+    """A small world of archives: truth, observations, a reanalysis, its climatology
+    baseline, and a persistence forecast with the climatology in forecast layout."""
+    from appa.data.toy_earth import ToyEarthConfig, write_toy_earth
+    from appa.jobs.assimilate import AssimilateConfig, run_assimilation
+    from appa.jobs.baseline import BaselineConfig, run_baseline
+    from appa.observations.simulators import ObserveConfig, observe_store
+
+    folder = tmp_path_factory.mktemp("notebook-archives")
+    truth = folder / "truth.zarr"
+    # 2003-02-19 .. 2003-03-02: the last 8 days train the climatology, the last 2 are analysed
+    toy = ToyEarthConfig(years=12 / 365, spinup_days=5, seed=3, start="2003-02-19")
+    write_toy_earth(toy, truth, progress=False)
+    observe = ObserveConfig.model_validate(
+        {
+            "seed": 1,
+            "start": "2003-03-01",
+            "end": "2003-03-02T18:00",
+            "stations": {
+                "density": 0.25,
+                "variables": ["2m_temperature", "mean_sea_level_pressure"],
+                "error_std": {"2m_temperature": 0.5, "mean_sea_level_pressure": 100.0},
+            },
+            "satellite": {
+                "variables": ["temperature"],
+                "levels": [500],
+                "error_std": {"temperature": 1.0},
+            },
+        }
+    )
+    obs, _ = observe_store(str(truth), observe, str(folder / "obs"))
+    job = AssimilateConfig.model_validate(
+        {
+            "task": "reanalysis",
+            "prior": {"path": str(PRIOR), "device": "cpu"},
+            "observations": [str(obs)],
+            "start": "2003-03-01T00:00",
+            "end": "2003-03-02T18:00",
+            "members": 2,
+            "seed": 0,
+            "sampling": {"sampler": "pc", "steps": 3, "corrections": 1, "iterations": 1},
+            "output": str(folder / "reanalysis.zarr"),
+            "runner": {"cpus_per_worker": 1, "progress": False, "stall_timeout_s": 300},
+        }
+    )
+    archive, _ = run_assimilation(job, echo=lambda line: None)
+    analysis = BaselineConfig(
+        truth=str(truth),
+        start="2003-03-01T00:00",
+        end="2003-03-02T18:00",
+        train_start="2003-02-19",
+        train_end="2003-02-28T18:00",
+    )
+    forecast = analysis.model_copy(
+        update={"end": "2003-03-01T18:00", "lead_times": ["6h", "12h", "1D"], "every": 2}
+    )
+    return {
+        "truth": str(truth),
+        "observations": str(obs),
+        "reanalysis": archive.url,
+        "climatology": str(run_baseline("climatology", analysis, folder / "clim.zarr")),
+        "persistence": str(run_baseline("persistence", forecast, folder / "pers.zarr")),
+        "climatology_fc": str(run_baseline("climatology", forecast, folder / "clim_fc.zarr")),
+    }
+
+
+def test_notebooks_are_stored_without_outputs_and_parameterised():
+    assert {p.name for p in NOTEBOOKS} >= set(ARCHIVE_NOTEBOOKS)
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None, path.name
+    for name in ARCHIVE_NOTEBOOKS:
+        nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+        assert nb.cells[0].cell_type == "markdown", name  # the question it answers
+        first = next(c for c in nb.cells if c.cell_type == "code")
+        assert first.metadata.get("tags") == ["parameters"], name
+        assert "archive = " in first.source, name
+
+
+def test_posterior_sampling_notebook_runs(tmp_path):
+    nb = run_notebook(ROOT / "notebooks" / "posterior_sampling.ipynb", tmp_path)
+    assert outputs_of(nb, "image/png")
+
+
+def test_reanalysis_maps_notebook(archives, tmp_path):
+    parameters = {
+        "archive": archives["reanalysis"],
+        "truth": archives["truth"],
+        "variable": "temperature",
+        "level": 500,
+        "time": "2003-03-01T12:00",
+    }
+    nb = run_notebook(ROOT / "notebooks" / "reanalysis_maps.ipynb", tmp_path, parameters)
+    text = text_of(nb)
+    # the observation stores come from the archive's attributes, and the satellite's
+    # soundings of that state are found and drawn
+    assert archives["observations"] in text
+    count = int(text.split(" observations of temperature at 500 hPa between")[0].split()[-1])
+    assert count > 0
+    assert len(outputs_of(nb, "image/png")) == 2  # the maps and the innovations
+
+
+def test_reanalysis_maps_notebook_names_what_the_archive_lacks(archives, tmp_path):
+    # a climatology is a single member: no ensemble spread to map
+    parameters = {"archive": archives["climatology"]}
+    with pytest.raises(nbclient.exceptions.CellExecutionError) as error:
+        run_notebook(ROOT / "notebooks" / "reanalysis_maps.ipynb", tmp_path, parameters)
+    assert f"{archives['climatology']} has 1 member" in str(error.value)
+
+
+def test_point_time_series_notebook(archives, tmp_path):
+    parameters = {
+        "archive": archives["reanalysis"],
+        "truth": archives["truth"],
+        "baseline": archives["climatology"],
+        "baseline_name": "climatology",
+        "variable": "2m_temperature",
+    }
+    nb = run_notebook(ROOT / "notebooks" / "point_time_series.ipynb", tmp_path, parameters)
+    text = text_of(nb)
+    assert "the most observed station of 2m_temperature" in text
+    observed = int(text.split(" observations of 2m_temperature in that cell")[0].split()[-1])
+    assert observed > 0  # the station's own observations are drawn
+    assert len(outputs_of(nb, "image/png")) == 1
+    table = outputs_of(nb, "text/plain")[-1]
+    assert "RMSE" in table and "climatology" in table
+
+
+def test_scores_notebook_on_a_reanalysis(archives, tmp_path):
+    parameters = {
+        "archive": archives["reanalysis"],
+        "truth": archives["truth"],
+        "baselines": {"climatology": archives["climatology"]},
+    }
+    nb = run_notebook(ROOT / "notebooks" / "scores_against_baselines.ipynb", tmp_path, parameters)
+    assert len(outputs_of(nb, "image/png")) == 2  # metrics against time, scorecard
+    table = outputs_of(nb, "text/plain")[-1]
+    assert "temperature@500" in table and "spread_skill" in table
+
+
+def test_scores_notebook_on_a_forecast(archives, tmp_path):
+    parameters = {
+        "archive": archives["persistence"],
+        "archive_name": "persistence",
+        "truth": archives["truth"],
+        "baselines": {"climatology": archives["climatology_fc"]},
+    }
+    path = ROOT / "notebooks" / "scores_against_baselines.ipynb"
+    nb = run_notebook(path, tmp_path, parameters, keep_as="scores_against_baselines-forecast.ipynb")
+    assert len(outputs_of(nb, "image/png")) == 2
+    table = outputs_of(nb, "text/plain")[-1]
+    assert "lead_time" in table

@@ -1,22 +1,30 @@
 """Metrics: distances between sample sets and climate statistics of trajectories (here);
 WeatherBench2 scores in :mod:`appa.metrics.wb2`, score tables in :mod:`appa.metrics.report` and
-figures in :mod:`appa.metrics.plots` (imported on use: they load xarray and matplotlib)."""
+figures in :mod:`appa.metrics.plots` (imported on use: they load xarray and matplotlib).
 
-from appa.metrics.climate import (
-    ClimateComparison,
-    channel_moments,
-    compare_climate,
-    lag_autocorrelation,
-    zonal_power_spectrum,
-)
-from appa.metrics.distances import gaussian_w2, sliced_wasserstein
+Names load on first use, so scoring archives (``appa.metrics.report``, e.g. in a notebook)
+does not import torch, which only the sample distances need.
+"""
 
-__all__ = [
-    "ClimateComparison",
-    "channel_moments",
-    "compare_climate",
-    "gaussian_w2",
-    "lag_autocorrelation",
-    "sliced_wasserstein",
-    "zonal_power_spectrum",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ClimateComparison": "appa.metrics.climate",
+    "channel_moments": "appa.metrics.climate",
+    "compare_climate": "appa.metrics.climate",
+    "lag_autocorrelation": "appa.metrics.climate",
+    "zonal_power_spectrum": "appa.metrics.climate",
+    "gaussian_w2": "appa.metrics.distances",
+    "sliced_wasserstein": "appa.metrics.distances",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'appa.metrics' has no attribute {name!r}")

@@ -1,30 +1,35 @@
 """Observations: the table schema and store, simulators from gridded truth, and the
 differentiable observation operator on gridded states, and the rules of their use that need no
-prior (which state an observation belongs to, physical bounds, declared units)."""
+prior (which state an observation belongs to, physical bounds, declared units).
 
-from appa.observations.operator import ObservationOperator, interpolation_weights
-from appa.observations.schema import (
-    FIELDS,
-    ObservationError,
-    concat_tables,
-    make_table,
-    read_observations,
-    validate_table,
-    write_observations,
-)
-from appa.observations.screening import assign_times, check_units, physical_bounds
+Names load on first use, so reading a store (``appa.observations.schema``, e.g. in a notebook)
+does not import torch, which only the operator needs.
+"""
 
-__all__ = [
-    "FIELDS",
-    "ObservationError",
-    "ObservationOperator",
-    "assign_times",
-    "check_units",
-    "concat_tables",
-    "interpolation_weights",
-    "make_table",
-    "physical_bounds",
-    "read_observations",
-    "validate_table",
-    "write_observations",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ObservationOperator": "appa.observations.operator",
+    "interpolation_weights": "appa.observations.operator",
+    "FIELDS": "appa.observations.schema",
+    "ObservationError": "appa.observations.schema",
+    "concat_tables": "appa.observations.schema",
+    "make_table": "appa.observations.schema",
+    "read_observations": "appa.observations.schema",
+    "validate_table": "appa.observations.schema",
+    "write_observations": "appa.observations.schema",
+    "assign_times": "appa.observations.screening",
+    "check_units": "appa.observations.screening",
+    "physical_bounds": "appa.observations.screening",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'appa.observations' has no attribute {name!r}")
