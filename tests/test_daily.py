@@ -255,6 +255,7 @@ def test_sigkill_mid_day_then_rerun_equals_an_uninterrupted_run(observed, catch_
         np.testing.assert_array_equal(one[name].values, whole[name].values)
 
 
+@pytest.mark.slow
 def test_daily_through_the_cli_on_ray(observed, catch_up, ray_cluster, tmp_path):
     import yaml
     from typer.testing import CliRunner
