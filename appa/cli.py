@@ -350,7 +350,8 @@ def daily(
         )
         return
     typer.echo(
-        f"daily: {len(report.days)} days appended ({report.days[0]} .. {report.days[-1]}), "
+        f"daily: {len(report.days)} day{'s' if len(report.days) > 1 else ''} appended "
+        f"({report.days[0]} .. {report.days[-1]}), "
         f"{report.computed} units computed, {report.skipped} already done; {job.output} is "
         f"complete through {through}; next: {report.waiting}"
     )
