@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,10 @@ __all__ = [
     "PRODUCT_ATTR",
     "Found",
     "OutputExistsError",
+    "WriterBusyError",
     "claim_output",
     "what_is",
+    "writer_lock",
     "written_whole",
 ]
 
@@ -268,3 +271,54 @@ def written_whole(
     except BaseException:
         _remove(tmp)
         raise
+
+
+class WriterBusyError(RuntimeError):
+    """Another process holds the writer's lock of a product."""
+
+
+@contextmanager
+def writer_lock(path: str | os.PathLike, wait_s: float = 0.0) -> Iterator[Path]:
+    """Holds the one-writer lock of the product at ``path`` (a local path) for the block: an
+    exclusive ``flock`` on the sibling file ``PATH.lock``, which names its holder (host, pid,
+    since). The kernel releases it when its holder ends, killed or not, so a killed writer's
+    lock is taken over by the next one; the file itself stays (it is ours, and removing it
+    would let two writers lock two different files). Waits up to ``wait_s`` seconds for a
+    holder to finish, then raises :class:`WriterBusyError` naming it."""
+    import fcntl
+    import socket
+    import time
+    from datetime import datetime
+
+    if _is_url(os.fspath(path)):
+        raise WriterBusyError(
+            f"{path}: the one-writer lock needs a local or mounted path (no lease on object "
+            "stores); write the archive to a mounted path"
+        )
+    lock = Path(os.path.abspath(path)).with_name(Path(path).name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "{}"
+                    raise WriterBusyError(
+                        f"{path} is being written by another process ({holder}); it is left "
+                        "to that one"
+                    ) from None
+                time.sleep(0.2)
+        holder = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        yield lock
+    finally:
+        os.close(fd)  # releases the lock

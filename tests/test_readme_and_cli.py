@@ -92,6 +92,7 @@ def test_config_loading_and_overrides(tmp_path):
 
 def test_every_pipeline_config_validates():
     from appa.jobs.assimilate import AssimilateConfig
+    from appa.jobs.daily import DailyConfig
     from appa.jobs.demo import DemoConfig
     from appa.jobs.encode import EncodeConfig
     from appa.jobs.lensing import LensingConfig
@@ -109,6 +110,7 @@ def test_every_pipeline_config_validates():
         "reanalysis_toy_earth.yaml": AssimilateConfig,
         "filter_toy_earth.yaml": AssimilateConfig,
         "forecast_toy_earth.yaml": AssimilateConfig,
+        "daily_toy_earth.yaml": DailyConfig,
         "demo.yaml": DemoConfig,
         "lensing_galaxies.yaml": LensingConfig,
         "lensing_tiny.yaml": LensingConfig,

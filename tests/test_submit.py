@@ -47,6 +47,22 @@ def test_an_assimilation_id_names_its_period_and_ignores_where_it_runs():
     assert later[2] == (period[0], "2003-03-06T18:00") and later[1] != digest
 
 
+def test_a_daily_run_gets_one_id_per_calendar_day(monkeypatch):
+    """A scheduler submits the same daily config every day: the same day attaches, the next
+    day is a new job."""
+    import pandas as pd
+
+    config = str(ROOT / "pipelines/configs/daily_toy_earth.yaml")
+    now = pd.Timestamp("2026-12-06T23:50", tz="UTC")
+    monkeypatch.setattr(pd.Timestamp, "now", classmethod(lambda cls, tz=None: now))
+    path, digest, period = _job_identity(["daily", "--config", config])
+    assert period == ("2026-12-06", "2026-12-06")
+    assert _job_identity(["daily", "--config", config]) == (path, digest, period)
+    now = pd.Timestamp("2026-12-07T00:10", tz="UTC")
+    assert _job_identity(["daily", "--config", config])[2] == ("2026-12-07", "2026-12-07")
+    assert sub.submission_id(path, digest, period).startswith("appa-daily-20261206-20261206-")
+
+
 def test_the_runtime_env_uploads_the_package_without_data_runs_or_git():
     from ray._private.thirdparty.pathspec import PathSpec
 

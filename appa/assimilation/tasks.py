@@ -40,6 +40,7 @@ __all__ = [
     "filtering",
     "forecast",
     "reanalysis",
+    "reanalysis_continued",
     "sample_latents",
     "select_observations",
 ]
@@ -256,6 +257,65 @@ def reanalysis(
         gens = _generators(seeds[part], prior.device)
         u = sample_latents(prior, times, gens, settings, table)
         out.append(prior.decode(u, times=times).cpu())
+    return torch.cat(out)
+
+
+def reanalysis_continued(
+    prior: LatentPrior,
+    observations: xr.Dataset | None,
+    times: Sequence | np.ndarray,
+    keep: int,
+    seeds: Sequence[int],
+    settings: SamplingConfig | None = None,
+    context: Tensor | None = None,
+    context_fit: int = 100,
+) -> Tensor:
+    """A reanalysis of ``times`` that continues known states: physical ``(M, keep, C, H, W)``,
+    the first ``keep`` of ``times`` (the later ones, a lag, are sampled with their
+    observations so that the kept states see them, and not returned).
+
+    ``context``: physical ``(M, n_ctx, C, H, W)``, member ``m``'s states just before
+    ``times`` (e.g. what an archive holds of the member), held as known frames as forecasts
+    hold their initial states: their latents are fitted through the decoder
+    (:meth:`LatentPrior.fit_latents`, ``context_fit`` steps), then conditioned on (the
+    denoiser's known-frame input, or guidance). None: no context (the first period)."""
+    settings = settings or SamplingConfig()
+    seeds = _check_seeds(seeds)
+    times = pd.DatetimeIndex(np.atleast_1d(times))
+    step = regular_step(times) if len(times) > 1 else None
+    if not 1 <= keep <= len(times):
+        raise ValueError(f"keep must lie in [1, {len(times)}], got {keep}")
+    n_ctx = 0 if context is None else context.shape[1]
+    if context is not None:
+        if context.ndim != 5 or context.shape[0] != len(seeds):
+            raise ValueError(
+                f"context must be (M={len(seeds)}, n_ctx, C, H, W), got {tuple(context.shape)}"
+            )
+        if step is None:
+            raise ValueError("a continued reanalysis needs at least two times")
+        context_times = pd.DatetimeIndex([times[0] - step * (n_ctx - j) for j in range(n_ctx)])
+        axis = context_times.append(times)
+    else:
+        axis = times
+    table = select_observations(observations, times, settings, step)
+    L = len(axis)
+    known = np.arange(L) < n_ctx
+    out = []
+    for part in _batches(len(seeds), settings.member_batch):
+        gens = _generators(seeds[part], prior.device)
+        values = None
+        if context is not None:
+            # each member's frames are fitted alone: the result does not depend on the batch
+            fitted = prior.fit_latents(
+                context[part].to(prior.device), iterations=context_fit, times=context_times
+            )
+            values = torch.zeros(len(gens), L, *prior.latent_shape, device=prior.device)
+            values[:, :n_ctx] = fitted
+        u = sample_latents(
+            prior, axis, gens, settings, table, ~known, known if n_ctx else None, values
+        )
+        kept = u[:, n_ctx : n_ctx + keep]
+        out.append(prior.decode(kept, times=times[:keep]).cpu())
     return torch.cat(out)
 
 

@@ -109,6 +109,10 @@ CHECKSUMS = "checksums"
 # 2: records hold a checksum per unit and variable (format 1 archives are read and resumed)
 FORMAT_VERSION = 2
 MEMBER_ATTRS = {"standard_name": "realization", "long_name": "ensemble member"}
+# the order of the unit plan (records attribute ``order``; absent: member-major)
+MEMBER_MAJOR, TIME_MAJOR = "member-major", "time-major"
+# how an archive that grows along time encodes it: any later time stays exact
+EXTENSIBLE_TIME_UNITS = "seconds since 1970-01-01"
 LEAD_TIME_ATTRS = {"long_name": "forecast lead time (valid time = time + lead_time)"}
 
 
@@ -510,11 +514,13 @@ def _store(url: str, storage_options: Mapping[str, Any] | None, read_only: bool 
     return FsspecStore.from_url(url, storage_options=dict(storage_options), read_only=read_only)
 
 
-def _open_group(url: str, storage_options, mode: str = "r"):
+def _open_group(url: str, storage_options, mode: str = "r", consolidated: bool | None = None):
     import zarr
 
     try:
-        return zarr.open_group(_store(url, storage_options, mode == "r"), mode=mode)
+        return zarr.open_group(
+            _store(url, storage_options, mode == "r"), mode=mode, use_consolidated=consolidated
+        )
     except FileNotFoundError:
         return None
 
@@ -531,14 +537,19 @@ def pending_indices(flags: Any) -> list[int]:
     return np.flatnonzero(np.asarray(flags[:]) == 0).tolist()
 
 
-def _unit_grid(sizes: Mapping[str, int], unit: Mapping[str, int]) -> list[Unit]:
+def _unit_grid(
+    sizes: Mapping[str, int], unit: Mapping[str, int], order: str = MEMBER_MAJOR
+) -> list[Unit]:
+    """The units of the plan in index order: member-major, or time-major for archives that
+    grow along ``time`` (the units of a longer time axis follow those already there, so every
+    unit keeps its index, flag and checksums)."""
     dims = [d for d in UNIT_DIMS if d in sizes]
-    starts = [range(0, sizes[d], unit[d]) for d in dims]
+    walk = ["time", *[d for d in dims if d != "time"]] if order == TIME_MAJOR else dims
+    starts = {d: range(0, sizes[d], unit[d]) for d in dims}
     units = []
-    for index, corner in enumerate(itertools.product(*starts)):
-        bounds = tuple(
-            (d, a, min(a + unit[d], sizes[d])) for d, a in zip(dims, corner, strict=True)
-        )
+    for index, corner in enumerate(itertools.product(*(starts[d] for d in walk))):
+        at = dict(zip(walk, corner, strict=True))
+        bounds = tuple((d, at[d], min(at[d] + unit[d], sizes[d])) for d in dims)
         units.append(Unit(index, bounds))
     return units
 
@@ -585,6 +596,7 @@ def create_archive(
     inputs: Mapping[str, str] | None = None,
     overwrite: bool = False,
     storage_options: Mapping[str, Any] | None = None,
+    extensible: bool = False,
 ) -> Archive:
     """Creates the archive at ``path`` from ``template`` (only its structure, coordinates and
     attributes are used; its data may be lazy), or reopens the archive already there when it
@@ -609,6 +621,8 @@ def create_archive(
         overwrite: Replace an Appa archive made by another config or from other inputs (or the
             same ones) instead of refusing or resuming it. Never replaces anything that is not
             an Appa archive.
+        extensible: An archive that grows along ``time`` (:meth:`Archive.extend_time`): its
+            unit plan is time-major and ``time`` is stored in whole seconds since 1970.
 
     Raises :class:`ArchiveError` for a template outside the layout, a path that holds anything
     but an Appa archive (or nothing, or an empty directory), or an archive made by another
@@ -638,6 +652,10 @@ def create_archive(
         "inputs": {str(k): str(v) for k, v in sorted((inputs or {}).items())},
         "checksums": {"algorithm": "sha256", "variables": sorted(variables)},
     }
+    if extensible:
+        if "time" not in unit or "lead_time" in sizes:
+            raise ArchiveError("an extensible archive needs time units and no lead_time")
+        records_attrs["order"] = TIME_MAJOR
 
     try:
         found = claim_output(
@@ -668,6 +686,8 @@ def create_archive(
         encoding[name] = {"chunks": chunk, "_FillValue": np.float32(np.nan)}
     for name in ds.variables:
         ds[name].encoding = {}
+    if extensible:
+        encoding["time"] = {"units": EXTENSIBLE_TIME_UNITS, "dtype": "int64"}
     ds.attrs = {
         **template.attrs,
         **provenance_attrs(provenance),
@@ -687,7 +707,7 @@ def create_archive(
         zarr_format=2,
     )
     group = _open_group(url, storage_options, mode="r+")
-    n_units = len(_unit_grid(dict(template.sizes), unit))
+    n_units = len(_unit_grid(dict(template.sizes), unit, records_attrs.get("order", MEMBER_MAJOR)))
     records = group.create_group(RECORDS_GROUP)
     create_done_flags(records, n_units)
     # one chunk per unit: concurrent writers never share one
@@ -741,8 +761,8 @@ def _judge_existing(
     else:
         differ = [
             k
-            for k in ("unit", "variables", "sizes", "allow_nan")
-            if records.get(k) != _json_round_trip(records_attrs[k])
+            for k in ("unit", "variables", "sizes", "allow_nan", "order")
+            if records.get(k) != _json_round_trip(records_attrs.get(k))
         ]
         if not differ:
             changed = _input_changes(records.get("inputs"), records_attrs["inputs"])
@@ -877,7 +897,9 @@ class Archive:
     def units(self) -> list[Unit]:
         """Every unit of the plan, in index order (member-major)."""
         if "units" not in self._cache:
-            self._cache["units"] = _unit_grid(self.records["sizes"], self.unit_size)
+            self._cache["units"] = _unit_grid(
+                self.records["sizes"], self.unit_size, self.records.get("order", MEMBER_MAJOR)
+            )
         return self._cache["units"]
 
     def unit(self, key: str | int) -> Unit:
@@ -995,7 +1017,9 @@ class Archive:
         if unit.index >= len(self.units) or self.units[unit.index] != unit:
             raise ArchiveError(f"{unit.key} (index {unit.index}) is not a unit of {self.url}")
         ds = self._validated(unit, data)
-        records = _open_group(self.url, self.storage_options, mode="r+")[RECORDS_GROUP]
+        records = _open_group(self.url, self.storage_options, mode="r+", consolidated=False)[
+            RECORDS_GROUP
+        ]
         done = records["done"]
         if done[unit.index]:
             return False
@@ -1073,7 +1097,7 @@ class Archive:
         damaged = self.check_units()
         if not damaged:
             return []
-        group = _open_group(self.url, self.storage_options, mode="r+")
+        group = _open_group(self.url, self.storage_options, mode="r+", consolidated=False)
         if group.attrs.get("appa_status") == "complete":
             group.attrs["appa_status"] = "writing"
             # the consolidated copy of the attributes must say so too
@@ -1096,7 +1120,91 @@ class Archive:
                 f"{self.url}: {len(pending)} of {len(self.units)} units are not done "
                 f"(first: {keys}); run the job again to finish them"
             )
-        group = _open_group(self.url, self.storage_options, mode="r+")
+        group = _open_group(self.url, self.storage_options, mode="r+", consolidated=False)
         group.attrs["appa_status"] = "complete"
         zarr.consolidate_metadata(_store(self.url, self.storage_options))
         self._cache.pop("structure", None)
+
+    # -- growth along time -----------------------------------------------------------------
+    @property
+    def extensible(self) -> bool:
+        """Whether the archive grows along ``time`` (created with ``extensible=True``)."""
+        return self.records.get("order") == TIME_MAJOR
+
+    def extend_time(self, times: Any, inputs: Mapping[str, str] | None = None) -> list[Unit]:
+        """Grows the archive's ``time`` axis to ``times`` (which must begin with the times it
+        holds): every data variable, the ``time`` coordinate, the completion flags and the
+        checksums are resized to the target, so calling it again with the same target
+        changes nothing (never an append that doubles). The new cells read as unwritten and
+        the new units are pending; units already there keep their index, flag and checksums.
+        ``inputs``: digests of what the new units read, added to the recorded ones; a name
+        already recorded with another digest is refused (:class:`ArchiveError`). The archive
+        is ``"writing"`` until finalised again. Returns the new units."""
+        import zarr
+        from xarray.coding.times import decode_cf_datetime, encode_cf_datetime
+
+        if not self.extensible:
+            raise ArchiveError(f"{self.url} was not created extensible along time")
+        target = np.asarray(times, dtype="datetime64[ns]")
+        # the arrays' own metadata, not a consolidated copy an interrupted extension left stale
+        group = _open_group(self.url, self.storage_options, mode="r+", consolidated=False)
+        coordinate = group["time"]
+        units = coordinate.attrs.get("units", EXTENSIBLE_TIME_UNITS)
+        # the records say how many times are held (they are written last)
+        count = int(self.records["sizes"]["time"])
+        held = np.asarray(
+            decode_cf_datetime(np.asarray(coordinate[:count]), units, "proleptic_gregorian"),
+            dtype="datetime64[ns]",
+        )
+        if target.size < held.size or not np.array_equal(target[: held.size], held):
+            raise ArchiveError(
+                f"{self.url}: the new time axis must begin with the {held.size} times it holds "
+                f"({held[0] if held.size else None} .. {held[-1] if held.size else None})"
+            )
+        if np.any(np.diff(target) <= np.timedelta64(0)):
+            raise ArchiveError(f"{self.url}: the new time axis is not increasing")
+        given = {str(k): str(v) for k, v in (inputs or {}).items()}
+        saved = dict(self.records.get("inputs", {}))
+        changed = _input_changes({k: saved[k] for k in given if k in saved}, {
+            k: v for k, v in given.items() if k in saved
+        })  # fmt: skip
+        if changed is not None:
+            raise ArchiveError(
+                f"{self.url} was started from other inputs: {changed} changed since; restore "
+                "them to resume"
+            )
+        sizes = {**self.records["sizes"], "time": int(target.size)}
+        n_units = len(_unit_grid(sizes, self.unit_size, TIME_MAJOR))
+        # the records say "writing" first: a crash below leaves an archive to be finished
+        group.attrs["appa_status"] = "writing"
+        for name, dims in self.records["variables"].items():
+            array = group[name]
+            shape = tuple(sizes[d] for d in dims)
+            if array.shape != shape:
+                array.resize(shape)
+        if coordinate.shape != (target.size,):
+            coordinate.resize((target.size,))
+        encoded, _, _ = encode_cf_datetime(target, units, "proleptic_gregorian", np.int64)
+        coordinate[held.size :] = np.asarray(encoded)[held.size :]
+        records = group[RECORDS_GROUP]
+        for name in ("done", CHECKSUMS):
+            array = records[name]
+            if array.shape[0] != n_units:
+                array.resize((n_units, *array.shape[1:]))
+        facts = {"sizes": sizes, "inputs": dict(sorted({**saved, **given}.items()))}
+        records.attrs.update(facts)
+        self.records.update(_json_round_trip(facts))
+        zarr.consolidate_metadata(_store(self.url, self.storage_options))
+        before = len(self.units)
+        self._cache.clear()
+        return self.units[before:]
+
+    def record(self, facts: Mapping[str, Any], attrs: Mapping[str, Any] | None = None) -> None:
+        """Adds ``facts`` to the unit records (JSON values) and ``attrs`` to the root
+        attributes (:func:`provenance_attrs`); :meth:`finalize` consolidates them."""
+        group = _open_group(self.url, self.storage_options, mode="r+", consolidated=False)
+        if facts:
+            group[RECORDS_GROUP].attrs.update(_json_round_trip(dict(facts)))
+            self.records.update(_json_round_trip(dict(facts)))
+        if attrs:
+            group.attrs.update(provenance_attrs(attrs))

@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,8 +36,10 @@ from appa.files import claim_output, written_whole
 __all__ = [
     "FIELDS",
     "ObservationError",
+    "add_partitions",
     "concat_tables",
     "make_table",
+    "missing_partitions",
     "read_observations",
     "store_digest",
     "validate_table",
@@ -175,10 +180,8 @@ def write_observations(
     return path
 
 
-def _partitions(path: Path, t0: pd.Timestamp | None, t1: pd.Timestamp | None) -> list[str]:
-    """Names of the store's partitions overlapping ``[t0, t1)`` (either bound optional), from
-    its index; raises :class:`FileNotFoundError` for a path that is no store and
-    :class:`ObservationError` for an index that cannot be read."""
+def _index(path: Path) -> tuple[pd.Timedelta, list[tuple[str, pd.Timestamp]]]:
+    """The store's partition span and its ``(name, start)`` partitions, from its index."""
     meta_path = path / _META
     if not meta_path.is_file():
         raise FileNotFoundError(f"{path} is not an observation store (no {_META})")
@@ -191,6 +194,92 @@ def _partitions(path: Path, t0: pd.Timestamp | None, t1: pd.Timestamp | None) ->
         raise ObservationError(
             f"{meta_path}: not a valid observation store index ({type(error).__name__}: {error})"
         ) from None
+    return span, partitions
+
+
+def add_partitions(table: xr.Dataset, path: str | Path) -> list[str]:
+    """Adds the observations of ``table`` to the store at ``path`` as new partitions, leaving
+    the old ones as they are (each partition is written under a temporary name and renamed,
+    then the index is replaced whole): how a store grows day by day. Returns the names added.
+
+    Raises:
+        FileNotFoundError: when ``path`` is not an observation store.
+        ObservationError: when an observation falls in a partition the store already holds
+            (a partition once listed is never rewritten).
+    """
+    validate_table(table)
+    path = Path(path)
+    span, listed = _index(path)
+    names = {name for name, _ in listed}
+    times = table["time"].values.astype("datetime64[ns]")
+    order = np.argsort(times, kind="stable")
+    table = table.isel(obs=order)
+    starts = _partition_starts(times[order], span)
+    new = [pd.Timestamp(s).strftime("%Y-%m-%dT%H%M") for s in np.unique(starts)]
+    held = sorted(set(new) & names)
+    if held:
+        raise ObservationError(
+            f"{path}: partitions {', '.join(held)} exist already; a partition is never rewritten"
+        )
+    meta = json.loads((path / _META).read_text())
+    for start, name in zip(np.unique(starts), new, strict=True):
+        part = table.isel(obs=np.flatnonzero(starts == start))
+        for field in ("variable", "platform"):
+            part[field] = part[field].astype(str)
+        tmp = path / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+        part.to_zarr(tmp, zarr_format=2, consolidated=True, mode="w")
+        if (path / name).exists():
+            # an unlisted partition folder: what an addition killed before its index left
+            shutil.rmtree(path / name)
+        os.replace(tmp, path / name)
+        count = int(part.sizes["obs"])
+        meta["partitions"].append({"name": name, "start": str(pd.Timestamp(start)), "count": count})
+    meta["partitions"].sort(key=lambda p: pd.Timestamp(p["start"]))
+    index = path / f".{_META}.tmp-{uuid.uuid4().hex[:8]}"
+    index.write_text(json.dumps(meta, indent=1))
+    os.replace(index, path / _META)  # the new partitions appear to readers all at once
+    return new
+
+
+def missing_partitions(
+    path: str | Path,
+    start: str | pd.Timestamp,
+    end: str | pd.Timestamp,
+    final_after: str | pd.Timedelta,
+    now: pd.Timestamp,
+) -> str | None:
+    """Why the store does not yet hold all observations of ``[start, end)``, or None when it
+    does: every partition overlapping the window must be listed, and the last of them
+    complete, which it is once a later partition is listed or ``final_after`` has passed
+    since its end by the clock ``now`` (late observations arrive within that)."""
+    path = Path(path)
+    span, listed = _index(path)
+    t0, t1 = pd.Timestamp(start), pd.Timestamp(end)
+    starts = {p0 for _, p0 in listed}
+    epoch = pd.Timestamp("1970-01-01")
+    first = epoch + ((t0 - epoch) // span) * span
+    wanted = []
+    p0 = first
+    while p0 < t1:
+        wanted.append(p0)
+        p0 += span
+    for p0 in wanted:
+        if p0 not in starts:
+            return f"{path} has no partition {p0.strftime('%Y-%m-%dT%H%M')} yet"
+    last = wanted[-1]
+    if not any(p0 > last for p0 in starts) and now < last + span + pd.Timedelta(final_after):
+        return (
+            f"{path}: partition {last.strftime('%Y-%m-%dT%H%M')} is not final before "
+            f"{last + span + pd.Timedelta(final_after)} (or a later partition)"
+        )
+    return None
+
+
+def _partitions(path: Path, t0: pd.Timestamp | None, t1: pd.Timestamp | None) -> list[str]:
+    """Names of the store's partitions overlapping ``[t0, t1)`` (either bound optional), from
+    its index; raises :class:`FileNotFoundError` for a path that is no store and
+    :class:`ObservationError` for an index that cannot be read."""
+    span, partitions = _index(path)
     return [
         name
         for name, p0 in partitions
