@@ -2,12 +2,14 @@
 output archives run on a small world this module makes once: a few days of toy Earth, stations
 and a satellite observing it, a 2-member reanalysis of two days with the committed tiny prior
 (few sampler steps: the notebooks are checked, not the skill), and the climatology and
-persistence baselines of ``appa baseline`` (analysis and forecast layouts).
+persistence baselines of ``appa baseline`` (analysis and forecast layouts); and a daily archive
+of three days appended by two ``appa daily`` runs (in-process, as ``tests/test_daily.py``).
 
 ``APPA_NOTEBOOKS_OUT=DIR`` keeps the executed notebooks (with their outputs) in ``DIR``."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -24,6 +26,7 @@ ARCHIVE_NOTEBOOKS = [
     "reanalysis_maps.ipynb",
     "point_time_series.ipynb",
     "scores_against_baselines.ipynb",
+    "daily_provenance.ipynb",
 ]
 
 
@@ -238,3 +241,100 @@ def test_scores_notebook_on_a_forecast(archives, tmp_path):
     assert len(outputs_of(nb, "image/png")) == 2
     table = outputs_of(nb, "text/plain")[-1]
     assert "lead_time" in table
+
+
+@pytest.fixture(scope="module")
+def daily_world(tmp_path_factory) -> dict[str, str]:
+    """Four days of toy Earth from 2003-03-01, observed; a daily archive whose first day is
+    appended by one run and days 2-3 by a second once the store gained days 3-4."""
+    from test_daily import config, grow
+
+    from appa.data.toy_earth import ToyEarthConfig, write_toy_earth
+    from appa.jobs.daily import DailyConfig, run_daily
+    from appa.observations.schema import read_observations
+    from appa.observations.simulators import ObserveConfig, observe_store
+
+    folder = tmp_path_factory.mktemp("daily-notebook")
+    truth = folder / "truth.zarr"
+    toy = ToyEarthConfig(years=4 / 365, spinup_days=5, seed=3, start="2003-03-01")
+    write_toy_earth(toy, truth, progress=False)
+    observe = ObserveConfig.model_validate(
+        {
+            "seed": 1,
+            "stations": {
+                "density": 0.25,
+                "variables": ["2m_temperature"],
+                "error_std": {"2m_temperature": 0.5},
+            },
+            "satellite": {
+                "variables": ["temperature"],
+                "levels": [500],
+                "error_std": {"temperature": 1.0},
+            },
+        }
+    )
+    table = read_observations(observe_store(str(truth), observe, str(folder / "all"))[0]).load()
+    store, out = folder / "obs", folder / "daily.zarr"
+    job = DailyConfig.model_validate(config(store, out))
+    grow(table, store, "2003-03-01", "2003-03-02")
+    assert run_daily(job, echo=lambda _: None).days == ["2003-03-01"]
+    grow(table, store, "2003-03-03", "2003-03-04")
+    assert run_daily(job, echo=lambda _: None).days == ["2003-03-02", "2003-03-03"]
+    return {"truth": str(truth), "observations": str(store), "daily": str(out)}
+
+
+def test_daily_provenance_notebook(daily_world, tmp_path):
+    from appa.io.archive import open_archive
+
+    parameters = {"archive": daily_world["daily"], "variable": "temperature", "level": 500}
+    nb = run_notebook(ROOT / "notebooks" / "daily_provenance.ipynb", tmp_path, parameters)
+    text = text_of(nb)
+    log = json.loads(open_archive(daily_world["daily"]).attrs["daily_log"])
+    assert "3 days recorded, complete through 2003-03-03" in text
+    assert f"observations[0]: {daily_world['observations']}" in text
+    table = next(t for t in outputs_of(nb, "text/plain") if "written (UTC)" in t)
+    for day, entry in log.items():
+        # each day's row: its recorded digest and how many observations it used
+        row = next(line for line in table.splitlines() if line.startswith(day))
+        assert entry["inputs"][f"observations[0]@{day}"][:12] in row
+        assert str(entry["observations_used"][daily_world["observations"]]) in row
+        assert "2/2" in row and row.rstrip().endswith("same")
+    # day 3 read the partitions of days 2-4 (its lag day, and the last state of day 2)
+    assert "2003-03-02T0000, 2003-03-03T0000, 2003-03-04T0000" in table
+    assert "every recorded digest matches the stores today" in text
+    assert "across day boundaries" in text
+    assert len(outputs_of(nb, "image/png")) == 2  # the write times, the point across days
+
+
+def test_daily_provenance_notebook_shows_a_rewritten_partition(daily_world, tmp_path):
+    import shutil
+
+    import xarray as xr
+
+    store = tmp_path / "obs"
+    shutil.copytree(daily_world["observations"], store)
+    partition = store / "2003-03-04T0000"
+    table = xr.open_zarr(partition).load()
+    shutil.rmtree(partition)
+    table.assign(value=table["value"] + 1.0).to_zarr(partition, zarr_format=2, consolidated=True)
+    parameters = {"archive": daily_world["daily"], "observations": str(store)}
+    nb = run_notebook(ROOT / "notebooks" / "daily_provenance.ipynb", tmp_path, parameters)
+    # only day 3's window reaches into 2003-03-04
+    assert "days whose stores differ now: ['2003-03-03']" in text_of(nb)
+
+
+def test_daily_provenance_notebook_names_what_the_archive_lacks(daily_world, tmp_path):
+    from appa.jobs.baseline import BaselineConfig, run_baseline
+
+    analysis = BaselineConfig(
+        truth=daily_world["truth"],
+        start="2003-03-03T00:00",
+        end="2003-03-03T18:00",
+        train_start="2003-03-01",
+        train_end="2003-03-02T18:00",
+    )
+    clim = str(run_baseline("climatology", analysis, tmp_path / "clim.zarr"))
+    path = ROOT / "notebooks" / "daily_provenance.ipynb"
+    with pytest.raises(nbclient.exceptions.CellExecutionError) as error:
+        run_notebook(path, tmp_path, {"archive": clim})
+    assert f"{clim} is not a daily archive (no attribute daily_log)" in str(error.value)
