@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from worlds import toy_world
 
 ROOT = Path(__file__).resolve().parents[1]
 PRIOR = ROOT / "pipelines" / "priors" / "toy-earth-tiny"
@@ -30,33 +31,9 @@ DAYS = [f"2003-03-0{d}" for d in range(1, 6)]
 def observed(tmp_path_factory) -> xr.Dataset:
     """Five days of toy Earth from 2003-03-01 seen by stations and a polar orbiter: the table
     of every observation."""
-    from appa.data.toy_earth import ToyEarthConfig, write_toy_earth
     from appa.observations.schema import read_observations
-    from appa.observations.simulators import ObserveConfig, observe_store
 
-    folder = tmp_path_factory.mktemp("daily-world")
-    truth = folder / "truth.zarr"
-    write_toy_earth(
-        ToyEarthConfig(years=5 / 365, spinup_days=5, seed=3, start="2003-03-01"),
-        truth,
-        progress=False,
-    )
-    observe = ObserveConfig.model_validate(
-        {
-            "seed": 1,
-            "stations": {
-                "density": 0.25,
-                "variables": ["2m_temperature", "mean_sea_level_pressure"],
-                "error_std": {"2m_temperature": 0.5, "mean_sea_level_pressure": 100.0},
-            },
-            "satellite": {
-                "variables": ["temperature"],
-                "levels": [500],
-                "error_std": {"temperature": 1.0},
-            },
-        }
-    )
-    store, _ = observe_store(str(truth), observe, str(folder / "obs"))
+    _, store = toy_world(tmp_path_factory.mktemp("daily-world"), days=5)
     return read_observations(store).load()
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import nbclient
 import nbformat
 import pytest
+from worlds import toy_world
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -89,39 +90,19 @@ def text_of(nb) -> str:
 def archives(tmp_path_factory, ray_cluster) -> dict[str, str]:
     """A small world of archives: truth, observations, a reanalysis, its climatology
     baseline, and a persistence forecast with the climatology in forecast layout."""
-    from appa.data.toy_earth import ToyEarthConfig, write_toy_earth
     from appa.jobs.assimilate import AssimilateConfig, run_assimilation
     from appa.jobs.baseline import BaselineConfig, run_baseline
-    from appa.observations.simulators import ObserveConfig, observe_store
 
     folder = tmp_path_factory.mktemp("notebook-archives")
-    truth = folder / "truth.zarr"
     # 2003-02-19 .. 2003-03-02: the last 8 days train the climatology, the last 2 are analysed
-    toy = ToyEarthConfig(years=12 / 365, spinup_days=5, seed=3, start="2003-02-19")
-    write_toy_earth(toy, truth, progress=False)
-    observe = ObserveConfig.model_validate(
-        {
-            "seed": 1,
-            "start": "2003-03-01",
-            "end": "2003-03-02T18:00",
-            "stations": {
-                "density": 0.25,
-                "variables": ["2m_temperature", "mean_sea_level_pressure"],
-                "error_std": {"2m_temperature": 0.5, "mean_sea_level_pressure": 100.0},
-            },
-            "satellite": {
-                "variables": ["temperature"],
-                "levels": [500],
-                "error_std": {"temperature": 1.0},
-            },
-        }
+    truth, obs = toy_world(
+        folder, days=12, start="2003-02-19", observed=("2003-03-01", "2003-03-02T18:00")
     )
-    obs, _ = observe_store(str(truth), observe, str(folder / "obs"))
     job = AssimilateConfig.model_validate(
         {
             "task": "reanalysis",
             "prior": {"path": str(PRIOR), "device": "cpu"},
-            "observations": [str(obs)],
+            "observations": [obs],
             "start": "2003-03-01T00:00",
             "end": "2003-03-02T18:00",
             "members": 2,
@@ -133,7 +114,7 @@ def archives(tmp_path_factory, ray_cluster) -> dict[str, str]:
     )
     archive, _ = run_assimilation(job, echo=lambda line: None)
     analysis = BaselineConfig(
-        truth=str(truth),
+        truth=truth,
         start="2003-03-01T00:00",
         end="2003-03-02T18:00",
         train_start="2003-02-19",
@@ -143,8 +124,8 @@ def archives(tmp_path_factory, ray_cluster) -> dict[str, str]:
         update={"end": "2003-03-01T18:00", "lead_times": ["6h", "12h", "1D"], "every": 2}
     )
     return {
-        "truth": str(truth),
-        "observations": str(obs),
+        "truth": truth,
+        "observations": obs,
         "reanalysis": archive.url,
         "climatology": str(run_baseline("climatology", analysis, folder / "clim.zarr")),
         "persistence": str(run_baseline("persistence", forecast, folder / "pers.zarr")),
@@ -249,38 +230,20 @@ def daily_world(tmp_path_factory) -> dict[str, str]:
     appended by one run and days 2-3 by a second once the store gained days 3-4."""
     from test_daily import config, grow
 
-    from appa.data.toy_earth import ToyEarthConfig, write_toy_earth
     from appa.jobs.daily import DailyConfig, run_daily
     from appa.observations.schema import read_observations
-    from appa.observations.simulators import ObserveConfig, observe_store
 
     folder = tmp_path_factory.mktemp("daily-notebook")
-    truth = folder / "truth.zarr"
-    toy = ToyEarthConfig(years=4 / 365, spinup_days=5, seed=3, start="2003-03-01")
-    write_toy_earth(toy, truth, progress=False)
-    observe = ObserveConfig.model_validate(
-        {
-            "seed": 1,
-            "stations": {
-                "density": 0.25,
-                "variables": ["2m_temperature"],
-                "error_std": {"2m_temperature": 0.5},
-            },
-            "satellite": {
-                "variables": ["temperature"],
-                "levels": [500],
-                "error_std": {"temperature": 1.0},
-            },
-        }
-    )
-    table = read_observations(observe_store(str(truth), observe, str(folder / "all"))[0]).load()
+    (folder / "world").mkdir()
+    truth, all_obs = toy_world(folder / "world", days=4)
+    table = read_observations(all_obs).load()
     store, out = folder / "obs", folder / "daily.zarr"
     job = DailyConfig.model_validate(config(store, out))
     grow(table, store, "2003-03-01", "2003-03-02")
     assert run_daily(job, echo=lambda _: None).days == ["2003-03-01"]
     grow(table, store, "2003-03-03", "2003-03-04")
     assert run_daily(job, echo=lambda _: None).days == ["2003-03-02", "2003-03-03"]
-    return {"truth": str(truth), "observations": str(store), "daily": str(out)}
+    return {"truth": truth, "observations": str(store), "daily": str(out)}
 
 
 def test_daily_provenance_notebook(daily_world, tmp_path):

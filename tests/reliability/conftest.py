@@ -23,30 +23,10 @@ PRIOR = ROOT / "pipelines" / "priors" / "toy-earth-tiny"
 def world(tmp_path_factory) -> dict[str, str]:
     """Four days of toy Earth from 2003-03-01 (a short spin-up) and stations and a polar
     orbiter observing them, as the demo does."""
-    from appa.data.toy_earth import ToyEarthConfig, write_toy_earth
-    from appa.observations.simulators import ObserveConfig, observe_store
+    from worlds import toy_world
 
-    folder = tmp_path_factory.mktemp("reliability-world")
-    truth = folder / "truth.zarr"
-    config = ToyEarthConfig(years=4 / 365, spinup_days=5, seed=3, start="2003-03-01")
-    write_toy_earth(config, truth, progress=False)
-    observe = ObserveConfig.model_validate(
-        {
-            "seed": 1,
-            "stations": {
-                "density": 0.25,
-                "variables": ["2m_temperature", "mean_sea_level_pressure"],
-                "error_std": {"2m_temperature": 0.5, "mean_sea_level_pressure": 100.0},
-            },
-            "satellite": {
-                "variables": ["temperature"],
-                "levels": [500],
-                "error_std": {"temperature": 1.0},
-            },
-        }
-    )
-    obs, _ = observe_store(str(truth), observe, str(folder / "obs"))
-    return {"truth": str(truth), "observations": str(obs), "prior": str(PRIOR)}
+    truth, obs = toy_world(tmp_path_factory.mktemp("reliability-world"), days=4)
+    return {"truth": truth, "observations": obs, "prior": str(PRIOR)}
 
 
 @pytest.fixture
