@@ -95,6 +95,7 @@ __all__ = [
     "pending_indices",
     "provenance_attrs",
     "read_errors_named",
+    "reopen_archive",
     "template_from_spec",
     "unreadable_chunks",
     "write_dataset",
@@ -720,6 +721,35 @@ def create_archive(
     records.attrs.update(records_attrs)
     archive = Archive(url, storage_options)
     archive.notes.extend(notes)
+    return archive
+
+
+def reopen_archive(
+    path: str | os.PathLike,
+    *,
+    config: Any,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Archive | None:
+    """The archive of ``config`` already at ``path``, its done units read back (damaged ones
+    pending again, named in :attr:`Archive.notes`), or None when the path is free or holds the
+    stub of an interrupted creation (which :func:`create_archive` replaces). Raises
+    :class:`ArchiveError` for anything else there: another product, a user's folder, an
+    archive of another config."""
+    try:
+        found = claim_output(
+            path, "archive", resumable=True, flag="overwrite", storage_options=storage_options
+        )
+    except OutputExistsError as error:
+        raise ArchiveError(str(error)) from None
+    if found.free:
+        return None
+    try:
+        archive = Archive.open(path, config=config, storage_options=storage_options)
+    except ArchiveError:
+        if _is_stub(_open_group(_location(path), storage_options)):
+            return None
+        raise
+    archive.notes.extend(_damage_notes(archive.url, archive.verify()))
     return archive
 
 

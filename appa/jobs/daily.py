@@ -38,8 +38,13 @@ from appa.assimilation.units import (
 from appa.config import StrictModel, Timestamp
 from appa.distributed.runner import RayConfig, check_cluster, init_ray
 from appa.files import writer_lock
-from appa.io.archive import Archive, ArchiveError, create_archive, template_from_spec
-from appa.io.archive import _location as archive_url
+from appa.io.archive import (
+    Archive,
+    ArchiveError,
+    create_archive,
+    reopen_archive,
+    template_from_spec,
+)
 from appa.observations.schema import missing_partitions
 
 __all__ = ["DailyConfig", "DailyReport", "pending_days", "run_daily"]
@@ -314,25 +319,11 @@ def run_daily(
 def _open_existing(job: DailyConfig, identity: dict, say: Callable[[str], None]) -> Archive | None:
     """The daily archive already at ``job.output`` (its done units read back; damaged ones
     pending again), or None when there is none. Refuses another product or config."""
-    from appa.files import claim_output
-    from appa.io.archive import OutputExistsError, _damage_notes
-
-    try:
-        found = claim_output(job.output, "archive", resumable=True, flag="overwrite")
-    except OutputExistsError as error:
-        raise ArchiveError(str(error)) from None
-    if found.free:
+    archive = reopen_archive(job.output, config=identity)
+    if archive is None:
         return None
-    try:
-        archive = Archive.open(job.output, config=identity)
-    except ArchiveError:
-        from appa.io.archive import _is_stub, _open_group
-
-        if _is_stub(_open_group(archive_url(job.output), None)):
-            return None  # a creation killed before its records: create_archive replaces it
-        raise
     if not archive.extensible:
         raise ArchiveError(f"{archive.url} is not a daily archive (it cannot grow along time)")
-    for line in _damage_notes(archive.url, archive.verify()):
+    for line in archive.notes:
         say(line)
     return archive
