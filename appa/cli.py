@@ -3,6 +3,8 @@ registered here; heavy imports happen inside the commands so ``appa --help`` sta
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -38,6 +40,17 @@ def _error_line(error: BaseException) -> str:
     return str(error)
 
 
+@contextmanager
+def _reported(*errors: type[BaseException], status: int = 2) -> Iterator[None]:
+    """Ends the command with one line, ``error: ...`` (:func:`_error_line`), and exit ``status``
+    (2: bad input) on an error of these types, instead of a traceback."""
+    try:
+        yield
+    except errors as error:
+        typer.echo(f"error: {_error_line(error)}", err=True)
+        raise typer.Exit(status) from None
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"appa {appa.__version__}")
@@ -65,11 +78,8 @@ def showcase(
     from appa.config import ConfigError, load_config
     from appa.jobs.showcase import ShowcaseConfig, run_showcase
 
-    try:
+    with _reported(ConfigError):
         cfg = load_config(ShowcaseConfig, config, overrides or [])
-    except ConfigError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
     run_showcase(cfg, out)
 
 
@@ -90,11 +100,8 @@ def model_info(
     from appa.nn.info import model_info as info_of
     from appa.nn.presets import get_preset
 
-    try:
+    with _reported(ConfigError):
         cfg = get_preset(preset, overrides or [])
-    except ConfigError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
     info = info_of(cfg, preset, batch_size=batch_size)
     typer.echo(json.dumps(info.as_dict(), indent=2) if as_json else format_info(info))
 
@@ -118,12 +125,9 @@ def toy_earth(
     extra = [
         f"{k}={v}" for k, v in (("years", years), ("grid", grid), ("seed", seed)) if v is not None
     ]
-    try:
+    with _reported(ConfigError, OSError):
         cfg = load_config(ToyEarthConfig, config, [*(overrides or []), *extra])
         path = write_toy_earth(cfg, out, progress=progress, overwrite=overwrite)
-    except (ConfigError, OSError) as error:
-        typer.echo(f"error: {_error_line(error)}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(f"wrote {path}")
     if plot is not None:
         from appa.data.plots import plot_snapshot
@@ -145,12 +149,9 @@ def observe(
     from appa.observations.schema import ObservationError
     from appa.observations.simulators import ObserveConfig, observe_store
 
-    try:
+    with _reported(ConfigError, ObservationError, SelectionError, OSError):
         cfg = load_config(ObserveConfig, config, overrides or [])
         path, n = observe_store(str(truth), cfg, str(out), overwrite=overwrite)
-    except (ConfigError, ObservationError, SelectionError, OSError) as error:
-        typer.echo(f"error: {_error_line(error)}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(f"wrote {n} observations to {path}")
 
 
@@ -172,12 +173,9 @@ def _train(kind: str, config: Path | None, overrides: list[str] | None, address:
 
     model = TrainAutoencoderConfig if kind == "autoencoder" else TrainDiffusionConfig
     extra = [f"runner.address={address}"] if address else []
-    try:
+    with _reported(ConfigError, OSError, KeyError):
         job = load_config(model, config, [*(overrides or []), *extra])
         metrics = run_training(job)
-    except (ConfigError, OSError, KeyError) as error:
-        typer.echo(f"error: {_error_line(error)}", err=True)
-        raise typer.Exit(2) from None
     shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, int | float))
     typer.echo(f"{kind}: {shown}")
     typer.echo(f"checkpoints: {job.run_dir}/checkpoints")
@@ -209,12 +207,9 @@ def encode(
     from appa.jobs.encode import EncodeConfig, run_encode
 
     extra = [f"runner.address={address}"] if address else []
-    try:
+    with _reported(ConfigError, CheckpointError, OSError):
         job = load_config(EncodeConfig, config, [*(overrides or []), *extra])
         result = run_encode(job)
-    except (ConfigError, CheckpointError, OSError) as error:
-        typer.echo(f"error: {_error_line(error)}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(
         f"encoded {result['encoded']} blocks, skipped {result['skipped']} already done; "
         f"latent std per channel {[round(v, 3) for v in result['latent_std']]}"
@@ -245,19 +240,16 @@ def _assimilate(
             extra.append(f"{key}={value}")
     if address:
         extra.append(f"runner.address={address}")
-    try:
-        job = load_config(AssimilateConfig, config, [*(overrides or []), *extra])
-        archive, report = run_assimilation(job, echo=typer.echo)
-    except (
+    with _reported(
         ConfigError,
         ArchiveError,
         CheckpointError,
         PriorMismatchError,
         ObservationError,
         OSError,  # files and folders, and the Ray cluster's address
-    ) as error:
-        typer.echo(f"error: {_error_line(error)}", err=True)
-        raise typer.Exit(2) from None
+    ):
+        job = load_config(AssimilateConfig, config, [*(overrides or []), *extra])
+        archive, report = run_assimilation(job, echo=typer.echo)
     typer.echo(
         f"{task}: {sum(r.written for r in report.records)} units computed, "
         f"{report.skipped} already done, {len(report.failures)} failed attempts retried; "
@@ -328,10 +320,7 @@ def daily(
     from appa.observations.schema import ObservationError
 
     extra = [f"runner.address={address}"] if address else []
-    try:
-        job = load_config(DailyConfig, config, [*(overrides or []), *extra])
-        report = run_daily(job, echo=typer.echo)
-    except (
+    with _reported(
         ConfigError,
         ArchiveError,
         CheckpointError,
@@ -339,9 +328,9 @@ def daily(
         ObservationError,
         WriterBusyError,
         OSError,
-    ) as error:
-        typer.echo(f"error: {_error_line(error)}", err=True)
-        raise typer.Exit(2) from None
+    ):
+        job = load_config(DailyConfig, config, [*(overrides or []), *extra])
+        report = run_daily(job, echo=typer.echo)
     through = report.complete_through or "no day yet"
     if not report.days:
         typer.echo(
@@ -366,12 +355,9 @@ def demo(config: ConfigOption = None, overrides: OverridesOption = None) -> None
     from appa.jobs.demo import DemoConfig, describe, run_demo
     from appa.observations.schema import ObservationError
 
-    try:
+    with _reported(ConfigError, OSError, ObservationError, ArchiveError):
         cfg = load_config(DemoConfig, config, overrides or [])
         result = run_demo(cfg, echo=typer.echo)
-    except (ConfigError, OSError, ObservationError, ArchiveError) as error:
-        typer.echo(f"error: {_error_line(error)}", err=True)
-        raise typer.Exit(2) from None
     typer.echo("the reanalysis's ensemble mean against the truth (RMSE, time mean):")
     for line in describe(result, cfg.observed_channels()):
         typer.echo(f"  {line}")
@@ -391,11 +377,8 @@ def export_checkpoint_command(
     """Copy a checkpoint's weights without optimiser state (for committing or sharing)."""
     from appa.io.checkpoints import CheckpointError, export_checkpoint
 
-    try:
+    with _reported(CheckpointError, OSError):
         path = export_checkpoint(source, destination, group or None)
-    except (CheckpointError, OSError) as error:
-        typer.echo(f"error: {_error_line(error)}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(f"exported: {path}")
 
 
@@ -441,11 +424,8 @@ def _npe_config(config: Path | None, overrides: list[str] | None):
     from appa.config import ConfigError, load_config
     from appa.jobs.npe import NPEConfig
 
-    try:
+    with _reported(ConfigError):
         return load_config(NPEConfig, config, overrides or [])
-    except ConfigError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
 
 
 @npe_app.command("train")
@@ -483,22 +463,18 @@ def _lensing_config(config: Path | None, overrides: list[str] | None):
     from appa.config import ConfigError, load_config
     from appa.jobs.lensing import LensingConfig
 
-    try:
+    with _reported(ConfigError):
         return load_config(LensingConfig, config, overrides or [])
-    except ConfigError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
 
 
 def _lensing_run(run, config: Path | None, overrides: list[str] | None):
     from appa.io.checkpoints import CheckpointError
 
     cfg = _lensing_config(config, overrides)
-    try:
+    with _reported(
+        CheckpointError, FileNotFoundError, FileExistsError, ImportError, ValueError, status=1
+    ):
         return run(cfg)
-    except (CheckpointError, FileNotFoundError, FileExistsError, ImportError, ValueError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from None
 
 
 @lensing_app.command("simulate")
@@ -577,22 +553,16 @@ def evaluate(
             typer.echo(f"error: --baseline {item!r} is not NAME=ARCHIVE", err=True)
             raise typer.Exit(2)
         archives[key] = Path(path)
-    try:
+    with _reported(EvaluationError, SelectionError, FileNotFoundError, FileExistsError):
         if out is not None:  # before the scores are computed
             claim_output(out, "scores", overwrite=overwrite)
         table = evaluate_archives(archives, truth, variables=variable, by_time=by_time)
-    except (EvaluationError, SelectionError, FileNotFoundError, FileExistsError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
     console = Console()
     # Piped output (logs, CI) would otherwise wrap at 80 columns.
     Console(width=max(console.width, 140)).print(summary_table(table))
     if out is not None:
-        try:
+        with _reported(FileExistsError):
             path = write_table(table, out, overwrite=overwrite)
-        except FileExistsError as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(2) from None
         typer.echo(f"table: {path}")
 
 
@@ -643,7 +613,7 @@ def verify(archive: Annotated[str, typer.Argument(help="Archive (path or URL).")
     damage (rerunning the job computes damaged units again)."""
     from appa.io.archive import Archive, ArchiveError, open_archive, unreadable_chunks
 
-    try:
+    with _reported(ArchiveError, FileNotFoundError):
         open_archive(archive)
         try:
             units = Archive(archive)
@@ -657,9 +627,6 @@ def verify(archive: Annotated[str, typer.Argument(help="Archive (path or URL).")
             bad = unreadable_chunks(archive, limit=None)
             damage = [f"{name} chunk {key} {why}" for name, key, why in bad]
             sound = "every chunk reads back"
-    except (ArchiveError, FileNotFoundError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
     for line in damage:
         typer.echo(f"damaged: {line}")
     if damage:
@@ -694,15 +661,12 @@ def plot_maps_command(
     if observations is not None:
         t = pd.Timestamp(time)
         obs = read_observations(observations, t - pd.Timedelta("1D"), t + pd.Timedelta("1D"))
-    try:
+    with _reported(ArchiveError, FileNotFoundError):
         with read_errors_named(archive, expected=(KeyError,)):
             path = plot_maps(
                 open_archive(archive), open_era5(truth), variable, time, out,
                 level=level, lead_time=lead_time, observations=obs,
             )  # fmt: skip
-    except (ArchiveError, FileNotFoundError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(f"figure: {path}")
 
 
@@ -836,12 +800,9 @@ def _jobs_client(address: str | None, token_file: Path | None):
             typer.echo("error: give the cluster's job server: --address http://HEAD:8265", err=True)
             raise typer.Exit(_SUBMIT_ERROR)
         typer.echo(f"address {address} (from RAY_API_SERVER_ADDRESS)", err=True)
-    try:
+    with _reported(JobsError, status=_SUBMIT_ERROR):
         token, _ = read_token(token_file)
         return connect(address, token)
-    except JobsError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(_SUBMIT_ERROR) from None
 
 
 @app.command(
@@ -914,7 +875,7 @@ def submit(
     client = _jobs_client(address, token_file)
     job_id = submission_id(path, digest, period)
     metadata = {"appa_command": " ".join(args), "appa_version": appa.__version__}
-    try:
+    with _reported(JobsError, status=_SUBMIT_ERROR):
         done = submit_job(
             client,
             job_id,
@@ -928,9 +889,6 @@ def submit(
         if not wait:
             return
         status = follow(client, done.submission_id, echo=typer.echo)
-    except JobsError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(_SUBMIT_ERROR) from None
     typer.echo(f"{done.submission_id}: {status.lower()}")
     raise typer.Exit(exit_code(status))
 
@@ -946,11 +904,8 @@ def _jobs_call(what: str, function, *args):
     """A job client's call, or exit 3 with its one-line error."""
     from appa.distributed.submit import JobsError, call
 
-    try:
+    with _reported(JobsError, status=_SUBMIT_ERROR):
         return call(what, function, *args)
-    except JobsError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(_SUBMIT_ERROR) from None
 
 
 @jobs_app.command("status")
