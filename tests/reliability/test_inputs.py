@@ -43,13 +43,21 @@ def _other_observations(world: dict, out: Path) -> str:
     return path
 
 
-def test_an_observation_store_replaced_in_place_is_named(base, world, tmp_path):
+@pytest.fixture
+def replaced_store(base, world, tmp_path) -> tuple[dict, Archive]:
+    """A job started on a copy of the observations, that copy then replaced at the same path
+    by another store: the job's config document and its archive (one unit done)."""
     store = tmp_path / "obs"
     shutil.copytree(world["observations"], store)
     doc = {**base, "observations": [str(store)]}
-    _started(doc)
+    archive = _started(doc)
     shutil.rmtree(store)
     _other_observations(world, store)
+    return doc, archive
+
+
+def test_an_observation_store_replaced_in_place_is_named(replaced_store):
+    doc, _ = replaced_store
     with pytest.raises(ArchiveError, match=r"observations\[0\] \(sha256 \w+ then, sha256 \w+ now"):
         plan_archive(AssimilateConfig.model_validate(doc))
 
@@ -81,13 +89,8 @@ def test_moved_inputs_with_the_same_contents_resume(base, world, tmp_path):
     assert again.done_mask().tolist() == [True, False]
 
 
-def test_the_cli_names_the_changed_input_in_one_line(base, world, tmp_path):
-    store = tmp_path / "obs"
-    shutil.copytree(world["observations"], store)
-    doc = {**base, "observations": [str(store)]}
-    _started(doc)
-    shutil.rmtree(store)
-    _other_observations(world, store)
+def test_the_cli_names_the_changed_input_in_one_line(base, replaced_store, tmp_path):
+    doc, _ = replaced_store
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump(doc))
     result = CliRunner().invoke(app, ["reanalysis", "--config", str(config)])
@@ -116,18 +119,13 @@ def test_a_forecasts_initial_archive_recomputed_in_place_is_named(base, tmp_path
         plan_archive(AssimilateConfig.model_validate(forecast))
 
 
-def test_a_worker_started_after_an_input_changed_refuses_its_units(base, world, tmp_path):
+def test_a_worker_started_after_an_input_changed_refuses_its_units(replaced_store):
     """An actor restarted mid-job reads the inputs again: if they changed since the archive
     was started, it computes nothing (the pool ends the job at once on this error)."""
     from appa.assimilation.units import AssimilationWorker
 
-    store = tmp_path / "obs"
-    shutil.copytree(world["observations"], store)
-    doc = {**base, "observations": [str(store)]}
-    archive = _started(doc)
+    doc, archive = replaced_store
     inputs = dict(archive.records["inputs"])
-    shutil.rmtree(store)
-    _other_observations(world, store)
     worker = AssimilationWorker(AssimilateConfig.model_validate(doc), threads=1, inputs=inputs)
     unit = archive.units[1]
     with pytest.raises(ArchiveError, match=r"observations\[0\]"):
