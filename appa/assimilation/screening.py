@@ -6,10 +6,13 @@
    further from that state than the time rule allows (``sampling.time_rule`` and
    ``sampling.time_tolerance``, :func:`appa.observations.screening.assign_times`);
 2. ``out_of_bounds``: its value lies outside the physical bounds of its variable
-   (:func:`appa.observations.screening.physical_bounds`);
+   (:func:`appa.observations.quality.outside_bounds`, the range check of ingest's quality
+   control);
 3. ``gross_deviation``: its value departs from the prior's climatological mean of its channel
    by more than ``gross_std`` times ``sqrt(std^2 + error_std^2)`` (the prior's spread of that
-   channel and the observation's error);
+   channel and the observation's error): ingest's background check
+   (:func:`appa.observations.quality.departure_exceeds`) with the prior's climatology as the
+   background;
 4. ``used`` otherwise.
 
 The driver summarises the verdicts (:class:`ObservationSummary`) and refuses a store whose
@@ -32,6 +35,7 @@ from pydantic import Field
 from appa.config import StrictModel
 from appa.data.spec import StateSpec
 from appa.observations.operator import observation_channels
+from appa.observations.quality import departure_exceeds, outside_bounds
 from appa.observations.schema import ObservationError
 from appa.observations.screening import (
     CANONICAL_UNITS,
@@ -167,17 +171,12 @@ def screen_observations(
         channel = observation_channels(sub, spec)
         value = sub["value"].values.astype(np.float64)
         error = sub["error_std"].values.astype(np.float64)
-        low = np.full(len(spec.channels), -np.inf)
-        high = np.full(len(spec.channels), np.inf)
-        for c, (variable, level) in enumerate(spec.channels):
-            bounds = physical_bounds(variable, None if level is None else float(level))
-            if bounds is not None:
-                low[c], high[c] = bounds
         mean = np.asarray(mean, dtype=np.float64)[channel]
-        spread = np.sqrt(np.asarray(std, dtype=np.float64)[channel] ** 2 + error**2)
+        std = np.asarray(std, dtype=np.float64)[channel]
         verdict = np.full(timely.size, "used", dtype=object)
-        verdict[np.abs(value - mean) > gross_std * spread] = "gross_deviation"
-        verdict[(value < low[channel]) | (value > high[channel])] = "out_of_bounds"
+        verdict[departure_exceeds(value, mean, std, error, gross_std)] = "gross_deviation"
+        outside = outside_bounds(sub["variable"].values, sub["level"].values, value)
+        verdict[outside] = "out_of_bounds"
         reason[timely] = verdict
     return Screening(table, states, state, reason.astype(str), _labels(table))
 

@@ -8,7 +8,13 @@ A table is an :class:`xarray.Dataset` along one dimension ``obs`` with the field
 - ``value`` (SI units), ``error_std`` (> 0, same units), ``platform`` (e.g. ``station``,
   ``satellite``, ``coarse``),
 - optionally ``footprint`` (degrees; 0 for point observations, else the side of the
-  latitude-longitude box the value averages over).
+  latitude-longitude box the value averages over),
+- optionally, from ingest of real reports: ``station`` (its identifier), ``elevation`` (m above
+  sea level, NaN unknown), ``time_offset`` (seconds; ``time`` is the state time the
+  observation was rounded to, observed at ``time + time_offset``), ``height_correction`` (K
+  added to a 2 m temperature to bring it from the station's height to the model's ground) and
+  ``reason`` (``""`` for an accepted observation, else why quality control rejected it: the
+  rejected ones stay in the store with their reason, and readers leave them out unless asked).
 
 The store is a directory of Zarr groups, one per time partition (``YYYY-MM-DDTHH``), each
 holding the observations of ``[start, start + partition)``; reading a time window opens only
@@ -35,7 +41,9 @@ from appa.files import claim_output, written_whole
 
 __all__ = [
     "FIELDS",
+    "OPTIONAL_FIELDS",
     "ObservationError",
+    "accepted",
     "add_partitions",
     "concat_tables",
     "make_table",
@@ -47,6 +55,15 @@ __all__ = [
 ]
 
 FIELDS = ("time", "latitude", "longitude", "level", "variable", "value", "error_std", "platform")
+OPTIONAL_FIELDS = (
+    "footprint",
+    "station",
+    "elevation",
+    "time_offset",
+    "height_correction",
+    "reason",
+)
+_TEXT_FIELDS = ("variable", "platform", "station", "reason")
 _META = "observations.json"
 
 
@@ -95,11 +112,13 @@ def validate_table(table: xr.Dataset) -> None:
     missing = [f for f in FIELDS if f not in table.variables]
     if missing:
         raise ObservationError(f"observation table lacks fields {missing}")
-    for name in (*FIELDS, "footprint"):
+    for name in (*FIELDS, *OPTIONAL_FIELDS):
         if name in table.variables and table[name].dims != ("obs",):
             raise ObservationError(f"field {name} has dims {table[name].dims}, expected ('obs',)")
     if not np.issubdtype(table["time"].dtype, np.datetime64):
         raise ObservationError(f"time must be datetime64, got {table['time'].dtype}")
+    # rejected observations keep whatever values they came with; only accepted ones are judged
+    table = accepted(table)
     value = table["value"].values
     _check(np.isfinite(value), table, "value is NaN or infinite")
     err = table["error_std"].values
@@ -128,16 +147,40 @@ def _check(ok: np.ndarray, table: xr.Dataset, message: str) -> None:
         )
 
 
+def accepted(table: xr.Dataset) -> xr.Dataset:
+    """The observations of ``table`` that quality control accepted (all of a table without a
+    ``reason`` field)."""
+    if "reason" not in table.variables:
+        return table
+    return table.isel(obs=np.flatnonzero(table["reason"].values.astype(str) == ""))
+
+
+# what an optional field holds where a table lacks it
+_ABSENT = {
+    "footprint": 0.0,
+    "station": "",
+    "elevation": np.nan,
+    "time_offset": 0.0,
+    "height_correction": 0.0,
+    "reason": "",
+}
+
+
 def concat_tables(tables: Sequence[xr.Dataset]) -> xr.Dataset:
-    """Concatenates tables along ``obs`` (``footprint`` filled with 0 where absent)."""
+    """Concatenates tables along ``obs``; an optional field that some tables lack is filled in
+    the others with its neutral value (``footprint`` 0, ``station`` and ``reason`` empty,
+    ``elevation`` NaN, offsets and corrections 0)."""
     tables = [t for t in tables if t.sizes.get("obs", 0) > 0]
     if not tables:
         raise ObservationError("no observations to concatenate")
-    if any("footprint" in t for t in tables):
-        tables = [
-            t if "footprint" in t else t.assign(footprint=("obs", np.zeros(t.sizes["obs"])))
-            for t in tables
-        ]
+    for name in OPTIONAL_FIELDS:
+        if any(name in t for t in tables):
+            tables = [
+                t
+                if name in t
+                else t.assign({name: ("obs", np.full(t.sizes["obs"], _ABSENT[name]))})
+                for t in tables
+            ]
     return xr.concat(tables, dim="obs")
 
 
@@ -171,8 +214,9 @@ def write_observations(
             sel = np.flatnonzero(starts == start)
             name = pd.Timestamp(start).strftime("%Y-%m-%dT%H%M")
             part = table.isel(obs=sel)
-            for field in ("variable", "platform"):
-                part[field] = part[field].astype(str)
+            for field in _TEXT_FIELDS:
+                if field in part:
+                    part[field] = part[field].astype(str)
             part.to_zarr(tmp / name, zarr_format=2, consolidated=True, mode="w")
             parts.append({"name": name, "start": str(pd.Timestamp(start)), "count": int(sel.size)})
         meta = {"schema": list(FIELDS), "partition": str(span), "partitions": parts}
@@ -224,8 +268,9 @@ def add_partitions(table: xr.Dataset, path: str | Path) -> list[str]:
     meta = json.loads((path / _META).read_text())
     for start, name in zip(np.unique(starts), new, strict=True):
         part = table.isel(obs=np.flatnonzero(starts == start))
-        for field in ("variable", "platform"):
-            part[field] = part[field].astype(str)
+        for field in _TEXT_FIELDS:
+            if field in part:
+                part[field] = part[field].astype(str)
         tmp = path / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
         part.to_zarr(tmp, zarr_format=2, consolidated=True, mode="w")
         if (path / name).exists():
@@ -293,11 +338,13 @@ def read_observations(
     end: str | None = None,
     fields: Sequence[str] | None = None,
     whole_partitions: bool = False,
+    rejected: bool = False,
 ) -> xr.Dataset:
     """Observations with ``start <= time < end`` (either bound optional), reading only the
     partitions that overlap the window, and only ``fields`` of them when given (``time`` is
     always read). ``whole_partitions``: every observation of those partitions (what a reader
-    of the window loads), inside the window or not.
+    of the window loads), inside the window or not. ``rejected``: also the observations that
+    quality control rejected at ingest (with their ``reason``); by default only the accepted.
 
     Raises:
         FileNotFoundError: when ``path`` is not an observation store.
@@ -313,7 +360,8 @@ def read_observations(
         try:
             table = xr.open_zarr(path / name, consolidated=True)
             if fields is not None:
-                table = table[list(dict.fromkeys(["time", *fields]))]
+                extra = ["reason"] if "reason" in table.variables and not rejected else []
+                table = table[list(dict.fromkeys(["time", *fields, *extra]))]
             table = table.load()
         except (KeyError, OSError, RuntimeError, TypeError, ValueError) as error:
             # a missing folder, truncated .zmetadata, a lost field or a corrupt chunk
@@ -325,6 +373,10 @@ def read_observations(
             keep &= table["time"].values >= t0.to_datetime64()
         if t1 is not None and not whole_partitions:
             keep &= table["time"].values < t1.to_datetime64()
+        if "reason" in table.variables and not rejected:
+            keep &= table["reason"].values.astype(str) == ""
+            if fields is not None and "reason" not in fields:
+                table = table.drop_vars("reason")
         tables.append(table.isel(obs=np.flatnonzero(keep)))
     if not tables or sum(t.sizes["obs"] for t in tables) == 0:
         raise ObservationError(f"no observations in {path} between {start} and {end}")
