@@ -155,6 +155,67 @@ def observe(
     typer.echo(f"wrote {n} observations to {path}")
 
 
+@app.command()
+def ingest(
+    format: Annotated[
+        str | None,
+        typer.Argument(help="bufr, csv, isd-lite or swath (or give sources in the config)."),
+    ] = None,
+    sources: Annotated[list[str] | None, typer.Argument(help="Files of that format.")] = None,
+    out: Annotated[str | None, typer.Option(help="Observation store (new, or extended).")] = None,
+    period: Annotated[
+        tuple[str, str] | None,
+        typer.Option(help="START END of the state times to ingest (partition boundaries)."),
+    ] = None,
+    grid: Annotated[
+        str | None, typer.Option(help="Gridded store of the state's grid and orography.")
+    ] = None,
+    config: ConfigOption = None,
+    overrides: OverridesOption = None,
+) -> None:
+    """Real observations (BUFR, station tables, satellite swaths) into an observation store,
+    with quality control; prints what was read, kept and rejected per platform."""
+    from appa.config import ConfigError, load_config
+    from appa.files import OutputExistsError
+    from appa.jobs.ingest import IngestConfig, SourceConfig, run_ingest
+    from appa.observations.schema import ObservationError
+
+    extra = [f"out={out}"] if out else []
+    extra += [f"grid={grid}"] if grid else []
+    with _reported(ConfigError, ObservationError, OutputExistsError, OSError):
+        if (format is None) != (not sources):
+            raise ConfigError("give a FORMAT and its SOURCE files together")
+        job = load_config(IngestConfig, config, [*(overrides or []), *extra])
+        changes = {}
+        if format is not None:
+            try:
+                source = SourceConfig(
+                    format=format,
+                    paths=list(sources or []),
+                    **_source_settings(job, format),
+                )
+            except ValueError as error:
+                raise ConfigError(f"{format}: {error}") from None
+            changes["sources"] = [*job.sources, source]
+        if period is not None:
+            changes["period"] = tuple(period)
+        job = IngestConfig.model_validate({**job.model_dump(), **changes})
+        result = run_ingest(job, echo=typer.echo)
+    typer.echo(
+        f"ingest: {len(result.partitions)} partition(s) written to {result.store} "
+        f"in {result.seconds:.1f} s"
+    )
+
+
+def _source_settings(job, format: str) -> dict:
+    """A format's settings from the config's first source of that format (so a command line
+    can name the files and the config the column mapping)."""
+    for source in job.sources:
+        if source.format == format:
+            return {k: getattr(source, k) for k in ("columns", "stations", "swath")}
+    return {}
+
+
 train_app = typer.Typer(
     help="Train the autoencoder or the latent diffusion prior (Ray Train or in-process).",
     no_args_is_help=True,

@@ -62,6 +62,7 @@ REASONS: dict[str, str] = {
     "off_time": "off the state times",
     "out_of_bounds": "outside physical bounds",
     "gross_deviation": "far from the prior's climatology",
+    "not_in_state": "of a variable or level the prior's state lacks",
 }
 REJECTED = ("out_of_bounds", "gross_deviation")
 
@@ -79,9 +80,15 @@ class ObservationUseConfig(StrictModel):
         max_rejected: A store whose observations of one channel are rejected (physical bounds
             or ``gross_std``) more often than this fraction stops the job, naming the likely
             unit mistake.
+        outside_state: Observations of a variable or level the prior's state lacks:
+            ``refuse`` (an error naming them: a misspelt variable, a store made for another
+            state) or ``skip`` (counted as ``not_in_state``: a store of real reports holds
+            dew points, station pressures and significant levels of soundings that a state
+            of a few variables on standard levels has no channel for).
     """
 
     unobserved: Literal["refuse", "flag"] = "refuse"
+    outside_state: Literal["refuse", "skip"] = "refuse"
     gross_std: float = Field(10.0, gt=0)
     max_rejected: float = Field(0.5, ge=0, le=1)
 
@@ -147,6 +154,7 @@ def screen_observations(
     mean: Sequence[float] | np.ndarray,
     std: Sequence[float] | np.ndarray,
     gross_std: float,
+    outside_state: Literal["refuse", "skip"] = "refuse",
 ) -> Screening:
     """The verdict on each observation of ``table`` (see the module docstring).
 
@@ -155,16 +163,22 @@ def screen_observations(
         tolerance: How far an observation may lie from its state (the time rule's).
         spec, mean, std: The prior's channels and their climatological mean and standard
             deviation ``(C,)`` (physical units).
+        outside_state: ``skip``: observations of a variable or level the state lacks are
+            ``not_in_state``; ``refuse``: an error.
 
     Raises:
         ObservationError: for a used-in-time observation of a variable or level the prior's
-            states lack (naming them).
+            states lack (naming them), unless ``outside_state`` is ``skip``.
     """
     m = table.sizes["obs"]
     state = assign_times(table["time"].values, states, tolerance, step)
     reason = np.full(m, "used", dtype=object)
     reason[state == OUTSIDE_PERIOD] = "outside_period"
     reason[state == OFF_TIME] = "off_time"
+    if outside_state == "skip":
+        inside = np.isin(_labels(table), spec.channel_names())
+        reason[(state >= 0) & ~inside] = "not_in_state"
+        state = np.where(inside, state, OUTSIDE_PERIOD)
     timely = np.flatnonzero(state >= 0)
     if timely.size:
         sub = table.isel(obs=timely)

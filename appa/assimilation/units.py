@@ -304,6 +304,7 @@ def screen_store(
         mean,
         std,
         job.observation_use.gross_std,
+        job.observation_use.outside_state,
     )
 
 

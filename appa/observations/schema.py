@@ -30,8 +30,9 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -50,6 +51,7 @@ __all__ = [
     "missing_partitions",
     "read_observations",
     "store_digest",
+    "store_partitions",
     "validate_table",
     "write_observations",
 ]
@@ -191,11 +193,17 @@ def _partition_starts(times: np.ndarray, partition: pd.Timedelta) -> np.ndarray:
 
 
 def write_observations(
-    table: xr.Dataset, path: str | Path, partition: str = "1D", overwrite: bool = False
+    table: xr.Dataset,
+    path: str | Path,
+    partition: str = "1D",
+    overwrite: bool = False,
+    record: Mapping[str, Any] | None = None,
 ) -> Path:
     """Writes a table as a store partitioned by time (atomic: temporary directory, rename).
     ``path`` must be free (absent, an empty directory) or, with ``overwrite``, an observation
-    store; anything else raises :class:`~appa.files.OutputExistsError` naming what is there."""
+    store; anything else raises :class:`~appa.files.OutputExistsError` naming what is there.
+    ``record`` (JSON-serialisable, e.g. what an ingest read and rejected) is kept in the
+    index's ``history`` with the partitions it wrote."""
     validate_table(table)
     path = Path(path)
     claim_output(path, "observations", overwrite=overwrite)
@@ -220,8 +228,17 @@ def write_observations(
             part.to_zarr(tmp / name, zarr_format=2, consolidated=True, mode="w")
             parts.append({"name": name, "start": str(pd.Timestamp(start)), "count": int(sel.size)})
         meta = {"schema": list(FIELDS), "partition": str(span), "partitions": parts}
+        if record is not None:
+            meta["history"] = [{**record, "partitions": [p["name"] for p in parts]}]
         (tmp / _META).write_text(json.dumps(meta, indent=1))
     return path
+
+
+def store_partitions(path: str | Path) -> tuple[pd.Timedelta, list[str]]:
+    """The partition span of the store at ``path`` and the names of its partitions (in time
+    order); raises :class:`FileNotFoundError` for a path that is not a store."""
+    span, listed = _index(Path(path))
+    return span, [name for name, _ in sorted(listed, key=lambda p: p[1])]
 
 
 def _index(path: Path) -> tuple[pd.Timedelta, list[tuple[str, pd.Timestamp]]]:
@@ -241,10 +258,13 @@ def _index(path: Path) -> tuple[pd.Timedelta, list[tuple[str, pd.Timestamp]]]:
     return span, partitions
 
 
-def add_partitions(table: xr.Dataset, path: str | Path) -> list[str]:
+def add_partitions(
+    table: xr.Dataset, path: str | Path, record: Mapping[str, Any] | None = None
+) -> list[str]:
     """Adds the observations of ``table`` to the store at ``path`` as new partitions, leaving
     the old ones as they are (each partition is written under a temporary name and renamed,
     then the index is replaced whole): how a store grows day by day. Returns the names added.
+    ``record`` is appended to the index's ``history`` with those names.
 
     Raises:
         FileNotFoundError: when ``path`` is not an observation store.
@@ -280,6 +300,8 @@ def add_partitions(table: xr.Dataset, path: str | Path) -> list[str]:
         count = int(part.sizes["obs"])
         meta["partitions"].append({"name": name, "start": str(pd.Timestamp(start)), "count": count})
     meta["partitions"].sort(key=lambda p: pd.Timestamp(p["start"]))
+    if record is not None:
+        meta.setdefault("history", []).append({**record, "partitions": new})
     index = path / f".{_META}.tmp-{uuid.uuid4().hex[:8]}"
     index.write_text(json.dumps(meta, indent=1))
     os.replace(index, path / _META)  # the new partitions appear to readers all at once

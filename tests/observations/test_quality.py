@@ -235,3 +235,29 @@ def test_background_check_samples_the_reference_at_the_state_time():
     )
     out = prepare_reports(frame, "6h", "3h", QualityRules(background_k=3.0), background=(mean, std))
     assert out["reason"].tolist() == ["background", ""]
+
+
+def test_a_job_skips_or_refuses_observations_its_state_lacks():
+    from appa.assimilation.screening import screen_observations
+    from appa.data.spec import StateSpec
+    from appa.observations.schema import make_table
+
+    spec = StateSpec(surface=["2m_temperature"], atmospheric=["temperature"], levels=[500])
+    table = make_table(
+        time=["2026-01-01T00:00"] * 4,
+        latitude=[0.0] * 4,
+        longitude=[0.0] * 4,
+        variable=["2m_temperature", "temperature", "temperature", "2m_dewpoint_temperature"],
+        level=[np.nan, 500.0, 923.0, np.nan],
+        value=[280.0, 250.0, 275.0, 270.0],
+        error_std=1.0,
+        platform="synop",
+    )
+    states = pd.DatetimeIndex(["2026-01-01T00:00"])
+    args = (table, states, pd.Timedelta("6h"), pd.Timedelta("3h"), spec, [280.0, 250.0],
+            [10.0, 10.0], 10.0)  # fmt: skip
+    with pytest.raises(ObservationError, match="923"):
+        screen_observations(*args)
+    screening = screen_observations(*args, outside_state="skip")
+    assert screening.reason.tolist() == ["used", "used", "not_in_state", "not_in_state"]
+    assert screening.used()["variable"].values.tolist() == ["2m_temperature", "temperature"]
