@@ -10,6 +10,7 @@ and the model's orography.
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import pandas as pd
@@ -20,9 +21,13 @@ from appa.observations.screening import CANONICAL_UNITS
 
 __all__ = [
     "G0",
+    "ICAO_P0",
+    "ICAO_R",
+    "ICAO_T0",
     "STANDARD_LAPSE_RATE",
     "geopotential_from_height",
     "lapse_rate_correction",
+    "pressure_from_pressure_altitude",
     "round_times",
     "to_si",
     "wind_components",
@@ -31,6 +36,15 @@ __all__ = [
 
 G0 = 9.80665  # m s-2, the WMO standard gravity that defines geopotential metres
 STANDARD_LAPSE_RATE = 0.0065  # K m-1, the ICAO standard atmosphere's below 11 km
+
+# The ICAO standard atmosphere (ICAO Doc 7488): sea-level pressure and temperature, the gas
+# constant of dry air it defines, and its layers up to 47 km as (base geopotential height m,
+# lapse rate K m-1, where the temperature falls with height for a positive rate)
+ICAO_P0 = 101325.0  # Pa
+ICAO_T0 = 288.15  # K
+ICAO_R = 287.05287  # J kg-1 K-1
+_ICAO_LAYERS = ((0.0, STANDARD_LAPSE_RATE), (11000.0, 0.0), (20000.0, -0.001), (32000.0, -0.0028))
+_ICAO_TOP = 47000.0
 
 # spellings of observation formats that Pint does not read as meant
 _ALIASES = {
@@ -158,3 +172,28 @@ def lapse_rate_correction(
     temperature = np.asarray(temperature, dtype=np.float64)
     dz = np.asarray(station_height, dtype=np.float64) - np.asarray(model_height, dtype=np.float64)
     return np.where(np.isfinite(dz), temperature + lapse_rate * dz, temperature)
+
+
+def pressure_from_pressure_altitude(altitude: np.ndarray) -> np.ndarray:
+    """Pressure (Pa) at a pressure altitude (geopotential metres, e.g. an aircraft's flight
+    level) in the ICAO standard atmosphere: ``p_b ((T_b - L (H - H_b)) / T_b)^(g0 / (R L))``
+    in a layer of lapse rate ``L`` from base ``H_b``, ``p_b exp(-g0 (H - H_b) / (R T_b))`` in an
+    isothermal one; 101325 Pa at 0 m, about 300.9 hPa at 30000 ft. Altitudes below 0 m extend
+    the lowest layer; above 47 km, or not finite, give NaN."""
+    altitude = np.asarray(altitude, dtype=np.float64)
+    pressure = np.full(altitude.shape, np.nan)
+    base_p, base_t = ICAO_P0, ICAO_T0
+    for k, (base_h, rate) in enumerate(_ICAO_LAYERS):
+        top_h = _ICAO_LAYERS[k + 1][0] if k + 1 < len(_ICAO_LAYERS) else _ICAO_TOP
+        inside = (altitude <= top_h) & (altitude >= base_h if k else np.isfinite(altitude))
+        dh = np.where(inside, altitude, base_h) - base_h
+        if rate == 0.0:
+            layer_p = base_p * np.exp(-G0 * dh / (ICAO_R * base_t))
+            top_p = base_p * math.exp(-G0 * (top_h - base_h) / (ICAO_R * base_t))
+        else:
+            exponent = G0 / (ICAO_R * rate)
+            layer_p = base_p * ((base_t - rate * dh) / base_t) ** exponent
+            top_p = base_p * ((base_t - rate * (top_h - base_h)) / base_t) ** exponent
+        pressure = np.where(inside & np.isnan(pressure), layer_p, pressure)
+        base_p, base_t = top_p, base_t - rate * (top_h - base_h)
+    return pressure
