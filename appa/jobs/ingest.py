@@ -205,12 +205,27 @@ def _background(config: BackgroundConfig, times: np.ndarray) -> tuple[xr.Dataset
     return m, s
 
 
-def _read(source: SourceConfig, job: IngestConfig, grid, account: IngestAccount) -> pd.DataFrame:
+def _read(
+    source: SourceConfig,
+    job: IngestConfig,
+    grid,
+    account: IngestAccount,
+    echo: Callable[[str], None],
+) -> pd.DataFrame:
     """The decoded reports of one source."""
     if source.format == "bufr":
         from appa.observations.ingest.bufr import read_bufr
 
-        return read_bufr(source.paths)
+        counts: dict = {}
+        frame = read_bufr(source.paths, counts=counts)
+        for path, c in counts.items():
+            messages = ", ".join(f"{n} {p}" for p, n in sorted(c.messages.items())) or "none"
+            line = f"{path}: messages {messages}"
+            if c.skipped:
+                skipped = ", ".join(f"{n} of category {k}" for k, n in sorted(c.skipped.items()))
+                line += f"; skipped {skipped}"
+            echo(line)
+        return frame
     if source.format in ("csv", "isd-lite"):
         from appa.observations.ingest import stations
 
@@ -276,7 +291,7 @@ def run_ingest(job: IngestConfig, echo: Callable[[str], None] = print) -> Ingest
     account = IngestAccount()
     frames = []
     for source in job.sources:
-        frame = _read(source, job, grid, account)
+        frame = _read(source, job, grid, account, echo)
         if len(frame):
             frames.append(frame)
         echo(f"read {len(frame)} values from {len(source.paths)} {source.format} file(s)")

@@ -23,8 +23,9 @@ writes the reason. :func:`quality_control` applies them in this order:
    states) by more than ``k * sqrt(background_std^2 + error_std^2)``: the same test as the
    gross check a job makes against the prior's climatology (:func:`departure_exceeds`).
 
-Rows rejected by a reader (``source_flag``) or for their time (``off_time``) keep the reason
-they came with. Everything here is NumPy and pandas; no files, no networks.
+Rows rejected by a reader (``source_flag``, ``no_time``, ``no_position``, ``no_level``,
+``wind_direction``) or for their time (``off_time``) keep the reason they came with.
+Everything here is NumPy and pandas; no files, no networks.
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ __all__ = [
 # every reason a value may be rejected for, readers' and quality control's, in a stable order
 REASONS: dict[str, str] = {
     "source_flag": "flagged bad by its source",
+    "no_time": "no valid time",
+    "no_position": "no valid position",
+    "no_level": "no valid pressure level",
+    "wind_direction": "wind direction outside 0-360 degrees",
     "off_time": "too far from a state time",
     "out_of_range": "physically impossible value",
     "blacklisted": "blacklisted station",
