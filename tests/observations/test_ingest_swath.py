@@ -111,9 +111,19 @@ def _nearest(lat, lon, grid_lat, grid_lon):
     return grid_lat[j], grid_lon[np.argmin(d, axis=1)]
 
 
-@pytest.mark.parametrize("grid", ["polar", "equiangular"])
+GRIDS = {
+    "polar": (POLAR_LAT, POLAR_LON),
+    "equiangular": equiangular_grid("64x32"),
+    "irregular": (
+        np.array([-80.0, -50.0, -20.0, 0.0, 15.0, 40.0, 70.0, 85.0]),
+        np.array([0.0, 31.0, 100.0, 170.0, 185.0, 250.0, 301.0, 347.0]),  # no halfway pixel
+    ),
+}
+
+
+@pytest.mark.parametrize("grid", list(GRIDS))
 def test_dense_swath_over_dateline_and_pole_gives_one_superob_per_box(tmp_path, grid):
-    glat, glon = (POLAR_LAT, POLAR_LON) if grid == "polar" else equiangular_grid("64x32")
+    glat, glon = GRIDS[grid]
     rng = np.random.default_rng(0)
     lines, pixels = 120, 40
     # scan lines from 60 N over the pole to 60 N on the other side, crossing the dateline

@@ -191,22 +191,39 @@ class _Grid:
         spacings = [*np.diff(lat), *np.diff(self._lon)]
         # the smallest spacing: a box of that side around a centre holds no other centre
         self.spacing = float(min(spacings)) if spacings else 360.0
+        # regular axes are indexed by arithmetic instead of a search (several times faster)
+        self._dlat = _regular_step(lat)
+        self._dlon = _regular_step(self._lon)
 
     def cells(self, latitude: np.ndarray, longitude: np.ndarray) -> np.ndarray:
         """Flat index ``j * nlon + i`` of the nearest cell centre (halfway: the northern,
         the eastern)."""
         lat = self.latitude
-        j = np.clip(np.searchsorted(lat, latitude), 1, max(lat.size - 1, 1))
-        if lat.size > 1:
-            j = np.where(latitude - lat[j - 1] < lat[j] - latitude, j - 1, j)
+        if lat.size == 1:
+            j = np.zeros(np.shape(latitude), dtype=np.int64)
+        elif self._dlat is not None:
+            j = np.floor((latitude - lat[0]) / self._dlat + 0.5).astype(np.int64)
+            j = np.clip(j, 0, lat.size - 1)
         else:
-            j = np.zeros_like(j)
+            j = np.clip(np.searchsorted(lat, latitude), 1, lat.size - 1)
+            j = np.where(latitude - lat[j - 1] < lat[j] - latitude, j - 1, j)
         wrapped = wrap_longitude(longitude)
         ext = self._lon
-        i = np.clip(np.searchsorted(ext, wrapped), 1, ext.size - 1)
-        i = np.where(wrapped - ext[i - 1] < ext[i] - wrapped, i - 1, i)
+        if self._dlon is not None:
+            i = np.floor((wrapped - ext[0]) / self._dlon + 0.5).astype(np.int64)
+        else:
+            i = np.clip(np.searchsorted(ext, wrapped), 1, ext.size - 1)
+            i = np.where(wrapped - ext[i - 1] < ext[i] - wrapped, i - 1, i)
         i = (i - 1) % self.longitude.size
         return j * self.longitude.size + i
+
+
+def _regular_step(axis: np.ndarray) -> float | None:
+    """The spacing of an evenly spaced axis, or None."""
+    if axis.size < 2:
+        return None
+    step = np.diff(axis)
+    return float(step.mean()) if np.allclose(step, step.mean(), rtol=1e-9, atol=0) else None
 
 
 def _levels_hpa(coord: xr.DataArray, source: str) -> np.ndarray:
