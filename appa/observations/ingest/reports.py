@@ -84,7 +84,7 @@ def check_reports(frame: pd.DataFrame, source: str = "reports") -> pd.DataFrame:
             except (TypeError, ValueError) as error:
                 message = f"{source}: column {name} is not numeric ({error})"
                 raise ObservationError(message) from None
-    unknown = sorted(set(out["variable"]) - set(CANONICAL_UNITS))
+    unknown = sorted(set(out["variable"].unique()) - set(CANONICAL_UNITS))
     if unknown:
         raise ObservationError(
             f"{source}: variables {unknown} have no canonical units; known: "
