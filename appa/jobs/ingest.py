@@ -205,6 +205,16 @@ def _background(config: BackgroundConfig, times: np.ndarray) -> tuple[xr.Dataset
     return m, s
 
 
+def _dataclass(kind: type, settings: dict[str, Any] | None, where: str) -> Any:
+    """A reader's settings (a dataclass with nested ones) from a config mapping."""
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        return TypeAdapter(kind).validate_python(settings or {})
+    except ValidationError as error:
+        raise ConfigError(f"sources: {where}: {error}") from None
+
+
 def _read(
     source: SourceConfig,
     job: IngestConfig,
@@ -230,10 +240,7 @@ def _read(
         from appa.observations.ingest import stations
 
         if source.format == "csv":
-            try:
-                columns = stations.StationColumns(**(source.columns or {}))
-            except TypeError as error:
-                raise ConfigError(f"sources: csv columns: {error}") from None
+            columns = _dataclass(stations.StationColumns, source.columns, "columns")
         else:
             columns = stations.isd_lite(source.stations)
         frames = [stations.read_station_table(path, columns) for path in source.paths]
@@ -242,13 +249,10 @@ def _read(
 
     if grid is None:
         raise ConfigError("a swath source needs the state's grid (grid: a gridded store)")
-    try:
-        spec = swath.SwathSpec(**(source.swath or {}))
-    except TypeError as error:
-        raise ConfigError(f"sources: swath: {error}") from None
+    spec = _dataclass(swath.SwathSpec, source.swath, "swath")
     frames = []
     for path in source.paths:
-        read = swath.read_swath(path, spec, grid[0], grid[1], step=job.time_step)
+        read = swath.read_swath(path, spec, grid[0], grid[1], time_step=job.time_step)
         account.add_rejected_before("satellite", read.rejected_pixels)
         frames.append(read.reports)
     return pd.concat(frames, ignore_index=True)

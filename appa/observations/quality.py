@@ -8,9 +8,10 @@ writes the reason. :func:`quality_control` applies them in this order:
 1. ``out_of_range``: a value outside the physically possible range of its variable and level
    (:func:`appa.observations.screening.physical_bounds`);
 2. ``blacklisted``: a station (and variable) on the blacklist (shell patterns);
-3. ``duplicate``: several values of one station, variable and level at one state time: the one
-   observed closest to the state time is kept, and of equally close ones the last received (a
-   corrected report follows the one it corrects);
+3. ``duplicate``: several values of one station, variable and level at one state time (and,
+   for platforms that move or see many places, ``ship``, ``aircraft``, ``satellite``, at one
+   position): the one observed closest to the state time is kept, and of equally close ones
+   the last received (a corrected report follows the one it corrects);
 4. ``station_moved``: a fixed station (``synop``, ``station``) reporting further than
    ``station_move_km`` from its median position;
 5. ``impossible_motion``: a moving platform (``ship``, ``aircraft``) whose position implies a
@@ -24,7 +25,8 @@ writes the reason. :func:`quality_control` applies them in this order:
    gross check a job makes against the prior's climatology (:func:`departure_exceeds`).
 
 Rows rejected by a reader (``source_flag``, ``no_time``, ``no_position``, ``no_level``,
-``wind_direction``) or for their time (``off_time``) keep the reason they came with.
+``wind_direction``, ``station_not_listed``, ``ambiguous_local_time``) or for their time
+(``off_time``) keep the reason they came with.
 Everything here is NumPy and pandas; no files, no networks.
 """
 
@@ -63,6 +65,8 @@ REASONS: dict[str, str] = {
     "no_position": "no valid position",
     "no_level": "no valid pressure level",
     "wind_direction": "wind direction outside 0-360 degrees",
+    "station_not_listed": "station not in the station list",
+    "ambiguous_local_time": "local time repeated or skipped by daylight saving",
     "off_time": "too far from a state time",
     "out_of_range": "physically impossible value",
     "blacklisted": "blacklisted station",
@@ -74,6 +78,8 @@ REASONS: dict[str, str] = {
 }
 
 FIXED_PLATFORMS = ("synop", "station")
+# platforms whose reports of one station come from one site (a sounding drifts from it)
+SITED_PLATFORMS = ("synop", "station", "temp")
 # a speed no ship and no subsonic aircraft reaches (m/s): 40 m/s is 78 knots
 DEFAULT_MAX_SPEED = {"ship": 40.0, "aircraft": 350.0}
 # the largest change per hour of a real series (SI units): beyond these both ways is a spike
@@ -181,18 +187,22 @@ def reject_blacklisted(frame: pd.DataFrame, blacklist: Sequence[tuple[str, str]]
 
 def reject_duplicates(frame: pd.DataFrame, state_time: np.ndarray) -> np.ndarray:
     """Kept rows that duplicate another of the same station, variable, level and state time
-    ``(n,)`` (datetime64): all but the one observed closest to the state time, of equally
-    close ones the last in the frame's order."""
+    ``(n,)`` (datetime64), and position (to 0.001 degrees) unless the platform is a fixed
+    one (:data:`SITED_PLATFORMS`): all but the one observed closest to the state time, of
+    equally close ones the last in the frame's order."""
     kept = _kept(frame)
     rows = np.flatnonzero(kept)
     if rows.size == 0:
         return np.zeros(len(frame), dtype=bool)
+    sited = np.isin(frame["platform"].to_numpy()[rows], SITED_PLATFORMS)
     sub = pd.DataFrame(
         {
             "station": frame["station"].to_numpy()[rows],
             "variable": frame["variable"].to_numpy()[rows],
             "level": np.nan_to_num(frame["level"].to_numpy()[rows], nan=-1.0),
             "state": np.asarray(state_time)[rows],
+            "lat": np.where(sited, 0.0, np.round(frame["latitude"].to_numpy()[rows], 3)),
+            "lon": np.where(sited, 0.0, np.round(frame["longitude"].to_numpy()[rows] % 360, 3)),
             "gap": np.abs(
                 (frame["time"].to_numpy()[rows] - np.asarray(state_time)[rows]).astype(np.int64)
             ),
@@ -200,7 +210,7 @@ def reject_duplicates(frame: pd.DataFrame, state_time: np.ndarray) -> np.ndarray
         }
     )
     sub = sub.sort_values(["gap", "order"], kind="stable")
-    loser = sub.duplicated(["station", "variable", "level", "state"], keep="first")
+    loser = sub.duplicated(["station", "variable", "level", "state", "lat", "lon"], keep="first")
     bad = np.zeros(len(frame), dtype=bool)
     bad[rows[sub.index.to_numpy()[loser.to_numpy()]]] = True
     return bad

@@ -199,3 +199,88 @@ def test_a_reanalysis_reads_the_ingested_reports(reports, tmp_path, ray_cluster)
     assert channels["temperature@500"]["used"] == 8 * 20
     assert channels["temperature@850"]["dropped"] == {"not_in_state": 8 * 20}
     assert channels["2m_dewpoint_temperature"]["dropped"] == {"not_in_state": 8 * 150}
+
+
+def test_bufr_a_station_table_and_a_swath_go_into_one_store(reports, tmp_path):
+    """Three formats in one ingest, configured in YAML as a user writes it."""
+    import yaml
+
+    truth = xr.open_zarr(reports["truth"]).load()
+    t = pd.Timestamp("2003-03-01T06:00")
+    # a station table in degrees Celsius and hPa, one station reporting twice an hour
+    t2m = _field(truth, "2m_temperature", t).at(np.array([48.0]), np.array([2.0]))[0]
+    table = tmp_path / "stations.csv"
+    table.write_text(
+        "id,when,lat,lon,height,temp_c,slp_hpa\n"
+        f"PARIS,2003-03-01 05:50,48.0,2.0,,{t2m - 273.15:.2f},1012.5\n"
+        f"PARIS,2003-03-01 06:20,48.0,2.0,,{t2m - 273.15 + 60:.2f},1012.0\n"  # out of range
+    )
+    # a swath of 500 hPa temperature: 2-D coordinates along scan lines, a quality flag
+    lat = np.linspace(-30, 30, 40)[:, None] + np.zeros((1, 10))
+    lon = np.linspace(350, 370, 10)[None, :] + np.zeros((40, 1))
+    t500 = _field(truth, "temperature", t, 500).at(lat.ravel(), lon.ravel()).reshape(lat.shape)
+    flag = np.zeros(lat.shape, dtype=np.int8)
+    flag[:, 0] = 1
+    swath = xr.Dataset(
+        {
+            "t500": (("scanline", "pixel"), t500, {"units": "K"}),
+            "qc": (("scanline", "pixel"), flag),
+            "latitude": (("scanline", "pixel"), lat),
+            "longitude": (("scanline", "pixel"), lon),
+        },
+        attrs={"time_coverage_start": "2003-03-01T06:05:00"},
+    )
+    swath.to_netcdf(tmp_path / "swath.nc")
+    config = {
+        "out": str(tmp_path / "obs"),
+        "grid": reports["truth"],
+        "time_step": "6h",
+        "sources": [
+            {"format": "bufr", "paths": reports["files"]["2003-03-01"]},
+            {
+                "format": "csv",
+                "paths": [str(table)],
+                "columns": {
+                    "variables": {
+                        "temp_c": {"variable": "2m_temperature", "units": "degC"},
+                        "slp_hpa": {"variable": "mean_sea_level_pressure", "units": "hPa"},
+                    },
+                    "time": ["when"],
+                    "time_format": "%Y-%m-%d %H:%M",
+                    "station": "id",
+                    "latitude": "lat",
+                    "longitude": "lon",
+                    "elevation": "height",
+                },
+            },
+            {
+                "format": "swath",
+                "paths": [str(tmp_path / "swath.nc")],
+                "swath": {
+                    "variables": {
+                        "t500": {"variable": "temperature", "level": 500, "pixel_error": 1.0}
+                    },
+                    "time": "time_coverage_start",
+                    "quality": "qc",
+                    "good_values": [0],
+                    "instrument": "toy-sounder",
+                },
+            },
+        ],
+    }
+    path = tmp_path / "ingest.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(app, ["ingest", "--config", str(path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    for platform in ("synop", "temp", "station", "satellite"):
+        assert platform in result.output
+    table = read_observations(tmp_path / "obs", rejected=True)
+    station = table.where(table["station"] == "PARIS", drop=True)
+    assert sorted(station["reason"].values.tolist()) == ["", "", "duplicate", "out_of_range"]
+    kept = station.where(
+        (station["reason"] == "") & (station["variable"] == "2m_temperature"), drop=True
+    )
+    assert kept["value"].values[0] == pytest.approx(t2m, abs=0.01)
+    satellite = table.where(table["platform"] == "satellite", drop=True)
+    assert satellite.sizes["obs"] > 0 and np.all(satellite["footprint"].values > 0)
+    assert "quality_flag (pixels)" in result.output

@@ -90,7 +90,7 @@ def test_isd_lite_conversions_and_missing(isd):
         "10m_v_component_of_wind",
     }
     hour3 = reports[reports["time"].dt.hour == 3]
-    assert set(hour3["reason"]) == {"invalid_wind_direction"} and len(hour3) == 2
+    assert set(hour3["reason"]) == {"wind_direction"} and len(hour3) == 2
     assert (reports.loc[reports["time"].dt.hour < 3, "reason"] == "").all()
     assert len(reports) == 6 + 4 + 5 + 2
     assert (reports["time"] == pd.Timestamp("2020-01-01T02")).sum() == 5  # no dew point
@@ -117,7 +117,7 @@ def test_isd_lite_station_missing_from_list_or_without_coordinates(isd, tmp_path
     nowhere = tmp_path / "999999-00001-2020"
     nowhere.write_text(ISD.splitlines()[0] + "\n")
     reports = read_station_table(nowhere, columns)
-    assert set(reports["reason"]) == {"no_coordinates"}
+    assert set(reports["reason"]) == {"no_position"}
     assert reports["elevation"].isna().all()  # -999.0 is the list's missing height
 
 

@@ -256,8 +256,15 @@ def test_a_job_skips_or_refuses_observations_its_state_lacks():
     states = pd.DatetimeIndex(["2026-01-01T00:00"])
     args = (table, states, pd.Timedelta("6h"), pd.Timedelta("3h"), spec, [280.0, 250.0],
             [10.0, 10.0], 10.0)  # fmt: skip
-    with pytest.raises(ObservationError, match="923"):
+    with pytest.raises(ObservationError, match="2m_dewpoint_temperature"):
         screen_observations(*args)
     screening = screen_observations(*args, outside_state="skip")
     assert screening.reason.tolist() == ["used", "used", "not_in_state", "not_in_state"]
     assert screening.used()["variable"].values.tolist() == ["2m_temperature", "temperature"]
+
+
+def test_a_satellite_or_aircraft_at_two_places_is_not_a_duplicate():
+    rows = [{"platform": p, "station": "x", "latitude": la} for p in ("satellite", "synop")
+            for la in (10.0, 11.0)]  # fmt: skip
+    frame = reports(rows)
+    assert reject_duplicates(frame, times(frame)).tolist() == [False, False, True, False]

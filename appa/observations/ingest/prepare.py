@@ -127,7 +127,11 @@ class IngestAccount:
                     **{p: c.get(p, 0) for p in pixel},
                 }
             )
-        return pd.DataFrame(rows).set_index("platform") if rows else pd.DataFrame()
+        if not rows:
+            return pd.DataFrame()
+        table = pd.DataFrame(rows).set_index("platform")
+        fixed = ["read", "kept"]
+        return table[fixed + [c for c in table.columns if c not in fixed and table[c].any()]]
 
 
 def prepare_reports(

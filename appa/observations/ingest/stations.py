@@ -45,10 +45,10 @@ __all__ = [
 
 # reasons of the rows a station table itself invalidates (quality control adds its own)
 SOURCE_FLAG = "source_flag"
-NO_COORDINATES = "no_coordinates"
+NO_COORDINATES = "no_position"
 STATION_NOT_LISTED = "station_not_listed"
 AMBIGUOUS_TIME = "ambiguous_local_time"
-BAD_DIRECTION = "invalid_wind_direction"
+BAD_DIRECTION = "wind_direction"
 
 _OFFSET = re.compile(r"^(?:UTC|GMT)?\s*([+-])(\d{1,2}):?(\d{2})?$", re.IGNORECASE)
 
@@ -506,9 +506,9 @@ def read_station_table(path: str | os.PathLike, columns: StationColumns) -> pd.D
 
     Rows are kept with a reason where the table cannot vouch for them: ``source_flag`` (a
     quality code outside ``columns.good_quality``), ``station_not_listed`` (the station is not
-    in the station list), ``no_coordinates`` (missing or impossible coordinates),
+    in the station list), ``no_position`` (missing or impossible coordinates),
     ``ambiguous_local_time`` (a local time that daylight saving repeats or skips) and
-    ``invalid_wind_direction`` (a direction outside [0, 360] with a non-zero speed).
+    ``wind_direction`` (a direction outside [0, 360] with a non-zero speed).
 
     Raises:
         ObservationError: Naming the file, line and column: a missing column, a time that does
