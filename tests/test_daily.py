@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,55 @@ def test_a_second_writer_waits_or_is_refused(observed, catch_up, tmp_path):
         with pytest.raises(WriterBusyError, match="being written by another process"):
             daily(config(store, out))
     assert not out.exists()
+
+
+def test_an_archive_on_an_object_store_with_a_lost_lease_then_resumed(observed, catch_up, tmp_path):
+    """On ``memory://`` (in-process runs): the lease refuses a second writer; a run whose lease
+    is taken over after day 1 stops before writing day 2, and the next run resumes it."""
+    import fsspec
+
+    from appa.files import WriterBusyError, WriterLostError, writer_lock
+    from appa.jobs.daily import DailyConfig, run_daily
+
+    folder = f"/daily-{uuid.uuid4().hex}"
+    url = f"memory://{folder}/daily.zarr"
+    store = tmp_path / "obs"
+    grow(observed, store, *DAYS[:3])
+    doc = config(store, url, lease_s=5.0, lease_renew_s=0.5)
+    fs = fsspec.filesystem("memory")
+    try:
+        with writer_lock(url), pytest.raises(WriterBusyError, match=f'"pid": {os.getpid()}'):
+            daily(doc)
+        assert not fs.exists(f"{folder}/daily.zarr")
+
+        def take_over(line: str) -> None:
+            # once day 1 is written, another writer takes the next lease record (as after an
+            # expiry) and is killed: its record expired at once
+            if line.startswith(DAYS[0]):
+                (top,) = fs.ls(f"{folder}/daily.zarr.lease", detail=False)
+                record = json.loads(fs.cat_file(top))
+                epoch = record["epoch"] + 1
+                other = record | {"token": "another", "pid": 1, "epoch": epoch}
+                other["expires"] = time.time() - 60
+                fs.pipe_file(top.replace(f"{epoch - 1:012d}", f"{epoch:012d}"),
+                             json.dumps(other).encode())  # fmt: skip
+
+        job = DailyConfig.model_validate(doc)
+        with pytest.raises(WriterLostError, match="lease was lost"):
+            run_daily(job, echo=take_over)
+        written = fields(url)
+        assert written.sizes["time"] == 4  # day 2 never began
+        # the other writer's lease expired: the next run takes it over and resumes
+        report = daily(doc)
+        assert report.days == [DAYS[1]] and report.computed == 2
+        one, whole = fields(url), fields(catch_up).isel(time=slice(0, 8))
+        for name in whole.data_vars:
+            np.testing.assert_array_equal(one[name].values, whole[name].values)
+        (top,) = fs.ls(f"{folder}/daily.zarr.lease", detail=False)
+        assert json.loads(fs.cat_file(top))["released"]
+    finally:
+        if fs.exists(folder):
+            fs.rm(folder, recursive=True)
 
 
 def _cli(doc: dict, path: Path) -> subprocess.Popen:

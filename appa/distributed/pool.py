@@ -137,9 +137,12 @@ def run_units(
     factory: WorkerFactory,
     config: RayConfig | None = None,
     units: Sequence[Unit] | None = None,
+    before_each: Callable[[], None] | None = None,
 ) -> PoolReport:
     """Computes and writes ``units`` (default: all of the archive's) that are not done yet on a
     pool of Ray actors, each built once by ``factory`` (picklable, called in the actor).
+    ``before_each`` is called before each unit is handed to an actor (a writer's lease check:
+    what it raises ends the pool).
     Raises :class:`UnitFailedError` naming a unit that keeps failing, and
     :class:`~appa.io.archive.ArchiveError` when a worker returns bad data. Does not finalize
     the archive."""
@@ -199,6 +202,8 @@ def run_units(
             )
             while queue or running:
                 while idle and queue:
+                    if before_each is not None:
+                        before_each()
                     actor, unit = idle.popleft(), queue.popleft()
                     attempts[unit.index] += 1
                     ref = actors[actor].run.remote(unit, attempts[unit.index])

@@ -3,7 +3,9 @@ from the archive's own record (``complete_through``) and the observation stores 
 once every partition it reads is final), computes them in order, extends the archive along
 ``time`` for each (a resize to the day's end, never an append), and records the new end. A
 catch-up after an outage computes the missed days one after another; a rerun of a finished day
-computes nothing; one writer at a time (:func:`appa.files.writer_lock`).
+computes nothing; one writer at a time (:func:`appa.files.writer_lock`: a ``flock`` beside a
+local archive, a lease renewed by a heartbeat beside an archive on an object store, checked
+before every write).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from appa.assimilation.daily import (
     DAY,
@@ -60,7 +62,9 @@ class DailyConfig(StrictModel):
     smoother) and continues the archive's states of the day before, whose latents are fitted
     with ``context_fit`` steps. A store's partition counts as final once a later one is
     listed, or ``partition_final_after`` after its end. A second run on the same archive
-    waits ``lock_wait_s`` seconds for the first, then refuses."""
+    waits ``lock_wait_s`` seconds for the first, then refuses. ``output`` may be an fsspec URL
+    (``gs://``, ``s3://``, with ``storage_options``): its writer holds a lease of ``lease_s``
+    seconds renewed every ``lease_renew_s`` seconds (:class:`appa.files.ObjectLease`)."""
 
     prior: PriorConfig = Field(default_factory=PriorConfig)
     observations: list[str]
@@ -75,7 +79,10 @@ class DailyConfig(StrictModel):
     observation_use: ObservationUseConfig = Field(default_factory=ObservationUseConfig)
     partition_final_after: str = "1D"
     lock_wait_s: float = Field(0.0, ge=0)
+    lease_s: float = Field(60.0, gt=0)
+    lease_renew_s: float = Field(20.0, gt=0)
     output: str
+    storage_options: dict[str, Any] = Field(default_factory=dict)
     runner: RayConfig = Field(default_factory=RayConfig)
 
     @field_validator("first_day")
@@ -94,12 +101,22 @@ class DailyConfig(StrictModel):
             raise ValueError(f"{value!r} is not a duration: {error}") from None
         return value
 
+    @model_validator(mode="after")
+    def _renewed_in_time(self) -> DailyConfig:
+        # the holder counts itself lost a sixth of the lease before it expires
+        if self.lease_renew_s >= self.lease_s * 5 / 6:
+            raise ValueError(
+                f"lease_renew_s ({self.lease_renew_s}) must be shorter than five sixths of "
+                f"lease_s ({self.lease_s}): the lease would expire between two renewals"
+            )
+        return self
+
     def base(self) -> AssimilationConfig:
         """The assimilation settings every day shares (``start``/``end``: the first day)."""
         day = pd.Timestamp(self.first_day)
         fields = self.model_dump(
             exclude={"first_day", "lag_days", "context_fit", "partition_final_after",
-                     "lock_wait_s", "runner"}
+                     "lock_wait_s", "lease_s", "lease_renew_s", "runner"}
         )  # fmt: skip
         end = day + DAY - pd.Timedelta(self.step)
         return AssimilationConfig.model_validate({**fields, "start": day, "end": end})
@@ -195,7 +212,9 @@ def run_daily(
     it did. ``now``: the clock that decides which partitions are final (default: now, UTC).
 
     Raises:
-        WriterBusyError: another run holds the archive (after ``lock_wait_s``).
+        WriterBusyError: another run holds the archive (after ``lock_wait_s``);
+            :class:`~appa.files.WriterLostError` when this run lost its lease (it stops
+            before its next write).
         ArchiveError: the archive is another config's, not a daily archive, or a day already
             written read observations that changed since.
         ObservationError, ConfigError: as ``appa reanalysis``.
@@ -206,7 +225,14 @@ def run_daily(
     per_day = states_per_day(job.step)
     identity = daily_identity(job)
     report = DailyReport()
-    with writer_lock(job.output, job.lock_wait_s):
+    options = job.storage_options or None
+    with writer_lock(
+        job.output,
+        job.lock_wait_s,
+        storage_options=options,
+        lease_s=job.lease_s,
+        renew_s=job.lease_renew_s,
+    ) as held:
         layout = prior_layout(job.prior)
         archive = _open_existing(job, identity, say)
         through = None
@@ -233,6 +259,7 @@ def run_daily(
                 djob = day_job(base, day, job.lag_days)
                 summary = check_observations(djob, layout)
                 digests = day_digests(djob, layout, day)
+                held.check()
                 times = pd.date_range(job.first_day, day + DAY - pd.Timedelta(job.step),
                                       freq=pd.Timedelta(job.step))  # fmt: skip
                 if archive is None:
@@ -258,6 +285,7 @@ def run_daily(
                         inputs=digests,
                         provenance=facts,
                         extensible=True,
+                        storage_options=options,
                     )
                 else:
                     # a resize to the day's end (nothing to do when it is there already) and a
@@ -279,7 +307,9 @@ def run_daily(
                         if done[unit.index]:
                             skipped += 1
                             continue
-                        computed += archive.write_unit(unit, local(unit, archive.coords(unit)))
+                        data = local(unit, archive.coords(unit))
+                        held.check()  # a writer that lost its lease writes nothing more
+                        computed += archive.write_unit(unit, data)
                 else:
                     from appa.distributed.pool import run_units
 
@@ -287,7 +317,9 @@ def run_daily(
                         _daily_worker, base, job.first_day, job.lag_days, job.context_fit,
                         inputs, threads,
                     )  # fmt: skip
-                    pool = run_units(archive, factory, job.runner, units=units)
+                    pool = run_units(
+                        archive, factory, job.runner, units=units, before_each=held.check
+                    )
                     computed, skipped = sum(r.written for r in pool.records), pool.skipped
                 report.computed += computed
                 report.skipped += skipped
@@ -300,6 +332,7 @@ def run_daily(
                     "units_computed": computed,
                 }
                 last = max(stamp, archive.records.get("complete_through") or stamp)
+                held.check()
                 archive.record(
                     {"complete_through": last, "days": log},
                     attrs={"daily_complete_through": last, "daily_log": log},
@@ -319,7 +352,9 @@ def run_daily(
 def _open_existing(job: DailyConfig, identity: dict, say: Callable[[str], None]) -> Archive | None:
     """The daily archive already at ``job.output`` (its done units read back; damaged ones
     pending again), or None when there is none. Refuses another product or config."""
-    archive = reopen_archive(job.output, config=identity)
+    archive = reopen_archive(
+        job.output, config=identity, storage_options=job.storage_options or None
+    )
     if archive is None:
         return None
     if not archive.extensible:
