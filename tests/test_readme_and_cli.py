@@ -95,6 +95,7 @@ def test_every_pipeline_config_validates():
     from appa.jobs.daily import DailyConfig
     from appa.jobs.demo import DemoConfig
     from appa.jobs.encode import EncodeConfig
+    from appa.jobs.ingest import IngestConfig
     from appa.jobs.lensing import LensingConfig
     from appa.jobs.showcase import ShowcaseConfig
     from appa.jobs.train import TrainAutoencoderConfig, TrainDiffusionConfig
@@ -111,6 +112,7 @@ def test_every_pipeline_config_validates():
         "filter_toy_earth.yaml": AssimilateConfig,
         "forecast_toy_earth.yaml": AssimilateConfig,
         "daily_toy_earth.yaml": DailyConfig,
+        "ingest_example.yaml": IngestConfig,
         "demo.yaml": DemoConfig,
         "lensing_galaxies.yaml": LensingConfig,
         "lensing_tiny.yaml": LensingConfig,

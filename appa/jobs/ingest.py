@@ -12,6 +12,7 @@ partitions (its ``period`` aligned with them), so the daily job appends the same
 
 from __future__ import annotations
 
+import glob
 import time as clock
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +42,7 @@ class SourceConfig(StrictModel):
             described by ``columns``), ``isd-lite`` (NOAA ISD-lite files with their station
             list ``stations``), ``swath`` (a satellite swath or grid, NetCDF or Zarr,
             described by ``swath``).
-        paths: Files (or Zarr stores) of this format.
+        paths: Files (or Zarr stores) of this format; shell patterns are expanded.
         columns: For ``csv``: the column mapping (the fields of
             :class:`appa.observations.ingest.stations.StationColumns`).
         stations: For ``isd-lite``: the station list (CSV with id, latitude, longitude,
@@ -52,6 +53,21 @@ class SourceConfig(StrictModel):
 
     format: Literal["bufr", "csv", "isd-lite", "swath"]
     paths: list[str] = Field(min_length=1)
+
+    def files(self) -> list[str]:
+        """``paths`` with shell patterns (``reports/*.bufr``) expanded, sorted; a pattern
+        matching nothing is an error naming it."""
+        out = []
+        for path in self.paths:
+            if glob.has_magic(path):
+                found = sorted(glob.glob(path))
+                if not found:
+                    raise ObservationError(f"{self.format} source {path!r} matches no file")
+                out += found
+            else:
+                out.append(path)
+        return out
+
     columns: dict[str, Any] | None = None
     stations: str | None = None
     swath: dict[str, Any] | None = None
@@ -227,7 +243,7 @@ def _read(
         from appa.observations.ingest.bufr import read_bufr
 
         counts: dict = {}
-        frame = read_bufr(source.paths, counts=counts)
+        frame = read_bufr(source.files(), counts=counts)
         for path, c in counts.items():
             messages = ", ".join(f"{n} {p}" for p, n in sorted(c.messages.items())) or "none"
             line = f"{path}: messages {messages}"
@@ -243,7 +259,7 @@ def _read(
             columns = _dataclass(stations.StationColumns, source.columns, "columns")
         else:
             columns = stations.isd_lite(source.stations)
-        frames = [stations.read_station_table(path, columns) for path in source.paths]
+        frames = [stations.read_station_table(path, columns) for path in source.files()]
         return pd.concat(frames, ignore_index=True)
     from appa.observations.ingest import swath
 
@@ -251,7 +267,7 @@ def _read(
         raise ConfigError("a swath source needs the state's grid (grid: a gridded store)")
     spec = _dataclass(swath.SwathSpec, source.swath, "swath")
     frames = []
-    for path in source.paths:
+    for path in source.files():
         read = swath.read_swath(path, spec, grid[0], grid[1], time_step=job.time_step)
         account.add_rejected_before("satellite", read.rejected_pixels)
         frames.append(read.reports)
@@ -298,7 +314,7 @@ def run_ingest(job: IngestConfig, echo: Callable[[str], None] = print) -> Ingest
         frame = _read(source, job, grid, account, echo)
         if len(frame):
             frames.append(frame)
-        echo(f"read {len(frame)} values from {len(source.paths)} {source.format} file(s)")
+        echo(f"read {len(frame)} values from {len(source.files())} {source.format} file(s)")
     read_seconds = clock.perf_counter() - t0
     if not frames:
         raise ObservationError("the sources hold no observations")

@@ -62,9 +62,11 @@ def observation_channels(table: xr.Dataset, spec: StateSpec) -> np.ndarray:
     variables = table["variable"].values.astype(str)
     levels = table["level"].values
     channel = np.empty(variables.size, dtype=np.int64)
-    for var, lev in {
+    pairs = {
         (str(v), None if np.isnan(p) else float(p)) for v, p in zip(variables, levels, strict=True)
-    }:
+    }
+    # in a fixed order, so that the first problem named is the same in every run
+    for var, lev in sorted(pairs, key=lambda pair: (pair[0], -1.0 if pair[1] is None else pair[1])):
         sel = (variables == var) & (np.isnan(levels) if lev is None else levels == lev)
         if var not in spec.variables:
             raise ObservationError(
