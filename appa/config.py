@@ -24,6 +24,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Val
 __all__ = [
     "ConfigError",
     "DateText",
+    "Duration",
     "Period",
     "StrictModel",
     "Timestamp",
@@ -74,6 +75,20 @@ def _ordered(period: tuple[str, str]) -> tuple[str, str]:
 DateText = Annotated[str, BeforeValidator(_as_written)]
 Timestamp = Annotated[str, BeforeValidator(_as_instant)]
 Period = Annotated[tuple[DateText, DateText], AfterValidator(_ordered)]
+
+
+def _positive_duration(value: str) -> str:
+    try:
+        span = pd.Timedelta(value)
+    except ValueError as error:
+        raise ValueError(f"{value!r} is not a duration: {error}") from None
+    if span <= pd.Timedelta(0):
+        raise ValueError(f"must be a positive duration, got {value!r}")
+    return value
+
+
+# a positive duration as pandas reads it ("6h", "1D", "30min"), kept as written
+Duration = Annotated[str, AfterValidator(_positive_duration)]
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:

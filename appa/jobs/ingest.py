@@ -21,9 +21,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import xarray as xr
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from appa.config import ConfigError, StrictModel
+from appa.config import ConfigError, Duration, StrictModel
 from appa.observations.errors import DEFAULT_ERRORS
 from appa.observations.ingest.prepare import GridField, IngestAccount, prepare_reports
 from appa.observations.quality import DEFAULT_MAX_SPEED, DEFAULT_SPIKE_LIMITS, QualityRules
@@ -152,24 +152,13 @@ class IngestConfig(StrictModel):
     out: str
     sources: list[SourceConfig] = Field(default_factory=list)
     period: tuple[str, str] | None = None
-    partition: str = "1D"
-    time_step: str = "1h"
+    partition: Duration = "1D"
+    time_step: Duration = "1h"
     time_window: str | None = None
     grid: str | None = None
     lapse_rate: float = Field(0.0065, ge=0, le=0.0098)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     errors: ErrorsConfig = Field(default_factory=ErrorsConfig)
-
-    @field_validator("partition", "time_step")
-    @classmethod
-    def _positive(cls, value: str) -> str:
-        try:
-            span = pd.Timedelta(value)
-        except ValueError as error:
-            raise ValueError(f"{value!r} is not a duration ({error})") from None
-        if span <= pd.Timedelta(0):
-            raise ValueError(f"{value!r} must be a positive duration")
-        return value
 
     def window(self) -> pd.Timedelta:
         step = pd.Timedelta(self.time_step)
