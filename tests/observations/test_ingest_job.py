@@ -284,3 +284,37 @@ def test_bufr_a_station_table_and_a_swath_go_into_one_store(reports, tmp_path):
     satellite = table.where(table["platform"] == "satellite", drop=True)
     assert satellite.sizes["obs"] > 0 and np.all(satellite["footprint"].values > 0)
     assert "quality_flag (pixels)" in result.output
+
+
+def test_the_background_check_uses_the_climatology_of_a_gridded_store(reports, tmp_path):
+    truth = xr.open_zarr(reports["truth"]).load()
+    t = pd.Timestamp("2003-03-01T12:00")
+    msl = _field(truth, "mean_sea_level_pressure", t).at(np.array([10.0]), np.array([20.0]))[0]
+    table = tmp_path / "stations.csv"
+    table.write_text(
+        "id,when,lat,lon,slp\n"
+        f"A,2003-03-01 12:00,10.0,20.0,{msl:.1f}\n"
+        f"B,2003-03-01 12:00,10.0,20.0,{msl + 6000:.1f}\n"  # possible, but not there and then
+    )
+    columns = {
+        "variables": {"slp": {"variable": "mean_sea_level_pressure", "units": "Pa"}},
+        "time": ["when"], "time_format": "%Y-%m-%d %H:%M", "station": "id",
+        "latitude": "lat", "longitude": "lon",
+    }  # fmt: skip
+    config = {
+        "out": str(tmp_path / "obs"),
+        "time_step": "6h",
+        "sources": [{"format": "csv", "paths": [str(table)], "columns": columns}],
+        "quality": {
+            "background": {
+                "store": reports["truth"], "period": ["2003-03-01", "2003-03-03"], "k": 5.0
+            }
+        },
+    }  # fmt: skip
+    path = tmp_path / "ingest.yaml"
+    path.write_text(__import__("yaml").safe_dump(config))
+    result = CliRunner().invoke(app, ["ingest", "--config", str(path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    stored = read_observations(tmp_path / "obs", rejected=True)
+    reasons = dict(zip(stored["station"].values, stored["reason"].values, strict=True))
+    assert reasons == {"A": "", "B": "background"}
