@@ -33,6 +33,7 @@ from torch import Tensor
 from appa.assimilation.prior import LatentPrior
 from appa.diffusion import GaussianObservation, WindowLayout
 from appa.observations import ObservationOperator
+from appa.observations.operator import VerticalRule
 
 __all__ = ["WindowObservation"]
 
@@ -61,6 +62,8 @@ class WindowObservation:
             quadrature to every observation's error: what the decoder cannot represent.
         error_scale: Multiplies every observation's error standard deviation (after the
             representation error): inflation of an ensemble that is too confident.
+        vertical: Which levels an observation reads (``exact`` or ``log_pressure``:
+            :func:`appa.observations.operator.vertical_weights`).
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class WindowObservation:
         time_tolerance: str | pd.Timedelta = "0s",
         representation_std: Sequence[float] | None = None,
         error_scale: float = 1.0,
+        vertical: VerticalRule = "exact",
     ) -> None:
         times = pd.DatetimeIndex(np.atleast_1d(times))
         L = layout.length
@@ -109,7 +113,7 @@ class WindowObservation:
         if table is not None and table.sizes.get("obs", 0) > 0:
             op = ObservationOperator(
                 table, prior.spec, prior.latitude, prior.longitude, times,
-                stats=prior.statistics, time_tolerance=time_tolerance,
+                stats=prior.statistics, time_tolerance=time_tolerance, vertical=vertical,
             )  # fmt: skip
             rows, flat, weights = (t.numpy() for t in op.entries())
             t_of_entry = flat // chw

@@ -34,7 +34,7 @@ from pydantic import Field
 
 from appa.config import StrictModel
 from appa.data.spec import StateSpec
-from appa.observations.operator import observation_channels
+from appa.observations.operator import VerticalRule, observation_channels
 from appa.observations.quality import departure_exceeds, outside_bounds
 from appa.observations.schema import ObservationError
 from appa.observations.screening import (
@@ -155,6 +155,7 @@ def screen_observations(
     std: Sequence[float] | np.ndarray,
     gross_std: float,
     outside_state: Literal["refuse", "skip"] = "refuse",
+    vertical: VerticalRule = "exact",
 ) -> Screening:
     """The verdict on each observation of ``table`` (see the module docstring).
 
@@ -165,6 +166,9 @@ def screen_observations(
             deviation ``(C,)`` (physical units).
         outside_state: ``skip``: observations of a variable or level the state lacks are
             ``not_in_state``; ``refuse``: an error.
+        vertical: ``log_pressure``: a level between two of the state's levels is in the state
+            (:func:`appa.observations.operator.vertical_weights`); its gross check uses the
+            nearer level's statistics.
 
     Raises:
         ObservationError: for a used-in-time observation of a variable or level the prior's
@@ -177,12 +181,18 @@ def screen_observations(
     reason[state == OFF_TIME] = "off_time"
     if outside_state == "skip":
         inside = np.isin(_labels(table), spec.channel_names())
+        if vertical == "log_pressure" and spec.levels:
+            levels = table["level"].values.astype(np.float64)
+            atmospheric = np.isin(table["variable"].values.astype(str), spec.atmospheric)
+            with np.errstate(invalid="ignore"):
+                between = (levels > min(spec.levels)) & (levels < max(spec.levels))
+            inside |= atmospheric & between
         reason[(state >= 0) & ~inside] = "not_in_state"
         state = np.where(inside, state, OUTSIDE_PERIOD)
     timely = np.flatnonzero(state >= 0)
     if timely.size:
         sub = table.isel(obs=timely)
-        channel = observation_channels(sub, spec)
+        channel = observation_channels(sub, spec, vertical)
         value = sub["value"].values.astype(np.float64)
         error = sub["error_std"].values.astype(np.float64)
         mean = np.asarray(mean, dtype=np.float64)[channel]
@@ -193,6 +203,12 @@ def screen_observations(
         verdict[outside] = "out_of_bounds"
         reason[timely] = verdict
     return Screening(table, states, state, reason.astype(str), _labels(table))
+
+
+def _nearest_channel(screening: Screening, at: np.ndarray, spec: StateSpec) -> int:
+    """The channel nearest (in log-pressure) to the level of the observations ``at``."""
+    first = screening.table.isel(obs=[int(np.flatnonzero(at)[0])])
+    return int(observation_channels(first, spec, "log_pressure")[0])
 
 
 def _units(variable: str) -> str:
@@ -221,7 +237,8 @@ def check_plausible(
         n, r = int(judged.sum()), int(rejected.sum())
         if n == 0 or r <= use.max_rejected * n:
             continue
-        c = names.index(label)
+        # a level between two of the state's is judged by the nearer one's statistics
+        c = names.index(label) if label in names else _nearest_channel(screening, at, spec)
         variable, level = spec.channels[c]
         value = screening.table["value"].values[judged].astype(np.float64)
         error = screening.table["error_std"].values[judged].astype(np.float64)

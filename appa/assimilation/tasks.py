@@ -32,6 +32,7 @@ from appa.assimilation.prior import LatentPrior, regular_step
 from appa.config import StrictModel
 from appa.diffusion import MMPSDenoiser, WindowedDenoiser, make_sampler
 from appa.nn import known_frames_input
+from appa.observations.operator import VerticalRule
 from appa.observations.screening import TimeRule, assign_times, time_tolerance
 from appa.seeds import derive_seed
 
@@ -65,6 +66,10 @@ class SamplingConfig(StrictModel):
             the step, so every observation between the first and last state is used);
             ``exact``: only observations at a state's time. Jobs count the observations each
             rule drops (:mod:`appa.assimilation.screening`).
+        vertical: Which levels an observation reads
+            (:func:`appa.observations.operator.vertical_weights`): ``exact`` (one of the
+            state's pressure levels) or ``log_pressure`` (between two of them, linearly in
+            ``log p``: soundings' significant levels, aircraft at their flight pressure).
         representation_error: Add the autoencoder's per-channel reconstruction RMSE (from its
             checkpoint's validation) to observation errors in quadrature: the decoder cannot
             fit observations closer than that, and pretending it can makes ensembles
@@ -86,6 +91,7 @@ class SamplingConfig(StrictModel):
     member_batch: int | None = Field(None, ge=1)
     time_rule: TimeRule = "nearest"
     time_tolerance: str | None = None
+    vertical: VerticalRule = "exact"
     representation_error: bool = False
     error_inflation: float = Field(1.0, gt=0)
 
@@ -203,7 +209,7 @@ def sample_latents(
         condition_std=settings.condition_std, frames=settings.frames,
         time_tolerance=settings.tolerance(regular_step(times) if L > 1 else None),
         representation_std=_representation_std(prior, settings),
-        error_scale=settings.error_inflation,
+        error_scale=settings.error_inflation, vertical=settings.vertical,
     )  # fmt: skip
     if obs.size:
         guided = MMPSDenoiser(

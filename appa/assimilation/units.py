@@ -305,6 +305,7 @@ def screen_store(
         std,
         job.observation_use.gross_std,
         job.observation_use.outside_state,
+        job.sampling.vertical,
     )
 
 

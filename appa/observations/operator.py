@@ -3,13 +3,17 @@
 Each observation is a weighted sum of grid values of one channel at one time: bilinear
 interpolation (periodic in longitude; latitudes beyond the outermost cell centres take the
 nearest row) for point observations, or the area-weighted mean over a latitude-longitude box
-for observations with a ``footprint``. The weights sum to one, so on standardised states the
-operator stays linear: observations and variances are standardised instead.
+for observations with a ``footprint``; with ``vertical="log_pressure"``, an observation between
+two of the state's pressure levels reads both, linearly in ``log p``. The weights sum to one,
+so on standardised states the operator stays linear: observations and variances are
+standardised instead (by the channel's statistics, or for an observation between two levels by
+the interpolated mean and spread, the weights rescaled to match).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -22,7 +26,13 @@ from appa.data.stats import Statistics
 from appa.observations.schema import ObservationError, validate_table
 from appa.observations.screening import assign_times
 
-__all__ = ["ObservationOperator", "interpolation_weights", "observation_channels"]
+__all__ = [
+    "ObservationOperator",
+    "VerticalRule",
+    "interpolation_weights",
+    "observation_channels",
+    "vertical_weights",
+]
 
 
 def interpolation_weights(
@@ -51,17 +61,33 @@ def interpolation_weights(
     return index, weights
 
 
-def observation_channels(table: xr.Dataset, spec: StateSpec) -> np.ndarray:
-    """The state channel of each observation ``(m,)``, from its ``variable`` and ``level``.
+VerticalRule = Literal["exact", "log_pressure"]
+
+
+def vertical_weights(
+    table: xr.Dataset, spec: StateSpec, vertical: VerticalRule = "exact"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The state channels each observation reads and their weights, ``(m, 2)`` each.
+
+    Under ``exact`` an observation's variable and level must be a channel (weights ``(1, 0)``,
+    both columns that channel). Under ``log_pressure`` an observation of an atmospheric
+    variable at a pressure between two of the state's levels reads both, linearly in
+    ``log p`` (weights ``(1 - f, f)``); a level outside the state's range is an error.
 
     Raises:
         ObservationError: naming the variable (and level) the state does not hold, and how
             many observations ask for it.
     """
+    if vertical not in ("exact", "log_pressure"):
+        raise ObservationError(f"vertical must be 'exact' or 'log_pressure', got {vertical!r}")
     channels = {(v, p): c for c, (v, p) in enumerate(spec.channels)}
+    levels_sorted = np.array(sorted(spec.levels), dtype=np.float64)
     variables = table["variable"].values.astype(str)
     levels = table["level"].values
-    channel = np.empty(variables.size, dtype=np.int64)
+    m = variables.size
+    channel = np.empty((m, 2), dtype=np.int64)
+    weight = np.zeros((m, 2), dtype=np.float64)
+    weight[:, 0] = 1.0
     pairs = {
         (str(v), None if np.isnan(p) else float(p)) for v, p in zip(variables, levels, strict=True)
     }
@@ -78,13 +104,37 @@ def observation_channels(table: xr.Dataset, spec: StateSpec) -> np.ndarray:
         if lev is not None and var in spec.surface:
             raise ObservationError(f"{var} is a surface variable; its level must be NaN")
         c = channels.get((var, None if lev is None else int(lev)))
-        if c is None or (lev is not None and lev != int(lev)):
+        if c is not None and (lev is None or lev == int(lev)):
+            channel[sel] = c
+            continue
+        inside = levels_sorted.size > 1 and levels_sorted[0] < lev < levels_sorted[-1]
+        if vertical == "exact" or not inside:
+            how = "" if vertical == "exact" else " (outside the range they interpolate)"
             raise ObservationError(
                 f"{int(sel.sum())} observation(s) of {var} at {lev} hPa; the state has levels "
-                f"{spec.levels}"
+                f"{spec.levels}{how}"
             )
-        channel[sel] = c
-    return channel
+        upper = int(np.searchsorted(levels_sorted, lev))
+        p0, p1 = levels_sorted[upper - 1], levels_sorted[upper]
+        f = (np.log(lev) - np.log(p0)) / (np.log(p1) - np.log(p0))
+        channel[sel, 0] = channels[(var, int(p0))]
+        channel[sel, 1] = channels[(var, int(p1))]
+        weight[sel] = (1.0 - f, f)
+    return channel, weight
+
+
+def observation_channels(
+    table: xr.Dataset, spec: StateSpec, vertical: VerticalRule = "exact"
+) -> np.ndarray:
+    """The state channel of each observation ``(m,)``, from its ``variable`` and ``level``:
+    under ``log_pressure`` the nearer (in ``log p``) of the two levels it is interpolated
+    from (for what is set per channel: a gross check's spread, a representation error).
+
+    Raises:
+        ObservationError: as :func:`vertical_weights`.
+    """
+    channel, weight = vertical_weights(table, spec, vertical)
+    return np.where(weight[:, 1] > weight[:, 0], channel[:, 1], channel[:, 0])
 
 
 def _box_weights(lat: float, lon: float, size: float, grid_lat, grid_lon, area):
@@ -111,6 +161,9 @@ class ObservationOperator:
         stats: When given, the operator acts on standardised states: ``y`` and the variances
             are standardised per channel (exact, since the weights sum to one).
         time_axis: Whether states carry a time axis (``(B, T, C, H, W)``).
+        vertical: ``exact`` (each observation on one of the state's levels) or
+            ``log_pressure`` (between two levels, linearly in ``log p``:
+            :func:`vertical_weights`).
     """
 
     def __init__(
@@ -124,6 +177,7 @@ class ObservationOperator:
         time_tolerance: str | pd.Timedelta = "0s",
         time_axis: bool = True,
         dtype: torch.dtype = torch.float32,
+        vertical: VerticalRule = "exact",
     ) -> None:
         validate_table(table)
         grid_lat = np.asarray(latitude, dtype=np.float64)
@@ -138,7 +192,8 @@ class ObservationOperator:
         self.time_axis = time_axis
         m = table.sizes["obs"]
 
-        channel = observation_channels(table, spec)
+        vchannel, vweight = vertical_weights(table, spec, vertical)
+        channel = np.where(vweight[:, 1] > vweight[:, 0], vchannel[:, 1], vchannel[:, 0])
 
         # Time index of each observation: the rule every reader shares (appa.observations.
         # screening: nearest state, ties to the later one)
@@ -177,11 +232,19 @@ class ObservationOperator:
                     cells.append(got[0])
                     weights.append(got[1])
                 rows, cells, weights = (np.concatenate(a) for a in (rows, cells, weights))
+        # Vertical weights: each spatial entry once per level it reads (a second level only
+        # for observations between two of the state's levels)
+        entry_channel = vchannel[rows, 0]
+        between = vweight[rows, 1] > 0
+        if between.any():
+            upper = np.flatnonzero(between)
+            weights = np.concatenate(
+                [weights * vweight[rows, 0], weights[upper] * vweight[rows[upper], 1]]
+            )
+            entry_channel = np.concatenate([entry_channel, vchannel[rows[upper], 1]])
+            rows, cells = np.concatenate([rows, rows[upper]]), np.concatenate([cells, cells[upper]])
         hw = grid_lat.size * grid_lon.size
-        flat = (t_index[rows] * spec.num_channels + channel[rows]) * hw + cells
-        self._rows = torch.as_tensor(rows, dtype=torch.long)
-        self._index = torch.as_tensor(flat, dtype=torch.long)
-        self._weights = torch.as_tensor(weights, dtype=torch.float64)
+        flat = (t_index[rows] * spec.num_channels + entry_channel) * hw + cells
         self.num_obs = m
         self.channel = channel
         self.time_index = t_index
@@ -190,8 +253,24 @@ class ObservationOperator:
         var = table["error_std"].values.astype(np.float64) ** 2
         if stats is not None:
             stats = stats.for_spec(spec)
-            y = (y - stats.mean[channel]) / stats.std[channel]
-            var = var / stats.std[channel] ** 2
+            mixed = vweight[:, 1] > 0
+            one = ~mixed
+            y[one] = (y[one] - stats.mean[channel[one]]) / stats.std[channel[one]]
+            var[one] = var[one] / stats.std[channel[one]] ** 2
+            if mixed.any():
+                # A(x) = sum_e w_e (mu_e + s_e z_e): standardised by the interpolated spread
+                # s = sum_e w_e s_e, so that y and the weights stay O(1) and the weights of
+                # an observation still sum to one
+                scale_e = stats.std[entry_channel]
+                spread = np.bincount(rows, weights * scale_e, minlength=m)
+                offset = np.bincount(rows, weights * stats.mean[entry_channel], minlength=m)
+                y[mixed] = (y[mixed] - offset[mixed]) / spread[mixed]
+                var[mixed] = var[mixed] / spread[mixed] ** 2
+                rescale = mixed[rows]
+                weights = np.where(rescale, weights * scale_e / spread[rows], weights)
+        self._rows = torch.as_tensor(rows, dtype=torch.long)
+        self._index = torch.as_tensor(flat, dtype=torch.long)
+        self._weights = torch.as_tensor(weights, dtype=torch.float64)
         self.y = torch.as_tensor(y, dtype=dtype)
         self.noise_variance = torch.as_tensor(var, dtype=dtype)
 
