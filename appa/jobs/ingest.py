@@ -84,14 +84,25 @@ class SourceConfig(StrictModel):
 
 
 class BackgroundConfig(StrictModel):
-    """The reference of the background check: the climatology of a gridded store (mean and
-    standard deviation by day of year and hour, over ``period``, smoothed over
-    ``window_days``)."""
+    """The reference of the background check, one of: the climatology of a gridded ``store``
+    (mean and standard deviation by day of year and hour, over ``period``, smoothed over
+    ``window_days``), or the prior's own states: an Appa ``archive`` with members (a
+    forecast or earlier reanalysis over the observations' times: its ensemble mean and
+    spread)."""
 
-    store: str
-    period: tuple[str, str]
+    store: str | None = None
+    period: tuple[str, str] | None = None
+    archive: str | None = None
     window_days: int = Field(15, ge=0, le=183)
     k: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one(self) -> BackgroundConfig:
+        if (self.store is None) == (self.archive is None):
+            raise ValueError("give the background as a gridded store or an archive, not both")
+        if self.store is not None and self.period is None:
+            raise ValueError("a climatology background needs its period")
+        return self
 
 
 class QualityConfig(StrictModel):
@@ -196,15 +207,32 @@ def _grid(path: str) -> tuple[np.ndarray, np.ndarray, GridField | None]:
 
 
 def _background(config: BackgroundConfig, times: np.ndarray) -> tuple[xr.Dataset, xr.Dataset]:
-    """Mean and standard deviation of the climatology at the state ``times``."""
+    """Mean and standard deviation of the reference at the state ``times``."""
     from appa.baselines.climatology import climatology_at, compute_climatology
     from appa.data.sources import open_era5
+
+    unique = pd.DatetimeIndex(np.unique(times))
+    if config.archive is not None:
+        from appa.io.archive import open_archive
+
+        ds = open_archive(config.archive)
+        if "member" not in ds.dims or "time" not in ds.dims or "lead_time" in ds.dims:
+            raise ConfigError(
+                f"quality.background.archive {config.archive}: needs members along time "
+                f"(a reanalysis or filter archive), found dims {dict(ds.sizes)}"
+            )
+        ds = ds.sel(time=ds["time"].values[np.isin(ds["time"].values, unique.values)])
+        if ds.sizes["member"] < 2:
+            raise ConfigError(
+                f"quality.background.archive {config.archive}: one member has no spread"
+            )
+        ds = ds.load()
+        return ds.mean("member"), ds.std("member", ddof=1)
 
     ds = open_era5(config.store, chunks=None)
     ds = ds[[v for v in ds.data_vars if "time" in ds[v].dims]]
     mean = compute_climatology(ds, config.period, config.window_days)
     square = compute_climatology(ds**2, config.period, config.window_days)
-    unique = pd.DatetimeIndex(np.unique(times))
     m = climatology_at(mean, unique)
     s = np.sqrt(np.maximum(climatology_at(square, unique) - m**2, 0.0))
     return m, s

@@ -318,3 +318,39 @@ def test_the_background_check_uses_the_climatology_of_a_gridded_store(reports, t
     stored = read_observations(tmp_path / "obs", rejected=True)
     reasons = dict(zip(stored["station"].values, stored["reason"].values, strict=True))
     assert reasons == {"A": "", "B": "background"}
+
+
+def test_the_background_check_can_use_an_ensemble_archive(reports, tmp_path):
+    """The prior's own states as the reference: an archive's ensemble mean and spread."""
+    from appa.io.archive import write_dataset
+
+    truth = xr.open_zarr(reports["truth"]).load()
+    times = pd.date_range("2003-03-01", periods=4, freq="6h")
+    members = [truth[["mean_sea_level_pressure"]].sel(time=times) + 100.0 * k for k in (-1, 0, 1)]
+    ensemble = xr.concat(members, dim="member").assign_coords(member=[0, 1, 2])
+    write_dataset(ensemble, tmp_path / "ensemble.zarr")
+    t = pd.Timestamp("2003-03-01T12:00")
+    msl = _field(truth, "mean_sea_level_pressure", t).at(np.array([10.0]), np.array([20.0]))[0]
+    table = tmp_path / "stations.csv"
+    table.write_text(
+        "id,when,lat,lon,slp\n"
+        f"A,2003-03-01 12:00,10.0,20.0,{msl + 300:.1f}\n"  # 2.1 of sqrt(100^2 + 100^2) Pa
+        f"B,2003-03-01 12:00,10.0,20.0,{msl + 2000:.1f}\n"  # 14: possible, not then and there
+    )
+    columns = {
+        "variables": {"slp": {"variable": "mean_sea_level_pressure", "units": "Pa"}},
+        "time": ["when"], "time_format": "%Y-%m-%d %H:%M", "station": "id",
+        "latitude": "lat", "longitude": "lon",
+    }  # fmt: skip
+    config = {
+        "out": str(tmp_path / "obs"), "time_step": "6h",
+        "sources": [{"format": "csv", "paths": [str(table)], "columns": columns}],
+        "quality": {"background": {"archive": str(tmp_path / "ensemble.zarr"), "k": 5.0}},
+    }  # fmt: skip
+    path = tmp_path / "ingest.yaml"
+    path.write_text(__import__("yaml").safe_dump(config))
+    result = CliRunner().invoke(app, ["ingest", "--config", str(path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    stored = read_observations(tmp_path / "obs", rejected=True)
+    reasons = dict(zip(stored["station"].values, stored["reason"].values, strict=True))
+    assert reasons == {"A": "", "B": "background"}
