@@ -525,6 +525,7 @@ class ToySea:
         deep = self.floor > 1000.0
         self.psi_center = _ordered_sum(self.psi_rim[deep]) / max(int(deep.sum()), 1)
         self.velocity_profile = portable.exp(-self.depth / cfg.velocity_decay_m)
+        self.advected_levels = max(1, int((self.velocity_profile >= 0.02).sum()))
         z = self.depth
         # heave acts below the seasonal mixed layer, strongest across the pycnocline
         self.heave_profile = _smoothstep((z - 30.0) / 90.0) * portable.exp(-z / 1000.0)
@@ -577,8 +578,9 @@ class ToySea:
         self.mean_heave = self.heave_per_psi * (self.psi_rim - self.psi_center)
         zeta = self.mean_heave[None] * self.heave_profile[:, None, None]
         zd = np.maximum(self.depth[:, None, None] - zeta, 0.0)
-        self.T = self._t_profile(zd) * np.ones(self.shape)
-        self.S = self._s_profile(zd) * np.ones(self.shape)
+        self.t_target = self._t_profile(zd) * np.ones(self.shape)
+        self.s_target = self._s_profile(zd) * np.ones(self.shape)
+        self.T, self.S = self.t_target.copy(), self.s_target.copy()
         self.O2 = self._oxygen_target(self.T, self.S)
         log_chl = self._log_chlorophyll_climatology()
         self.log_chl = log_chl.copy()
@@ -691,12 +693,15 @@ class ToySea:
 
     def _advect(self, psi: NDArray) -> None:
         """Semi-Lagrangian advection of T, S, O2 (each level with its own speed) and of the
-        surface chlorophyll, with a midpoint departure point."""
-        L, ny, nx = self.shape
+        surface chlorophyll, with a midpoint departure point. Levels where the flow is below
+        a fiftieth of its surface speed are left in place."""
+        ny, nx = self.shape[1:]
+        La = self.advected_levels
+        shape = (La, ny, nx)
         vi, uj = self._velocity(psi)
-        prof = self.velocity_profile[:, None, None]
-        ii = np.arange(ny, dtype=np.float64)[None, :, None] + np.zeros(self.shape)
-        jj = np.arange(nx, dtype=np.float64)[None, None, :] + np.zeros(self.shape)
+        prof = self.velocity_profile[:La, None, None]
+        ii = np.arange(ny, dtype=np.float64)[None, :, None] + np.zeros(shape)
+        jj = np.arange(nx, dtype=np.float64)[None, None, :] + np.zeros(shape)
         half = 0.5 * self.dt
         mid_i, mid_j = ii - half * prof * vi, jj - half * prof * uj
         w = _weights(mid_i, mid_j, ny, nx)
@@ -706,12 +711,14 @@ class ToySea:
         dep_i = ii - self.dt * prof * vm[0]
         dep_j = jj - self.dt * prof * vm[1]
         i0, j0, wi, wj = _weights(dep_i, dep_j, ny, nx)
-        levels = np.arange(L)[:, None, None] * (ny * nx)
+        levels = np.arange(La)[:, None, None] * (ny * nx)
         index = levels + i0 * nx + j0
-        fields = np.stack([self.T, self.S, self.O2]).reshape(3, -1)[:, self.fill]
+        fill = self.fill[: La * ny * nx]
+        fields = np.stack([self.T[:La], self.S[:La], self.O2[:La]]).reshape(3, -1)[:, fill]
         out = _bilinear(fields[:, None, :], index, wi, wj, nx)
-        self.T, self.S, self.O2 = out[0, 0], out[1, 0], out[2, 0]
-        surface = np.stack([self.log_chl]).reshape(1, 1, -1)[:, :, self.fill[: ny * nx]]
+        self.T, self.S, self.O2 = self.T.copy(), self.S.copy(), self.O2.copy()
+        self.T[:La], self.S[:La], self.O2[:La] = out[0, 0], out[1, 0], out[2, 0]
+        surface = self.log_chl.reshape(1, 1, -1)[:, :, fill[: ny * nx]]
         self.log_chl = _bilinear(surface, index[0], wi[0], wj[0], nx)[0, 0]
 
     def _displaced(self, fields: list[NDArray]) -> list[NDArray]:
@@ -791,11 +798,9 @@ class ToySea:
         cfg = self.config
         dt = self.dt
         below = 1.0 - self.mixing_fraction
-        zeta = self.mean_heave[None] * self.heave_profile[:, None, None]
-        zd = np.maximum(self.depth[:, None, None] - zeta, 0.0)
         relax = dt / cfg.deep_relaxation_days
-        self.T = self.T + below * relax * (self._t_profile(zd) - self.T)
-        self.S = self.S + below * relax * (self._s_profile(zd) - self.S)
+        self.T = self.T + below * relax * (self.t_target - self.T)
+        self.S = self.S + below * relax * (self.s_target - self.S)
         # oxygen: ventilation along isopycnals offshore (the shelf's bottom water is isolated
         # in summer), respiration of sinking matter, sediment demand at the floor
         ventilated = _smoothstep((self.floor - 60.0) / 120.0)[None]
@@ -1117,7 +1122,7 @@ def toy_sea_dataset(config: ToySeaConfig, progress: bool = False):
         times, states = [], []
         for t, fields in model.run(config.days):
             times.append(t)
-            states.append(fields)
+            states.append({k: v.astype(np.float32) for k, v in fields.items()})
             bar.update(1)
     return _with_statics(_dataset(model, times, states), model)
 
