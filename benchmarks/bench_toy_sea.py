@@ -51,8 +51,10 @@ def summarise(ds) -> dict:
     t, s, o2 = ds.temperature.values, ds.salinity.values, ds.oxygen.values
     mld = mixed_layer_depth(t, s, ds.level.values)
 
-    def monthly(values, where):
-        return [round(float(np.nanmean(values[month == m][:, where])), 1) for m in range(1, 13)]
+    def monthly(values, where, digits=1):
+        return [
+            round(float(np.nanmean(values[month == m][:, where])), digits) for m in range(1, 13)
+        ]
 
     shelf = sea & (floor < SHELF_DEPTH_M)
     hypoxic = (bottom_values(o2, mask) < HYPOXIA_THRESHOLD) & shelf[None]
@@ -81,7 +83,7 @@ def summarise(ds) -> dict:
             "p1": round(float(np.percentile(ratio, 1)), 4),
             "p99": round(float(np.percentile(ratio, 99)), 4),
             "abs_deviation_p95": round(float(np.percentile(np.abs(ratio - 1), 95)), 4),
-            "by_month": monthly(o2[:, 0] / oxygen_solubility(sst, s[:, 0]), sea),
+            "by_month": monthly(o2[:, 0] / oxygen_solubility(sst, s[:, 0]), sea, 3),
         },
     }
 
