@@ -52,6 +52,7 @@ PRODUCTS: dict[str, str] = {
     "observations": "observation store",
     "scores": "score table",
     "toy-earth": "toy-Earth store",
+    "toy-sea": "toy-sea store",
     "latents": "latent store",
     "windows": "window store",
     "lenses": "lens store",

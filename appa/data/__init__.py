@@ -1,4 +1,5 @@
-"""Gridded data: sources and layouts, the toy Earth, state specs, statistics and datasets.
+"""Gridded data: sources and layouts, the toy Earth and the toy sea, state specs, statistics
+and datasets.
 
 Heavy modules (xarray, zarr, dask) load on first use of their names.
 """
@@ -31,6 +32,10 @@ _EXPORTS = {
     "ToyEarth": "appa.data.toy_earth",
     "ToyEarthConfig": "appa.data.toy_earth",
     "write_toy_earth": "appa.data.toy_earth",
+    "ToySea": "appa.data.toy_sea",
+    "ToySeaConfig": "appa.data.toy_sea",
+    "generate_toy_sea": "appa.data.toy_sea",
+    "toy_sea_dataset": "appa.data.toy_sea",
     "area_weights": "appa.data.grids",
     "equiangular_grid": "appa.data.grids",
     "regular_longitudes": "appa.data.grids",
