@@ -166,7 +166,8 @@ def screen_observations(
             deviation ``(C,)`` (physical units).
         outside_state: ``skip``: observations of a variable or level the state lacks are
             ``not_in_state``; ``refuse``: an error.
-        vertical: ``log_pressure``: a level between two of the state's levels is in the state
+        vertical: ``log_pressure`` or ``depth``: a level between two of the state's levels is
+            in the state
             (:func:`appa.observations.operator.vertical_weights`); its gross check uses the
             nearer level's statistics.
 
@@ -181,7 +182,7 @@ def screen_observations(
     reason[state == OFF_TIME] = "off_time"
     if outside_state == "skip":
         inside = np.isin(_labels(table), spec.channel_names())
-        if vertical == "log_pressure" and spec.levels:
+        if vertical in ("log_pressure", "depth") and spec.levels:
             levels = table["level"].values.astype(np.float64)
             atmospheric = np.isin(table["variable"].values.astype(str), spec.atmospheric)
             with np.errstate(invalid="ignore"):
@@ -206,9 +207,11 @@ def screen_observations(
 
 
 def _nearest_channel(screening: Screening, at: np.ndarray, spec: StateSpec) -> int:
-    """The channel nearest (in log-pressure) to the level of the observations ``at``."""
+    """The channel nearest (in log-pressure, or in depth) to the level of the observations
+    ``at``."""
     first = screening.table.isel(obs=[int(np.flatnonzero(at)[0])])
-    return int(observation_channels(first, spec, "log_pressure")[0])
+    rule = "depth" if spec.vertical == "depth" else "log_pressure"
+    return int(observation_channels(first, spec, rule)[0])
 
 
 def _units(variable: str) -> str:

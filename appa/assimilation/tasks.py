@@ -68,8 +68,9 @@ class SamplingConfig(StrictModel):
             rule drops (:mod:`appa.assimilation.screening`).
         vertical: Which levels an observation reads
             (:func:`appa.observations.operator.vertical_weights`): ``exact`` (one of the
-            state's pressure levels) or ``log_pressure`` (between two of them, linearly in
-            ``log p``: soundings' significant levels, aircraft at their flight pressure).
+            state's levels), ``log_pressure`` (between two pressure levels, linearly in
+            ``log p``: soundings' significant levels, aircraft at their flight pressure) or
+            ``depth`` (between two depth levels, linearly in depth: profiling floats).
         representation_error: Add the autoencoder's per-channel reconstruction RMSE (from its
             checkpoint's validation) to observation errors in quadrature: the decoder cannot
             fit observations closer than that, and pretending it can makes ensembles

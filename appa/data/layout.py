@@ -2,8 +2,10 @@
 
 Canonical: dims ``([member,] time, level, latitude, longitude)`` (surface variables without
 ``level``, static ones without ``time``), latitude ascending, longitude in [0, 360) ascending,
-WeatherBench2/ARCO variable names, SI units, level in hPa. Normalisation is lazy: it only
-renames, reverses, rolls and transposes, so it runs on dask arrays without reading data.
+WeatherBench2/ARCO variable names, SI units, level in hPa (the atmosphere) or in metres of depth,
+positive down (the ocean: a level coordinate with units ``m`` or ``standard_name: depth``).
+Normalisation is lazy: it only renames, reverses, rolls and transposes, so it runs on dask
+arrays without reading data.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ __all__ = [
     "ECCODES_NAMES",
     "LayoutError",
     "check_canonical",
+    "level_key",
+    "level_kind",
     "normalize",
     "normalize_arrays",
     "normalize_coords",
@@ -72,12 +76,34 @@ class LayoutError(ValueError):
     """A dataset cannot be brought to (or is not in) the canonical layout."""
 
 
+_METRES = ("m", "metre", "metres", "meter", "meters")
+
+
+def level_key(level: float) -> int | float:
+    """A level as the key of its channel: an integral value as ``int`` (``500.0`` -> ``500``,
+    so pressure channels stay ``temperature@500``), any other as ``float`` (``2.5``)."""
+    value = float(level)
+    return int(value) if value.is_integer() else value
+
+
+def level_kind(level: xr.DataArray) -> str:
+    """``"depth"`` for a level coordinate in metres of depth (units ``m`` or ``standard_name:
+    depth``), else ``"pressure"`` (CF pressure levels say ``positive: down`` too, so that
+    attribute alone decides nothing)."""
+    attrs = level.attrs
+    units = str(attrs.get("units", "")).strip().lower()
+    if units in _METRES or str(attrs.get("standard_name", "")).lower() == "depth":
+        return "depth"
+    return "pressure"
+
+
 def normalize(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
     """Brings a dataset in any known layout to the canonical one (lazily).
 
     Handles: ``lat``/``lon``/``pressure_level``/``isobaricInhPa`` names, ensemble dims
     (``number``, ``realization``, ...) -> ``member``, ARCO's ``valid_time_start``/
-    ``valid_time_stop`` attributes (time restricted to the valid range), level in Pa -> hPa,
+    ``valid_time_stop`` attributes (time restricted to the valid range), level in Pa -> hPa
+    (depth levels, see :func:`level_kind`, stay in metres, positive down),
     latitude descending -> ascending, longitude in [-180, 180) -> [0, 360), ``(longitude,
     latitude)`` storage order -> ``(latitude, longitude)``, ecCodes short names -> WB2 names,
     and a length-1 ``step`` dimension from forecast sources.
@@ -100,7 +126,10 @@ def normalize_coords(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
         if required not in ds.dims:
             raise LayoutError(f"{source}: no {required!r} dimension (dims: {sorted(ds.dims)})")
     if "level" in ds.coords:
-        ds = _levels_in_hpa(ds, source)
+        if level_kind(ds["level"]) == "depth":
+            ds = _levels_in_metres(ds, source)
+        else:
+            ds = _levels_in_hpa(ds, source)
     return ds
 
 
@@ -167,6 +196,20 @@ def _levels_in_hpa(ds: xr.Dataset, source: str) -> xr.Dataset:
     return ds
 
 
+def _levels_in_metres(ds: xr.Dataset, source: str) -> xr.Dataset:
+    level = ds["level"]
+    units = str(level.attrs.get("units", "m")).strip().lower()
+    if units not in _METRES:
+        raise LayoutError(f"{source}: depth levels in {units!r}; expected metres (m)")
+    if str(level.attrs.get("positive", "down")).lower() != "down":
+        raise LayoutError(f"{source}: depth levels must be positive down (level has positive: up)")
+    values = np.asarray(level.values, dtype=np.float64)
+    if values.size and not (np.all(np.isfinite(values)) and values.min() >= 0):
+        raise LayoutError(f"{source}: depth levels must be finite and >= 0 m, got {values}")
+    attrs = {**level.attrs, "units": "m", "positive": "down", "standard_name": "depth"}
+    return ds.assign_coords(level=("level", values, attrs))
+
+
 def _longitude_0_360(ds: xr.Dataset, source: str) -> xr.Dataset:
     lon = np.asarray(ds["longitude"].values, dtype=np.float64)
     wrapped = np.mod(lon, 360.0)
@@ -200,8 +243,13 @@ def check_canonical(ds: xr.Dataset, variables: Iterable[str] | None = None) -> N
             problems.append("latitude outside [-90, 90]")
         if not np.all(np.diff(lon) > 0) or lon.min() < 0 or lon.max() >= 360:
             problems.append("longitude is not ascending in [0, 360)")
-    if "level" in ds.coords and str(ds["level"].attrs.get("units", "hPa")) != "hPa":
-        problems.append(f"level units are {ds['level'].attrs.get('units')!r}, not hPa")
+    if "level" in ds.coords:
+        units = str(ds["level"].attrs.get("units", "hPa"))
+        if level_kind(ds["level"]) == "depth":
+            if units != "m" or str(ds["level"].attrs.get("positive", "")) != "down":
+                problems.append("depth levels must be in m, positive down")
+        elif units != "hPa":
+            problems.append(f"level units are {units!r}, not hPa")
     for name in variables if variables is not None else ds.data_vars:
         dims = ds[name].dims
         canonical = tuple(d for d in CANONICAL_DIMS if d in dims)

@@ -17,7 +17,14 @@ import xarray as xr
 from pydantic import BeforeValidator, Field
 
 from appa.config import StrictModel
-from appa.data.layout import LayoutError, normalize, normalize_arrays, normalize_coords
+from appa.data.layout import (
+    LayoutError,
+    level_key,
+    level_kind,
+    normalize,
+    normalize_arrays,
+    normalize_coords,
+)
 
 __all__ = [
     "ERA5_PRESETS",
@@ -95,7 +102,7 @@ def open_era5(
     store: str | Path,
     *,
     variables: Sequence[str] | None = None,
-    levels: Sequence[int] | None = None,
+    levels: Sequence[int | float] | None = None,
     time: slice | str | Sequence | None = None,
     spec=None,
     storage_options: dict[str, Any] | None = None,
@@ -190,7 +197,7 @@ def _storage_chunks(raw: xr.Dataset, ds: xr.Dataset) -> dict[str, int]:
 def select(
     ds: xr.Dataset,
     variables: Iterable[str] | None = None,
-    levels: Iterable[int] | None = None,
+    levels: Iterable[int | float] | None = None,
     time: slice | str | Sequence | None = None,
     source: str = "dataset",
 ) -> xr.Dataset:
@@ -205,15 +212,16 @@ def select(
             )
         ds = ds[variables]
     if levels is not None:
-        levels = [int(p) for p in levels]
+        levels = [level_key(p) for p in levels]
         if "level" not in ds.coords:
             if any("level" in ds[v].dims for v in ds.data_vars):
                 raise SelectionError(f"{source}: has no level coordinate")
         else:
-            have = [int(p) for p in np.asarray(ds["level"].values)]
+            have = [level_key(p) for p in np.asarray(ds["level"].values)]
             missing = [p for p in levels if p not in have]
             if missing:
-                raise SelectionError(f"{source}: levels {missing} hPa not found; it has {have}")
+                unit = "m" if level_kind(ds["level"]) == "depth" else "hPa"
+                raise SelectionError(f"{source}: levels {missing} {unit} not found; it has {have}")
             index = [have.index(p) for p in levels]
             if index != list(range(len(have))):
                 # A contiguous run stays a slice (basic indexing, cheaper on stores).

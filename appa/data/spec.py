@@ -1,24 +1,32 @@
 """The state spec (variables, levels, grid) and exact stacking between xarray and tensors.
 
-Channel order: surface variables first (in the given order), then each atmospheric variable on
+Channel order: surface variables first (in the given order), then each variable with levels on
 each level (variable-major, levels in the given order). Tensors are ``(time, channel, lat, lon)``.
+Levels are pressures in hPa (the atmosphere, ``vertical: pressure``) or depths of cell centres
+in metres, positive down (a regional ocean, ``vertical: depth``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import xarray as xr
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from appa.config import StrictModel
-from appa.data.layout import check_canonical
+from appa.data.layout import check_canonical, level_key, level_kind
 
-__all__ = ["Channel", "StateSpec", "stack", "unstack"]
+__all__ = ["DEPTH_ATTRS", "Channel", "StateSpec", "Vertical", "stack", "unstack"]
 
-Channel = tuple[str, int | None]
+# CF attributes of a depth level coordinate (what the layout recognises as depth)
+DEPTH_ATTRS = {"units": "m", "standard_name": "depth", "positive": "down", "axis": "Z"}
+
+Channel = tuple[str, int | float | None]
+
+Vertical = Literal["pressure", "depth"]
+_LEVEL_UNITS = {"pressure": "hPa", "depth": "m"}
 
 
 class StateSpec(StrictModel):
@@ -26,8 +34,13 @@ class StateSpec(StrictModel):
 
     Attributes:
         surface: Surface variables (dims ``(time, latitude, longitude)``).
-        atmospheric: Variables on pressure levels (``(time, level, latitude, longitude)``).
-        levels: Pressure levels in hPa.
+        atmospheric: Variables on levels (``(time, level, latitude, longitude)``); for a sea,
+            its 3-D variables.
+        levels: Pressure levels in hPa, or depths in m (positive down) under ``vertical:
+            depth``; integral values are kept as ``int`` (channel ``temperature@500``), others
+            as ``float`` (``temperature@2.5``).
+        vertical: What ``levels`` measure: ``pressure`` (hPa) or ``depth`` (m, positive down);
+            data whose level coordinate measures the other is refused.
         grid: Optional grid name (``"64x32"``) checked against data.
         masked: Variables allowed to hold NaN (e.g. ``sea_surface_temperature`` over land);
             NaN anywhere else is an error.
@@ -35,9 +48,19 @@ class StateSpec(StrictModel):
 
     surface: list[str] = Field(default_factory=list)
     atmospheric: list[str] = Field(default_factory=list)
-    levels: list[int] = Field(default_factory=list)
+    levels: list[int | float] = Field(default_factory=list)
     grid: str | None = None
     masked: list[str] = Field(default_factory=list)
+    vertical: Vertical = "pressure"
+
+    @field_validator("levels")
+    @classmethod
+    def _level_keys(cls, value: list[int | float]) -> list[int | float]:
+        # 500.0 and 500 are one level (and one channel name): integral values become ints
+        bad = [v for v in value if not (np.isfinite(v) and v > 0)]
+        if bad:
+            raise ValueError(f"levels must be positive (hPa or m of depth), got {bad}")
+        return [level_key(v) for v in value]
 
     @model_validator(mode="after")
     def _check(self) -> StateSpec:
@@ -63,7 +86,7 @@ class StateSpec(StrictModel):
     def channels(self) -> list[Channel]:
         """``(variable, level)`` per channel; ``level`` is None for surface variables."""
         return [(v, None) for v in self.surface] + [
-            (v, int(p)) for v in self.atmospheric for p in self.levels
+            (v, p) for v in self.atmospheric for p in self.levels
         ]
 
     @property
@@ -71,7 +94,7 @@ class StateSpec(StrictModel):
         return len(self.surface) + len(self.atmospheric) * len(self.levels)
 
     def channel_names(self) -> list[str]:
-        """``"2m_temperature"``, ``"temperature@500"``, ..."""
+        """``"2m_temperature"``, ``"temperature@500"``, ``"salinity@2.5"`` (depth), ..."""
         return [v if p is None else f"{v}@{p}" for v, p in self.channels]
 
     def channel_mask(self) -> list[bool]:
@@ -120,10 +143,17 @@ def _channel_arrays(ds: xr.Dataset, spec: StateSpec) -> list[np.ndarray]:
         if have != want:
             raise ValueError(f"grid is {have[0]}x{have[1]}, the spec says {spec.grid}")
     if spec.atmospheric:
-        have = [int(p) for p in ds["level"].values]
+        kind = level_kind(ds["level"])
+        if kind != spec.vertical:
+            raise ValueError(
+                f"the dataset's levels are {kind} ({_LEVEL_UNITS[kind]}), the spec's "
+                f"{spec.vertical} ({_LEVEL_UNITS[spec.vertical]})"
+            )
+        have = [level_key(p) for p in ds["level"].values]
         missing_levels = [p for p in spec.levels if p not in have]
         if missing_levels:
-            raise KeyError(f"levels {missing_levels} not in dataset; it has {have}")
+            unit = _LEVEL_UNITS[spec.vertical]
+            raise KeyError(f"levels {missing_levels} {unit} not in dataset; it has {have}")
         index = [have.index(p) for p in spec.levels]
     arrays = []
     for name in spec.surface:
@@ -148,7 +178,8 @@ def unstack(
 ) -> xr.Dataset:
     """The inverse of :func:`stack`: ``(time, channel, lat, lon)`` -> canonical dataset.
 
-    ``coords`` needs ``time``, ``latitude`` and ``longitude``; ``level`` comes from the spec.
+    ``coords`` needs ``time``, ``latitude`` and ``longitude``; ``level`` comes from the spec
+    (int64 hPa, or float64 metres of depth with their CF attributes).
     A leading member dimension ``(member, time, channel, lat, lon)`` is kept as ``member``.
     """
     if isinstance(x, torch.Tensor):
@@ -167,7 +198,9 @@ def unstack(
         block = x[..., offset + k * nl : offset + (k + 1) * nl, :, :]
         data[name] = ((*lead, "level", "latitude", "longitude"), block)
     coords = {k: v for k, v in coords.items() if k in ("member", "time", "latitude", "longitude")}
-    if spec.atmospheric:
+    if spec.atmospheric and spec.vertical == "depth":
+        coords["level"] = ("level", np.asarray(spec.levels, dtype=np.float64), DEPTH_ATTRS)
+    elif spec.atmospheric:
         coords["level"] = np.asarray(spec.levels, dtype=np.int64)
     ds = xr.Dataset(data, coords=coords)
     for name, value in (attrs or {}).items():

@@ -265,8 +265,8 @@ def template_from_spec(
 ) -> xr.Dataset:
     """An archive template for the variables of a :class:`~appa.data.StateSpec`: lazy float32
     zeros ``(member, time, [lead_time,] [level,] latitude, longitude)`` with CF attributes,
-    ``level`` = ``spec.levels`` (hPa). ``time`` datetime64, ``lead_time`` timedelta64,
-    ``latitude`` / ``longitude`` in degrees."""
+    ``level`` = ``spec.levels`` (hPa, or m of depth). ``time`` datetime64, ``lead_time``
+    timedelta64, ``latitude`` / ``longitude`` in degrees."""
     import dask.array as da
 
     from appa.data.toy_earth import CF_ATTRS, _coordinate_attrs
@@ -292,6 +292,12 @@ def template_from_spec(
         shape = tuple(coords[d].size for d in dims)
         data[name] = (dims, da.zeros(shape, dtype=np.float32, chunks=-1))
     ds = _coordinate_attrs(xr.Dataset(data, coords=coords, attrs=dict(attrs or {})))
+    if spec.atmospheric and spec.vertical == "depth":
+        from appa.data.spec import DEPTH_ATTRS
+
+        ds = ds.assign_coords(
+            level=("level", np.asarray(spec.levels, dtype=np.float64), dict(DEPTH_ATTRS))
+        )
     for name in spec.variables:
         units, standard, long = CF_ATTRS.get(name, (None, None, name))
         ds[name].attrs = {
@@ -342,8 +348,12 @@ def archive_dataset(
             if coord in out.coords and coord in truth.coords:
                 out[coord].attrs = dict(truth[coord].attrs)
     if "level" in out.coords:
-        out["level"] = out["level"].astype(np.int64)
-        out["level"].attrs.setdefault("units", "hPa")
+        from appa.data.layout import level_kind
+
+        # depths (m) are not whole numbers; pressures (hPa) are stored as integers
+        if level_kind(out["level"]) != "depth":
+            out["level"] = out["level"].astype(np.int64)
+            out["level"].attrs.setdefault("units", "hPa")
     if "lead_time" in out.coords:
         out["lead_time"].attrs = dict(LEAD_TIME_ATTRS)
     out.attrs = {

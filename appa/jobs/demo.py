@@ -21,6 +21,7 @@ from appa.assimilation.tasks import SamplingConfig
 from appa.assimilation.units import PriorConfig
 from appa.baselines.enoi import EnOIConfig
 from appa.config import StrictModel, Timestamp
+from appa.data.layout import level_key
 from appa.data.toy_earth import ToyEarthConfig
 from appa.distributed.runner import RayConfig
 from appa.observations.simulators import ObserveConfig, SatelliteConfig, StationsConfig
@@ -133,7 +134,7 @@ def _scores(table) -> dict[str, dict[str, dict[str, float]]]:
             levels = da["level"].values if "level" in da.dims else [None]
             for level in levels:
                 sel = da if level is None else da.sel(level=level)
-                label = name if level is None else f"{name}@{int(level)}"
+                label = name if level is None else f"{name}@{level_key(level)}"
                 per[label] = {str(m): float(sel.sel(metric=m)) for m in sel["metric"].values}
     return out
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from appa.data.layout import level_key
 from appa.files import PRODUCT_ATTR, written_whole
 from appa.io.archive import ArchiveError, open_archive, read_errors_named
 from appa.metrics.wb2 import EvaluationError, check_finite, evaluate, time_mean
@@ -88,7 +89,7 @@ def write_table(table: xr.Dataset, out: str | Path, overwrite: bool = False) -> 
 
 
 def _label(name: str, level, lead) -> str:
-    text = name if level is None else f"{name}@{int(level)}"
+    text = name if level is None else f"{name}@{level_key(level)}"
     if lead is not None:
         hours = pd.Timedelta(lead).total_seconds() / 3600
         text += f" +{hours:g}h"

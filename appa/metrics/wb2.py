@@ -139,12 +139,15 @@ def align_truth(
             raise EvaluationError(f"{name}: prediction in {pu!r}, truth in {tu!r}")
     truth = truth[names].assign_coords(latitude=prediction.latitude, longitude=prediction.longitude)
     if any("level" in prediction[v].dims for v in names):
-        have = [int(p) for p in truth["level"].values]
-        want = [int(p) for p in prediction["level"].values]
+        from appa.data.layout import level_key, level_kind
+
+        have = [level_key(p) for p in truth["level"].values]
+        want = [level_key(p) for p in prediction["level"].values]
         lacking = [p for p in want if p not in have]
         if lacking:
-            raise EvaluationError(f"levels {lacking} hPa are not in the truth; it has {have}")
-        truth = truth.sel(level=want)
+            unit = "m" if level_kind(truth["level"]) == "depth" else "hPa"
+            raise EvaluationError(f"levels {lacking} {unit} are not in the truth; it has {have}")
+        truth = truth.isel(level=[have.index(p) for p in want])
     valid = _valid_times(prediction)
     have_t = pd.DatetimeIndex(truth["time"].values)
     outside = valid.difference(have_t)

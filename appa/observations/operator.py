@@ -4,7 +4,9 @@ Each observation is a weighted sum of grid values of one channel at one time: bi
 interpolation (periodic in longitude; latitudes beyond the outermost cell centres take the
 nearest row) for point observations, or the area-weighted mean over a latitude-longitude box
 for observations with a ``footprint``; with ``vertical="log_pressure"``, an observation between
-two of the state's pressure levels reads both, linearly in ``log p``. The weights sum to one,
+two of the state's pressure levels reads both, linearly in ``log p``, and with
+``vertical="depth"`` an observation between two of the state's depth levels (a profiling float's
+sample) reads both, linearly in depth. The weights sum to one,
 so on standardised states the operator stays linear: observations and variances are
 standardised instead (by the channel's statistics, or for an observation between two levels by
 the interpolated mean and spread, the weights rescaled to match).
@@ -21,6 +23,7 @@ import torch
 import xarray as xr
 from torch import Tensor
 
+from appa.data.layout import level_key
 from appa.data.spec import StateSpec
 from appa.data.stats import Statistics
 from appa.observations.schema import ObservationError, validate_table
@@ -38,20 +41,42 @@ __all__ = [
 def interpolation_weights(
     latitude: np.ndarray, longitude: np.ndarray, grid_lat: np.ndarray, grid_lon: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Bilinear weights of points on a regular-in-longitude grid, periodic in longitude.
+    """Bilinear weights of points on a grid regular in longitude: a global grid (periodic in
+    longitude) or a regional one (a regular run of longitudes short of 360 degrees, e.g. a sea).
 
     Returns flat cell indices ``(n, 4)`` into ``(lat, lon)`` and weights ``(n, 4)`` summing
-    to 1. ``grid_lat`` ascending; latitudes beyond its ends use the nearest row.
+    to 1. ``grid_lat`` ascending; latitudes beyond its ends use the nearest row. On a regional
+    grid, longitudes within half a cell beyond its ends use the nearest column; a point
+    further outside is an :class:`ObservationError`.
     """
     nlat, nlon = grid_lat.size, grid_lon.size
     dlon = 360.0 / nlon
-    if not np.allclose(np.diff(grid_lon), dlon) or not 0 <= grid_lon[0] < dlon:
-        raise ObservationError("the grid's longitudes must be regular and span [0, 360)")
-    lon = np.mod(longitude - grid_lon[0], 360.0)
-    x = lon / dlon
-    i0 = np.floor(x).astype(np.int64) % nlon
-    i1 = (i0 + 1) % nlon
-    fx = x - np.floor(x)
+    if np.allclose(np.diff(grid_lon), dlon) and 0 <= grid_lon[0] < dlon:
+        lon = np.mod(longitude - grid_lon[0], 360.0)
+        x = lon / dlon
+        i0 = np.floor(x).astype(np.int64) % nlon
+        i1 = (i0 + 1) % nlon
+        fx = x - np.floor(x)
+    else:
+        step = (grid_lon[-1] - grid_lon[0]) / max(nlon - 1, 1)
+        if nlon < 2 or not np.allclose(np.diff(grid_lon), step) or step <= 0:
+            raise ObservationError(
+                "the grid's longitudes must be regular: spanning [0, 360) or a regional run"
+            )
+        # regional: east of the grid's first column, measured within (-180, 180]
+        east = np.mod(longitude - grid_lon[0] + 180.0, 360.0) - 180.0
+        x = east / step
+        outside = (x < -0.5) | (x > nlon - 0.5)
+        if outside.any():
+            first = int(np.flatnonzero(outside)[0])
+            raise ObservationError(
+                f"{int(outside.sum())} point(s) outside the grid's longitudes "
+                f"[{grid_lon[0]:g}, {grid_lon[-1]:g}]; first at longitude {longitude[first]:g}"
+            )
+        x = np.clip(x, 0.0, nlon - 1.0)
+        i0 = np.minimum(np.floor(x).astype(np.int64), nlon - 2)
+        i1 = i0 + 1
+        fx = x - i0
     lat = np.clip(latitude, grid_lat[0], grid_lat[-1])
     j1 = np.clip(np.searchsorted(grid_lat, lat, side="right"), 1, nlat - 1)
     j0 = j1 - 1
@@ -61,7 +86,9 @@ def interpolation_weights(
     return index, weights
 
 
-VerticalRule = Literal["exact", "log_pressure"]
+VerticalRule = Literal["exact", "log_pressure", "depth"]
+_VERTICAL_OF_RULE = {"log_pressure": "pressure", "depth": "depth"}
+_UNITS = {"pressure": "hPa", "depth": "m"}
 
 
 def vertical_weights(
@@ -72,14 +99,27 @@ def vertical_weights(
     Under ``exact`` an observation's variable and level must be a channel (weights ``(1, 0)``,
     both columns that channel). Under ``log_pressure`` an observation of an atmospheric
     variable at a pressure between two of the state's levels reads both, linearly in
-    ``log p`` (weights ``(1 - f, f)``); a level outside the state's range is an error.
+    ``log p`` (weights ``(1 - f, f)``); under ``depth`` (a state with ``vertical: depth``) an
+    observation at a depth between two of the state's levels reads both, linearly in depth. A
+    level outside the state's range is an error (a float's sample above the first cell centre
+    or below the last is not extrapolated).
 
     Raises:
         ObservationError: naming the variable (and level) the state does not hold, and how
             many observations ask for it.
     """
-    if vertical not in ("exact", "log_pressure"):
-        raise ObservationError(f"vertical must be 'exact' or 'log_pressure', got {vertical!r}")
+    if vertical not in ("exact", "log_pressure", "depth"):
+        raise ObservationError(
+            f"vertical must be 'exact', 'log_pressure' or 'depth', got {vertical!r}"
+        )
+    if vertical in _VERTICAL_OF_RULE and spec.atmospheric:
+        if _VERTICAL_OF_RULE[vertical] != spec.vertical:
+            raise ObservationError(
+                f"vertical {vertical!r} interpolates between {_VERTICAL_OF_RULE[vertical]} "
+                f"levels; the state's levels are {spec.vertical} (use "
+                f"{'depth' if spec.vertical == 'depth' else 'log_pressure'} or exact)"
+            )
+    unit = _UNITS[spec.vertical]
     channels = {(v, p): c for c, (v, p) in enumerate(spec.channels)}
     levels_sorted = np.array(sorted(spec.levels), dtype=np.float64)
     variables = table["variable"].values.astype(str)
@@ -103,22 +143,25 @@ def vertical_weights(
             raise ObservationError(f"observations of {var} need a level (one of {spec.levels})")
         if lev is not None and var in spec.surface:
             raise ObservationError(f"{var} is a surface variable; its level must be NaN")
-        c = channels.get((var, None if lev is None else int(lev)))
-        if c is not None and (lev is None or lev == int(lev)):
+        c = channels.get((var, None if lev is None else level_key(lev)))
+        if c is not None:
             channel[sel] = c
             continue
         inside = levels_sorted.size > 1 and levels_sorted[0] < lev < levels_sorted[-1]
         if vertical == "exact" or not inside:
             how = "" if vertical == "exact" else " (outside the range they interpolate)"
             raise ObservationError(
-                f"{int(sel.sum())} observation(s) of {var} at {lev} hPa; the state has levels "
+                f"{int(sel.sum())} observation(s) of {var} at {lev} {unit}; the state has levels "
                 f"{spec.levels}{how}"
             )
         upper = int(np.searchsorted(levels_sorted, lev))
         p0, p1 = levels_sorted[upper - 1], levels_sorted[upper]
-        f = (np.log(lev) - np.log(p0)) / (np.log(p1) - np.log(p0))
-        channel[sel, 0] = channels[(var, int(p0))]
-        channel[sel, 1] = channels[(var, int(p1))]
+        if vertical == "depth":
+            f = (lev - p0) / (p1 - p0)
+        else:
+            f = (np.log(lev) - np.log(p0)) / (np.log(p1) - np.log(p0))
+        channel[sel, 0] = channels[(var, level_key(p0))]
+        channel[sel, 1] = channels[(var, level_key(p1))]
         weight[sel] = (1.0 - f, f)
     return channel, weight
 
@@ -127,8 +170,9 @@ def observation_channels(
     table: xr.Dataset, spec: StateSpec, vertical: VerticalRule = "exact"
 ) -> np.ndarray:
     """The state channel of each observation ``(m,)``, from its ``variable`` and ``level``:
-    under ``log_pressure`` the nearer (in ``log p``) of the two levels it is interpolated
-    from (for what is set per channel: a gross check's spread, a representation error).
+    under ``log_pressure`` or ``depth`` the nearer (in ``log p``, in depth) of the two levels it
+    is interpolated from (for what is set per channel: a gross check's spread, a
+    representation error).
 
     Raises:
         ObservationError: as :func:`vertical_weights`.
@@ -161,9 +205,9 @@ class ObservationOperator:
         stats: When given, the operator acts on standardised states: ``y`` and the variances
             are standardised per channel (exact, since the weights sum to one).
         time_axis: Whether states carry a time axis (``(B, T, C, H, W)``).
-        vertical: ``exact`` (each observation on one of the state's levels) or
-            ``log_pressure`` (between two levels, linearly in ``log p``:
-            :func:`vertical_weights`).
+        vertical: ``exact`` (each observation on one of the state's levels),
+            ``log_pressure`` (between two pressure levels, linearly in ``log p``) or ``depth``
+            (between two depth levels, linearly in depth): :func:`vertical_weights`.
     """
 
     def __init__(

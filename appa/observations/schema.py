@@ -4,7 +4,9 @@ A table is an :class:`xarray.Dataset` along one dimension ``obs`` with the field
 
 - ``time`` (datetime64[ns]), ``latitude`` (degrees north, [-90, 90]), ``longitude`` (degrees
   east, any range; wrapped to [0, 360)),
-- ``level`` (hPa; NaN for surface variables), ``variable`` (canonical ERA5 name),
+- ``level`` (hPa; for the variables of a sea, depth in m, positive down; NaN for surface
+  variables), ``variable`` (canonical ERA5 name, or the ocean's: ``temperature``,
+  ``salinity``, ``oxygen``, ``chlorophyll``, ``sea_surface_height``),
 - ``value`` (SI units), ``error_std`` (> 0, same units), ``platform`` (e.g. ``station``,
   ``satellite``, ``coarse``),
 - optionally ``footprint`` (degrees; 0 for point observations, else the side of the
@@ -130,7 +132,8 @@ def validate_table(table: xr.Dataset) -> None:
     _check(np.isfinite(table["longitude"].values), table, "longitude is not finite")
     _check(~np.isnat(table["time"].values), table, "time is missing")
     level = table["level"].values
-    _check(np.isnan(level) | (level > 0), table, "level is not a positive pressure (hPa)")
+    # depths are of cell centres and samples below the surface, so > 0 holds for both kinds
+    _check(np.isnan(level) | (level > 0), table, "level is not positive (hPa, or m of depth)")
     if "footprint" in table.variables:
         fp = table["footprint"].values
         _check(np.isfinite(fp) & (fp >= 0), table, "footprint is negative")

@@ -134,6 +134,12 @@ CANONICAL_UNITS: dict[str, str] = {
     "total_column_water_vapour": "kg m**-2",
     "total_precipitation": "m",
     "land_sea_mask": "1",
+    # the sea's (appa.data.toy_sea); its temperature is ``temperature``, in K
+    "salinity": "g kg**-1",
+    "oxygen": "mmol m**-3",
+    "chlorophyll": "mg m**-3",
+    "log10_chlorophyll": "1",
+    "sea_surface_height": "m",
 }
 
 # Generous bounds (beyond any observed record, and beyond the toy Earth's extremes: its
@@ -158,6 +164,12 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "total_column_water_vapour": (0.0, 150.0),
     "total_precipitation": (0.0, 1.0),
     "land_sea_mask": (0.0, 1.0),
+    # absolute salinity: fresh river plumes to the saltiest open seas (the Red Sea's ~41 g/kg)
+    "salinity": (0.0, 45.0),
+    "oxygen": (0.0, 500.0),
+    "chlorophyll": (0.0, 100.0),
+    "log10_chlorophyll": (-3.0, 2.0),
+    "sea_surface_height": (-5.0, 5.0),
 }
 _R_DRY = 287.05  # J kg-1 K-1
 
@@ -195,6 +207,9 @@ _SAME_UNITS: dict[str, set[str]] = {
     "%": {"%", "percent"},
     "kg m**-2": {"kgm-2", "kg/m2"},
     "m": {"m", "metre", "meter", "metres", "meters"},
+    "g kg**-1": {"gkg-1", "g/kg"},
+    "mmol m**-3": {"mmolm-3", "mmol/m3", "umol/l", "µmol/l", "umoll-1", "µmoll-1"},
+    "mg m**-3": {"mgm-3", "mg/m3", "ug/l", "µg/l", "ugl-1", "µgl-1"},
     "1": {"1", "", "dimensionless", "fraction", "0-1"},
 }
 
