@@ -135,6 +135,35 @@ def toy_earth(
         typer.echo(f"figure: {plot_snapshot(path, plot)}")
 
 
+@app.command("toy-sea")
+def toy_sea(
+    out: Annotated[Path, typer.Option(help="Output Zarr store (written atomically).")],
+    years: Annotated[
+        float | None, typer.Option(help="Simulated years after spin-up (days = years x 365.25).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of eddies, weather, chlorophyll.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    config: ConfigOption = None,
+    overrides: OverridesOption = None,
+) -> None:
+    """Run the toy sea (a Black-Sea-like basin: temperature, salinity, oxygen, chlorophyll on
+    depth levels, sea-surface height) and write it in the canonical layout."""
+    from appa.config import ConfigError, load_config
+    from appa.data.toy_sea import ToySeaConfig, generate_toy_sea
+
+    extra = [f"seed={seed}"] if seed is not None else []
+    if years is not None:
+        if not years > 0:
+            typer.echo(f"error: --years must be positive, got {years}", err=True)
+            raise typer.Exit(2)
+        extra.append(f"days={max(1, round(years * 365.25))}")
+    with _reported(ConfigError, OSError):
+        cfg = load_config(ToySeaConfig, config, [*(overrides or []), *extra])
+        path = generate_toy_sea(cfg, out, progress=progress, overwrite=overwrite)
+    typer.echo(f"wrote {path}")
+
+
 @app.command()
 def observe(
     truth: Annotated[Path, typer.Option(help="Gridded truth store (any ERA5 layout).")],
@@ -143,7 +172,8 @@ def observe(
     config: ConfigOption = None,
     overrides: OverridesOption = None,
 ) -> None:
-    """Simulate station, satellite and coarse-grained observations of a gridded truth."""
+    """Simulate observations of a gridded truth: the atmosphere's stations, satellite and
+    coarse-grained fields, or a sea's satellite fields and profiling floats."""
     from appa.config import ConfigError, load_config
     from appa.data.sources import SelectionError
     from appa.observations.schema import ObservationError
@@ -754,6 +784,7 @@ def plot_curves_command(
 # id hashes the loaded config, so the same job submitted twice gets the same id.
 _CONFIG_CLASSES: dict[tuple[str, ...], tuple[str, str]] = {
     ("toy-earth",): ("appa.data.toy_earth", "ToyEarthConfig"),
+    ("toy-sea",): ("appa.data.toy_sea", "ToySeaConfig"),
     ("observe",): ("appa.observations.simulators", "ObserveConfig"),
     ("showcase",): ("appa.jobs.showcase", "ShowcaseConfig"),
     ("train", "autoencoder"): ("appa.jobs.train", "TrainAutoencoderConfig"),

@@ -99,6 +99,7 @@ def test_every_pipeline_config_validates():
     from appa.jobs.lensing import LensingConfig
     from appa.jobs.showcase import ShowcaseConfig
     from appa.jobs.train import TrainAutoencoderConfig, TrainDiffusionConfig
+    from appa.observations.simulators import ObserveConfig
 
     models = {
         "showcase.yaml": ShowcaseConfig,
@@ -116,6 +117,7 @@ def test_every_pipeline_config_validates():
         "demo.yaml": DemoConfig,
         "lensing_galaxies.yaml": LensingConfig,
         "lensing_tiny.yaml": LensingConfig,
+        "observe_sea.yaml": ObserveConfig,
     }
     paths = sorted((ROOT / "pipelines" / "configs").glob("*.yaml"))
     assert paths

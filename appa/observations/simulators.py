@@ -6,6 +6,8 @@
   it; grid cells within a swath radius of the ground track observe atmospheric variables on
   all requested levels, assigned to the nearest state time.
 - Coarse-grained fields: area-weighted means over boxes of ``factor x factor`` cells.
+- A sea's networks (:mod:`appa.observations.ocean`): satellite surface fields (SST, SSS, ocean
+  colour, altimetry) under clouds, and Argo-like profiling floats.
 
 Values are the truth seen through the same weights as the operator in
 :mod:`appa.observations.operator` (so the operator is exact on the truth), plus Gaussian noise
@@ -22,6 +24,13 @@ import xarray as xr
 from pydantic import Field
 
 from appa.config import StrictModel, Timestamp
+from appa.observations.ocean import (
+    SEA_SURFACE_SOURCES,
+    FloatsConfig,
+    SeaSurfaceConfig,
+    argo_floats,
+)
+from appa.observations.ocean import sea_surface_fields as sea_surface
 from appa.observations.schema import ObservationError, concat_tables, make_table
 
 __all__ = [
@@ -84,7 +93,8 @@ class CoarseConfig(StrictModel):
 
 
 class ObserveConfig(StrictModel):
-    """Settings of ``appa observe``."""
+    """Settings of ``appa observe``: the atmosphere's networks (stations, satellite, coarse) and
+    a sea's (sea_surface, floats; off by default, see ``pipelines/configs/observe_sea.yaml``)."""
 
     seed: int = 0
     start: Timestamp | None = Field(None, description="first truth time observed (inclusive)")
@@ -94,6 +104,8 @@ class ObserveConfig(StrictModel):
     stations: StationsConfig = Field(default_factory=StationsConfig)
     satellite: SatelliteConfig = Field(default_factory=SatelliteConfig)
     coarse: CoarseConfig = Field(default_factory=CoarseConfig)
+    sea_surface: SeaSurfaceConfig = Field(default_factory=SeaSurfaceConfig)
+    floats: FloatsConfig = Field(default_factory=FloatsConfig)
 
 
 def _errors(variables: Sequence[str], error_std: Mapping[str, float], what: str) -> dict:
@@ -298,9 +310,27 @@ def simulate(truth: xr.Dataset, config: ObserveConfig) -> xr.Dataset:
         tables.append(satellite_swath(truth, config.satellite, rng))
     if config.coarse.enabled:
         tables.append(coarse_grained(truth, config.coarse, rng))
+    # the sea's networks draw from streams of their own (the seed and the network's name)
+    if config.sea_surface.enabled:
+        tables.append(sea_surface(truth, config.sea_surface, config.seed))
+    if config.floats.enabled:
+        tables.append(argo_floats(truth, config.floats, config.seed))
     if not tables:
         raise ObservationError("all simulators are disabled")
     return concat_tables(tables)
+
+
+def _refuse_sea_for_atmosphere(truth: str) -> None:
+    """A clear error for the atmosphere's networks pointed at a sea (depth levels)."""
+    from appa.data.layout import level_kind
+    from appa.data.sources import open_era5
+
+    ds = open_era5(truth, chunks=None)
+    if "level" in ds.coords and level_kind(ds["level"]) == "depth":
+        raise ObservationError(
+            f"{truth} is a sea (depth levels): turn off stations, satellite and coarse, and "
+            "turn on sea_surface and floats (e.g. --config pipelines/configs/observe_sea.yaml)"
+        )
 
 
 def observe_store(
@@ -322,6 +352,14 @@ def observe_store(
             variables |= set(part.variables)
     if config.stations.enabled and config.stations.land_only:
         variables.add("land_sea_mask")
+    if variables:
+        _refuse_sea_for_atmosphere(truth)
+    if config.sea_surface.enabled:
+        for name, (source, *_) in SEA_SURFACE_SOURCES.items():
+            if getattr(config.sea_surface, name).enabled:
+                variables.add(source)
+    if config.floats.enabled:
+        variables |= {*config.floats.variables, "sea_floor_depth"}
     time = slice(config.start, config.end) if config.start or config.end else None
     ds = open_era5(truth, variables=sorted(variables), time=time).load()
     table = simulate(ds, config)
