@@ -26,9 +26,10 @@ month's ``cloud_fraction_monthly`` (more cloud in winter).
 Floats (:func:`argo_floats`): deployed at random positions over water deeper than
 ``min_depth_m``, they drift by a random walk of ``drift_km_per_day`` per axis and day (a step
 that would leave such water is not taken) and profile every ``cycle_days`` (phases drawn at
-random): temperature, salinity and oxygen, bilinear in space, at the state's depth levels (or
-at ``depths_m``, linear in depth between two levels) from the surface down to the parking
-depth or the sea floor, platform ``argo``, one ``station`` identifier per float.
+random): temperature, salinity and oxygen, bilinear in space (every cell read deeper than
+``min_depth_m``), at the state's depth levels (or at ``depths_m``, linear in depth between two
+levels) from the surface down to the parking depth or the sea floor, platform ``argo``, one
+``station`` identifier per float.
 
 Every network draws from its own random stream (the seed and the network's name), so turning
 one on or off leaves the others' observations unchanged.
@@ -327,10 +328,16 @@ def argo_floats(truth: xr.Dataset, config: FloatsConfig, seed: int) -> xr.Datase
     flat_floor = floor.reshape(-1)
 
     def floor_at(lat, lon):
-        """The sea floor's depth at each position, 0 where a neighbour cell is land."""
+        """The sea floor's depth at each position (bilinear), 0 where a neighbour cell is land."""
         index, weights = interpolation_weights(lat, lon, glat, glon)
         depth = (flat_floor[index] * weights).sum(1)
         return np.where((flat_floor[index] > 0).all(1), depth, 0.0)
+
+    def deep_enough(lat, lon):
+        """Whether every cell a position reads lies deeper than ``min_depth_m`` (so a float
+        over the slope does not read a shelf column)."""
+        index, _ = interpolation_weights(lat, lon, glat, glon)
+        return flat_floor[index].min(1) >= max(config.min_depth_m, 1e-9)
 
     def inside(lat, lon):
         return (glat[0] <= lat) & (lat <= glat[-1]) & (glon[0] <= lon) & (lon <= glon[-1])
@@ -340,7 +347,7 @@ def argo_floats(truth: xr.Dataset, config: FloatsConfig, seed: int) -> xr.Datase
     for _ in range(1000):
         cand_lat = rng.uniform(glat[0], glat[-1], 4 * config.count)
         cand_lon = rng.uniform(glon[0], glon[-1], 4 * config.count)
-        ok = floor_at(cand_lat, cand_lon) >= max(config.min_depth_m, 1e-9)
+        ok = deep_enough(cand_lat, cand_lon)
         lat = np.concatenate([lat, cand_lat[ok]])[: config.count]
         lon = np.concatenate([lon, cand_lon[ok]])[: config.count]
         if lat.size == config.count:
@@ -375,7 +382,7 @@ def argo_floats(truth: xr.Dataset, config: FloatsConfig, seed: int) -> xr.Datase
             new_lat = lat + sigma_deg * rng.standard_normal(lat.size)
             new_lon = lon + sigma_deg * rng.standard_normal(lon.size) / np.cos(np.radians(lat))
             ok = inside(new_lat, new_lon)
-            ok[ok] = floor_at(new_lat[ok], new_lon[ok]) >= max(config.min_depth_m, 1e-9)
+            ok[ok] = deep_enough(new_lat[ok], new_lon[ok])
             lat, lon = np.where(ok, new_lat, lat), np.where(ok, new_lon, lon)
         active = np.flatnonzero((k + phase) % cycle == 0)
         if active.size == 0:
