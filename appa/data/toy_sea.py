@@ -478,7 +478,8 @@ class ToySea:
 
         # Vertical grid.
         self.interfaces = level_interfaces(L, cfg.max_depth_m, cfg.stretching)
-        self.depth = 0.5 * (self.interfaces[:-1] + self.interfaces[1:])
+        # centres to the centimetre: short level names (temperature@8.23), the same everywhere
+        self.depth = np.round(0.5 * (self.interfaces[:-1] + self.interfaces[1:]), 2)
         top, bottom = self.interfaces[:-1, None, None], self.interfaces[1:, None, None]
 
         # Basin: sea floor, masks, wet thicknesses (a partial bottom cell keeps at least a
