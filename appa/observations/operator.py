@@ -5,11 +5,11 @@ interpolation (periodic in longitude; latitudes beyond the outermost cell centre
 nearest row) for point observations, or the area-weighted mean over a latitude-longitude box
 for observations with a ``footprint``; with ``vertical="log_pressure"``, an observation between
 two of the state's pressure levels reads both, linearly in ``log p``, and with
-``vertical="depth"`` an observation between two of the state's depth levels (a profiling float's
-sample) reads both, linearly in depth. The weights sum to one,
-so on standardised states the operator stays linear: observations and variances are
-standardised instead (by the channel's statistics, or for an observation between two levels by
-the interpolated mean and spread, the weights rescaled to match).
+``vertical="depth"`` an observation between two of the state's depth levels (a profiling
+float's sample) reads both, linearly in depth. The weights sum to one, so on standardised states
+the operator stays linear: observations and variances are standardised instead (by the
+channel's statistics, or for an observation between two levels by the interpolated mean and
+spread, the weights rescaled to match).
 """
 
 from __future__ import annotations
