@@ -168,21 +168,33 @@ def toy_sea(
 def observe(
     truth: Annotated[Path, typer.Option(help="Gridded truth store (any ERA5 layout).")],
     out: Annotated[Path, typer.Option(help="Output observation store (written atomically).")],
+    format: Annotated[
+        str | None,
+        typer.Option(
+            help="zarr: an observation store (default); bufr: a folder of SYNOP and TEMP BUFR "
+            "files, one per day, for appa ingest."
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
     config: ConfigOption = None,
     overrides: OverridesOption = None,
 ) -> None:
-    """Simulate observations of a gridded truth: the atmosphere's stations, satellite and
-    coarse-grained fields, or a sea's satellite fields and profiling floats."""
+    """Simulate observations of a gridded truth: the atmosphere's stations, satellite,
+    coarse-grained fields and radiosondes, or a sea's satellite fields and profiling floats."""
     from appa.config import ConfigError, load_config
     from appa.data.sources import SelectionError
     from appa.observations.schema import ObservationError
     from appa.observations.simulators import ObserveConfig, observe_store
 
+    extra = [f"format={format}"] if format is not None else []
     with _reported(ConfigError, ObservationError, SelectionError, OSError):
-        cfg = load_config(ObserveConfig, config, overrides or [])
+        cfg = load_config(ObserveConfig, config, [*(overrides or []), *extra])
         path, n = observe_store(str(truth), cfg, str(out), overwrite=overwrite)
-    typer.echo(f"wrote {n} observations to {path}")
+    if cfg.format == "bufr":
+        files = sorted(p.name for p in Path(path).glob("*.bufr"))
+        typer.echo(f"wrote {n} observations to {path} as {len(files)} BUFR files")
+    else:
+        typer.echo(f"wrote {n} observations to {path}")
 
 
 @app.command()

@@ -58,12 +58,14 @@ PRODUCTS: dict[str, str] = {
     "lenses": "lens store",
     "galaxies": "galaxy store",
     "pairs": "store of simulated pairs",
+    "bufr": "folder of BUFR reports",
 }
 PRODUCT_ATTR = "appa_product"
 # the names of appa.io.archive.RECORDS_GROUP and appa.observations.schema's metadata file
 # (this module sits below both and imports neither)
 _ARCHIVE_RECORDS = "appa_units"
 _OBSERVATIONS_META = "observations.json"
+_BUFR_INDEX = "bufr_reports.json"  # appa.observations.simulators.BUFR_MANIFEST
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
@@ -150,6 +152,8 @@ def _kind(attrs: Mapping[str, Any], names: set[str]) -> str | None:
     # products written before the attribute existed
     if _OBSERVATIONS_META in names:
         return "observations"
+    if _BUFR_INDEX in names:
+        return "bufr"
     if _ARCHIVE_RECORDS in names or "appa_config_hash" in attrs or "appa_baseline" in attrs:
         return "archive"
     if "appa_toy_earth_config" in attrs:

@@ -8,15 +8,25 @@
 - Coarse-grained fields: area-weighted means over boxes of ``factor x factor`` cells.
 - A sea's networks (:mod:`appa.observations.ocean`): satellite surface fields (SST, SSS, ocean
   colour, altimetry) under clouds, and Argo-like profiling floats.
+- Radiosondes: fixed sites launching at given hours of the day, upper-air variables at the
+  truth's levels and at significant levels between them.
 
 Values are the truth seen through the same weights as the operator in
 :mod:`appa.observations.operator` (so the operator is exact on the truth), plus Gaussian noise
 of standard deviation ``error_std``.
+
+``format: bufr`` writes the station and radiosonde reports as WMO BUFR files instead of an
+observation store, the way real reports arrive (read back by ``appa ingest``): each station
+stands at its own elevation, the model's ground plus a sub-grid departure, and reports the 2 m
+temperature of that height.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -36,10 +46,12 @@ from appa.observations.schema import ObservationError, concat_tables, make_table
 __all__ = [
     "CoarseConfig",
     "ObserveConfig",
+    "RadiosondesConfig",
     "SatelliteConfig",
     "StationsConfig",
     "coarse_grained",
     "ground_track",
+    "radiosondes",
     "satellite_swath",
     "simulate",
     "surface_stations",
@@ -64,6 +76,11 @@ class StationsConfig(StrictModel):
     land_only: bool = Field(False, description="keep random stations on land (land_sea_mask)")
     error_std: dict[str, float] = Field(
         default_factory=lambda: {"2m_temperature": 0.5, "mean_sea_level_pressure": 100.0}
+    )
+    elevation_std: float = Field(
+        150.0,
+        ge=0,
+        description="format bufr: m, spread of station heights about the model's ground",
     )
 
 
@@ -92,11 +109,34 @@ class CoarseConfig(StrictModel):
     error_std: dict[str, float] = Field(default_factory=lambda: {"geopotential": 50.0})
 
 
+class RadiosondesConfig(StrictModel):
+    """Radiosondes: fixed sites, one sounding per site at each of ``hours`` (UTC)."""
+
+    enabled: bool = False
+    sites: int = Field(30, ge=1, description="random sites, uniform on the sphere")
+    hours: list[int] = Field(default_factory=lambda: [0, 12])
+    variables: list[str] = Field(default_factory=lambda: ["temperature", "geopotential"])
+    levels: list[int] | None = Field(None, description="default: all levels of the truth")
+    significant_levels: int = Field(
+        1, ge=0, description="levels between each pair of neighbouring levels, per sounding"
+    )
+    error_std: dict[str, float] = Field(
+        default_factory=lambda: {"temperature": 0.8, "geopotential": 100.0}
+    )
+
+
 class ObserveConfig(StrictModel):
-    """Settings of ``appa observe``: the atmosphere's networks (stations, satellite, coarse) and
-    a sea's (sea_surface, floats; off by default, see ``pipelines/configs/observe_sea.yaml``)."""
+    """Settings of ``appa observe``: the atmosphere's networks (stations, satellite, coarse,
+    radiosondes) and a sea's (sea_surface, floats; off by default, see
+    ``pipelines/configs/observe_sea.yaml``).
+
+    ``format``: ``zarr``, an observation store; ``bufr``, a folder of WMO BUFR files, one per
+    day and kind (``synop-YYYY-MM-DD.bufr`` of the stations, ``temp-YYYY-MM-DD.bufr`` of the
+    radiosondes), for ``appa ingest``.
+    """
 
     seed: int = 0
+    format: Literal["zarr", "bufr"] = "zarr"
     start: Timestamp | None = Field(None, description="first truth time observed (inclusive)")
     end: Timestamp | None = Field(None, description="last truth time observed (inclusive)")
 
@@ -106,6 +146,7 @@ class ObserveConfig(StrictModel):
     coarse: CoarseConfig = Field(default_factory=CoarseConfig)
     sea_surface: SeaSurfaceConfig = Field(default_factory=SeaSurfaceConfig)
     floats: FloatsConfig = Field(default_factory=FloatsConfig)
+    radiosondes: RadiosondesConfig = Field(default_factory=RadiosondesConfig)
 
 
 def _errors(variables: Sequence[str], error_std: Mapping[str, float], what: str) -> dict:
@@ -296,6 +337,73 @@ def coarse_grained(truth: xr.Dataset, config: CoarseConfig, rng: np.random.Gener
     return concat_tables(tables)
 
 
+def radiosondes(
+    truth: xr.Dataset, config: RadiosondesConfig, rng: np.random.Generator
+) -> xr.Dataset:
+    """Soundings of fixed sites at the truth's times whose hour is one of ``config.hours``:
+    the truth at its levels and, at ``significant_levels`` pressures (whole hPa) drawn per
+    sounding between each pair of neighbouring levels, the truth interpolated linearly in
+    log-pressure between them (the truth holds nothing in between)."""
+    errors = _errors(config.variables, config.error_std, "radiosondes")
+    _check_truth(truth, config.variables, False, "radiosondes")
+    have = truth["level"].values.tolist()
+    levels = sorted(config.levels if config.levels is not None else have, reverse=True)
+    missing = [p for p in levels if p not in have]
+    if missing:
+        raise ObservationError(f"radiosondes: truth lacks levels {missing}")
+    times = pd.DatetimeIndex(truth["time"].values)
+    launch = np.flatnonzero(np.isin(times.hour, config.hours) & (times.minute == 0))
+    if launch.size == 0:
+        raise ObservationError(f"radiosondes: no truth time at the hours {config.hours} UTC")
+    lat = np.degrees(np.arcsin(rng.uniform(-1, 1, config.sites)))
+    lon = rng.uniform(0, 360, config.sites)
+    # per sounding (launch, site): significant pressures, ascending in altitude per layer
+    layers = list(itertools.pairwise(levels))
+    extra = []
+    for below, above in layers:
+        low, high = int(above) + 1, int(below) - 1
+        k = min(config.significant_levels, max(high - low + 1, 0))
+        # k distinct whole-hPa pressures of the layer per sounding
+        order = np.argsort(rng.random((launch.size, config.sites, high - low + 1)), axis=-1)
+        drawn = np.sort(order[..., :k] + low, axis=-1)[..., ::-1]
+        extra.append(drawn.astype(np.float64))
+    glat, glon = truth.latitude.values, truth.longitude.values
+    tables = []
+    for v in config.variables:
+        field = truth[v].isel(time=launch).sel(level=levels).values  # (launch, level, lat, lon)
+        at = _bilinear(field, lat, lon, glat, glon)  # (launch, level, site)
+        columns, pressures = [], []
+        for j, p in enumerate(levels):
+            columns.append(at[:, j])
+            pressures.append(np.full(at[:, j].shape, float(p)))
+            if j < len(layers):
+                below, above = np.log(levels[j]), np.log(levels[j + 1])
+                w = (np.log(extra[j]) - below) / (above - below)  # (launch, site, k)
+                inside = at[:, j, :, None] * (1 - w) + at[:, j + 1, :, None] * w
+                columns += list(np.moveaxis(inside, -1, 0))
+                pressures += list(np.moveaxis(extra[j], -1, 0))
+        values = np.stack(columns, axis=-1)  # (launch, site, level of the sounding)
+        level = np.stack(pressures, axis=-1)
+        shape = values.shape
+        tt = np.broadcast_to(times.values[launch][:, None, None], shape)
+        la = np.broadcast_to(lat[None, :, None], shape)
+        lo = np.broadcast_to(lon[None, :, None], shape)
+        noisy = values + errors[v] * rng.standard_normal(shape)
+        tables.append(
+            make_table(
+                tt.ravel(),
+                la.ravel(),
+                lo.ravel(),
+                v,
+                noisy.ravel(),
+                errors[v],
+                "temp",
+                level=level.ravel(),
+            )
+        )
+    return concat_tables(tables)
+
+
 def simulate(truth: xr.Dataset, config: ObserveConfig) -> xr.Dataset:
     """All enabled simulators on ``truth`` (canonical, in memory) within start/end."""
     if config.start is not None or config.end is not None:
@@ -310,6 +418,8 @@ def simulate(truth: xr.Dataset, config: ObserveConfig) -> xr.Dataset:
         tables.append(satellite_swath(truth, config.satellite, rng))
     if config.coarse.enabled:
         tables.append(coarse_grained(truth, config.coarse, rng))
+    if config.radiosondes.enabled:
+        tables.append(radiosondes(truth, config.radiosondes, rng))
     # the sea's networks draw from streams of their own (the seed and the network's name)
     if config.sea_surface.enabled:
         tables.append(sea_surface(truth, config.sea_surface, config.seed))
@@ -336,7 +446,8 @@ def _refuse_sea_for_atmosphere(truth: str) -> None:
 def observe_store(
     truth: str, config: ObserveConfig, out: str, overwrite: bool = False
 ) -> tuple[str, int]:
-    """Simulates observations of a gridded store and writes an observation store.
+    """Simulates observations of a gridded store and writes an observation store (or, with
+    ``config.format == "bufr"``, a folder of BUFR files: :func:`write_bufr_reports`).
 
     Returns the output path and the number of observations. ``out`` is checked first (see
     :func:`~appa.observations.schema.write_observations`), before any work.
@@ -345,9 +456,15 @@ def observe_store(
     from appa.files import claim_output
     from appa.observations.schema import write_observations
 
-    claim_output(out, "observations", overwrite=overwrite)
+    bufr = config.format == "bufr"
+    if bufr and (config.satellite.enabled or config.coarse.enabled):
+        raise ObservationError(
+            "format bufr writes stations (SYNOP) and radiosondes (TEMP) only: disable the "
+            "satellite and coarse simulators (satellite.enabled=false, coarse.enabled=false)"
+        )
+    claim_output(out, "bufr" if bufr else "observations", overwrite=overwrite)
     variables = set()
-    for part in (config.stations, config.satellite, config.coarse):
+    for part in (config.stations, config.satellite, config.coarse, config.radiosondes):
         if part.enabled:
             variables |= set(part.variables)
     if config.stations.enabled and config.stations.land_only:
@@ -360,8 +477,100 @@ def observe_store(
                 variables.add(source)
     if config.floats.enabled:
         variables |= {*config.floats.variables, "sea_floor_depth"}
+    if bufr:
+        variables.add("geopotential_at_surface")
     time = slice(config.start, config.end) if config.start or config.end else None
     ds = open_era5(truth, variables=sorted(variables), time=time).load()
     table = simulate(ds, config)
+    if bufr:
+        path = write_bufr_reports(table, ds, config, out, overwrite=overwrite)
+        return str(path), int(table.sizes["obs"])
     path = write_observations(table, out, partition=config.partition, overwrite=overwrite)
     return str(path), int(table.sizes["obs"])
+
+
+BUFR_MANIFEST = "bufr_reports.json"
+
+
+def station_elevations(
+    table: xr.Dataset, truth: xr.Dataset, elevation_std: float, seed: int
+) -> xr.Dataset:
+    """``table`` with ``station`` (WIGOS identifiers ``0-20000-0-01001`` onwards, one per
+    distinct position of a station or radiosonde) and ``elevation`` (m: the model's ground,
+    ``geopotential_at_surface / g0`` of ``truth`` bilinear at the station, plus a normal
+    departure of ``elevation_std``, whole metres, at least 0); surface stations' 2 m
+    temperatures are moved to that height by the standard lapse rate, the one height
+    correction ``appa ingest`` makes."""
+    from appa.observations.ingest.convert import G0, STANDARD_LAPSE_RATE
+
+    if "geopotential_at_surface" not in truth:
+        raise ObservationError(
+            "format bufr: the truth has no geopotential_at_surface (the model's ground, from "
+            "which station heights are drawn)"
+        )
+    platform = table["platform"].values.astype(str)
+    positions = pd.MultiIndex.from_arrays(
+        [platform == "temp", table["latitude"].values, table["longitude"].values]
+    )
+    codes, unique = pd.factorize(positions)
+    lat = unique.get_level_values(1).to_numpy()
+    lon = unique.get_level_values(2).to_numpy()
+    orography = _bilinear(
+        truth["geopotential_at_surface"].values / G0,
+        lat,
+        lon,
+        truth.latitude.values,
+        truth.longitude.values,
+    )
+    # a generator of its own: the observations equal those of format zarr with the same seed
+    draws = np.random.default_rng([seed, 1]).standard_normal(lat.size)
+    elevation = np.maximum(np.round(orography + elevation_std * draws), 0.0)
+    value = table["value"].values.copy()
+    t2m = (platform == "station") & (table["variable"].values.astype(str) == "2m_temperature")
+    value[t2m] -= STANDARD_LAPSE_RATE * (elevation[codes] - orography[codes])[t2m]
+    stations = np.array([f"0-20000-0-{1001 + c:05d}" for c in range(lat.size)])
+    return table.assign(
+        value=("obs", value),
+        station=("obs", stations[codes]),
+        elevation=("obs", elevation[codes]),
+    )
+
+
+def write_bufr_reports(
+    table: xr.Dataset,
+    truth: xr.Dataset,
+    config: ObserveConfig,
+    out: str | Path,
+    overwrite: bool = False,
+) -> Path:
+    """Writes the station and radiosonde rows of ``table`` (simulated from ``truth``) to the
+    folder ``out`` (written whole) as BUFR, one SYNOP file and one TEMP file per day
+    (:func:`~appa.observations.ingest.bufr_write.write_bufr`), stations at their own heights
+    (:func:`station_elevations`), and an index of the files (``bufr_reports.json``)."""
+    import json
+
+    from appa.files import written_whole
+    from appa.observations.ingest.bufr_write import write_bufr
+
+    table = station_elevations(table, truth, config.stations.elevation_std, config.seed)
+    days = pd.DatetimeIndex(table["time"].values).normalize()
+    platform = table["platform"].values.astype(str)
+    files = {}
+    with written_whole(out, "bufr", overwrite=overwrite) as tmp:
+        tmp.mkdir()
+        for day in days.unique().sort_values():
+            for name, rows in (("synop", platform == "station"), ("temp", platform == "temp")):
+                at = np.flatnonzero(rows & (days == day))
+                if at.size == 0:
+                    continue
+                path = tmp / f"{name}-{day:%Y-%m-%d}.bufr"
+                messages = write_bufr(table.isel(obs=at), path)
+                files[path.name] = {"messages": messages, "observations": int(at.size)}
+        index = {
+            "appa_product": "bufr",
+            "files": files,
+            "observations": int(table.sizes["obs"]),
+            "config": config.model_dump(mode="json"),
+        }
+        (tmp / BUFR_MANIFEST).write_text(json.dumps(index, indent=1))
+    return Path(out)
