@@ -110,6 +110,19 @@ class DummyWorker:
         return out
 
 
+class CountingWorker(DummyWorker):
+    """A dummy worker that logs each build (``built pid``) and each archive it is handed."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        with open(kwargs["log"] + ".built", "a") as f:
+            f.write(f"{os.getpid()}\n")
+        self.archives: list[str] = []
+
+    def use_archive(self, archive) -> None:
+        self.archives.append(archive.url)
+
+
 def read_log(path: Path) -> list[tuple[str, int]]:
     """``(unit key, pid)`` per computation logged by :class:`DummyWorker`."""
     return [(k, int(p)) for k, p, _ in _log_rows(path)]

@@ -24,7 +24,13 @@ from appa.assimilation.units import (
     input_digests,
 )
 from appa.config import ConfigError
-from appa.io.archive import ArchiveError, check_inputs, open_archive, read_errors_named
+from appa.io.archive import (
+    Archive,
+    ArchiveError,
+    check_inputs,
+    open_archive,
+    read_errors_named,
+)
 from appa.seeds import derive_seed
 
 __all__ = [
@@ -121,6 +127,11 @@ class DailyWorker:
         self.prior = self.inner.prior
         self._day: pd.Timestamp | None = None
         self._observations = None
+
+    def use_archive(self, archive: Archive) -> None:
+        """Checks the next units against ``archive``'s recorded input digests (an actor kept
+        across days hears of each day's archive)."""
+        self.expected = dict(archive.records["inputs"])
 
     def _observations_of(self, day: pd.Timestamp):
         if self._day != day:

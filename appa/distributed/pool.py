@@ -35,6 +35,7 @@ from appa.io.archive import Archive, ArchiveError, Unit
 from appa.observations.schema import ObservationError
 
 __all__ = [
+    "ActorPool",
     "PoolReport",
     "UnitActor",
     "UnitFailedError",
@@ -97,7 +98,14 @@ class UnitActor:
         self.worker = factory()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
-    def run(self, unit: Unit, attempt: int = 1) -> UnitRecord:
+    def run(self, unit: Unit, attempt: int = 1, archive: Archive | None = None) -> UnitRecord:
+        """Computes and writes ``unit`` of ``archive`` (default: the archive the actor was
+        built with); a worker with a ``use_archive`` method hears of a new archive first."""
+        if archive is not None and archive is not self.archive:
+            self.archive = archive
+            use = getattr(self.worker, "use_archive", None)
+            if use is not None:
+                use(archive)
         start = time.perf_counter()
         written = False
         if not self.archive.is_done(unit):
@@ -109,6 +117,32 @@ class UnitActor:
     def ready(self) -> str:
         """Answers once the actor is up (after a restart, once the worker is built again)."""
         return self.name
+
+
+@dataclass
+class ActorPool:
+    """Actors that outlive one :func:`run_units` call, for a job that fills an archive in steps
+    (the daily job's days) or several archives: each builds its worker once (loads the prior
+    once), and every call hands them its archive with each unit. :meth:`close` ends them; a
+    pool is also a context manager. Actors given up for good stay given up."""
+
+    actors: list[Any] = field(default_factory=list)
+    dead: dict[int, str] = field(default_factory=dict)
+
+    def close(self) -> None:
+        """Ends the actors (without restarts)."""
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors.clear()
+        self.dead.clear()
+
+    def __enter__(self) -> ActorPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _pool_size(config: RayConfig, n_units: int) -> int:
@@ -138,9 +172,12 @@ def run_units(
     config: RayConfig | None = None,
     units: Sequence[Unit] | None = None,
     before_each: Callable[[], None] | None = None,
+    pool: ActorPool | None = None,
 ) -> PoolReport:
     """Computes and writes ``units`` (default: all of the archive's) that are not done yet on a
-    pool of Ray actors, each built once by ``factory`` (picklable, called in the actor).
+    pool of Ray actors, each built once by ``factory`` (picklable, called in the actor): the
+    actors of ``pool`` when given (built on its first use and kept for the next call), else
+    actors of this call only.
     ``before_each`` is called before each unit is handed to an actor (a writer's lease check:
     what it raises ends the pool).
     Raises :class:`UnitFailedError` naming a unit that keeps failing, and
@@ -160,22 +197,28 @@ def run_units(
     if not pending:
         return report
     started = init_ray(config)
-    actors: list[Any] = []
+    own = pool is None
+    pool = ActorPool() if pool is None else pool
     try:
-        size = report.actors = _pool_size(config, len(pending))
-        remote = ray.remote(UnitActor).options(
-            num_cpus=config.cpus_per_worker,
-            num_gpus=config.gpus_per_worker,
-            max_restarts=config.max_restarts,
-            max_task_retries=0,  # retried by the loop below, on whichever actor is free
-        )
-        actors = [remote.remote(factory, archive) for _ in range(size)]
+        if not pool.actors:
+            remote = ray.remote(UnitActor).options(
+                num_cpus=config.cpus_per_worker,
+                num_gpus=config.gpus_per_worker,
+                max_restarts=config.max_restarts,
+                max_task_retries=0,  # retried by the loop below, on whichever actor is free
+            )
+            size = _pool_size(config, len(pending))
+            pool.actors.extend(remote.remote(factory, archive) for _ in range(size))
+        actors, dead = pool.actors, pool.dead
+        size = report.actors = len(actors)
+        # every unit travels with this archive: an actor built for an earlier one (or
+        # restarted by Ray with its first arguments) writes into this one
+        shared = ray.put(archive)
         queue = deque(pending)
         attempts: Counter[int] = Counter()
         deaths: Counter[int] = Counter()
-        idle = deque(range(size))
+        idle = deque(i for i in range(size) if i not in dead)
         probes: Counter[int] = Counter()
-        dead: dict[int, str] = {}
         running: dict[Any, tuple[int, Unit | None]] = {}
 
         def fail(unit: Unit, error: Exception) -> None:
@@ -206,7 +249,7 @@ def run_units(
                         before_each()
                     actor, unit = idle.popleft(), queue.popleft()
                     attempts[unit.index] += 1
-                    ref = actors[actor].run.remote(unit, attempts[unit.index])
+                    ref = actors[actor].run.remote(unit, attempts[unit.index], shared)
                     running[ref] = (actor, unit)
                 if not running:
                     last = list(dead.values())[-1] if dead else "unknown"
@@ -256,8 +299,8 @@ def run_units(
                 report.records.append(record)
                 progress.advance(bar)
     finally:
-        for actor in actors:
-            ray.kill(actor, no_restart=True)
+        if own:
+            pool.close()
         if started:
             ray.shutdown()
     return report

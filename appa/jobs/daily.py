@@ -254,6 +254,7 @@ def run_daily(
         threads = None if job.runner.use_gpu else job.runner.threads()
         started = job.runner.backend == "ray" and init_ray(job.runner)
         local: DailyWorker | None = None
+        actors = None  # the Ray actor pool, kept across days
         try:
             for day in [*repair, *days]:
                 djob = day_job(base, day, job.lag_days)
@@ -311,16 +312,20 @@ def run_daily(
                         held.check()  # a writer that lost its lease writes nothing more
                         computed += archive.write_unit(unit, data)
                 else:
-                    from appa.distributed.pool import run_units
+                    from appa.distributed.pool import ActorPool, run_units
 
                     factory = functools.partial(
                         _daily_worker, base, job.first_day, job.lag_days, job.context_fit,
                         inputs, threads,
                     )  # fmt: skip
-                    pool = run_units(
-                        archive, factory, job.runner, units=units, before_each=held.check
-                    )
-                    computed, skipped = sum(r.written for r in pool.records), pool.skipped
+                    # one pool for every day of the run: the prior loads once per actor, and
+                    # each day's units bring that day's archive (and its recorded inputs)
+                    actors = actors or ActorPool()
+                    ran = run_units(
+                        archive, factory, job.runner, units=units, before_each=held.check,
+                        pool=actors,
+                    )  # fmt: skip
+                    computed, skipped = sum(r.written for r in ran.records), ran.skipped
                 report.computed += computed
                 report.skipped += skipped
                 stamp = str(day.date())
@@ -342,6 +347,8 @@ def run_daily(
                 report.complete_through = last
                 say(f"{stamp}: {computed} units computed, {skipped} already done")
         finally:
+            if actors is not None:
+                actors.close()
             if started:
                 import ray
 

@@ -68,6 +68,24 @@ def test_pool_writes_every_unit_and_the_archive_reads_back(tmp_path, ray_pool):
     assert len(read_log(log)) == 4
 
 
+def test_a_pool_kept_across_calls_builds_its_workers_once(tmp_path, ray_pool):
+    from appa.distributed.pool import ActorPool
+
+    log = tmp_path / "log.txt"
+    factory = functools.partial(pool_utils.CountingWorker, seed=3, log=str(log))
+    first, second = _archive(tmp_path / "a.zarr"), _archive(tmp_path / "b.zarr")
+    with ActorPool() as pool:
+        one = run_units(first, factory, POOL, pool=pool)
+        two = run_units(second, factory, POOL, pool=pool)
+        assert len(pool.actors) == 2
+    assert len((tmp_path / "log.txt.built").read_text().split()) == 2  # one build per actor
+    assert {r.actor for r in two.records} <= {r.actor for r in one.records}
+    for archive, path in ((first, "a.zarr"), (second, "b.zarr")):
+        archive.finalize()
+        ds = xr.open_zarr(tmp_path / path).load().drop_attrs()
+        xr.testing.assert_identical(ds, expected(template(2, 8), 3).drop_attrs())
+
+
 def test_an_actor_that_dies_is_restarted_and_its_unit_retried(tmp_path, ray_pool):
     archive = _archive(tmp_path / "a.zarr")
     victim = archive.units[2].key
