@@ -166,6 +166,19 @@ def _time_dependent(ds: xr.Dataset) -> list[str]:
     return [v for v in ds.data_vars if "time" in ds[v].dims]
 
 
+def _covered(clim_at: xr.Dataset, name: str, sea: np.ndarray, window_days: int) -> None:
+    """Raises naming the first day whose climatology is NaN on the sea: no training day of
+    that day of year within the window."""
+    values = clim_at[name].values
+    hole = np.isnan(values[..., sea]).reshape(values.shape[0], -1).any(axis=1)
+    if hole.any():
+        day = pd.Timestamp(clim_at["time"].values[np.argmax(hole)])
+        raise ValueError(
+            f"no training day within +-{window_days} days of the day of year of {day:%Y-%m-%d}: "
+            "widen window_days or the training period"
+        )
+
+
 def sea_climatology(
     truth: xr.Dataset,
     period: tuple[str, str],
@@ -188,6 +201,8 @@ def sea_climatology(
     clim = compute_climatology(train, period, window_days)
     times = pd.DatetimeIndex(np.atleast_1d(times))
     mean = climatology_at(clim, times).load()
+    sea = np.isfinite(train[names[0]].values).any(axis=0)
+    _covered(mean, names[0], sea, window_days)
     if members == 1:
         return mean.expand_dims(member=[0])
     train_times = train["time"].values
@@ -620,7 +635,9 @@ def sea_regression(
     residuals = (targets - model.predict(features)).astype(np.float32)
     del targets, fit
 
-    background = _profiles(climatology_at(profile_clim, times))
+    at = climatology_at(profile_clim, times)
+    _covered(at, "temperature", mask, window_days)
+    background = _profiles(at)
     mean = (background + model.predict(_features(analyser.analyse(times)))).astype(np.float32)
     del background
     facts: dict = {
