@@ -103,9 +103,7 @@ def test_correlation_length_recovers_a_gaussian_field():
 @pytest.fixture(scope="module")
 def sea():
     """Summer of a coarse sea: 16 x 32 cells, 14 levels, 70 days."""
-    cfg = ToySeaConfig(
-        nlat=16, nlon=32, n_levels=14, start="2000-06-01", days=70, spinup_days=10
-    )
+    cfg = ToySeaConfig(nlat=16, nlon=32, n_levels=14, start="2000-06-01", days=70, spinup_days=10)
     truth = toy_sea_dataset(cfg)
     surface = sea_surface_fields(truth, SeaSurfaceConfig(enabled=True), seed=0)
     floats = argo_floats(truth, FloatsConfig(enabled=True, count=12), seed=0)
@@ -133,7 +131,7 @@ def test_sea_climatology_members_carry_training_anomalies(sea):
     train_anomaly = (train - climatology_at(clim, train["time"].values)["oxygen"]).values
     gaps = [np.nanmax(np.abs(anomaly - a)) for a in train_anomaly]
     assert min(gaps) < 1e-3
-    with pytest.raises(ValueError, match="no training day within \\+-10 days of .* 2000-07-31"):
+    with pytest.raises(ValueError, match=r"no training day within \+-10 days of .* 2000-07-31"):
         sea_climatology(truth, TRAIN, pd.date_range("2000-07-21", "2000-08-20"), 10, 1, 0, names)
 
 
