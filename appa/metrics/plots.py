@@ -225,7 +225,7 @@ def _section_cells(latitude, longitude, line, n: int = 80):
     keep = np.ones(n, dtype=bool)
     keep[1:] = (np.diff(iy) != 0) | (np.diff(ix) != 0)
     iy, ix = iy[keep], ix[keep]
-    from appa.baselines.enoi import great_circle_km
+    from appa.observations.quality import great_circle_km
 
     la, lo = np.asarray(latitude)[iy], np.asarray(longitude)[ix]
     step = great_circle_km(la[:-1], lo[:-1], la[1:], lo[1:])
