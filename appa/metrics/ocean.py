@@ -460,7 +460,7 @@ def sea_summary(table: xr.Dataset):
                 cells += ["-" if not np.isfinite(x) else f"{x:.3g}" for x in values]
             bands.add_row(f"{v} ({units}), {b}", *cells)
     hyp = Table(title="Shelf bottom hypoxia (held-out days of the season)")
-    hyp.add_column("system")
+    hyp.add_column("system", no_wrap=True)
     for k in DETECTION_SCORES:
         hyp.add_column(k.replace("_", " "), justify="right")
     for f in table["floor_depth"].values:
