@@ -165,6 +165,10 @@ def test_sea_regression_with_and_without_floats(sea):
     gap = {name: np.abs(ds["oxygen"].values.mean(0)[t, k, iy, ix] - argo["value"].values).mean()
            for name, ds in (("without", without), ("with", with_floats))}  # fmt: skip
     assert gap["with"] < 0.5 * gap["without"]
+    # observations of the target days only cannot train the regression
+    later = table.isel(obs=np.flatnonzero(table["time"].values >= TARGET[0].to_datetime64()))
+    with pytest.raises(ValueError, match="on 0 of the 50 training days"):
+        sea_regression(truth, later, TRAIN, TARGET, window_days=30, config=cfg)
 
 
 def test_appa_baseline_sea_kinds_write_archives(sea, tmp_path):

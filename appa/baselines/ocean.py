@@ -626,6 +626,15 @@ def sea_regression(
     surface_clim = compute_climatology(train_surface, period, window_days)
     profile_clim = compute_climatology(train[list(PROFILE_VARIABLES)].load(), period, window_days)
     analyser = _SurfaceAnalyser(train_surface, surface_clim, observations)
+    # a regression trained without its predictors would fit noise to zeros, silently
+    seen = np.unique(np.concatenate([analyser.obs[f]["day"] for f in SURFACE_FIELDS]))
+    train_days = pd.DatetimeIndex(train["time"].values).normalize()
+    covered = int(train_days.isin(seen).sum())
+    if covered < 0.5 * len(train_days):
+        raise ValueError(
+            f"the observations hold satellite fields on {covered} of the {len(train_days)} "
+            f"training days {period[0]} .. {period[1]}: observe the training period too"
+        )
 
     fit_times = pd.DatetimeIndex(train["time"].values)[:: config.train_every]
     fit = train[list(PROFILE_VARIABLES)].sel(time=fit_times.values).load()
