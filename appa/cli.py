@@ -669,15 +669,122 @@ def evaluate(
         typer.echo(f"table: {path}")
 
 
+@app.command("evaluate-sea")
+def evaluate_sea_command(
+    archive: Annotated[
+        list[str], typer.Argument(help="Archives to score: ARCHIVE or NAME=ARCHIVE (several).")
+    ],
+    truth: Annotated[str, typer.Option(help="The sea's truth store (a toy-sea store).")],
+    validation_start: Annotated[
+        str, typer.Option(help="First day of the validation period (hypoxia threshold).")
+    ],
+    validation_end: Annotated[str, typer.Option(help="Last day of the validation period.")],
+    test_start: Annotated[
+        str | None, typer.Option(help="First held-out day (default: all outside validation).")
+    ] = None,
+    test_end: Annotated[str | None, typer.Option(help="Last held-out day.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the scores here (.json, or NetCDF .nc).")
+    ] = None,
+    sigma: Annotated[
+        float | None,
+        typer.Option(help="Dress each member's bottom oxygen with a Gaussian (mmol m^-3)."),
+    ] = None,
+    figures: Annotated[
+        Path | None, typer.Option(help="Write figures of --day into this directory.")
+    ] = None,
+    day: Annotated[str | None, typer.Option(help="Day of the figures.")] = None,
+    observations: Annotated[
+        Path | None, typer.Option(help="Observation store, for the figure of the day's data.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing score file.")] = False,
+) -> None:
+    """A sea's scores: ensemble-mean RMSE and spread/skill by depth band (mixed layer,
+    pycnocline, deep) and the detection of shelf bottom hypoxia (threshold on the probability
+    chosen on the validation period for the best F1; precision and recall on held-out days)."""
+    from rich.console import Console
+
+    from appa.files import claim_output
+    from appa.metrics.ocean import evaluate_sea, sea_summary, write_sea_scores
+    from appa.metrics.wb2 import EvaluationError
+
+    archives: dict[str, Path] = {}
+    for item in archive:
+        key, sep, path = item.partition("=")
+        if not sep:
+            key, path = Path(item).name.removesuffix(".zarr"), item
+        if not key or not path:
+            typer.echo(f"error: archive {item!r} is not ARCHIVE or NAME=ARCHIVE", err=True)
+            raise typer.Exit(2)
+        if key in archives:
+            typer.echo(f"error: two archives are named {key!r}: use NAME=ARCHIVE", err=True)
+            raise typer.Exit(2)
+        archives[key] = Path(path)
+    if (test_start is None) != (test_end is None):
+        typer.echo("error: give both --test-start and --test-end, or neither", err=True)
+        raise typer.Exit(2)
+    if figures is not None and day is None:
+        typer.echo("error: --figures needs --day", err=True)
+        raise typer.Exit(2)
+    test = (test_start, test_end) if test_start is not None else None
+    with _reported(EvaluationError, FileNotFoundError, FileExistsError, KeyError, ValueError):
+        if out is not None:
+            claim_output(out, "scores", overwrite=overwrite)
+        table = evaluate_sea(
+            archives, truth, (validation_start, validation_end), test=test, sigma=sigma
+        )
+    console = Console(width=max(Console().width, 140))
+    for part in sea_summary(table):
+        console.print(part)
+    if out is not None:
+        with _reported(FileExistsError):
+            path = write_sea_scores(table, out, overwrite=overwrite)
+        typer.echo(f"scores: {path}")
+    if figures is not None:
+        from appa.data.sources import open_era5
+        from appa.io.archive import open_archive
+        from appa.metrics.plots import plot_bottom_oxygen, plot_sea_observations, plot_sea_section
+
+        with _reported(FileNotFoundError, ValueError, KeyError):
+            sea = open_era5(truth)
+            if observations is not None:
+                import pandas as pd
+
+                from appa.observations import read_observations
+
+                d = pd.Timestamp(day).normalize()
+                table_obs = read_observations(observations, str(d), str(d + pd.Timedelta("1D")))
+                path = plot_sea_observations(table_obs, d, figures / "observations.png")
+                typer.echo(f"figure: {path}")
+            for key, where in archives.items():
+                ds = open_archive(where)
+                threshold = float(table["hypoxia"].sel(system=key, score="threshold"))
+                for variable in ("temperature", "oxygen"):
+                    path = plot_sea_section(
+                        ds, sea, variable, day, figures / f"{key}_section_{variable}.png"
+                    )
+                    typer.echo(f"figure: {path}")
+                path = plot_bottom_oxygen(
+                    ds, sea, day, figures / f"{key}_bottom_oxygen.png",
+                    flag_threshold=threshold, sigma=sigma,
+                )  # fmt: skip
+                typer.echo(f"figure: {path}")
+
+
 @app.command()
 def baseline(
-    kind: Annotated[str, typer.Argument(help="climatology, persistence or enoi.")],
+    kind: Annotated[
+        str,
+        typer.Argument(help="climatology, persistence, enoi, sea-climatology or sea-regression."),
+    ],
     out: Annotated[Path, typer.Option(help="Output archive (Zarr, written atomically).")],
     truth: Annotated[str | None, typer.Option(help="Truth store (training period, grid).")] = None,
     start: Annotated[str | None, typer.Option(help="First analysis/initialisation time.")] = None,
     end: Annotated[str | None, typer.Option(help="Last analysis/initialisation time.")] = None,
-    observations: Annotated[Path | None, typer.Option(help="Observation store (enoi).")] = None,
-    members: Annotated[int | None, typer.Option(help="Analysis members (enoi).")] = None,
+    observations: Annotated[
+        Path | None, typer.Option(help="Observation store (enoi, sea-regression).")
+    ] = None,
+    members: Annotated[int | None, typer.Option(help="Members (enoi, sea kinds).")] = None,
     lead_time: Annotated[
         list[str] | None,
         typer.Option("--lead-time", help="Forecast lead time, e.g. 6h (repeatable)."),
@@ -686,14 +793,16 @@ def baseline(
     config: ConfigOption = None,
     overrides: OverridesOption = None,
 ) -> None:
-    """Classical baselines in the archive layout: climatology, persistence, EnOI."""
+    """Classical baselines in the archive layout: climatology, persistence, EnOI; a sea's
+    climatology and profile regression from its surface (and floats)."""
     from appa.config import ConfigError, load_config
-    from appa.jobs.baseline import BaselineConfig, run_baseline
+    from appa.jobs.baseline import KINDS, BaselineConfig, run_baseline
 
-    if kind not in ("climatology", "persistence", "enoi"):
-        typer.echo(f"error: unknown baseline {kind!r}: climatology, persistence or enoi", err=True)
+    if kind not in KINDS:
+        typer.echo(f"error: unknown baseline {kind!r}: {', '.join(KINDS)}", err=True)
         raise typer.Exit(2)
-    options = (("truth", truth), ("start", start), ("end", end), ("enoi.members", members))
+    member_key = "sea.members" if kind.startswith("sea-") else "enoi.members"
+    options = (("truth", truth), ("start", start), ("end", end), (member_key, members))
     extra = [f"{k}={v}" for k, v in options if v is not None]
     if observations is not None:
         extra.append(f"observations={observations}")

@@ -1,5 +1,6 @@
-"""``appa baseline climatology|persistence|enoi``: the job config and its run function, which
-writes the baseline as an archive."""
+"""``appa baseline climatology|persistence|enoi|sea-climatology|sea-regression``: the job
+config and its run function, which writes the baseline as an archive (the ``sea-`` kinds: a
+sea's 3-D state from its surface, :mod:`appa.baselines.ocean`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pydantic import Field, field_validator
 
 from appa.baselines.climatology import climatology_at, compute_climatology, persistence
 from appa.baselines.enoi import EnOIConfig, enoi_analyses
+from appa.baselines.ocean import SeaRegressionConfig
 from appa.config import StrictModel, Timestamp
 from appa.data.sources import Store, StoreConfig
 from appa.data.spec import StateSpec
@@ -61,6 +63,8 @@ class BaselineConfig(StrictModel):
     # EnOI only.
     observations: str | None = Field(None, description="observation store (appa observe)")
     enoi: EnOIConfig = Field(default_factory=EnOIConfig)
+    # The sea's kinds only (members and seed serve both).
+    sea: SeaRegressionConfig = Field(default_factory=SeaRegressionConfig)
 
     @field_validator("lead_times")
     @classmethod
@@ -74,11 +78,34 @@ class BaselineConfig(StrictModel):
         return value
 
 
-Kind = Literal["climatology", "persistence", "enoi"]
+Kind = Literal["climatology", "persistence", "enoi", "sea-climatology", "sea-regression"]
+KINDS = ("climatology", "persistence", "enoi", "sea-climatology", "sea-regression")
 
 
-def _open(job: BaselineConfig) -> xr.Dataset:
-    return job.truth.open(spec=job.spec)
+def _open(job: BaselineConfig, kind: str = "climatology") -> xr.Dataset:
+    # a sea's baselines read its own variables, depth levels and statics, not the spec's
+    return job.truth.open() if kind.startswith("sea-") else job.truth.open(spec=job.spec)
+
+
+def _sea_baseline(kind: str, job: BaselineConfig, ds: xr.Dataset, times: pd.DatetimeIndex):
+    from appa.baselines.ocean import PROFILE_VARIABLES, sea_climatology, sea_regression
+    from appa.observations import read_observations
+
+    period = (job.train_start, job.train_end)
+    if kind == "sea-climatology":
+        product = sea_climatology(
+            ds, period, times, job.window_days, job.sea.members, job.sea.seed,
+            variables=PROFILE_VARIABLES,
+        )  # fmt: skip
+        return product, {}
+    if job.observations is None:
+        raise ValueError("sea-regression needs observations (an observation store)")
+    # the training period's observations train the regression; the window's drive it
+    first = min(pd.Timestamp(job.train_start), times[0])
+    last = max(pd.Timestamp(job.train_end), times[-1]) + pd.Timedelta(days=1)
+    table = read_observations(job.observations, str(first), str(last))
+    product, facts = sea_regression(ds, table, period, times, job.window_days, job.sea)
+    return product, {"observation_sources": [str(job.observations)], "regression": facts}
 
 
 def _target_times(ds: xr.Dataset, job: BaselineConfig) -> pd.DatetimeIndex:
@@ -118,13 +145,13 @@ def run_baseline(kind: Kind, job: BaselineConfig, out: str | Path, overwrite: bo
     or an Appa archive replaced with ``overwrite``: checked before the work, see
     :func:`~appa.io.archive.write_dataset`)."""
     claim_output(out, "archive", overwrite=overwrite)
-    ds = _open(job)
+    ds = _open(job, kind)
     times = _target_times(ds, job)
     period = (job.train_start, job.train_end)
     provenance = {
         "appa_config": job.model_dump(),
         "appa_baseline": kind,
-        "seeds": [job.enoi.seed],
+        "seeds": [job.sea.seed if kind.startswith("sea-") else job.enoi.seed],
     }
     leads = job.lead_times or None
     if kind == "climatology":
@@ -152,7 +179,12 @@ def run_baseline(kind: Kind, job: BaselineConfig, out: str | Path, overwrite: bo
             ds, times, job.observations, job.spec, period, job.window_days, job.enoi
         )
         provenance["observation_sources"] = [str(job.observations)]
+    elif kind in ("sea-climatology", "sea-regression"):
+        if leads:
+            raise ValueError(f"{kind} writes analyses: lead_times must be empty")
+        product, facts = _sea_baseline(kind, job, ds, times)
+        provenance.update(facts)
     else:
-        raise ValueError(f"unknown baseline {kind!r}: climatology, persistence or enoi")
+        raise ValueError(f"unknown baseline {kind!r}: {', '.join(KINDS)}")
     archive = archive_dataset(product, truth=ds, provenance=provenance)
     return write_dataset(archive, out, overwrite=overwrite)
