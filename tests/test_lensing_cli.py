@@ -58,7 +58,7 @@ def test_train_writes_a_loadable_prior(run):
     from appa.lensing.prior import GalaxyPrior
 
     prior = GalaxyPrior.load(run / "prior")
-    assert prior.size == 16 and prior.card["config"]["setup"]["source_size"] == 16
+    assert prior.size == 16 and prior.card.config["setup"]["source_size"] == 16
 
 
 def test_export_writes_float16_ema_weights_with_their_state(run, tmp_path):
@@ -68,8 +68,8 @@ def test_export_writes_float16_ema_weights_with_their_state(run, tmp_path):
     from appa.lensing.prior import GalaxyPrior
 
     prior = GalaxyPrior.load(tmp_path / "prior")
-    assert prior.card["complete"] is True and prior.card["dtype"] == "float16"
-    assert prior.card["exported_from"]["step"] == 20 and "resume" not in prior.card
+    assert prior.card.complete is True and prior.card.dtype == "float16"
+    assert prior.card.exported_from.step == 20 and prior.card.resume is None
     result = _invoke("export", run)
     assert result.exit_code == 1 and "train.export is not set" in result.output
 

@@ -1,15 +1,37 @@
 """The image U-Net (appa.nn.unet) and the lensing galaxy prior: training, checkpoints, samples."""
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
-from appa.io.checkpoints import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
+from appa.io.cards import CardError
+from appa.io.checkpoints import (
+    CheckpointError,
+    list_checkpoints,
+    load_checkpoint,
+    network_digest,
+    save_checkpoint,
+)
+from appa.jobs.lensing import PosteriorSamplingConfig, TrainConfig
 from appa.lensing.galaxies import generate_galaxies
-from appa.lensing.prior import GalaxyPrior, TrainSettings, build_denoiser, train_prior
+from appa.lensing.posterior import SamplingConfig
+from appa.lensing.prior import (
+    NETWORK_KEYS,
+    SIGMA_MAX,
+    SIGMA_MIN,
+    GalaxyPrior,
+    GalaxyPriorCard,
+    TrainSettings,
+    build_denoiser,
+    read_prior_card,
+    train_prior,
+)
 from appa.nn.unet import ImageUNet, UNetConfig
 
+COMMITTED = Path(__file__).resolve().parents[1] / "pipelines" / "priors" / "lensing-galaxies-tiny"
 TINY = {"channels": [8, 16], "attention": [False, True], "groups": 4, "heads": 2, "embedding": 16}
 
 
@@ -73,7 +95,9 @@ def test_prior_round_trips_through_a_float16_checkpoint(trained, tmp_path):
     prior.save(tmp_path / "f16", 60, dtype=torch.float16)
     loaded = GalaxyPrior.load(tmp_path / "f16")
     assert loaded.scale == prior.scale and loaded.size == 16 and loaded.pixel == 0.05
-    assert loaded.card["kind"] == "lensing-galaxy-prior" and loaded.card["step"] == 60
+    assert loaded.card.kind == "lensing-galaxy-prior" and loaded.step == 60
+    # the whole card comes back, the training record included
+    assert loaded.card == prior.card and loaded.card.training.validation_loss[-1][0] == 60
     z = torch.randn(4, 1, 16, 16)
     sigma = torch.tensor([0.05, 0.5, 5.0, 50.0])
     with torch.no_grad():
@@ -88,7 +112,7 @@ def test_prior_round_trips_through_a_float16_checkpoint(trained, tmp_path):
 
 def test_loading_something_else_fails_clearly(tmp_path):
     save_checkpoint(str(tmp_path / "other"), 1, {"model": {"w": torch.zeros(2)}}, {"kind": "x"})
-    with pytest.raises(CheckpointError, match="not a lensing galaxy prior"):
+    with pytest.raises(CardError, match=r"other/step-000000001/checkpoint.json: not a lensing"):
         GalaxyPrior.load(tmp_path / "other")
     with pytest.raises(ValueError, match="precision must be"):
         train_prior(
@@ -170,20 +194,84 @@ def test_resuming_with_other_settings_names_the_keys(tmp_path):
 
 
 def test_the_committed_prior_loads_samples_and_says_what_it_is():
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1] / "pipelines" / "priors" / "lensing-galaxies-tiny"
+    root = COMMITTED
     ckpt = load_checkpoint(str(root))
     assert {t.dtype for t in ckpt.tensors["model"].values()} == {torch.float16}
     assert set(ckpt.tensors) == {"model"} and not ckpt.states  # weights only, no training state
     prior = GalaxyPrior.load(root)
     card = prior.card
-    assert card["kind"] == "lensing-galaxy-prior" and card["step"] == 3000
-    assert card["weights"] == "EMA" and card["dtype"] == "float16"
-    assert card["schedule_steps"] == card["config"]["train"]["steps"] == 4000
-    assert card["complete"] is False and "stopped" in card["state"]
-    assert [s for s, _ in card["training"]["validation_loss"]][-1] == 3000
+    assert card.kind == "lensing-galaxy-prior" and prior.step == 3000
+    assert card.weights == "EMA" and card.dtype == "float16"
+    assert card.schedule_steps == card.config["train"]["steps"] == 4000
+    assert card.complete is False and "stopped" in card.state
+    assert [s for s, _ in card.training.validation_loss][-1] == 3000
+    assert card.exported_from.step == 3000 and card.resume is None
     assert (prior.size, prior.pixel) == (64, 0.05) and prior.scale > 0
     assert prior.sigma_min < prior.sigma_max
     draws = prior.sample(1, steps=2, seed=0)
     assert draws.shape == (1, 64, 64) and torch.isfinite(draws).all()
+
+
+def test_the_committed_card_reads_and_writes_back_as_stored():
+    manifest = json.loads(next(COMMITTED.glob("step-*/checkpoint.json")).read_text())
+    stored = manifest["metadata"]
+    card = read_prior_card(stored)
+    written = card.model_dump(mode="json")
+    # every stored entry comes back as it was; the entries it lacks are written as null
+    assert {k: written[k] for k in stored} == stored
+    assert {k for k in written if k not in stored} == {"resume"} and written["resume"] is None
+    # so a prior saved from it keeps the network digest its weights were written with
+    assert network_digest(written, NETWORK_KEYS) == manifest["network"]["sha256"]
+    assert GalaxyPriorCard.model_validate(written) == card
+
+
+def test_a_bad_card_is_refused_naming_the_entry():
+    stored = json.loads(next(COMMITTED.glob("step-*/checkpoint.json")).read_text())["metadata"]
+    missing = {k: v for k, v in stored.items() if k != "scale"}
+    cases = [
+        (missing, r"prior\.json: invalid card:\n  scale: Field required"),
+        ({**stored, "size": "64"}, r"size: Input should be a valid integer"),
+        ({**stored, "scale": -1.0}, r"scale: Input should be greater than 0"),
+        ({**stored, "colour": "red"}, r"colour: Extra inputs are not permitted"),
+        ({**stored, "unet": {**stored["unet"], "width": 3}}, r"unet.width: Unexpected keyword"),
+        ({**stored, "unet": {**stored["unet"], "groups": 7}}, r"unet: .*groups=7 must divide"),
+        ({**stored, "sigma_min": 1e3}, r"sigma_min 1000.0 must be below sigma_max 100.0"),
+        ({**stored, "dtype": "float8"}, r"dtype: Input should be 'float16'"),
+        ({**stored, "training": {**stored["training"], "threads": "two"}}, r"training.threads"),
+        ({**stored, "kind": "diffusion"}, r"prior\.json: not a lensing galaxy prior \(kind 'diff"),
+        ({k: v for k, v in stored.items() if k != "kind"}, r"not a lensing .* \(kind None"),
+    ]
+    for metadata, message in cases:
+        with pytest.raises(CardError, match=message):
+            read_prior_card(metadata, "prior.json")
+
+
+def test_loading_a_checkpoint_with_a_bad_card_names_the_checkpoint(trained, tmp_path):
+    prior, *_ = trained
+    # written without the card's network digest, as by hand: the card's own checks catch it
+    metadata = prior.card.model_dump(mode="json")
+    del metadata["sigma_max"]
+    weights = {"model": prior.denoiser.backbone.state_dict()}
+    save_checkpoint(str(tmp_path / "hand"), 7, weights, metadata)
+    with pytest.raises(CardError, match=r"hand/step-000000007/checkpoint.json: invalid card:\n"):
+        GalaxyPrior.load(tmp_path / "hand")
+    # an entry outside the network digest, edited in the file
+    saved = Path(prior.save(tmp_path / "edited", 60))
+    shutil.copytree(saved, tmp_path / "copy" / saved.name)
+    path = tmp_path / "copy" / saved.name / "checkpoint.json"
+    manifest = json.loads(path.read_text())
+    manifest["metadata"]["training"]["train_loss"] = "falling"
+    path.write_text(json.dumps(manifest))
+    message = r"copy/step-000000060/checkpoint.json: invalid card:\n  training.train_loss: "
+    with pytest.raises(CardError, match=message):
+        GalaxyPrior.load(tmp_path / "copy")
+    GalaxyPrior.load(saved)  # the untouched one loads
+
+
+def test_the_noise_range_default_is_defined_once():
+    assert (SIGMA_MIN, SIGMA_MAX) == (1e-2, 1e2)
+    for config in (TrainSettings(), SamplingConfig(), TrainConfig()):
+        assert (config.sigma_min, config.sigma_max) == (SIGMA_MIN, SIGMA_MAX), config
+    # posterior sampling in a job defaults to the range of the prior it samples
+    assert PosteriorSamplingConfig().sigma_min is None
+    assert PosteriorSamplingConfig().sigma_max is None

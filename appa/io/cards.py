@@ -34,12 +34,26 @@ __all__ = [
     "ExportRecord",
     "LoopRecord",
     "RunRecord",
+    "card_error",
     "read_card",
 ]
 
 
 class CardError(ValueError):
     """A checkpoint's card is missing, malformed, or of the wrong kind."""
+
+
+def card_error(source: str, error: ValidationError, limit: int = 8) -> CardError:
+    """A :class:`CardError` naming ``source`` and, one a line, each invalid field's dotted
+    path and what is wrong with it (the first ``limit``)."""
+    lines = [f"{source}: invalid card:"]
+    for item in error.errors()[:limit]:
+        key = ".".join(str(p) for p in item["loc"])
+        # a check across fields (a model validator) has no location of its own
+        lines.append(f"  {key}: {item['msg']}" if key else f"  {item['msg']}")
+    if error.error_count() > limit:
+        lines.append(f"  ... and {error.error_count() - limit} more")
+    return CardError("\n".join(lines))
 
 
 class AutoencoderCard(StrictModel):
@@ -153,11 +167,7 @@ def read_card(
     try:
         card = _ADAPTER.validate_python(metadata)
     except ValidationError as error:
-        lines = [f"{source}: invalid card:"]
-        for item in error.errors()[:8]:
-            key = ".".join(str(p) for p in item["loc"])
-            lines.append(f"  {key}: {item['msg']}")
-        raise CardError("\n".join(lines)) from None
+        raise card_error(source, error) from None
     if kind is not None and card.card.kind != kind:
         raise CardError(f"{source} is a {card.card.kind!r} checkpoint, expected {kind!r}")
     return card

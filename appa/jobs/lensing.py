@@ -26,6 +26,7 @@ from pydantic import Field, field_validator
 
 from appa.config import StrictModel
 from appa.files import PRODUCT_ATTR, written_whole
+from appa.lensing.prior import SIGMA_MAX, SIGMA_MIN
 
 __all__ = [
     "DataConfig",
@@ -111,8 +112,8 @@ class TrainConfig(StrictModel):
     ema: float = Field(0.999, ge=0, lt=1)
     sigma_log_mean: float = -0.7
     sigma_log_std: float = Field(1.5, gt=0)
-    sigma_min: float = Field(1e-2, gt=0)
-    sigma_max: float = Field(1e2, gt=0)
+    sigma_min: float = Field(SIGMA_MIN, gt=0)
+    sigma_max: float = Field(SIGMA_MAX, gt=0)
     precision: Literal["bf16", "fp32"] = "bf16"
     validate_every: int = Field(500, ge=1)
     checkpoint_every: int = Field(1000, ge=1)
@@ -243,10 +244,6 @@ def run_train(cfg: LensingConfig) -> Path:
     )
     unet = {"in_channels": 1, **t.unet.model_dump()}
     out = cfg.out / "prior"
-    card = {
-        "config": cfg.model_dump(mode="json"),
-        "data": {"path": str(cfg.data.train), "count": int(train.shape[0]), "attrs": attrs},
-    }
     # what a checkpoint must have been written with to be resumed (not where it is exported)
     fingerprint = {
         "setup": cfg.setup.model_dump(mode="json"),
@@ -265,7 +262,8 @@ def run_train(cfg: LensingConfig) -> Path:
         pixel=cfg.setup.source_pixel,
         checkpoint_dir=out,
         checkpoint_every=t.checkpoint_every,
-        card=card,
+        config=cfg.model_dump(mode="json"),
+        data={"path": str(cfg.data.train), "count": int(train.shape[0]), "attrs": attrs},
         fingerprint=fingerprint,
     )
     path = latest_checkpoint(str(out))
@@ -812,7 +810,7 @@ def _prior_identity(prior) -> str:
 
     from appa.io.checkpoints import MANIFEST
 
-    return hashlib.sha256((Path(prior.card["path"]) / MANIFEST).read_bytes()).hexdigest()
+    return hashlib.sha256((Path(prior.path) / MANIFEST).read_bytes()).hexdigest()
 
 
 class _PartCache:
@@ -1120,7 +1118,7 @@ def run_diagnose(cfg: LensingConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     prior = GalaxyPrior.load(cfg.prior)
     cache = _PartCache(cfg, prior)
-    report: dict[str, Any] = {"prior": str(cfg.prior), "prior_step": prior.card.get("step")}
+    report: dict[str, Any] = {"prior": str(cfg.prior), "prior_step": prior.step}
 
     if "prior" in d.parts:
         quality = cache.get("prior") or cache.put("prior", _diagnose_prior(cfg, prior, out))

@@ -29,6 +29,7 @@ from appa.diffusion import (
 )
 from appa.diffusion.schedules import ScheduleName
 from appa.lensing.operator import LensingOperator, PixelGrid
+from appa.lensing.prior import SIGMA_MAX, SIGMA_MIN
 
 __all__ = [
     "GaussianSource",
@@ -195,7 +196,8 @@ class SamplingConfig:
         delta: Langevin step size (``pc`` only).
         iterations: Conjugate-gradient iterations per MMPS denoiser call.
         zeta: DPS guidance strength.
-        schedule: Noise schedule name; ``sigma_min``, ``sigma_max`` in the prior's units.
+        schedule: Noise schedule name; ``sigma_min``, ``sigma_max`` in the prior's units
+            (default: the range a prior is trained on by default).
         batch: Samples drawn together.
     """
 
@@ -207,8 +209,8 @@ class SamplingConfig:
     iterations: int = 8
     zeta: float = 1.0
     schedule: ScheduleName = "loglinear"
-    sigma_min: float = 1e-2
-    sigma_max: float = 1e2
+    sigma_min: float = SIGMA_MIN
+    sigma_max: float = SIGMA_MAX
     batch: int = 8
 
 

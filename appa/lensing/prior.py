@@ -4,8 +4,8 @@ EDM denoiser (``appa.diffusion``), its training loop, checkpoints and samples.
 The prior lives in standardised units ``z = x / scale`` (``scale``: the training pixels' standard
 deviation). The map is linear, so ``A(scale z)`` stays a linear observation. Checkpoints are the
 project's format (safetensors plus a JSON manifest, :mod:`appa.io.checkpoints`); their metadata
-card holds the network's shape, ``scale``, the noise range, the stamp's pixel size and the
-training record.
+is a :class:`GalaxyPriorCard`: the network's shape, ``scale``, the noise range, the stamp's pixel
+size and the training record, named, typed and checked in one place.
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field, ValidationError, model_validator
 from torch import Tensor
 
-from appa.config import differing_keys
+from appa.config import StrictModel, differing_keys
 from appa.diffusion import (
     EDMDenoiser,
     ScheduleConfig,
@@ -32,6 +33,7 @@ from appa.diffusion import (
     sample_lognormal_sigma,
 )
 from appa.files import written_whole
+from appa.io.cards import CardError, card_error
 from appa.io.checkpoints import (
     CheckpointError,
     latest_checkpoint,
@@ -42,15 +44,25 @@ from appa.io.checkpoints import (
 from appa.nn.unet import ImageUNet, UNetConfig
 
 __all__ = [
+    "SIGMA_MAX",
+    "SIGMA_MIN",
     "GalaxyPrior",
+    "GalaxyPriorCard",
+    "PriorExport",
+    "ResumeRecord",
     "TrainResult",
     "TrainSettings",
     "build_denoiser",
     "export_prior",
+    "read_prior_card",
     "train_prior",
 ]
 
 KIND = "lensing-galaxy-prior"
+# The noise range (units of z) a prior is trained on unless told otherwise; posterior sampling
+# and the job configs default to it too, so that sampling stays within the trained range.
+SIGMA_MIN = 1e-2
+SIGMA_MAX = 1e2
 # the card's entries that build the network and give its weights their meaning: digested into
 # the manifest when saved, so an edit of one after the weights were written is refused on load
 NETWORK_KEYS = ("kind", "unet", "scale", "size", "pixel", "sigma_min", "sigma_max")
@@ -62,25 +74,127 @@ def build_denoiser(unet: UNetConfig | dict, autocast_dtype: torch.dtype | None =
 
 
 @dataclass
+class TrainResult:
+    """What training did: losses by step, seconds (wall and process CPU) and the threads."""
+
+    train_loss: list[tuple[int, float]]
+    validation_loss: list[tuple[int, float]]
+    wall_seconds: float
+    cpu_seconds: float
+    threads: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ResumeRecord(StrictModel):
+    """What a training checkpoint needs beside its tensors to be resumed."""
+
+    fingerprint: dict[str, Any] = Field(description="settings it must be resumed with")
+    running: float = Field(description="sum of the training losses since the last record")
+    count: int = Field(ge=0, description="steps in that sum")
+
+
+class PriorExport(StrictModel):
+    """The training checkpoint an exported prior was copied from."""
+
+    path: str
+    step: int = Field(ge=0)
+    manifest_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class GalaxyPriorCard(StrictModel):
+    """The metadata of a prior checkpoint.
+
+    The network entries (``kind`` to ``sigma_max``, :data:`NETWORK_KEYS`) are required and
+    digested into the manifest; the others are absent (None) where they do not apply: ``resume``
+    only in a training checkpoint, the export entries only in an exported copy.
+    """
+
+    kind: Literal["lensing-galaxy-prior"] = Field(description="what the checkpoint holds")
+    unet: UNetConfig = Field(description="the U-Net's shape")
+    scale: float = Field(gt=0, strict=True, description="x = scale z (surface brightness)")
+    size: int = Field(ge=1, strict=True, description="stamp width (pixels)")
+    pixel: float = Field(gt=0, strict=True, description="source-plane pixel size (arcsec)")
+    sigma_min: float = Field(gt=0, strict=True, description="lowest trained noise (units of z)")
+    sigma_max: float = Field(gt=0, strict=True, description="highest trained noise (units of z)")
+    config: dict[str, Any] | None = Field(None, description="the job config it was trained by")
+    data: dict[str, Any] | None = Field(None, description="the training stamps and their attrs")
+    training: TrainResult | None = Field(None, description="losses and seconds so far")
+    resume: ResumeRecord | None = None
+    weights: Literal["EMA"] | None = Field(None, description="the weights an export kept")
+    dtype: Literal["float16", "bfloat16", "float32"] | None = Field(
+        None, description="the exported weights' dtype"
+    )
+    schedule_steps: int | None = Field(None, ge=1, description="the run's planned steps")
+    complete: bool | None = Field(None, description="whether the run reached them")
+    state: str | None = Field(None, description="a sentence saying what the weights are")
+    exported_from: PriorExport | None = None
+
+    @model_validator(mode="after")
+    def _noise_range(self) -> GalaxyPriorCard:
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError(f"sigma_min {self.sigma_min} must be below sigma_max {self.sigma_max}")
+        return self
+
+
+def read_prior_card(metadata: dict[str, Any], source: str = "checkpoint") -> GalaxyPriorCard:
+    """Parses a prior checkpoint's metadata; ``source`` names it in errors.
+
+    Raises:
+        CardError: another kind of checkpoint, a missing entry, one of the wrong type or an
+            unknown one, each named.
+    """
+    kind = metadata.get("kind")
+    if kind != KIND:
+        raise CardError(f"{source}: not a lensing galaxy prior (kind {kind!r})")
+    try:
+        return GalaxyPriorCard.model_validate(metadata)
+    except ValidationError as error:
+        raise card_error(source, error) from None
+
+
+@dataclass
 class GalaxyPrior:
     """A trained galaxy prior: the denoiser of ``z = x / scale`` and its card.
 
     Attributes:
         denoiser: ``D(z_t, sigma) -> E[z | z_t]``, event ``(1, size, size)``.
-        scale: Units: ``x = scale z`` (surface brightness per unit of ``z``).
-        size: Stamp width in pixels.
-        pixel: Source-plane pixel size (arcsec) the stamps were made for.
-        sigma_min, sigma_max: Noise range it was trained on (units of ``z``).
-        card: The checkpoint's whole metadata.
+        card: What it is (:class:`GalaxyPriorCard`): ``scale`` (``x = scale z``), ``size``
+            (stamp width in pixels), ``pixel`` (source-plane pixel size, arcsec), the noise
+            range it was trained on (units of ``z``) and the training record.
+        step, path: The checkpoint it was loaded from (None: not loaded).
     """
 
     denoiser: EDMDenoiser
-    scale: float
-    size: int
-    pixel: float
-    sigma_min: float
-    sigma_max: float
-    card: dict[str, Any] = field(default_factory=dict)
+    card: GalaxyPriorCard
+    step: int | None = None
+    path: str | None = None
+
+    @property
+    def scale(self) -> float:
+        """Surface brightness per unit of ``z``."""
+        return self.card.scale
+
+    @property
+    def size(self) -> int:
+        """Stamp width (pixels)."""
+        return self.card.size
+
+    @property
+    def pixel(self) -> float:
+        """Source-plane pixel size (arcsec)."""
+        return self.card.pixel
+
+    @property
+    def sigma_min(self) -> float:
+        """Lowest trained noise level (units of ``z``)."""
+        return self.card.sigma_min
+
+    @property
+    def sigma_max(self) -> float:
+        """Highest trained noise level (units of ``z``)."""
+        return self.card.sigma_max
 
     @property
     def event_shape(self) -> tuple[int, int, int]:
@@ -90,58 +204,48 @@ class GalaxyPrior:
         self,
         root: str | Path,
         step: int,
-        extra: dict[str, Any] | None = None,
         dtype: torch.dtype = torch.float32,
         groups: dict[str, dict[str, Tensor]] | None = None,
         states: dict[str, Any] | None = None,
+        resume: ResumeRecord | None = None,
         keep: int | None = 1,
     ) -> str:
         """Writes the weights (in ``dtype``: float16 halves a committed prior) and the card
-        under ``root/step-<step>/`` (with other tensor ``groups`` and nested ``states``, e.g. a
-        training state; the newest ``keep`` checkpoints kept); returns the path."""
-        card = {
-            "kind": KIND,
-            "unet": self.denoiser.backbone.config.to_dict(),
-            "scale": self.scale,
-            "size": self.size,
-            "pixel": self.pixel,
-            "sigma_min": self.sigma_min,
-            "sigma_max": self.sigma_max,
-            **{k: v for k, v in self.card.items() if k not in ("step", "path", "resume")},
-            **(extra or {}),
-        }
+        under ``root/step-<step>/`` (with other tensor ``groups``, nested ``states`` and their
+        ``resume`` record, e.g. a training state; the newest ``keep`` checkpoints kept);
+        returns the path. The card's own ``resume`` is not written: it describes tensors of the
+        checkpoint it was read from."""
+        if self.card.unet != self.denoiser.backbone.config:
+            raise ValueError(
+                f"the card's U-Net {self.card.unet} is not the denoiser's "
+                f"{self.denoiser.backbone.config}"
+            )
+        metadata = self.card.model_copy(update={"resume": resume}).model_dump(mode="json")
         state = {k: v.to(dtype) for k, v in self.denoiser.backbone.state_dict().items()}
         tensors = {"model": state, **(groups or {})}
         return save_checkpoint(
-            str(root), step, tensors, metadata=card, states=states or {}, keep=keep,
+            str(root), step, tensors, metadata=metadata, states=states or {}, keep=keep,
             network=NETWORK_KEYS,
         )  # fmt: skip
 
     @classmethod
     def load(cls, path: str | Path) -> GalaxyPrior:
         """Loads a prior checkpoint (a ``step-*`` folder or the folder holding it); weights come
-        back in float32 whatever they were stored in."""
+        back in float32 whatever they were stored in.
+
+        Raises:
+            CardError: its card is not a prior's, or misses, mistypes or adds an entry.
+            CheckpointError: its files are missing or corrupt, or it has no ``model`` weights.
+        """
         ckpt = load_checkpoint(str(path))
-        card = ckpt.metadata
-        if card.get("kind") != KIND:
-            raise CheckpointError(
-                f"{ckpt.path}: not a lensing galaxy prior (kind {card.get('kind')!r})"
-            )
+        card = read_prior_card(ckpt.metadata, f"{ckpt.path}/checkpoint.json")
         if "model" not in ckpt.tensors:
             raise CheckpointError(f"{ckpt.path}: no 'model' weights")
-        denoiser = build_denoiser(card["unet"])
+        denoiser = build_denoiser(card.unet)
         state = {k: v.float() for k, v in ckpt.tensors["model"].items()}
         load_module_state(denoiser.backbone, state, f"{ckpt.path}/model.safetensors")
         denoiser.eval().requires_grad_(False)
-        return cls(
-            denoiser=denoiser,
-            scale=float(card["scale"]),
-            size=int(card["size"]),
-            pixel=float(card["pixel"]),
-            sigma_min=float(card["sigma_min"]),
-            sigma_max=float(card["sigma_max"]),
-            card={**card, "step": ckpt.step, "path": ckpt.path},
-        )
+        return cls(denoiser=denoiser, card=card, step=ckpt.step, path=ckpt.path)
 
     @torch.no_grad()
     def sample(
@@ -185,8 +289,8 @@ class TrainSettings:
     ema: float = 0.999
     sigma_log_mean: float = -0.7
     sigma_log_std: float = 1.5
-    sigma_min: float = 1e-2
-    sigma_max: float = 1e2
+    sigma_min: float = SIGMA_MIN
+    sigma_max: float = SIGMA_MAX
     grad_clip: float = 1.0
     precision: str = "bf16"
     validate_every: int = 500
@@ -194,24 +298,13 @@ class TrainSettings:
     threads: int = 2
 
 
-@dataclass
-class TrainResult:
-    """What training did: losses by step, seconds (wall and process CPU) and the threads."""
-
-    train_loss: list[tuple[int, float]]
-    validation_loss: list[tuple[int, float]]
-    wall_seconds: float
-    cpu_seconds: float
-    threads: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _validation_loss(denoiser, images: Tensor, seed: int) -> float:
+def _validation_loss(
+    denoiser, images: Tensor, seed: int, sigma_range: tuple[float, float]
+) -> float:
     g = torch.Generator().manual_seed(seed)
     # a fixed grid of noise levels over the training range, the same at every validation
-    sigma = torch.logspace(-2, 2, images.shape[0], dtype=torch.float64).float()
+    low, high = (math.log10(s) for s in sigma_range)
+    sigma = torch.logspace(low, high, images.shape[0], dtype=torch.float64).float()
     noise = torch.randn(images.shape, generator=g)
     with torch.no_grad():
         return float(denoising_loss(denoiser, images, sigma, noise=noise).mean())
@@ -230,7 +323,8 @@ def train_prior(
     log: Callable[[str], None] = print,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 1000,
-    card: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
     fingerprint: dict[str, Any] | None = None,
     resume: bool = True,
     keep: int = 2,
@@ -253,7 +347,8 @@ def train_prior(
 
     Arguments:
         checkpoint_dir: Folder of the checkpoints (None: none written, nothing resumed).
-        card: Extra card entries of the checkpoints (the job's config, the data...).
+        config, data: The card's ``config`` (the job's, JSON) and ``data`` (what the stamps
+            say of themselves).
         fingerprint: JSON facts a checkpoint must match to be resumed from, besides the
             settings (but ``threads``), the network, the pixel size and the data's shape and
             scale; a mismatch raises :class:`CheckpointError` naming the differing keys.
@@ -280,6 +375,18 @@ def train_prior(
     ema.autocast_dtype = None
     optimiser = torch.optim.Adam(denoiser.parameters(), lr=settings.lr)
     unet_dict = denoiser.backbone.config.to_dict()
+    # checked before the first step: a card that cannot be written fails now, not at a checkpoint
+    card = GalaxyPriorCard(
+        kind=KIND,
+        unet=denoiser.backbone.config,
+        scale=scale,
+        size=size,
+        pixel=pixel,
+        sigma_min=settings.sigma_min,
+        sigma_max=settings.sigma_max,
+        config=config,
+        data=data,
+    )
     facts = _json(
         {
             "settings": {k: v for k, v in asdict(settings).items() if k != "threads"},
@@ -302,20 +409,20 @@ def train_prior(
     running, count, done = 0.0, 0, 0
 
     def prior_of(module) -> GalaxyPrior:
-        bounds = (settings.sigma_min, settings.sigma_max)
-        return GalaxyPrior(module, scale, size, pixel, *bounds, card=dict(card or {}))
+        return GalaxyPrior(module, card.model_copy(update={"training": copy.deepcopy(result)}))
 
     latest = latest_checkpoint(str(checkpoint_dir)) if checkpoint_dir and resume else None
     if latest is not None:
         ckpt = load_checkpoint(latest)
-        state = ckpt.metadata.get("resume")
-        if ckpt.metadata.get("kind") != KIND or state is None or "raw" not in ckpt.tensors:
+        found = read_prior_card(ckpt.metadata, f"{ckpt.path}/checkpoint.json")
+        state, record = found.resume, found.training
+        if state is None or record is None or "raw" not in ckpt.tensors:
             raise CheckpointError(
                 f"{ckpt.path}: holds no training state (raw weights, optimiser, generator), "
                 "only a prior's weights; it cannot be resumed. Export it (appa lensing export) "
                 "or move it aside to train from scratch"
             )
-        differ = differing_keys(state["fingerprint"], facts)
+        differ = differing_keys(state.fingerprint, facts)
         if differ:
             raise CheckpointError(
                 f"{ckpt.path}: written for other settings; they differ in {differ} (restore "
@@ -329,13 +436,12 @@ def train_prior(
             raise CheckpointError(f"{ckpt.path}/state-optimizer.safetensors: {error}") from None
         g.set_state(ckpt.states["rng"]["generator"])
         torch.set_rng_state(ckpt.states["rng"]["torch"])
-        done, running, count = ckpt.step, float(state["running"]), int(state["count"])
-        record = ckpt.metadata["training"]
+        done, running, count = ckpt.step, state.running, state.count
         result = TrainResult(
-            [tuple(r) for r in record["train_loss"]],
-            [tuple(r) for r in record["validation_loss"]],
-            float(record["wall_seconds"]),
-            float(record["cpu_seconds"]),
+            list(record.train_loss),
+            list(record.validation_loss),
+            record.wall_seconds,
+            record.cpu_seconds,
             settings.threads,
         )
         log(f"resumed from {ckpt.path} (step {done}/{settings.steps})")
@@ -345,16 +451,10 @@ def train_prior(
     def save(step: int) -> None:
         result.wall_seconds = time.perf_counter() - wall0
         result.cpu_seconds = time.process_time() - cpu0
-        prior = prior_of(ema)
-        resume_state = {
-            "fingerprint": facts,
-            "running": running,
-            "count": count,
-        }
-        prior.save(
+        prior_of(ema).save(
             checkpoint_dir,
             step,
-            extra={"training": result.to_dict(), "resume": resume_state},
+            resume=ResumeRecord(fingerprint=facts, running=running, count=count),
             groups={"raw": denoiser.backbone.state_dict()},
             states={
                 "optimizer": optimiser.state_dict(),
@@ -400,7 +500,8 @@ def train_prior(
             result.train_loss.append((step, running / count))
             running, count = 0.0, 0
         if step % settings.validate_every == 0 or step == settings.steps:
-            val = _validation_loss(ema, z_val, settings.seed + 2)
+            bounds = (settings.sigma_min, settings.sigma_max)
+            val = _validation_loss(ema, z_val, settings.seed + 2, bounds)
             result.validation_loss.append((step, val))
             result.wall_seconds = time.perf_counter() - wall0
             result.cpu_seconds = time.process_time() - cpu0
@@ -436,8 +537,8 @@ def export_prior(source: str | Path, destination: str | Path, dtype=torch.float1
     from appa.io.checkpoints import MANIFEST, list_checkpoints
 
     prior = GalaxyPrior.load(source)
-    step = int(prior.card["step"])
-    planned = prior.card.get("config", {}).get("train", {}).get("steps")
+    step = int(prior.step)
+    planned = (prior.card.config or {}).get("train", {}).get("steps")
     complete = planned is None or step >= int(planned)
     state = f"EMA weights at step {step}"
     if planned is not None:
@@ -446,24 +547,29 @@ def export_prior(source: str | Path, destination: str | Path, dtype=torch.float1
             if complete
             else f" of a {planned}-step schedule (the run stopped there)"
         )
-    origin = Path(prior.card["path"])
+    origin = Path(prior.path)
     manifest = origin / MANIFEST
     if origin.is_absolute() and origin.is_relative_to(Path.cwd()):
         origin = origin.relative_to(Path.cwd())
-    extra = {
-        "weights": "EMA",
-        "dtype": str(dtype).removeprefix("torch."),
-        "schedule_steps": planned,
-        "complete": complete,
-        "state": state,
-        "exported_from": {
-            "path": str(origin),
-            "step": step,
-            "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
-        },
-    }
-    prior.card = {k: v for k, v in prior.card.items() if k != "path"}
-    path = prior.save(destination, step, extra=extra, dtype=dtype)
+    try:
+        prior.card = GalaxyPriorCard.model_validate(
+            {
+                **prior.card.model_dump(),
+                "weights": "EMA",
+                "dtype": str(dtype).removeprefix("torch."),
+                "schedule_steps": planned,
+                "complete": complete,
+                "state": state,
+                "exported_from": {
+                    "path": str(origin),
+                    "step": step,
+                    "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
+                },
+            }
+        )
+    except ValidationError as error:
+        raise card_error(f"{prior.path}: exported card", error) from None
+    path = prior.save(destination, step, dtype=dtype)
     for other_step, other in list_checkpoints(str(destination)):
         if other_step != step:
             shutil.rmtree(other)
