@@ -147,13 +147,13 @@ def test_regional_autoencoder_keeps_east_and_west_apart():
 # ------------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
 def sea(tmp_path_factory) -> Path:
-    """Three weeks of a small toy sea (16 x 32 cells, 8 levels, a short spin-up: a wiring
+    """Three weeks of a small toy sea (16 x 32 cells, 16 levels, a short spin-up: a wiring
     test, not a skill test)."""
     from appa.data.toy_sea import ToySeaConfig, generate_toy_sea
 
     folder = tmp_path_factory.mktemp("sea")
     config = ToySeaConfig(
-        nlat=16, nlon=32, n_levels=8, start="2003-08-01", days=21, spinup_days=5, seed=1
+        nlat=16, nlon=32, n_levels=16, start="2003-08-01", days=21, spinup_days=5, seed=1
     )
     return generate_toy_sea(config, folder / "sea.zarr", progress=False)
 
