@@ -68,7 +68,9 @@ def prior_figures(prior_path: Path, truth: str, period: tuple[str, str], samples
     channels = prior.spec.channels
     standardised = np.array(list(quality.reconstruction.values()))
     climate = quality.climate
-    varying = climate.std_data > 1e-6 * np.maximum(climate.std_samples, 1e-30)
+    # channels whose spread in the data is far below their normalisation (the std floor of
+    # nearly constant deep water): ratios to it say nothing of the prior
+    varying = climate.std_data > 0.1 * prior.statistics.std
     return {
         "check_s": round(seconds, 1),
         "reconstruction_rmse_standardised": _grouped(channels, standardised),
@@ -78,8 +80,8 @@ def prior_figures(prior_path: Path, truth: str, period: tuple[str, str], samples
             channels, np.where(varying, climate.mean_error, np.nan)
         ),
         "sample_std_ratio": _grouped(channels, np.where(varying, climate.std_ratio, np.nan)),
-        "sample_lag1": _grouped(channels, climate.lag1_samples),
-        "data_lag1": _grouped(channels, climate.lag1_data),
+        "sample_lag1": _grouped(channels, np.where(varying, climate.lag1_samples, np.nan)),
+        "data_lag1": _grouped(channels, np.where(varying, climate.lag1_data, np.nan)),
         "mean_reconstruction_rmse_standardised": round(float(standardised.mean()), 4),
     }
 

@@ -257,3 +257,16 @@ def test_toy_sea_prior_trains_encodes_and_reanalyses(sea: Path, tmp_path: Path, 
     truth = xr.open_zarr(sea)["temperature"].sel(time=ds.time)
     analysis = ds["temperature"].where(truth.notnull())  # over the sea
     assert np.isfinite(analysis.values[:, truth.notnull().values]).all()
+
+
+def test_climate_comparison_reports_constant_deep_water_without_judging_it():
+    from appa.metrics.climate import compare_climate
+
+    rng = np.random.default_rng(1)
+    data = rng.standard_normal((3, 4, 2, 4, 8))
+    data[:, :, 1] = 0.0  # anoxic: exactly constant
+    samples = data + 0.01 * rng.standard_normal(data.shape)
+    climate = compare_climate(samples, data, SEA_LAT[:4], ["oxygen@2.55", "oxygen@900"])
+    assert not any(line.startswith("oxygen@900") for line in climate.departures())
+    row = climate.table().splitlines()[2]
+    assert row.startswith("oxygen@900") and row.split()[-2:] == ["-", "-"]
