@@ -7,7 +7,8 @@ deviation) and the climate of unconditional prior trajectories against the data'
 standard-deviation ratio, lag-1 autocorrelation), each aggregated by variable over depth bands.
 With ``--archive`` (a reanalysis of that truth), the ensemble mean's RMSE against the truth over
 the sea, the ensemble spread and the spread/skill ratio (spread times ``sqrt((M + 1) / M)``
-over the RMSE), by variable and depth band. Prints JSON (also written to ``--out``).
+over the RMSE), by variable and depth band, beside the RMSE of the mean of each calendar day
+over the truth's years before the archive's. Prints JSON (also written to ``--out``).
 
     python benchmarks/bench_ocean_prior.py --prior pipelines/priors/toy-sea-tiny \\
         --truth data/toy_sea.zarr --period 2003-01-01 2003-12-31
@@ -88,7 +89,16 @@ def prior_figures(prior_path: Path, truth: str, period: tuple[str, str], samples
 
 def reanalysis_figures(archive: str, truth: str, variables: list[str]) -> dict:
     ens = xr.open_zarr(archive)
-    true = xr.open_zarr(truth).sel(time=ens.time, level=ens.level)
+    store = xr.open_zarr(truth).sel(level=ens.level)
+    true = store.sel(time=ens.time)
+    # the simplest reference: the mean of each calendar day over the truth's earlier years
+    first_year = int(ens.time.dt.year.min())
+    past = store.sel(time=store.time.dt.year < first_year)
+    climatology = None
+    if past.sizes["time"]:
+        days = ens.time.dt.dayofyear
+        climatology = past.groupby("time.dayofyear").mean().sel(dayofyear=days)
+        climatology = climatology.drop_vars("dayofyear").assign_coords(time=ens.time)
     members = ens.sizes["member"]
     w = xr.DataArray(area_weights(ens.latitude.values), dims="latitude")
     out: dict = {"members": members, "days": ens.sizes["time"]}
@@ -100,6 +110,10 @@ def reanalysis_figures(archive: str, truth: str, variables: list[str]) -> dict:
         dims = ("time", "latitude", "longitude")
         mse = (((mean - y) ** 2).where(sea, 0.0) * weight).sum(dims) / weight.sum(dims)
         var = (x.var("member", ddof=1).where(sea, 0.0) * weight).sum(dims) / weight.sum(dims)
+        clim = None
+        if climatology is not None:
+            error = (climatology[name].load() - y) ** 2
+            clim = (error.where(sea, 0.0) * weight).sum(dims) / weight.sum(dims)
         rows: dict = {}
         levels = ens.level.values
         for band, (top, bottom) in BANDS.items():
@@ -114,6 +128,9 @@ def reanalysis_figures(archive: str, truth: str, variables: list[str]) -> dict:
                 "spread": round(spread, 4),
                 "spread_skill": round(spread * np.sqrt((members + 1) / members) / rmse, 3),
             }
+            if clim is not None:
+                reference = np.sqrt((clim.values[inside] * total).sum() / total.sum())
+                rows[band]["calendar_day_mean_rmse"] = round(float(reference), 4)
         total = weight.sum(dims).values
         rmse = float(np.sqrt((mse.values * total).sum() / total.sum()))
         spread = float(np.sqrt((var.values * total).sum() / total.sum()))
