@@ -270,3 +270,22 @@ def test_climate_comparison_reports_constant_deep_water_without_judging_it():
     assert not any(line.startswith("oxygen@900") for line in climate.departures())
     row = climate.table().splitlines()[2]
     assert row.startswith("oxygen@900") and row.split()[-2:] == ["-", "-"]
+
+
+def test_the_atmospheres_cards_read_and_dump_as_they_were_written():
+    """A global grid's autoencoder config and card carry neither ``periodic_lon`` nor
+    ``regional_longitudes``: runs resume and cards compare as before regional grids."""
+    import json
+
+    from appa.io.cards import read_card
+    from appa.io.checkpoints import load_checkpoint
+
+    path = ROOT / "pipelines" / "priors" / "toy-earth-tiny" / "autoencoder"
+    ckpt = load_checkpoint(str(path))
+    card = read_card(ckpt.metadata)
+    written = json.loads(json.dumps(ckpt.metadata["card"]))
+    dumped = card.card.model_dump(mode="json")
+    assert set(dumped) == set(written)
+    assert dumped["autoencoder"] == written["autoencoder"]
+    assert card.card.longitudes == (np.arange(64) * 5.625).tolist()
+    assert "periodic_lon" not in get_preset("tiny").model_dump()["autoencoder"]

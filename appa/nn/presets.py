@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_serializer, model_validator
 
 from appa.config import ConfigError, StrictModel, apply_overrides
 
@@ -113,6 +113,15 @@ class AutoencoderConfig(StrictModel):
         if self.lat_padding != "zeros" and self.grid[1] % 2:
             raise ValueError(f"lat_padding={self.lat_padding!r} needs an even number of longitudes")
         return self
+
+    @model_serializer(mode="wrap")
+    def _drop_periodic(self, handler):
+        # a global grid's config is dumped as it was before regional grids (checkpoint cards
+        # and the settings a run resumes with compare these documents)
+        data = handler(self)
+        if self.periodic_lon and isinstance(data, dict):
+            data.pop("periodic_lon", None)
+        return data
 
     @property
     def factor(self) -> int:
