@@ -118,6 +118,11 @@ def test_every_pipeline_config_validates():
         "lensing_galaxies.yaml": LensingConfig,
         "lensing_tiny.yaml": LensingConfig,
         "observe_sea.yaml": ObserveConfig,
+        "train_autoencoder_toy_sea.yaml": TrainAutoencoderConfig,
+        "encode_toy_sea.yaml": EncodeConfig,
+        "train_diffusion_toy_sea.yaml": TrainDiffusionConfig,
+        "reanalysis_toy_sea_surface.yaml": AssimilateConfig,
+        "reanalysis_toy_sea_floats.yaml": AssimilateConfig,
     }
     paths = sorted((ROOT / "pipelines" / "configs").glob("*.yaml"))
     assert paths

@@ -23,7 +23,7 @@ import torch
 import xarray as xr
 
 from appa.assimilation.prior import LatentPrior
-from appa.data.grids import area_weights
+from appa.data.grids import area_weights, latitude_bounds
 from appa.data.spec import stack
 from appa.metrics.climate import ClimateComparison, compare_climate, zonal_power_spectrum
 
@@ -179,9 +179,11 @@ def prior_quality(
     names = prior.spec.channel_names()
     climate = compare_climate(generated, data, prior.latitude, names)
     codec_climate = compare_climate(through_codec, data, prior.latitude, names)
-    # latent rows weighted as equal latitude bands from pole to pole, which they roughly cover
+    # latent rows weighted as equal latitude bands over the grid's span (pole to pole on a
+    # global grid, the box on a regional one), which they roughly cover
     h = prior.latent_shape[1]
-    rows = -90.0 + 180.0 * (np.arange(h) + 0.5) / h
+    south, north = latitude_bounds(prior.latitude)[[0, -1]]
+    rows = south + (north - south) * (np.arange(h) + 0.5) / h
     latent_ratio = (
         zonal_power_spectrum(np.concatenate(drawn_latents), rows)
         / zonal_power_spectrum(encoded.double().cpu().numpy()[None], rows)

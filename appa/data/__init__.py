@@ -38,6 +38,7 @@ _EXPORTS = {
     "toy_sea_dataset": "appa.data.toy_sea",
     "area_weights": "appa.data.grids",
     "equiangular_grid": "appa.data.grids",
+    "latitude_bounds": "appa.data.grids",
     "regular_longitudes": "appa.data.grids",
 }
 

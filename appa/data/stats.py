@@ -124,13 +124,28 @@ def compute_statistics(
     period: tuple[str, str],
     area_weighted: bool = True,
     source: str = "",
+    std_floor: float = 0.0,
 ) -> Statistics:
     """Per-channel mean and standard deviation over ``period`` (inclusive dates) only.
 
-    ``ds`` is canonical (dask-backed or not). Area weighting uses WeatherBench2 cell areas.
-    NaN in the spec's masked variables is skipped (weights renormalised over valid cells).
+    ``ds`` is canonical (dask-backed or not). Area weighting uses the cell areas of
+    :func:`appa.data.grids.area_weights` (global or regional grids).
+    NaN in the spec's masked variables is skipped (weights renormalised over valid cells):
+    land, and the levels below a sea's floor. A channel with no valid value in the period is an
+    error naming it.
+
+    ``std_floor`` (in ``[0, 1)``) raises each channel's standard deviation to at least that
+    fraction of the largest standard deviation of the same variable over the spec's levels
+    (recorded in ``extra["std_floor"]``). A sea's deep water barely changes (oxygen is exactly
+    0 in an anoxic basin, chlorophyll below the light): standardised by their own tiny spread,
+    those channels would weigh as much as the surface's in a loss and hold values that mean
+    nothing; with the floor they are measured on their variable's scale. 0 keeps every
+    channel's own spread (zero variance is then an error).
+
     Everything is reduced in one dask computation (mean and mean square in float64).
     """
+    if not 0.0 <= std_floor < 1.0:
+        raise ValueError(f"std_floor must lie in [0, 1), got {std_floor}")
     start, end = (pd.Timestamp(p) for p in period)
     if end < start:
         raise ValueError(f"statistics period {period} ends before it starts")
@@ -154,18 +169,29 @@ def compute_statistics(
         m1 = (var.fillna(0) * w).sum(("time", "latitude", "longitude")) / total
         m2 = (var.fillna(0) ** 2 * w).sum(("time", "latitude", "longitude")) / total
         nans = var.isnull().sum()
-        lazy.append((m1.data, m2.data, nans.data))
+        lazy.append((m1.data, m2.data, nans.data, total.data))
     (results,) = dask.compute(lazy)
-    for (name, level), (_, _, nans) in zip(spec.channels, results, strict=True):
+    for (name, level), (_, _, nans, total) in zip(spec.channels, results, strict=True):
         if nans and name not in spec.masked:
             raise ValueError(f"NaN in {name} (level {level}), which is not declared masked")
+        if not total > 0:
+            raise ValueError(
+                f"{name} (level {level}) holds no valid value over {period} (all NaN: a level "
+                "below the sea floor everywhere?); leave that level out of the spec"
+            )
     mean = np.array([float(r[0]) for r in results])
     var = np.array([float(r[1]) for r in results]) - mean**2
     std = np.sqrt(np.clip(var, 0.0, None))
+    extra: dict = {}
+    if std_floor > 0:
+        names = [name for name, _ in spec.channels]
+        largest = {n: max(s for m, s in zip(names, std, strict=True) if m == n) for n in names}
+        std = np.maximum(std, [std_floor * largest[n] for n in names])
+        extra["std_floor"] = std_floor
     return Statistics(
         spec.channel_names(), mean, std,
         (str(times[inside][0]), str(times[inside][-1])), area_weighted, source,
-        int(inside.sum()),
+        int(inside.sum()), extra,
     )  # fmt: skip
 
 

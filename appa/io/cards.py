@@ -15,9 +15,10 @@ typed and defaulted in one place.
 
 from __future__ import annotations
 
+import itertools
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError, model_serializer, model_validator
 
 from appa.config import StrictModel
 from appa.data.grids import regular_longitudes
@@ -69,10 +70,38 @@ class AutoencoderCard(StrictModel):
     tendency_weight: float = Field(description="weight of the loss on consecutive changes")
     state_spec: StateSpec | None = Field(description="variables and levels of the states")
     statistics: dict[str, Any] | None = Field(description="per-channel mean and std (SI)")
+    regional_longitudes: list[float] | None = Field(
+        None,
+        description="longitudes of a regional grid (degrees, ascending); None: the global "
+        "grid's, equally spaced from 0",
+    )
+
+    @model_validator(mode="after")
+    def _check_longitudes(self) -> AutoencoderCard:
+        lon = self.regional_longitudes
+        if lon is not None and (
+            len(lon) != self.autoencoder.grid[1] or any(b <= a for a, b in itertools.pairwise(lon))
+        ):
+            raise ValueError(
+                f"regional_longitudes: {len(lon)} values for a grid of "
+                f"{self.autoencoder.grid[1]} columns, or not ascending"
+            )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _drop_global(self, handler):
+        # a global grid's card stays as it was before regional grids (resuming compares cards)
+        data = handler(self)
+        if self.regional_longitudes is None:
+            data.pop("regional_longitudes", None)
+        return data
 
     @property
     def longitudes(self) -> list[float]:
-        """Longitudes of the state grid (degrees in [0, 360), ascending)."""
+        """Longitudes of the state grid (degrees in [0, 360), ascending): a regional grid's
+        as trained, else equally spaced from 0 around the globe."""
+        if self.regional_longitudes is not None:
+            return list(self.regional_longitudes)
         return regular_longitudes(self.autoencoder.grid[1]).tolist()
 
     def spec_and_statistics(self) -> tuple[StateSpec, Statistics]:

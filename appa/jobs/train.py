@@ -63,6 +63,9 @@ class GriddedSourceConfig(StoreConfig):
         static: Static fields of the store given to the autoencoder as context (e.g.
             ``[land_sea_mask, geopotential_at_surface]``; the preset's
             ``autoencoder.static_channels`` must match).
+        std_floor: Each channel's standard deviation is at least this fraction of the largest
+            of its variable over the spec's levels (:func:`appa.data.compute_statistics`; for
+            a sea's nearly constant deep water); 0: none.
     """
 
     store: str = Field(description="preset name, path or URL")
@@ -70,6 +73,7 @@ class GriddedSourceConfig(StoreConfig):
     static: list[str] = Field(default_factory=list)
     statistics: str | None = None
     stats_period: Period | None = None
+    std_floor: float = Field(0.0, ge=0, lt=1)
     train: Period
     val: Period | None = None
 
@@ -202,12 +206,21 @@ def ensure_statistics(source: GriddedSourceConfig):
                 f"{tuple(period)} (data.source.stats_period); delete the file or point "
                 "data.source.statistics elsewhere"
             )
+        floor = float(stats.extra.get("std_floor", 0.0))
+        if floor != source.std_floor:
+            raise ConfigError(
+                f"{path} holds statistics with std_floor {floor}, the config asks for "
+                f"{source.std_floor} (data.source.std_floor); delete the file or point "
+                "data.source.statistics elsewhere"
+            )
     else:
         try:
             ds = open_era5(
                 source.store, spec=source.spec, storage_options=source.storage_options or None
             )
-            stats = compute_statistics(ds, source.spec, period, source=source.store)
+            stats = compute_statistics(
+                ds, source.spec, period, source=source.store, std_floor=source.std_floor
+            )
         except (SelectionError, ValueError) as error:
             raise ConfigError(f"data.source ({source.store}): {error}") from None
         stats.extra["requested_period"] = list(period)
@@ -233,6 +246,7 @@ class _Gridded:
         try:
             ds = open_era5(src.store, spec=src.spec, storage_options=options, chunks=None)
             self.latitudes = [float(v) for v in ds["latitude"].values]
+            self.longitudes = [float(v) for v in ds["longitude"].values]
             self.shape = (src.spec.num_channels, ds.sizes["latitude"], ds.sizes["longitude"])
             if self.shape != expected:  # before computing statistics for a spec of no use
                 raise ConfigError(
@@ -363,7 +377,8 @@ def build_trainer(job: TrainConfig, callbacks: Iterable[Callback] = (), device=N
         from appa.nn import level_weights
 
         spec = train.source.spec
-        weights = job.channel_weights or level_weights([p for _, p in spec.channels]).tolist()
+        levels = [p for _, p in spec.channels]
+        weights = job.channel_weights or level_weights(levels, vertical=spec.vertical).tolist()
         task = AutoencoderObjective(
             preset.autoencoder,
             train.latitudes,
@@ -372,6 +387,7 @@ def build_trainer(job: TrainConfig, callbacks: Iterable[Callback] = (), device=N
             state_spec=spec.model_dump(mode="json"),
             statistics=train.stats.to_json(),
             static=train.static,
+            longitudes=train.longitudes,
         )
         store = {"source": train.source.store, "statistics_path": train.source.statistics}
         if train.static is not None:

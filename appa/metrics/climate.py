@@ -150,9 +150,14 @@ class ClimateComparison:
         spectrum_factor: float = 2.0,
     ) -> list[str]:
         """Where the samples depart from the data beyond the tolerances, as readable lines
-        (empty when every channel is within them)."""
+        (empty when every channel is within them). Channels constant in the data are not
+        judged (their errors are in units of a zero spread)."""
         out = []
         for c, name in enumerate(self.channels):
+            if not self.std_data[c] > 0:
+                # constant in the data (a sea's anoxic deep water): no spread to measure the
+                # samples in; the table shows them
+                continue
             if self.mean_error[c] > mean_tolerance:
                 out.append(f"{name}: mean off by {self.mean_error[c]:.3f} data std")
             if abs(self.std_ratio[c] - 1) > std_tolerance:
@@ -181,10 +186,11 @@ class ClimateComparison:
         ]
         for c, name in enumerate(self.channels):
             r = self.spectrum_ratio[c][self.resolved()[c]]
+            # a field without resolved power (constant in the data) has no spectrum to compare
+            spectrum = f"{r.min():>9.2f}{r.max():>9.2f}" if r.size else f"{'-':>9}{'-':>9}"
             lines.append(
                 f"{name:<28}{self.mean_error[c]:>9.3f}{self.std_ratio[c]:>10.3f}"
-                f"{self.lag1_samples[c]:>8.3f}{self.lag1_data[c]:>8.3f}"
-                f"{r.min():>9.2f}{r.max():>9.2f}"
+                f"{self.lag1_samples[c]:>8.3f}{self.lag1_data[c]:>8.3f}{spectrum}"
             )
         return "\n".join(lines)
 

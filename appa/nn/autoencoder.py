@@ -2,7 +2,8 @@
 and soft-clipped latents ``(latent_channels, h, w)``.
 
 Stages of residual blocks (norm, conv, SiLU, conv; the last conv initialised small), pixel
-(un)shuffle between stages, circular padding in longitude. Latitude sizes that do not divide the
+(un)shuffle between stages, circular padding in longitude (zeros on a regional grid,
+``periodic_lon=False``). Latitude sizes that do not divide the
 downsampling factor (721 rows at 0.25 deg) are padded explicitly before encoding and cropped
 after decoding; with ``lon_margin=0`` and a longitude count divisible by the factor, a roll by
 the factor in longitude commutes with encoding.
@@ -31,11 +32,17 @@ __all__ = ["ResBlock", "StateAutoencoder"]
 class ResBlock(nn.Module):
     """``x + conv(SiLU(conv(norm(x))))``, the last conv initialised at 1 % scale."""
 
-    def __init__(self, channels: int, kernel_size: int = 3, checkpointing: bool = False) -> None:
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int = 3,
+        checkpointing: bool = False,
+        periodic: bool = True,
+    ) -> None:
         super().__init__()
         self.norm = ChannelNorm(channels)
-        self.conv1 = GridConv(channels, channels, kernel_size)
-        self.conv2 = GridConv(channels, channels, kernel_size, init_scale=1e-2)
+        self.conv1 = GridConv(channels, channels, kernel_size, periodic=periodic)
+        self.conv2 = GridConv(channels, channels, kernel_size, init_scale=1e-2, periodic=periodic)
         self.checkpointing = checkpointing
 
     def _branch(self, x: Tensor) -> Tensor:
@@ -50,10 +57,10 @@ class ResBlock(nn.Module):
 class _Down(nn.Module):
     """Pixel-unshuffle by ``r`` then a conv to the next stage's channels."""
 
-    def __init__(self, cin: int, cout: int, kernel_size: int, r: int) -> None:
+    def __init__(self, cin: int, cout: int, kernel_size: int, r: int, periodic: bool) -> None:
         super().__init__()
         self.r = r
-        self.conv = GridConv(r * r * cin, cout, kernel_size)
+        self.conv = GridConv(r * r * cin, cout, kernel_size, periodic=periodic)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(F.pixel_unshuffle(x, self.r))
@@ -62,10 +69,10 @@ class _Down(nn.Module):
 class _Up(nn.Module):
     """A conv to ``r^2`` times the previous stage's channels, then pixel-shuffle by ``r``."""
 
-    def __init__(self, cin: int, cout: int, kernel_size: int, r: int) -> None:
+    def __init__(self, cin: int, cout: int, kernel_size: int, r: int, periodic: bool) -> None:
         super().__init__()
         self.r = r
-        self.conv = GridConv(cin, r * r * cout, kernel_size)
+        self.conv = GridConv(cin, r * r * cout, kernel_size, periodic=periodic)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.pixel_shuffle(self.conv(x), self.r)
@@ -99,30 +106,30 @@ class StateAutoencoder(nn.Module):
         super().__init__()
         self.config = config
         k, ch, nb = config.kernel_size, config.channels, config.blocks
-        ckpt = config.checkpointing
+        ckpt, per = config.checkpointing, config.periodic_lon
 
-        enc: list[nn.Module] = [GridConv(config.in_channels, ch[0], k)]
+        enc: list[nn.Module] = [GridConv(config.in_channels, ch[0], k, periodic=per)]
         for i, (c, n) in enumerate(zip(ch, nb, strict=True)):
             if i > 0:
-                enc.append(_Down(ch[i - 1], c, k, config.stride))
-            enc.extend(ResBlock(c, k, ckpt) for _ in range(n))
-        enc += [ChannelNorm(ch[-1]), GridConv(ch[-1], config.latent_channels, k)]
+                enc.append(_Down(ch[i - 1], c, k, config.stride, per))
+            enc.extend(ResBlock(c, k, ckpt, per) for _ in range(n))
+        enc += [ChannelNorm(ch[-1]), GridConv(ch[-1], config.latent_channels, k, periodic=per)]
         self.encoder = nn.Sequential(*enc)
 
-        dec: list[nn.Module] = [GridConv(config.latent_channels, ch[-1], k)]
+        dec: list[nn.Module] = [GridConv(config.latent_channels, ch[-1], k, periodic=per)]
         self._stage_at: dict[int, int] = {}  # index of a stage's first decoder module -> stage
         for i in reversed(range(len(ch))):
             self._stage_at[len(dec)] = i
-            dec.extend(ResBlock(ch[i], k, ckpt) for _ in range(nb[i]))
+            dec.extend(ResBlock(ch[i], k, ckpt, per) for _ in range(nb[i]))
             if i > 0:
-                dec.append(_Up(ch[i], ch[i - 1], k, config.stride))
-        dec += [ChannelNorm(ch[0]), GridConv(ch[0], config.in_channels, k)]
+                dec.append(_Up(ch[i], ch[i - 1], k, config.stride, per))
+        dec += [ChannelNorm(ch[0]), GridConv(ch[0], config.in_channels, k, periodic=per)]
         self.decoder = nn.Sequential(*dec)
 
         K = config.context_channels
         if K:
             # the context's first conv, added to the state's: a conv of both concatenated
-            self.encoder_context = GridConv(K, ch[0], k)
+            self.encoder_context = GridConv(K, ch[0], k, periodic=per)
             self.decoder_context = nn.ModuleList(_ContextEmbedding(K, c) for c in ch)
         if config.static_channels:
             self.register_buffer("static", torch.zeros(config.static_channels, *config.grid))
@@ -199,7 +206,9 @@ class StateAutoencoder(nn.Module):
         # over the pole first: the half-turn is a half-turn of the true (periodic) longitudes
         x = pole_pad(x, top, bottom, self.config.lat_padding)
         if left or right:
-            x = F.pad(x, (left, right, 0, 0), mode="circular")
+            x = F.pad(
+                x, (left, right, 0, 0), mode="circular" if self.config.periodic_lon else "constant"
+            )
         return x
 
     def crop(self, x: Tensor) -> Tensor:

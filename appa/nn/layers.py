@@ -1,8 +1,9 @@
 """Small building blocks shared by the networks: spherical-grid convolutions, channel norms,
 latent saturation and sinusoidal embeddings.
 
-Grids are ``(..., lat, lon)`` with longitude periodic; convolutions pad longitude circularly and
-latitude with zeros, explicitly, so the padding is the same on every device (meta included).
+Grids are ``(..., lat, lon)`` with longitude periodic (global) or not (regional); convolutions pad
+longitude circularly (or with zeros) and latitude with zeros, explicitly, so the padding is the
+same on every device (meta included).
 """
 
 from __future__ import annotations
@@ -35,31 +36,43 @@ def upcast(x: Tensor) -> Tensor:
 
 
 class GridConv(nn.Conv2d):
-    """A 2-D convolution over ``(B, C, lat, lon)`` with circular padding in longitude and zero
-    padding in latitude ("same" output size for odd kernels).
+    """A 2-D convolution over ``(B, C, lat, lon)`` with circular padding in longitude (zeros on
+    a regional grid, ``periodic=False``) and zero padding in latitude ("same" output size for
+    odd kernels).
 
     Arguments:
         in_channels, out_channels: Channels.
         kernel_size: Odd kernel size.
         init_scale: Multiplies the default initialisation (e.g. ``1e-2`` for the last conv of a
             residual branch, so blocks start close to the identity).
+        periodic: Whether longitude is periodic (a global grid); False pads it with zeros, so
+            a regional grid's east and west edges do not see each other.
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int = 3, init_scale: float = 1.0
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        init_scale: float = 1.0,
+        periodic: bool = True,
     ) -> None:
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
         super().__init__(in_channels, out_channels, kernel_size, padding=0)
         self.half = kernel_size // 2
+        self.periodic = bool(periodic)
         if init_scale != 1.0 and not self.weight.is_meta:
             with torch.no_grad():
                 self.weight.mul_(init_scale)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.half:
-            x = F.pad(x, (self.half, self.half, 0, 0), mode="circular")
-            x = F.pad(x, (0, 0, self.half, self.half))
+            if self.periodic:
+                x = F.pad(x, (self.half, self.half, 0, 0), mode="circular")
+                x = F.pad(x, (0, 0, self.half, self.half))
+            else:
+                x = F.pad(x, (self.half, self.half, self.half, self.half))
         return super().forward(x)
 
 

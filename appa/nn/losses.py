@@ -1,4 +1,4 @@
-"""The autoencoder's reconstruction losses: MSE weighted by grid-cell area and pressure level,
+"""The autoencoder's reconstruction losses: MSE weighted by grid-cell area and level,
 and a zonal power spectrum term that keeps the small scales' variance."""
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ def cell_area_weights(latitudes: Sequence[float] | Tensor) -> Tensor:
     """Relative areas of the cells of a regular latitude-longitude grid, normalised to mean 1.
 
     ``w_i = sin(phi_{i+1/2}) - sin(phi_{i-1/2})`` with cell bounds at the midpoints between rows
-    and at +-90 deg at the ends (WeatherBench2's definition).
+    and, at the ends, the poles on a global grid (WeatherBench2's definition: the row one
+    spacing beyond the edge row would lie at or past the pole) or half a spacing beyond the
+    edge rows on a regional one (:func:`appa.data.grids.latitude_bounds`).
 
     Arguments:
         latitudes: Row latitudes in degrees, strictly monotonic (ascending or descending),
@@ -34,33 +36,59 @@ def cell_area_weights(latitudes: Sequence[float] | Tensor) -> Tensor:
     if lat.numel() > 1 and not bool((ordered.diff() > 0).all()):
         raise ValueError("latitudes must be strictly monotonic")
     mid = (ordered[1:] + ordered[:-1]) / 2
-    bounds = torch.cat([ordered.new_tensor([-90.0]), mid, ordered.new_tensor([90.0])])
+    low, high = -90.0, 90.0
+    if lat.numel() > 1:
+        # a regional grid (the row one spacing beyond an edge row is short of the pole) ends
+        # half a spacing beyond its edge rows, not at the poles
+        south, north = float(ordered[1] - ordered[0]), float(ordered[-1] - ordered[-2])
+        if float(ordered[0]) - south > -90.0:
+            low = float(ordered[0]) - south / 2
+        if float(ordered[-1]) + north < 90.0:
+            high = float(ordered[-1]) + north / 2
+    bounds = torch.cat([ordered.new_tensor([low]), mid, ordered.new_tensor([high])])
     w = torch.sin(torch.deg2rad(bounds[1:])) - torch.sin(torch.deg2rad(bounds[:-1]))
     w = w / w.mean()
     return w.flip(0) if descending else w
 
 
 def level_weights(
-    levels: Sequence[float | None], surface_weight: float = 1.0, power: float = 1.0
+    levels: Sequence[float | None],
+    surface_weight: float = 1.0,
+    power: float = 1.0,
+    vertical: str = "pressure",
 ) -> Tensor:
-    """Per-channel weights: proportional to ``pressure ** power`` for channels on pressure levels
-    (hPa, normalised to mean 1 over those channels), ``surface_weight`` for surface channels
-    (``None`` levels). Upper levels hold less mass, so they weigh less.
+    """Per-channel weights for the levels of a state spec's channels (``None``: a surface
+    channel, weighted ``surface_weight``).
+
+    ``vertical="pressure"`` (hPa): proportional to ``pressure ** power``, normalised to mean 1
+    over those channels; upper levels hold less mass, so they weigh less.
+    ``vertical="depth"`` (m, positive down): every depth level weighs 1. Each channel is
+    standardised by its own statistics, so equal weights give every level's errors, relative to
+    its own variability, the same say; weighting by layer thickness (the water's mass) would
+    hand most of the loss to the few thick, slow deep layers, while the variability, the
+    observations and the questions asked (the mixed layer, the shelf's bottom water) lie in the
+    thin upper ones.
 
     Returns:
         ``(C,)`` float64.
     """
     if len(levels) == 0:
         raise ValueError("levels are empty")
-    pressures = [p for p in levels if p is not None]
-    if any(not p > 0 for p in pressures):
-        raise ValueError(f"pressure levels must be positive (hPa), got {pressures}")
+    if vertical not in ("pressure", "depth"):
+        raise ValueError(f"vertical must be 'pressure' or 'depth', got {vertical!r}")
+    values = [p for p in levels if p is not None]
+    if any(not p > 0 for p in values):
+        unit = "hPa" if vertical == "pressure" else "m"
+        raise ValueError(f"{vertical} levels must be positive ({unit}), got {values}")
     if surface_weight < 0:
         raise ValueError(f"surface_weight must be >= 0, got {surface_weight}")
     out = torch.full((len(levels),), float(surface_weight), dtype=torch.float64)
-    if pressures:
-        p = torch.tensor(pressures, dtype=torch.float64) ** power
-        p = p / p.mean()
+    if values:
+        if vertical == "depth":
+            p = torch.ones(len(values), dtype=torch.float64)
+        else:
+            p = torch.tensor(values, dtype=torch.float64) ** power
+            p = p / p.mean()
         index = torch.tensor([i for i, lv in enumerate(levels) if lv is not None])
         out[index] = p
     return out
@@ -186,6 +214,10 @@ class ZonalSpectrumLoss(nn.Module):
             x_hat, x = _fill_rows(x_hat, mask), _fill_rows(x, mask)
         x_hat, x = x_hat.flatten(0, -4), x.flatten(0, -4)
         target = self._power(x).detach()
-        floor = self.floor * target.sum(dim=1, keepdim=True)
+        # a constant channel (a sea's anoxic deep water) has no power at all: its floor stays
+        # positive so that its ratio is 1, not 0 / 0
+        floor = (self.floor * target.sum(dim=1, keepdim=True)).clamp_min(
+            torch.finfo(target.dtype).tiny
+        )
         ratio = (self._power(x_hat) + floor).log() - (target + floor).log()
         return ratio.square().mean()

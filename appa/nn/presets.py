@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_serializer, model_validator
 
 from appa.config import ConfigError, StrictModel, apply_overrides
 
@@ -35,7 +35,11 @@ class AutoencoderConfig(StrictModel):
     continued over the pole: ``pole`` for grids whose edge rows lie on the poles, ``pole-half``
     for grids whose edge rows lie half a cell from them; see :func:`appa.nn.layers.pole_pad`).
     Longitude is padded circularly to a multiple of the factor plus ``lon_margin`` latent
-    columns on each side (0 keeps the latent exactly periodic in longitude).
+    columns on each side (0 keeps the latent exactly periodic in longitude). A regional grid
+    (a sea's box, ``periodic_lon=False``) is not periodic: every convolution pads its longitude
+    with zeros instead, so its east and west edges do not see each other; it needs
+    ``lat_padding: zeros`` and no ``date_context`` (whose local solar time assumes longitudes
+    around the globe).
 
     Context (as Appa's autoencoder has it): ``static_channels`` fixed fields (land-sea mask,
     orography, ...) stored with the weights, and with ``date_context`` the date of each state
@@ -61,6 +65,7 @@ class AutoencoderConfig(StrictModel):
     kernel_size: int = Field(3, gt=0)
     lat_padding: Literal["zeros", "pole", "pole-half"] = "pole"
     lon_margin: int = Field(0, ge=0)
+    periodic_lon: bool = True
     saturation: Literal["softclip", "softclip2", "tanh", "none"] = "softclip2"
     saturation_bound: float = Field(5.0, gt=0)
     latent_noise: float = Field(0.0, ge=0)
@@ -100,9 +105,23 @@ class AutoencoderConfig(StrictModel):
                 f"band_limit T{self.band_limit} exceeds what the {self.grid[0]} x {self.grid[1]} "
                 "grid resolves (at most lon // 2 and fewer than lat)"
             )
+        if not self.periodic_lon and (self.lat_padding != "zeros" or self.date_context):
+            raise ValueError(
+                "a regional grid (periodic_lon=false) needs lat_padding='zeros' (no pole to "
+                "pad over) and date_context=false (local solar time assumes a global grid)"
+            )
         if self.lat_padding != "zeros" and self.grid[1] % 2:
             raise ValueError(f"lat_padding={self.lat_padding!r} needs an even number of longitudes")
         return self
+
+    @model_serializer(mode="wrap")
+    def _drop_periodic(self, handler):
+        # a global grid's config is dumped as it was before regional grids (checkpoint cards
+        # and the settings a run resumes with compare these documents)
+        data = handler(self)
+        if self.periodic_lon and isinstance(data, dict):
+            data.pop("periodic_lon", None)
+        return data
 
     @property
     def factor(self) -> int:
@@ -149,7 +168,8 @@ class DenoiserConfig(StrictModel):
     so one network is both the joint prior (nothing known: zeros) and a conditional one (e.g. a
     forecast from past states). ``head_channels > 0`` maps each token to that many channels per
     latent cell of its patch, then a 3 x 3 convolution on the latent grid (circular in longitude)
-    forms the output, so neighbouring tokens shape each other's edge cells; 0 maps tokens
+    forms the output (padded with zeros in longitude when not ``periodic_lon``), so
+    neighbouring tokens shape each other's edge cells; 0 maps tokens
     linearly to their own cells only. ``head_skip`` adds a 3 x 3 convolution of the input cells
     (the noisy latents and any context) to the head's channels: a full-resolution path past the
     tokens, which only see their own cells.
@@ -222,6 +242,11 @@ class NetworkPreset(StrictModel):
         if h % ph or w % pw:
             raise ValueError(
                 f"latent grid {h}x{w} is not divisible by the denoiser patch {ph}x{pw}"
+            )
+        if self.denoiser.periodic_lon and not self.autoencoder.periodic_lon:
+            raise ValueError(
+                "denoiser.periodic_lon needs a periodic autoencoder (the latent of a regional "
+                "grid, autoencoder.periodic_lon=false, is not periodic)"
             )
         if self.denoiser.periodic_lon and self.autoencoder.lon_margin:
             raise ValueError(

@@ -157,9 +157,14 @@ class LatentDiT(nn.Module):
         if config.head_channels:
             # the convolution starts at zero, so the network still starts as the zero map
             self.out_proj = nn.Linear(D, patch_numel * config.head_channels)
-            self.head = GridConv(config.head_channels, config.channels, 3)
+            per = config.periodic_lon
+            self.head = GridConv(config.head_channels, config.channels, 3, periodic=per)
             inputs = config.channels + config.context_channels + known
-            self.skip = GridConv(inputs, config.head_channels, 3) if config.head_skip else None
+            self.skip = (
+                GridConv(inputs, config.head_channels, 3, periodic=per)
+                if config.head_skip
+                else None
+            )
             zeroed = (self.out_ada, self.head)
         else:
             self.out_proj = nn.Linear(D, patch_numel * config.channels)

@@ -18,6 +18,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from appa.config import StrictModel
+from appa.data.grids import regular_longitudes
 from appa.data.spectral import band_limit_projection
 from appa.diffusion import (
     ScheduleConfig,
@@ -147,6 +148,8 @@ class AutoencoderObjective:
             autoencoder (stored in its weights). With ``date_context``, batches must carry
             ``date`` features ``(B, [K,] 4)``.
         date_key: The batch entry holding date features.
+        longitudes: The grid's longitudes (degrees); a regional grid's are carried into
+            checkpoints (a global grid's, equally spaced from 0, are implied).
     """
 
     kind = "autoencoder"
@@ -163,6 +166,7 @@ class AutoencoderObjective:
         statistics: dict[str, Any] | None = None,
         static: np.ndarray | None = None,
         date_key: str = "date",
+        longitudes: Sequence[float] | None = None,
     ) -> None:
         loss = loss if loss is not None else AutoencoderLossConfig()
         if len(latitudes) != config.grid[0]:
@@ -195,6 +199,13 @@ class AutoencoderObjective:
         self.channel_names = names
         self.key, self.mask_key = key, mask_key
         self.state_spec, self.statistics = state_spec, statistics
+        self.regional_longitudes = None
+        if longitudes is not None:
+            lon = [float(v) for v in longitudes]
+            if len(lon) != config.grid[1]:
+                raise ValueError(f"{len(lon)} longitudes for a grid of {config.grid[1]} columns")
+            if not np.allclose(lon, regular_longitudes(config.grid[1]), rtol=0, atol=1e-9):
+                self.regional_longitudes = lon
 
     def _states(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
         """States ``(N, C, H, W)`` with invalid points zeroed, and the mask (or None)."""
@@ -302,6 +313,7 @@ class AutoencoderObjective:
             tendency_weight=self.tendency_weight,
             state_spec=self.state_spec,
             statistics=self.statistics,
+            regional_longitudes=self.regional_longitudes,
         )
 
 

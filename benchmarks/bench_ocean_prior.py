@@ -1,0 +1,168 @@
+"""What the sea's prior and its reanalyses give, by variable and depth band.
+
+With ``--prior`` and ``--truth`` (a held-out period): the autoencoder's reconstruction RMSE
+(area-weighted over the sea's cells; physical units and units of each channel's standard
+deviation) and the climate of unconditional prior trajectories against the data's
+(:func:`appa.assimilation.quality.prior_quality`: mean error in data standard deviations,
+standard-deviation ratio, lag-1 autocorrelation), each aggregated by variable over depth bands.
+With ``--archive`` (a reanalysis of that truth), the ensemble mean's RMSE against the truth over
+the sea, the ensemble spread and the spread/skill ratio (spread times ``sqrt((M + 1) / M)``
+over the RMSE), by variable and depth band, beside the RMSE of the mean of each calendar day
+over the truth's years before the archive's. Prints JSON (also written to ``--out``).
+
+    python benchmarks/bench_ocean_prior.py --prior pipelines/priors/toy-sea-tiny \\
+        --truth data/toy_sea.zarr --period 2003-01-01 2003-12-31
+    python benchmarks/bench_ocean_prior.py --truth data/toy_sea.zarr \\
+        --archive outputs/reanalysis_toy_sea_2003_09_floats.zarr
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from appa.data.grids import area_weights
+
+BANDS = {"0-50 m": (0.0, 50.0), "50-200 m": (50.0, 200.0), "200-1000 m": (200.0, 1000.0)}
+
+
+def _band(level: float | None) -> str:
+    if level is None:
+        return "surface"
+    for name, (top, bottom) in BANDS.items():
+        if top <= level < bottom:
+            return name
+    return f">{max(b for _, b in BANDS.values()):.0f} m"
+
+
+def _grouped(channels: list[tuple[str, float | None]], values: np.ndarray) -> dict:
+    """The mean of ``values`` (one per channel, NaN left out) by variable and band."""
+    out: dict = {}
+    for (name, level), value in zip(channels, values, strict=True):
+        out.setdefault(name, {}).setdefault(_band(level), []).append(float(value))
+    return {
+        name: {
+            band: (round(float(np.nanmean(v)), 4) if np.isfinite(v).any() else None)
+            for band, v in bands.items()
+        }
+        for name, bands in out.items()
+    }
+
+
+def prior_figures(prior_path: Path, truth: str, period: tuple[str, str], samples: int) -> dict:
+    from appa.assimilation import LatentPrior
+    from appa.assimilation.quality import prior_quality
+    from appa.data.sources import open_era5
+
+    prior = LatentPrior.from_checkpoints(
+        str(prior_path / "autoencoder"), str(prior_path / "diffusion")
+    )
+    ds = open_era5(truth, spec=prior.spec, time=slice(*period)).load()
+    t0 = time.perf_counter()
+    quality = prior_quality(prior, ds, samples=samples, window=prior.window, steps=32)
+    seconds = time.perf_counter() - t0
+    channels = prior.spec.channels
+    standardised = np.array(list(quality.reconstruction.values()))
+    climate = quality.climate
+    # channels whose spread in the data is far below their normalisation (the std floor of
+    # nearly constant deep water): ratios to it say nothing of the prior
+    varying = climate.std_data > 0.1 * prior.statistics.std
+    return {
+        "check_s": round(seconds, 1),
+        "reconstruction_rmse_standardised": _grouped(channels, standardised),
+        "reconstruction_rmse_physical": _grouped(channels, standardised * prior.statistics.std),
+        "samples": quality.samples,
+        "sample_mean_error_in_data_std": _grouped(
+            channels, np.where(varying, climate.mean_error, np.nan)
+        ),
+        "sample_std_ratio": _grouped(channels, np.where(varying, climate.std_ratio, np.nan)),
+        "sample_lag1": _grouped(channels, np.where(varying, climate.lag1_samples, np.nan)),
+        "data_lag1": _grouped(channels, np.where(varying, climate.lag1_data, np.nan)),
+        "mean_reconstruction_rmse_standardised": round(float(standardised.mean()), 4),
+    }
+
+
+def reanalysis_figures(archive: str, truth: str, variables: list[str]) -> dict:
+    ens = xr.open_zarr(archive)
+    store = xr.open_zarr(truth).sel(level=ens.level)
+    true = store.sel(time=ens.time)
+    # the simplest reference: the mean of each calendar day over the truth's earlier years
+    first_year = int(ens.time.dt.year.min())
+    past = store.sel(time=store.time.dt.year < first_year)
+    climatology = None
+    if past.sizes["time"]:
+        days = ens.time.dt.dayofyear
+        climatology = past.groupby("time.dayofyear").mean().sel(dayofyear=days)
+        climatology = climatology.drop_vars("dayofyear").assign_coords(time=ens.time)
+    members = ens.sizes["member"]
+    w = xr.DataArray(area_weights(ens.latitude.values), dims="latitude")
+    out: dict = {"members": members, "days": ens.sizes["time"]}
+    for name in variables:
+        x, y = ens[name].load(), true[name].load()
+        sea = y.notnull()
+        mean = x.mean("member")
+        weight = (sea * w).astype(float)
+        dims = ("time", "latitude", "longitude")
+        mse = (((mean - y) ** 2).where(sea, 0.0) * weight).sum(dims) / weight.sum(dims)
+        var = (x.var("member", ddof=1).where(sea, 0.0) * weight).sum(dims) / weight.sum(dims)
+        clim = None
+        if climatology is not None:
+            error = (climatology[name].load() - y) ** 2
+            clim = (error.where(sea, 0.0) * weight).sum(dims) / weight.sum(dims)
+        rows: dict = {}
+        levels = ens.level.values
+        for band, (top, bottom) in BANDS.items():
+            inside = (levels >= top) & (levels < bottom)
+            if not inside.any():
+                continue
+            total = weight.sum(dims).values[inside]
+            rmse = float(np.sqrt((mse.values[inside] * total).sum() / total.sum()))
+            spread = float(np.sqrt((var.values[inside] * total).sum() / total.sum()))
+            rows[band] = {
+                "rmse": round(rmse, 4),
+                "spread": round(spread, 4),
+                "spread_skill": round(spread * np.sqrt((members + 1) / members) / rmse, 3),
+            }
+            if clim is not None:
+                reference = np.sqrt((clim.values[inside] * total).sum() / total.sum())
+                rows[band]["calendar_day_mean_rmse"] = round(float(reference), 4)
+        total = weight.sum(dims).values
+        rmse = float(np.sqrt((mse.values * total).sum() / total.sum()))
+        spread = float(np.sqrt((var.values * total).sum() / total.sum()))
+        rows["all levels"] = {
+            "rmse": round(rmse, 4),
+            "spread": round(spread, 4),
+            "spread_skill": round(spread * np.sqrt((members + 1) / members) / rmse, 3),
+        }
+        out[name] = rows
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--truth", required=True)
+    parser.add_argument("--prior", type=Path)
+    parser.add_argument("--period", nargs=2, default=("2003-01-01", "2003-12-31"))
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--archive")
+    parser.add_argument("--variables", nargs="+", default=["temperature", "salinity", "oxygen"])
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    figures: dict = {}
+    if args.prior is not None:
+        figures["prior"] = prior_figures(args.prior, args.truth, tuple(args.period), args.samples)
+    if args.archive is not None:
+        figures["reanalysis"] = reanalysis_figures(args.archive, args.truth, args.variables)
+    text = json.dumps(figures, indent=1)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
