@@ -186,7 +186,8 @@ def test_toy_earth_train_then_encode_end_to_end(toy_store: Path, tmp_path: Path)
     # the checkpoint describes itself: spec and statistics
     ckpt = load_checkpoint(str(run / "checkpoints"))
     card = read_card(ckpt.metadata).card
-    assert card.state_spec.model_dump() == {**config["data"]["source"]["spec"], "grid": None}
+    expected = {**config["data"]["source"]["spec"], "grid": None, "vertical": "pressure"}
+    assert card.state_spec.model_dump() == expected
     assert card.statistics["mean"] == pytest.approx(stats.mean.tolist())
     assert card.channel_names == stats.channels
     val = read_card(ckpt.metadata).run.metrics

@@ -200,7 +200,7 @@ def screen_observations(
         std = np.asarray(std, dtype=np.float64)[channel]
         verdict = np.full(timely.size, "used", dtype=object)
         verdict[departure_exceeds(value, mean, std, error, gross_std)] = "gross_deviation"
-        outside = outside_bounds(sub["variable"].values, sub["level"].values, value)
+        outside = outside_bounds(sub["variable"].values, sub["level"].values, value, error)
         verdict[outside] = "out_of_bounds"
         reason[timely] = verdict
     return Screening(table, states, state, reason.astype(str), _labels(table))

@@ -6,7 +6,8 @@ Each rule looks at the rows still kept (``reason == ""``) of a decoded-reports f
 writes the reason. :func:`quality_control` applies them in this order:
 
 1. ``out_of_range``: a value outside the physically possible range of its variable and level
-   (:func:`appa.observations.screening.physical_bounds`);
+   (:func:`appa.observations.screening.physical_bounds`), by more than three of its error
+   standard deviations when it has one;
 2. ``blacklisted``: a station (and variable) on the blacklist (shell patterns);
 3. ``duplicate``: several values of one station, variable and level at one state time (and,
    for platforms that move or see many places, ``ship``, ``aircraft``, ``satellite``, at one
@@ -132,12 +133,26 @@ def _kept(frame: pd.DataFrame) -> np.ndarray:
     return frame["reason"].to_numpy() == ""
 
 
-def outside_bounds(variable: np.ndarray, level: np.ndarray, value: np.ndarray) -> np.ndarray:
+# how many of its error standard deviations an observation may lie beyond a physical bound:
+# a noisy observation of a value at the bound (anoxic water's zero oxygen) is a good one
+BOUND_TOLERANCE_STD = 3.0
+
+
+def outside_bounds(
+    variable: np.ndarray,
+    level: np.ndarray,
+    value: np.ndarray,
+    error_std: np.ndarray | None = None,
+) -> np.ndarray:
     """Whether each value ``(n,)`` lies outside the physical bounds of its variable and level
-    (hPa, NaN for surface); values of variables without bounds are inside."""
+    (hPa or m of depth, NaN for surface), widened by :data:`BOUND_TOLERANCE_STD` times its
+    ``error_std`` when given; values of variables without bounds are inside."""
     variable = np.asarray(variable).astype(str)
     level = np.asarray(level, dtype=np.float64)
     value = np.asarray(value, dtype=np.float64)
+    margin = np.zeros(value.shape)
+    if error_std is not None:
+        margin = BOUND_TOLERANCE_STD * np.nan_to_num(np.asarray(error_std, dtype=np.float64))
     out = ~np.isfinite(value)
     keys = pd.DataFrame({"v": variable, "l": level}).drop_duplicates()
     for v, lev in keys.itertuples(index=False):
@@ -145,7 +160,8 @@ def outside_bounds(variable: np.ndarray, level: np.ndarray, value: np.ndarray) -
         if bounds is None:
             continue
         at = (variable == v) & ((level == lev) | (np.isnan(level) & np.isnan(lev)))
-        out[at] |= (value[at] < bounds[0]) | (value[at] > bounds[1])
+        low, high = bounds[0] - margin[at], bounds[1] + margin[at]
+        out[at] |= (value[at] < low) | (value[at] > high)
     return out
 
 
@@ -166,7 +182,7 @@ def departure_exceeds(
 
 def reject_out_of_range(frame: pd.DataFrame) -> np.ndarray:
     """Kept rows whose value is physically impossible (:func:`outside_bounds`)."""
-    bad = outside_bounds(frame["variable"], frame["level"], frame["value"])
+    bad = outside_bounds(frame["variable"], frame["level"], frame["value"], frame["error_std"])
     return bad & _kept(frame)
 
 

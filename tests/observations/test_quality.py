@@ -268,3 +268,15 @@ def test_a_satellite_or_aircraft_at_two_places_is_not_a_duplicate():
             for la in (10.0, 11.0)]  # fmt: skip
     frame = reports(rows)
     assert reject_duplicates(frame, times(frame)).tolist() == [False, False, True, False]
+
+
+def test_a_noisy_reading_of_a_value_at_its_bound_is_kept():
+    frame = reports(
+        [
+            {"variable": "oxygen", "level": 500.0, "value": -3.0, "error_std": 3.0,
+             "platform": "argo"},
+            {"variable": "oxygen", "level": 500.0, "value": -10.0, "error_std": 3.0,
+             "platform": "argo"},
+        ]
+    )  # fmt: skip
+    assert reject_out_of_range(frame).tolist() == [False, True]
