@@ -50,9 +50,10 @@ from pydantic import Field, field_validator
 
 from appa.config import DateText, StrictModel
 from appa.data import portable
+from appa.data.generated import states_dataset, write_states
 from appa.data.grids import equiangular_grid, parse_grid
 from appa.data.spectral import SphericalHarmonics
-from appa.files import PRODUCT_ATTR, claim_output, written_whole
+from appa.files import PRODUCT_ATTR, claim_output
 
 __all__ = [
     "ATMOSPHERIC_VARIABLES",
@@ -413,31 +414,15 @@ def _day_of_year(time: pd.Timestamp) -> float:
 
 # --------------------------------------------------------------------------------- writing
 def _dataset(model: ToyEarth, times: list[pd.Timestamp], states: list[dict[str, NDArray]]):
-    import xarray as xr
-
     cfg = model.config
     coords = {
-        "time": ("time", pd.DatetimeIndex(times).values.astype("datetime64[ns]")),
         "level": ("level", np.asarray(cfg.levels, dtype=np.int64)),
         "latitude": ("latitude", model.latitude.astype(np.float64)),
         "longitude": ("longitude", model.longitude.astype(np.float64)),
     }
-    data = {}
-    for name in ATMOSPHERIC_VARIABLES:
-        data[name] = (
-            ("time", "level", "latitude", "longitude"),
-            np.stack([s[name] for s in states]).astype(np.float32),
-        )
-    for name in SURFACE_VARIABLES:
-        data[name] = (
-            ("time", "latitude", "longitude"),
-            np.stack([s[name] for s in states]).astype(np.float32),
-        )
-    ds = xr.Dataset(data, coords=coords)
-    for name in ds.data_vars:
-        units, standard, long = CF_ATTRS[name]
-        ds[name].attrs = {"units": units, "standard_name": standard, "long_name": long}
-    return _coordinate_attrs(ds)
+    dims = {name: ("level", "latitude", "longitude") for name in ATMOSPHERIC_VARIABLES}
+    dims.update({name: ("latitude", "longitude") for name in SURFACE_VARIABLES})
+    return _coordinate_attrs(states_dataset(times, coords, dims, states, CF_ATTRS))
 
 
 def _coordinate_attrs(ds):
@@ -495,73 +480,37 @@ def write_toy_earth(
         disable=not progress,
         mininterval=1.0,
     )
+
+    def first_block(ds):
+        for name, value in model.statics().items():
+            units, standard, long = CF_ATTRS[name]
+            ds[name] = (("latitude", "longitude"), value.astype(np.float32))
+            ds[name].attrs = {"units": units, "standard_name": standard, "long_name": long}
+        ds.attrs = {
+            "Conventions": "CF-1.8",
+            "title": "Appa toy Earth",
+            "source": "appa.data.toy_earth: two-layer quasi-geostrophic spectral model "
+            f"T{model.sh.T} on a {model.sh.nlon}x{model.sh.nlat} Gaussian grid",
+            "history": f"created {pd.Timestamp.now(tz='UTC').isoformat()} by appa",
+            "appa_toy_earth_config": json.dumps(config.model_dump()),
+            PRODUCT_ATTR: "toy-earth",
+        }
+        return ds
+
     try:
         # The model's matrices are small: BLAS threads cost CPU time and save no wall time, and
         # exact products give the same bits with any number of them.
-        with (
-            threadpool_limits(limits=1, user_api="blas"),
-            written_whole(out, "toy-earth", overwrite=overwrite) as tmp,
-        ):
+        with threadpool_limits(limits=1, user_api="blas"):
             start = pd.Timestamp(config.start)
             while model.time < start - pd.Timedelta(seconds=1):
                 model.advance()
                 bar.update(1)
-            encoding_chunks = {"time": config.time_chunk}
-            written = 0
-            iterator = model.run(n_total)
-            while written < n_total:
-                block = min(config.time_chunk * max(1, 256 // config.time_chunk), n_total - written)
-                times, states = [], []
-                for _ in range(block):
-                    t, fields = next(iterator)
-                    times.append(t)
-                    states.append(fields)
-                    bar.update(1)
-                ds = _dataset(model, times, states)
-                if written == 0:
-                    for name, value in model.statics().items():
-                        units, standard, long = CF_ATTRS[name]
-                        ds[name] = (("latitude", "longitude"), value.astype(np.float32))
-                        ds[name].attrs = {
-                            "units": units,
-                            "standard_name": standard,
-                            "long_name": long,
-                        }
-                    ds.attrs = {
-                        "Conventions": "CF-1.8",
-                        "title": "Appa toy Earth",
-                        "source": "appa.data.toy_earth: two-layer quasi-geostrophic spectral model "
-                        f"T{model.sh.T} on a {model.sh.nlon}x{model.sh.nlat} Gaussian grid",
-                        "history": f"created {pd.Timestamp.now(tz='UTC').isoformat()} by appa",
-                        "appa_toy_earth_config": json.dumps(config.model_dump()),
-                        PRODUCT_ATTR: "toy-earth",
-                    }
-                    encoding = {
-                        name: {"chunks": _chunks(ds[name].dims, ds[name].shape, encoding_chunks)}
-                        for name in ds.data_vars
-                    }
-                    encoding["time"] = {
-                        "units": "hours since 1970-01-01",
-                        "calendar": "proleptic_gregorian",
-                        "dtype": "int64",
-                    }
-                    ds.to_zarr(
-                        tmp,
-                        mode="w",
-                        encoding=encoding,
-                        zarr_format=config.zarr_format,
-                        # Consolidated metadata is part of format 2 only.
-                        consolidated=config.zarr_format == 2,
-                    )
-                else:
-                    ds.to_zarr(
-                        tmp, append_dim="time", zarr_format=config.zarr_format, consolidated=True
-                    )
-                written += block
+            write_states(
+                out, "toy-earth", model.run(n_total), n_total,
+                lambda times, states: _dataset(model, times, states), first_block,
+                config.time_chunk, config.zarr_format, overwrite=overwrite,
+                on_state=lambda: bar.update(1),
+            )  # fmt: skip
     finally:
         bar.close()
     return out
-
-
-def _chunks(dims: tuple[str, ...], shape: tuple[int, ...], chunks: dict[str, int]):
-    return tuple(min(chunks.get(d, n), n) for d, n in zip(dims, shape, strict=True))

@@ -84,7 +84,8 @@ from pydantic import Field, field_validator, model_validator
 
 from appa.config import DateText, StrictModel
 from appa.data import portable
-from appa.files import PRODUCT_ATTR, claim_output, written_whole
+from appa.data.generated import states_dataset, write_states
+from appa.files import PRODUCT_ATTR, claim_output
 
 __all__ = [
     "HYPOXIA_THRESHOLD",
@@ -1031,30 +1032,14 @@ def bottom_values(field: NDArray, mask: NDArray) -> NDArray:
 
 # ------------------------------------------------------------------------------ writing
 def _dataset(model: ToySea, times: list[pd.Timestamp], states: list[dict[str, NDArray]]):
-    import xarray as xr
-
     coords = {
-        "time": ("time", pd.DatetimeIndex(times).values.astype("datetime64[ns]")),
         "level": ("level", model.depth.astype(np.float64)),
         "latitude": ("latitude", model.latitude.astype(np.float64)),
         "longitude": ("longitude", model.longitude.astype(np.float64)),
     }
-    data = {}
-    for name in THREE_D_VARIABLES:
-        data[name] = (
-            ("time", "level", "latitude", "longitude"),
-            np.stack([s[name] for s in states]).astype(np.float32),
-        )
-    for name in SURFACE_VARIABLES:
-        data[name] = (
-            ("time", "latitude", "longitude"),
-            np.stack([s[name] for s in states]).astype(np.float32),
-        )
-    ds = xr.Dataset(data, coords=coords)
-    for name in ds.data_vars:
-        units, standard, long = CF_ATTRS[name]
-        ds[name].attrs = {"units": units, "standard_name": standard, "long_name": long}
-    return _coordinate_attrs(ds, model)
+    dims = {name: ("level", "latitude", "longitude") for name in THREE_D_VARIABLES}
+    dims.update({name: ("latitude", "longitude") for name in SURFACE_VARIABLES})
+    return _coordinate_attrs(states_dataset(times, coords, dims, states, CF_ATTRS), model)
 
 
 def _coordinate_attrs(ds, model: ToySea):
@@ -1153,55 +1138,19 @@ def generate_toy_sea(
         mininterval=1.0,
     )
     try:
-        with (
-            threadpool_limits(limits=1, user_api="blas"),
-            written_whole(out, "toy-sea", overwrite=overwrite) as tmp,
-        ):
+        with threadpool_limits(limits=1, user_api="blas"):
             start = pd.Timestamp(config.start)
             while model.time < start - pd.Timedelta(seconds=1):
                 model.advance()
                 bar.update(1)
-            iterator = model.run(config.days)
-            written = 0
-            block_days = config.time_chunk * max(1, 256 // config.time_chunk)
-            while written < config.days:
-                block = min(block_days, config.days - written)
-                times, states = [], []
-                for _ in range(block):
-                    t, fields = next(iterator)
-                    times.append(t)
-                    states.append(fields)
-                    bar.update(1)
-                ds = _dataset(model, times, states)
-                if written == 0:
-                    ds = _with_statics(ds, model)
-                    chunks = {"time": config.time_chunk}
-                    encoding = {
-                        name: {"chunks": _chunks(ds[name].dims, ds[name].shape, chunks)}
-                        for name in ds.data_vars
-                    }
-                    encoding["time"] = {
-                        "units": "hours since 1970-01-01",
-                        "calendar": "proleptic_gregorian",
-                        "dtype": "int64",
-                    }
-                    ds.to_zarr(
-                        tmp,
-                        mode="w",
-                        encoding=encoding,
-                        zarr_format=config.zarr_format,
-                        consolidated=config.zarr_format == 2,
-                    )
-                else:
-                    ds = ds.drop_vars("level_bounds")
-                    ds.to_zarr(
-                        tmp, append_dim="time", zarr_format=config.zarr_format, consolidated=True
-                    )
-                written += block
+            write_states(
+                out, "toy-sea", model.run(config.days), config.days,
+                lambda times, states: _dataset(model, times, states),
+                lambda ds: _with_statics(ds, model), config.time_chunk, config.zarr_format,
+                overwrite=overwrite, on_state=lambda: bar.update(1),
+                # the level bounds (no time axis) are in the store from the first block
+                later_block=lambda ds: ds.drop_vars("level_bounds"),
+            )  # fmt: skip
     finally:
         bar.close()
     return out
-
-
-def _chunks(dims: tuple[str, ...], shape: tuple[int, ...], chunks: dict[str, int]):
-    return tuple(min(chunks.get(d, n), n) for d, n in zip(dims, shape, strict=True))
