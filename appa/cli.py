@@ -736,6 +736,11 @@ def evaluate_sea_command(
     console = Console(width=max(Console().width, 140))
     for part in sea_summary(table):
         console.print(part)
+    if "hypoxia_not_scored" in table.attrs:
+        typer.echo(
+            f"hypoxia detection not scored ({table.attrs['hypoxia_not_scored']}): the "
+            "threshold is chosen on hypoxic days of the validation period"
+        )
     if out is not None:
         with _reported(FileExistsError):
             path = write_sea_scores(table, out, overwrite=overwrite)

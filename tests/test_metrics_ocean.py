@@ -202,8 +202,6 @@ def test_evaluate_sea_names_the_culprits():
     truth = tiny_sea(DAYS)
     x = {v: truth[v].values[None] for v in ("temperature", "salinity", "oxygen")}
     archive = as_archive(x, truth)
-    with pytest.raises(EvaluationError, match="no hypoxic cell-day"):
-        evaluate_sea({"a": archive}, truth.assign(oxygen=truth.oxygen + 100), VALIDATION)
     with pytest.raises(EvaluationError, match="no time outside the validation"):
         evaluate_sea({"a": archive}, truth, ("2003-01-01", "2004-12-31"))
     bad = archive.copy()
@@ -254,3 +252,25 @@ def test_evaluate_sea_command_end_to_end(tmp_path):
         "--validation-start", "2003-01-01", "--validation-end", "2003-12-31", "--out", str(out),
     ])  # fmt: skip
     assert again.exit_code == 2 and "error:" in again.output
+
+
+def test_a_validation_period_without_hypoxia_scores_the_bands_and_not_the_detection():
+    truth = tiny_sea(DAYS)
+    x = {v: truth[v].values[None] for v in ("temperature", "salinity", "oxygen")}
+    oxic = truth.assign(oxygen=truth.oxygen + 100)
+    table = evaluate_sea({"a": as_archive(x, truth)}, oxic, VALIDATION)
+    assert "no hypoxic shelf cell-day" in table.attrs["hypoxia_not_scored"]
+    assert np.isnan(float(table["hypoxia"].sel(system="a", score="recall")))
+    assert float(table["temperature"].sel(system="a", metric="rmse", band="deep")) == 0.0
+
+
+def test_an_archive_on_a_subset_of_the_truths_levels_is_scored_on_those():
+    truth = tiny_sea(DAYS)
+    x = {v: truth[v].values[None] for v in ("temperature", "salinity", "oxygen")}
+    archive = as_archive(x, truth).isel(level=[0, 1, 2])  # a prior's state to 60 m
+    table = evaluate_sea({"a": archive}, truth, VALIDATION)
+    assert float(table["hypoxia"].sel(system="a", score="recall")) == 1.0
+    assert float(table["oxygen"].sel(system="a", metric="rmse", band="mixed_layer")) == 0.0
+    moved = archive.assign_coords(level=archive["level"].values + np.array([0.0, 0.0, 1.0]))
+    with pytest.raises(EvaluationError, match="not levels of the truth"):
+        evaluate_sea({"a": moved}, truth, VALIDATION)

@@ -234,13 +234,30 @@ def _load_archive(archive: str | Path | xr.Dataset) -> tuple[str, xr.Dataset]:
         raise EvaluationError(str(error)) from None
 
 
-def _check_grid(name: str, ds: xr.Dataset, truth: xr.Dataset) -> None:
+def _check_grid(name: str, ds: xr.Dataset, truth: xr.Dataset) -> np.ndarray:
+    """The indices of the truth's levels the archive holds (a prior's state may keep a subset
+    of the truth's levels); the same horizontal grid is required."""
     for coord in ("level", "latitude", "longitude"):
         if coord not in ds.coords:
             raise EvaluationError(f"{name}: no {coord} coordinate")
+    for coord in ("latitude", "longitude"):
         a, b = ds[coord].values, truth[coord].values
         if a.shape != b.shape or not np.allclose(a, b, rtol=0, atol=1e-4):
             raise EvaluationError(f"{name}: its {coord} differ from the truth's")
+    held = np.asarray(ds["level"].values, dtype=np.float64)
+    levels = np.asarray(truth["level"].values, dtype=np.float64)
+    gap = np.abs(held[:, None] - levels[None, :])
+    index = gap.argmin(axis=1)
+    if (
+        held.size == 0
+        or np.any(gap[np.arange(held.size), index] > 1e-4)
+        or np.any(np.diff(index) <= 0)
+    ):
+        raise EvaluationError(
+            f"{name}: its levels {held.tolist()} are not levels of the truth's "
+            f"{levels.tolist()} in the same order"
+        )
+    return index
 
 
 def _blocks(n: int, size: int) -> list[slice]:
@@ -260,7 +277,8 @@ def evaluate_sea(
     block: int = 16,
 ) -> xr.Dataset:
     """Scores each archive (name -> path or dataset) against a sea's truth (a store or a
-    dataset with ``sea_mask`` and ``sea_floor_depth``).
+    dataset with ``sea_mask`` and ``sea_floor_depth``), on the archive's levels (all of the
+    truth's, or a subset as a prior's state keeps; the shelf's bottom cells must be among them).
 
     Band scores use the archive's times outside ``validation`` (inside ``test`` when given);
     hypoxia thresholds are chosen on its times inside ``validation`` and ``months`` and scored
@@ -291,9 +309,12 @@ def evaluate_sea(
     truth_times = pd.DatetimeIndex(truth["time"].values)
 
     results = []
+    notes: list[str] = []
     for system, archive in archives.items():
         where, ds = _load_archive(archive)
-        _check_grid(system, ds, truth)
+        index = _check_grid(system, ds, truth)
+        # the truth on the archive's levels (its bottom cells on the shelf, its mixed layer)
+        held_mask, held_level = mask[index], level[index]
         names = [v for v in SCORED_VARIABLES if v in ds.data_vars]
         if "oxygen" not in names:
             raise EvaluationError(f"{system}: no oxygen, nothing to score hypoxia with")
@@ -315,18 +336,18 @@ def evaluate_sea(
         area = latitude_weights(lat).values[None, None, :, None]
         for part in _blocks(len(times), block):
             t = times[part].values
-            y = truth[list(SCORED_VARIABLES)].sel(time=t).load()
+            y = truth[list(SCORED_VARIABLES)].sel(time=t).isel(level=index).load()
             x = {v: np.asarray(ds[v].isel(time=part).values, dtype=np.float64) for v in names}
             yo = y["oxygen"].values.astype(np.float64)
-            hypoxic[part] = (bottom_values(yo, mask) < HYPOXIA_THRESHOLD) & shelf
-            prob[part] = hypoxia_probability(bottom_values(x["oxygen"], mask), sigma=sigma)
+            hypoxic[part] = (bottom_values(yo, held_mask) < HYPOXIA_THRESHOLD) & shelf
+            prob[part] = hypoxia_probability(bottom_values(x["oxygen"], held_mask), sigma=sigma)
             keep = held[part]
             if not keep.any():
                 continue
             mld = mixed_layer_depth(
-                y["temperature"].values[keep], y["salinity"].values[keep], level
+                y["temperature"].values[keep], y["salinity"].values[keep], held_level
             )
-            bands = band_masks(mld, level, pycnocline_bottom_m)
+            bands = band_masks(mld, held_level, pycnocline_bottom_m)
             for v in names:
                 yt = y[v].values[keep].astype(np.float64)
                 sea = np.isfinite(yt)
@@ -346,11 +367,18 @@ def evaluate_sea(
         score = held & seasonal
         if not score.any():
             raise EvaluationError(f"{system}: no held-out time in months {list(months)}")
-        try:
-            threshold = select_threshold(prob[pick], hypoxic[pick], weights)
-        except EvaluationError as error:
-            raise EvaluationError(f"{system}, validation {validation}: {error}") from None
+        if not (hypoxic[pick] & (weights > 0)).any():
+            # nothing to choose a threshold on: the bands are scored, detection is not
+            notes.append(f"{system}: no hypoxic shelf cell-day in the validation period")
+            threshold = np.nan
+        else:
+            try:
+                threshold = select_threshold(prob[pick], hypoxic[pick], weights)
+            except EvaluationError as error:
+                raise EvaluationError(f"{system}, validation {validation}: {error}") from None
         det = detection_scores(prob[score], hypoxic[score], weights, threshold)
+        if np.isnan(threshold):
+            det.update(precision=np.nan, recall=np.nan, f1=np.nan, flagged_area=np.nan)
         days = int(score.sum())
         det = {
             "threshold": det["threshold"],
@@ -366,6 +394,8 @@ def evaluate_sea(
             w = areas * ((floor >= a) & (floor < b))
             d = detection_scores(prob[score], hypoxic[score], w[None], threshold)
             cells = float((hypoxic[score] & (w[None] > 0)).sum())
+            if np.isnan(threshold):
+                d.update(precision=np.nan, recall=np.nan)
             by_floor.append([d["precision"], d["recall"], cells])
         table["hypoxia_by_floor"] = (("floor_depth", "score_by_floor"), np.array(by_floor))
         table = table.expand_dims(system=[system]).assign_coords(ensemble_size=("system", [m]))
@@ -389,6 +419,8 @@ def evaluate_sea(
         "threshold_choice": "maximum F1 on the validation period",
         "probability": "fraction of members" if not sigma else f"Gaussian dressing {sigma}",
     }
+    if notes:
+        out.attrs["hypoxia_not_scored"] = "; ".join(notes)
     return out
 
 
