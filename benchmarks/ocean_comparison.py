@@ -21,17 +21,22 @@ With the commands a user types, on the toy sea the committed prior was trained o
 The windows of each system are joined into one archive per system (the archive layer's
 ``open_archive`` and ``write_dataset``; nothing is recomputed). It prints the evaluation's
 tables and the seconds of each step, and writes ``outputs/benchmarks/ocean_comparison.json``
-(the arguments, the days, the seconds and ``appa evaluate-sea``'s scores).
+(``..._quick.json`` with ``--quick``: the arguments, the days, the seconds and
+``appa evaluate-sea``'s scores). The truth is ``--truth`` or a toy sea written into ``--work``
+(``appa toy-sea --years 4 --seed 0``, about a minute); every product lies under ``--work``.
 
     nice -n 10 python benchmarks/ocean_comparison.py            # the full comparison
     nice -n 10 python benchmarks/ocean_comparison.py --quick    # 2 windows a year, 2 members
 
-Expected time of the full comparison (13 windows a year, 4 members), from the quick run's
-timings on the shared 2-core CPU machine (2026-12-07, ``nice -n 10``): about 60 s per 14-day
-reanalysis window of 4 members (41 s measured alone; 47 s per window of 2 members here, of
-which the Ray start and prior loading are a fixed ~25 s), so 26 windows x 2 systems, about
-50 min; the three baselines over both seasons about 12 min; the evaluation of 366 days of
-five archives about 8 min: about 70 min in all, 35 min with ``--every 2``.
+Expected time of the full comparison (13 windows a year, 4 members), from timings measured on
+the shared 2-core CPU machine (2026-12-07, ``nice -n 10``, load about 1.5): the quick run took
+511 s (observe 113 s for both stores of 4 years; 25 s per 14-day window of 2 members; each
+baseline call 12 s (climatology) and 40 s (regression) over 42 days; joining 4 s; evaluation
+5 s); one 15-day window of 4 members took 43 s and the regression with floats over the whole
+2003 season with 4 members 50 s. So: 52 windows (2 years x 13 x 2 systems) at about 42 s,
+36 min; the six baseline calls about 4 min; observing 2 min; joining and evaluating 366 days
+of five archives about 2-3 min: about 45 min in all, and about 30 min with ``--every 2``
+(7 windows a year).
 """
 
 from __future__ import annotations
@@ -219,12 +224,14 @@ def main() -> None:
 
     t = time.perf_counter()
     scores_path = args.work / "scores.json"
+    # evaluate-sea's --overwrite replaces a score table (.nc) but not a JSON it wrote before
+    scores_path.unlink(missing_ok=True)
     v, h = days[VALIDATION_YEAR], days[TEST_YEAR]
     text = appa(
         "evaluate-sea", *(f"{s}={p}" for s, p in joined.items()), "--truth", str(truth),
         "--validation-start", f"{v[0]:%Y-%m-%d}", "--validation-end", f"{v[-1]:%Y-%m-%d}",
         "--test-start", f"{h[0]:%Y-%m-%d}", "--test-end", f"{h[-1]:%Y-%m-%d}",
-        "--out", str(scores_path), "--overwrite",
+        "--out", str(scores_path),
     )  # fmt: skip
     seconds["evaluate-sea"] = time.perf_counter() - t
     total = time.perf_counter() - started
