@@ -123,12 +123,20 @@ def _decoded(value: Any) -> Any:
     return value
 
 
+# the largest JSON file read for its markers (a score table is a few kB)
+_JSON_MARKERS_MAX_BYTES = 16 * 2**20
+
+
 def _file_markers(fs, path: str) -> tuple[dict[str, Any], set[str]]:
-    """Root attributes and variable names of a netCDF (classic or 4) or HDF5 file; nothing
-    for other files."""
+    """Root attributes and variable names of a netCDF (classic or 4) or HDF5 file, and the
+    ``attrs`` of a JSON document (a score table written as JSON); nothing for other files."""
     with fs.open(path, "rb") as f:
         magic = f.read(8)
     try:
+        if magic.lstrip().startswith(b"{") and fs.size(path) <= _JSON_MARKERS_MAX_BYTES:
+            document = json.loads(fs.cat_file(path))
+            attrs = document.get("attrs") if isinstance(document, dict) else None
+            return (dict(attrs), set()) if isinstance(attrs, dict) else ({}, set())
         if magic.startswith(_HDF5_MAGIC):
             import h5py
 

@@ -274,3 +274,20 @@ def test_an_archive_on_a_subset_of_the_truths_levels_is_scored_on_those():
     moved = archive.assign_coords(level=archive["level"].values + np.array([0.0, 0.0, 1.0]))
     with pytest.raises(EvaluationError, match="not levels of the truth"):
         evaluate_sea({"a": moved}, truth, VALIDATION)
+
+
+def test_a_json_score_table_is_replaced_with_overwrite_and_a_users_json_is_not(tmp_path):
+    from appa.files import OutputExistsError
+    from appa.metrics.ocean import write_sea_scores
+
+    truth = tiny_sea(DAYS)
+    x = {v: truth[v].values[None] for v in ("temperature", "salinity", "oxygen")}
+    table = evaluate_sea({"a": as_archive(x, truth)}, truth, VALIDATION)
+    out = tmp_path / "scores.json"
+    write_sea_scores(table, out)
+    write_sea_scores(table, out, overwrite=True)  # its own product
+    theirs = tmp_path / "theirs.json"
+    theirs.write_text('{"attrs": {"note": "mine"}}')
+    with pytest.raises(OutputExistsError):
+        write_sea_scores(table, theirs, overwrite=True)
+    assert theirs.read_text() == '{"attrs": {"note": "mine"}}'
