@@ -224,14 +224,12 @@ def main() -> None:
 
     t = time.perf_counter()
     scores_path = args.work / "scores.json"
-    # evaluate-sea's --overwrite replaces a score table (.nc) but not a JSON it wrote before
-    scores_path.unlink(missing_ok=True)
     v, h = days[VALIDATION_YEAR], days[TEST_YEAR]
     text = appa(
         "evaluate-sea", *(f"{s}={p}" for s, p in joined.items()), "--truth", str(truth),
         "--validation-start", f"{v[0]:%Y-%m-%d}", "--validation-end", f"{v[-1]:%Y-%m-%d}",
         "--test-start", f"{h[0]:%Y-%m-%d}", "--test-end", f"{h[-1]:%Y-%m-%d}",
-        "--out", str(scores_path),
+        "--out", str(scores_path), "--overwrite",
     )  # fmt: skip
     seconds["evaluate-sea"] = time.perf_counter() - t
     total = time.perf_counter() - started
