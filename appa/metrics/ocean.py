@@ -234,7 +234,7 @@ def _load_archive(archive: str | Path | xr.Dataset) -> tuple[str, xr.Dataset]:
         raise EvaluationError(str(error)) from None
 
 
-def _check_grid(name: str, ds: xr.Dataset, truth: xr.Dataset) -> np.ndarray:
+def _held_levels(name: str, ds: xr.Dataset, truth: xr.Dataset) -> np.ndarray:
     """The indices of the truth's levels the archive holds (a prior's state may keep a subset
     of the truth's levels); the same horizontal grid is required."""
     for coord in ("level", "latitude", "longitude"):
@@ -312,7 +312,7 @@ def evaluate_sea(
     notes: list[str] = []
     for system, archive in archives.items():
         where, ds = _load_archive(archive)
-        index = _check_grid(system, ds, truth)
+        index = _held_levels(system, ds, truth)
         # the truth on the archive's levels (its bottom cells on the shelf, its mixed layer)
         held_mask, held_level = mask[index], level[index]
         names = [v for v in SCORED_VARIABLES if v in ds.data_vars]
