@@ -188,6 +188,7 @@ def test_diagnose_reports_every_method(run):
         "half_light_radius",
         "peak",
         "profile",
+        "background",
     }
     for name in ("coverage.png", "prior_quality.png", "lens-0.png", "lens-1.png"):
         assert (run / "diagnose" / name).stat().st_size > 5000

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from appa.files import written_whole
-from appa.lensing.galaxies import morphology, radial_profile
+from appa.lensing.galaxies import background_rms, morphology, radial_profile
 from appa.lensing.operator import LensingOperator
 
 __all__ = [
@@ -127,7 +127,9 @@ def compare_morphology(
     For each statistic (flux, ellipticity, half-light radius, peak): the two-sample KS statistic
     of samples against training, the same for ``reference`` (held-out stamps, as many as the
     samples: the level that sampling noise alone reaches), and the medians. Also the largest
-    relative difference of mean radial profiles (``profile``), against the reference's."""
+    relative difference of mean radial profiles (``profile``), against the reference's, and the
+    background in the stamps' corners (``background``: median RMS, where every generated stamp
+    is 0; as a fraction of the training pixels' standard deviation too)."""
     stats = {k: morphology(v) for k, v in (("s", samples), ("t", training), ("r", reference))}
     out: dict[str, dict[str, float]] = {}
     for key in stats["s"]:
@@ -145,6 +147,15 @@ def compare_morphology(
     out["profile"] = {
         "max_difference": float((profiles["s"] - profiles["t"]).abs().max() / peak),
         "max_difference_reference": float((profiles["r"] - profiles["t"]).abs().max() / peak),
+    }
+    scale = float(training.double().std())
+    background = {
+        k: float(background_rms(v).median()) for k, v in (("s", samples), ("t", training))
+    }
+    out["background"] = {
+        "median_samples": background["s"],
+        "median_training": background["t"],
+        "median_samples_relative": background["s"] / scale,
     }
     return out
 

@@ -34,6 +34,8 @@ from appa.files import PRODUCT_ATTR, written_whole
 
 __all__ = [
     "PARAMETERS",
+    "adaptive_moments",
+    "background_rms",
     "ellipticity",
     "generate_galaxies",
     "half_light_radius",
@@ -354,29 +356,14 @@ def read_galaxies(
         return images, params, dict(dataset.attrs)
 
 
-def _moments(images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Flux, centroid and second moments of the positive part of images ``(n, H, W)``."""
-    x = images.double().clamp_min(0)
-    H, W = x.shape[-2:]
-    yy = torch.arange(H, dtype=torch.float64)[:, None] - (H - 1) / 2
-    xx = torch.arange(W, dtype=torch.float64)[None, :] - (W - 1) / 2
-    flux = x.sum((-2, -1)).clamp_min(1e-30)
-    cx = (x * xx).sum((-2, -1)) / flux
-    cy = (x * yy).sum((-2, -1)) / flux
-    dx = xx - cx[:, None, None]
-    dy = yy - cy[:, None, None]
-    qxx = (x * dx**2).sum((-2, -1)) / flux
-    qyy = (x * dy**2).sum((-2, -1)) / flux
-    qxy = (x * dx * dy).sum((-2, -1)) / flux
-    return flux, cx, cy, torch.stack([qxx, qyy]), qxy
-
-
 def radial_profile(images: Tensor, bins: int = 16, r_max: float | None = None) -> Tensor:
-    """Azimuthally averaged profiles about each image's light centroid: ``(n, bins)`` mean pixel
-    values in rings of equal width out to ``r_max`` pixels (default: half the width)."""
+    """Azimuthally averaged profiles about each image's adaptive centroid
+    (:func:`adaptive_moments`): ``(n, bins)`` mean pixel values in rings of equal width out to
+    ``r_max`` pixels (default: half the width)."""
     x = images.double()
     H, W = x.shape[-2:]
-    _, cx, cy, _, _ = _moments(x)
+    centroid, _, _ = adaptive_moments(x)
+    cx, cy = centroid.unbind(-1)
     yy = torch.arange(H, dtype=torch.float64)[:, None] - (H - 1) / 2
     xx = torch.arange(W, dtype=torch.float64)[None, :] - (W - 1) / 2
     r = torch.sqrt((xx - cx[:, None, None]) ** 2 + (yy - cy[:, None, None]) ** 2)
@@ -389,19 +376,92 @@ def radial_profile(images: Tensor, bins: int = 16, r_max: float | None = None) -
     return (sums / counts.clamp_min(1))[:, :bins]
 
 
+def adaptive_moments(
+    images: Tensor, iterations: int = 100, tolerance: float = 1e-8, start_sigma: float = 5.0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Adaptive second moments (Bernstein & Jarvis 2002, what GalSim's HSM ``FindAdaptiveMom``
+    measures): the moments of the light weighted by the elliptical Gaussian that matches them,
+    ``M = 2 Q_w(M)``, with the weight's centre at the weighted centroid.
+
+    Unweighted moments give the outskirts an ``r^2`` say, so a faint background (a prior draw's
+    residual texture, sky noise) makes every galaxy look rounder and larger; the matched weight
+    measures the galaxy. Exact for Gaussian profiles.
+
+    Arguments:
+        images: ``(n, H, W)`` surface brightness (the sign of a pixel is kept: noise averages out).
+        iterations: Most fixed-point iterations.
+        tolerance: Relative change of ``M`` (pixels^2) at which an image has converged.
+        start_sigma: Width (pixels) of the round weight the iterations start from, centred on
+            the stamp.
+
+    Returns:
+        ``centroid (n, 2)`` as ``(x, y)`` pixels from the stamp's centre, ``moments (n, 3)`` as
+        ``(Mxx, Myy, Mxy)`` in pixels^2, and ``converged (n,)``; an image without positive
+        weighted light has NaN moments.
+    """
+    if iterations < 1:
+        raise ValueError(f"iterations must be at least 1, got {iterations}")
+    x = images.double()
+    H, W = x.shape[-2:]
+    yy = torch.arange(H, dtype=torch.float64)[:, None] - (H - 1) / 2
+    xx = torch.arange(W, dtype=torch.float64)[None, :] - (W - 1) / 2
+    n = x.shape[0]
+    # HSM's start: a round weight of 5 pixels at the stamp's centre (a galaxy with a companion
+    # or bright clumps has several fixed points; this start is the field's convention)
+    cx = torch.zeros(n, dtype=torch.float64)
+    cy = torch.zeros(n, dtype=torch.float64)
+    start = torch.full((n,), start_sigma**2, dtype=torch.float64)
+    mxx, myy, mxy = start.clone(), start.clone(), torch.zeros_like(start)
+    converged = torch.zeros_like(start, dtype=torch.bool)
+    for _ in range(iterations):
+        det = (mxx * myy - mxy**2)[:, None, None]
+        dx, dy = xx - cx[:, None, None], yy - cy[:, None, None]
+        rho2 = (myy[:, None, None] * dx**2 - 2 * mxy[:, None, None] * dx * dy
+                + mxx[:, None, None] * dy**2) / det  # fmt: skip
+        weighted = x * torch.exp(-0.5 * rho2)
+        flux = weighted.sum((-2, -1))
+        safe = torch.where(flux > 0, flux, torch.ones_like(flux))
+        ncx = cx + (weighted * dx).sum((-2, -1)) / safe
+        ncy = cy + (weighted * dy).sum((-2, -1)) / safe
+        ex, ey = xx - ncx[:, None, None], yy - ncy[:, None, None]
+        nxx = 2 * (weighted * ex**2).sum((-2, -1)) / safe
+        nyy = 2 * (weighted * ey**2).sum((-2, -1)) / safe
+        nxy = 2 * (weighted * ex * ey).sum((-2, -1)) / safe
+        # a weight that stays a proper (positive definite, inside the stamp) Gaussian
+        limit = float(max(H, W)) ** 2
+        nxx, nyy = nxx.clamp(0.25, limit), nyy.clamp(0.25, limit)
+        bound = 0.999 * torch.sqrt(nxx * nyy)
+        nxy = torch.maximum(torch.minimum(nxy, bound), -bound)
+        change = ((nxx - mxx).abs() + (nyy - myy).abs() + 2 * (nxy - mxy).abs()) / (mxx + myy)
+        converged = change < tolerance
+        cx, cy, mxx, myy, mxy = ncx, ncy, nxx, nyy, nxy
+        if bool(converged.all()):
+            break
+    bad = ~(flux > 0)
+    moments = torch.stack([mxx, myy, mxy], dim=-1)
+    moments[bad] = float("nan")
+    return torch.stack([cx, cy], dim=-1), moments, converged & ~bad
+
+
 def ellipticity(images: Tensor) -> Tensor:
-    """``|e| = sqrt(e1^2 + e2^2)`` from unweighted second moments of the positive part,
-    ``e1 = (Qxx - Qyy) / (Qxx + Qyy)``, ``e2 = 2 Qxy / (Qxx + Qyy)``: ``(n,)`` in ``[0, 1]``."""
-    _, _, _, (qxx, qyy), qxy = _moments(images)
-    trace = (qxx + qyy).clamp_min(1e-30)
-    return torch.sqrt(((qxx - qyy) / trace) ** 2 + (2 * qxy / trace) ** 2)
+    """``|e| = sqrt(e1^2 + e2^2)`` of the adaptive moments (:func:`adaptive_moments`),
+    ``e1 = (Mxx - Myy) / (Mxx + Myy)``, ``e2 = 2 Mxy / (Mxx + Myy)``: ``(n,)`` in ``[0, 1]``
+    (``(1 - q^2) / (1 + q^2)`` for an elliptical profile of axis ratio ``q``)."""
+    _, m, _ = adaptive_moments(images)
+    mxx, myy, mxy = m.unbind(-1)
+    trace = mxx + myy
+    return torch.sqrt(((mxx - myy) / trace) ** 2 + (2 * mxy / trace) ** 2)
 
 
 def half_light_radius(images: Tensor) -> Tensor:
-    """Radius (pixels) about the light centroid enclosing half the positive flux: ``(n,)``."""
-    x = images.double().clamp_min(0)
+    """Radius (pixels) about the light's adaptive centroid (:func:`adaptive_moments`) enclosing
+    half the flux: ``(n,)``. Pixels keep their sign, so zero-mean background noise adds as much
+    light as it takes away instead of pushing the radius out."""
+    x = images.double()
     H, W = x.shape[-2:]
-    flux, cx, cy, _, _ = _moments(x)
+    centroid, _, _ = adaptive_moments(x)
+    cx, cy = centroid.unbind(-1)
+    flux = x.sum((-2, -1))
     yy = torch.arange(H, dtype=torch.float64)[:, None] - (H - 1) / 2
     xx = torch.arange(W, dtype=torch.float64)[None, :] - (W - 1) / 2
     r = torch.sqrt((xx - cx[:, None, None]) ** 2 + (yy - cy[:, None, None]) ** 2).flatten(1)
@@ -409,6 +469,17 @@ def half_light_radius(images: Tensor) -> Tensor:
     cumulative = torch.gather(x.flatten(1), 1, order).cumsum(1)
     inside = (cumulative < flux[:, None] / 2).sum(1)
     return torch.gather(r, 1, order)[torch.arange(x.shape[0]), inside.clamp(max=H * W - 1)]
+
+
+def background_rms(images: Tensor) -> Tensor:
+    """Root mean square of the pixels at least half the stamp's width from its centre (the
+    corners, where every generated stamp is 0 to rounding after its border fade): ``(n,)``."""
+    x = images.double()
+    H, W = x.shape[-2:]
+    yy = torch.arange(H, dtype=torch.float64)[:, None] - (H - 1) / 2
+    xx = torch.arange(W, dtype=torch.float64)[None, :] - (W - 1) / 2
+    corners = torch.sqrt(xx**2 + yy**2) >= min(H, W) / 2
+    return x[:, corners].pow(2).mean(1).sqrt()
 
 
 def morphology(images: Tensor) -> dict[str, Tensor]:
