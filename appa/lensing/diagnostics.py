@@ -133,12 +133,15 @@ def compare_morphology(
     stats = {k: morphology(v) for k, v in (("s", samples), ("t", training), ("r", reference))}
     out: dict[str, dict[str, float]] = {}
     for key in stats["s"]:
-        s, t, r = stats["s"][key], stats["t"][key], stats["r"][key]
+        # a shape that could not be measured (no light, or a single bright pixel) is counted
+        s, t, r = (v[key][torch.isfinite(v[key])] for v in (stats["s"], stats["t"], stats["r"]))
         out[key] = {
             "ks": _ks(s, t),
             "ks_reference": _ks(r, t),
             "median_samples": float(s.median()),
             "median_training": float(t.median()),
+            "unmeasured_samples": int(samples.shape[0] - s.numel()),
+            "unmeasured_training": int(training.shape[0] - t.numel()),
         }
     profiles = {
         k: radial_profile(v).mean(0) for k, v in (("s", samples), ("t", training), ("r", reference))

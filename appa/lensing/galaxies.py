@@ -377,7 +377,7 @@ def radial_profile(images: Tensor, bins: int = 16, r_max: float | None = None) -
 
 
 def adaptive_moments(
-    images: Tensor, iterations: int = 100, tolerance: float = 1e-8, start_sigma: float = 5.0
+    images: Tensor, iterations: int = 100, tolerance: float = 1e-6, start_sigma: float = 5.0
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Adaptive second moments (Bernstein & Jarvis 2002, what GalSim's HSM ``FindAdaptiveMom``
     measures): the moments of the light weighted by the elliptical Gaussian that matches them,
@@ -397,7 +397,7 @@ def adaptive_moments(
     Returns:
         ``centroid (n, 2)`` as ``(x, y)`` pixels from the stamp's centre, ``moments (n, 3)`` as
         ``(Mxx, Myy, Mxy)`` in pixels^2, and ``converged (n,)``; an image without positive
-        weighted light has NaN moments.
+        weighted light, or whose weight shrinks onto a single pixel, has NaN moments.
     """
     if iterations < 1:
         raise ValueError(f"iterations must be at least 1, got {iterations}")
@@ -413,6 +413,7 @@ def adaptive_moments(
     start = torch.full((n,), start_sigma**2, dtype=torch.float64)
     mxx, myy, mxy = start.clone(), start.clone(), torch.zeros_like(start)
     converged = torch.zeros_like(start, dtype=torch.bool)
+    floor, limit = 0.25, float(max(H, W)) ** 2  # pixels^2: a weight within a pixel and the stamp
     for _ in range(iterations):
         det = (mxx * myy - mxy**2)[:, None, None]
         dx, dy = xx - cx[:, None, None], yy - cy[:, None, None]
@@ -428,8 +429,7 @@ def adaptive_moments(
         nyy = 2 * (weighted * ey**2).sum((-2, -1)) / safe
         nxy = 2 * (weighted * ex * ey).sum((-2, -1)) / safe
         # a weight that stays a proper (positive definite, inside the stamp) Gaussian
-        limit = float(max(H, W)) ** 2
-        nxx, nyy = nxx.clamp(0.25, limit), nyy.clamp(0.25, limit)
+        nxx, nyy = nxx.clamp(floor, limit), nyy.clamp(floor, limit)
         bound = 0.999 * torch.sqrt(nxx * nyy)
         nxy = torch.maximum(torch.minimum(nxy, bound), -bound)
         change = ((nxx - mxx).abs() + (nyy - myy).abs() + 2 * (nxy - mxy).abs()) / (mxx + myy)
@@ -437,30 +437,33 @@ def adaptive_moments(
         cx, cy, mxx, myy, mxy = ncx, ncy, nxx, nyy, nxy
         if bool(converged.all()):
             break
-    bad = ~(flux > 0)
+    # a weight shrunk to the floor has locked onto one bright pixel (a cusp or a clump), where
+    # the iteration has no fixed point: no shape is measured, as HSM fails on these
+    bad = ~(flux > 0) | (torch.minimum(mxx, myy) <= 1.001 * floor)
     moments = torch.stack([mxx, myy, mxy], dim=-1)
     moments[bad] = float("nan")
     return torch.stack([cx, cy], dim=-1), moments, converged & ~bad
 
 
-def ellipticity(images: Tensor) -> Tensor:
-    """``|e| = sqrt(e1^2 + e2^2)`` of the adaptive moments (:func:`adaptive_moments`),
-    ``e1 = (Mxx - Myy) / (Mxx + Myy)``, ``e2 = 2 Mxy / (Mxx + Myy)``: ``(n,)`` in ``[0, 1]``
-    (``(1 - q^2) / (1 + q^2)`` for an elliptical profile of axis ratio ``q``)."""
-    _, m, _ = adaptive_moments(images)
+def ellipticity(images: Tensor, moments: Tensor | None = None) -> Tensor:
+    """``|e| = sqrt(e1^2 + e2^2)`` of the adaptive moments (:func:`adaptive_moments`, or
+    ``moments (n, 3)`` already measured), ``e1 = (Mxx - Myy) / (Mxx + Myy)``,
+    ``e2 = 2 Mxy / (Mxx + Myy)``: ``(n,)`` in ``[0, 1]`` (``(1 - q^2) / (1 + q^2)`` for an
+    elliptical profile of axis ratio ``q``)."""
+    m = adaptive_moments(images)[1] if moments is None else moments
     mxx, myy, mxy = m.unbind(-1)
     trace = mxx + myy
     return torch.sqrt(((mxx - myy) / trace) ** 2 + (2 * mxy / trace) ** 2)
 
 
-def half_light_radius(images: Tensor) -> Tensor:
-    """Radius (pixels) about the light's adaptive centroid (:func:`adaptive_moments`) enclosing
-    half the flux: ``(n,)``. Pixels keep their sign, so zero-mean background noise adds as much
-    light as it takes away instead of pushing the radius out."""
+def half_light_radius(images: Tensor, centroid: Tensor | None = None) -> Tensor:
+    """Radius (pixels) about the light's adaptive centroid (:func:`adaptive_moments`, or
+    ``centroid (n, 2)`` already measured) enclosing half the flux: ``(n,)``. Pixels keep their
+    sign, so zero-mean background noise adds as much light as it takes away instead of pushing
+    the radius out."""
     x = images.double()
     H, W = x.shape[-2:]
-    centroid, _, _ = adaptive_moments(x)
-    cx, cy = centroid.unbind(-1)
+    cx, cy = (adaptive_moments(x)[0] if centroid is None else centroid).unbind(-1)
     flux = x.sum((-2, -1))
     yy = torch.arange(H, dtype=torch.float64)[:, None] - (H - 1) / 2
     xx = torch.arange(W, dtype=torch.float64)[None, :] - (W - 1) / 2
@@ -485,9 +488,10 @@ def background_rms(images: Tensor) -> Tensor:
 def morphology(images: Tensor) -> dict[str, Tensor]:
     """Per-image statistics the prior's quality checks compare: ``flux`` (sum of pixels),
     ``ellipticity``, ``half_light_radius`` (pixels) and ``peak`` (brightest pixel); ``(n,)``."""
+    centroid, moments, _ = adaptive_moments(images)
     return {
         "flux": images.double().flatten(1).sum(1),
-        "ellipticity": ellipticity(images),
-        "half_light_radius": half_light_radius(images),
+        "ellipticity": ellipticity(images, moments),
+        "half_light_radius": half_light_radius(images, centroid),
         "peak": images.double().flatten(1).max(1).values,
     }
