@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PRIOR = ROOT / "pipelines" / "priors" / "toy-earth-tiny"
 AE_STEP = "autoencoder/step-000001800"
 DN_STEP = "diffusion/step-000005000"
-LENSING = ROOT / "pipelines" / "priors" / "lensing-galaxies-tiny" / "step-000003000"
+LENSING = ROOT / "pipelines" / "priors" / "lensing-galaxies-tiny" / "step-000004000"
 
 
 def _copy(source: Path, tmp_path: Path, name: str = "prior") -> Path:
