@@ -200,3 +200,35 @@ def test_appa_baseline_sea_kinds_write_archives(sea, tmp_path):
     missing = runner.invoke(app, ["baseline", "sea-regression", "--out", str(tmp_path / "x"),
                                   *common])  # fmt: skip
     assert missing.exit_code == 2 and "needs observations" in missing.output
+
+
+def test_persistence_and_climatology_of_a_sea_read_the_whole_store(sea, tmp_path):
+    """``spec: null``: the forecast baselines of a sea read its own variables and depth levels
+    (the default spec is an atmosphere's); EnOI, which needs a spec, says so."""
+    from appa.cli import app
+    from appa.io.archive import open_archive
+
+    truth, _ = sea
+    store = tmp_path / "sea.zarr"
+    truth.to_zarr(store, zarr_format=2, consolidated=True)
+    runner = CliRunner()
+    common = ["--truth", str(store), "--start", "2000-07-21", "--end", "2000-07-24",
+              "--lead-time", "1D", "--lead-time", "3D", "--set", "spec=null",
+              "--set", f"train_start={TRAIN[0]}", "--set", f"train_end={TRAIN[1]}"]  # fmt: skip
+    result = runner.invoke(app, ["baseline", "persistence", "--out", str(tmp_path / "p"),
+                                 *common])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["baseline", "climatology", "--out", str(tmp_path / "c"),
+                                 *common, "--set", "window_days=30"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    p = open_archive(tmp_path / "p")
+    assert p.sizes["level"] == truth.sizes["level"] and p.sizes["lead_time"] == 2
+    # persistence at lead 3 days of the start 2000-07-21 is the truth of that day
+    got = p["oxygen"].isel(time=0, lead_time=1).squeeze(drop=True).values
+    want = truth["oxygen"].sel(time="2000-07-21").values
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got[~np.isnan(got)], want[~np.isnan(want)], rtol=1e-6)
+    assert open_archive(tmp_path / "c").sizes["level"] == truth.sizes["level"]
+    enoi = runner.invoke(app, ["baseline", "enoi", "--out", str(tmp_path / "e"),
+                               *common[:6], "--set", "spec=null"])  # fmt: skip
+    assert enoi.exit_code == 2 and "needs a state spec" in enoi.output

@@ -123,6 +123,7 @@ def test_every_pipeline_config_validates():
         "train_diffusion_toy_sea.yaml": TrainDiffusionConfig,
         "reanalysis_toy_sea_surface.yaml": AssimilateConfig,
         "reanalysis_toy_sea_floats.yaml": AssimilateConfig,
+        "forecast_toy_sea.yaml": AssimilateConfig,
     }
     paths = sorted((ROOT / "pipelines" / "configs").glob("*.yaml"))
     assert paths

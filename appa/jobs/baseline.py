@@ -45,7 +45,11 @@ class BaselineConfig(StrictModel):
     end: Timestamp = Field("2003-01-07T18:00:00", description="last analysis / initialisation time")
     train_start: Timestamp = "2000-01-01T00:00:00"
     train_end: Timestamp = "2001-12-31T23:59:00"
-    spec: StateSpec = Field(default_factory=_tiny_spec)
+    spec: StateSpec | None = Field(
+        default_factory=_tiny_spec,
+        description="variables and levels read from the truth (null: all of the store's, as "
+        "a sea's truth holds them; climatology and persistence)",
+    )
     lead_times: list[str] = Field(
         default_factory=list,
         description="e.g. ['6h', '1D']: forecast layout (climatology, persistence)",
@@ -84,7 +88,11 @@ KINDS = ("climatology", "persistence", "enoi", "sea-climatology", "sea-regressio
 
 def _open(job: BaselineConfig, kind: str = "climatology") -> xr.Dataset:
     # a sea's baselines read its own variables, depth levels and statics, not the spec's
-    return job.truth.open() if kind.startswith("sea-") else job.truth.open(spec=job.spec)
+    if kind.startswith("sea-") or job.spec is None:
+        if kind == "enoi":
+            raise ValueError("enoi needs a state spec (spec: null reads the whole store)")
+        return job.truth.open()
+    return job.truth.open(spec=job.spec)
 
 
 def _sea_baseline(kind: str, job: BaselineConfig, ds: xr.Dataset, times: pd.DatetimeIndex):
