@@ -241,3 +241,8 @@ def test_diverged_samples_are_counted_and_left_out():
     samples[3, 2, 1] = float("inf")
     kept, dropped = finite_samples(samples)
     assert dropped == 2 and kept.shape == (2, 3, 3) and torch.isfinite(kept).all()
+    # a finite sample far beyond anything the sampler starts from has diverged too
+    samples[2, 1, 1] = -7e4
+    kept, dropped = finite_samples(samples, bound=300.0)
+    assert dropped == 3 and kept.shape == (1, 3, 3)
+    assert finite_samples(samples, bound=1e5)[1] == 2

@@ -39,6 +39,7 @@ __all__ = [
     "SetupConfig",
     "SimulateConfig",
     "TrainConfig",
+    "divergence_bound",
     "finite_samples",
     "run_diagnose",
     "run_export",
@@ -677,11 +678,21 @@ def _observations(cfg: LensingConfig) -> list[dict[str, Any]]:
     ]
 
 
-def finite_samples(samples: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """The samples without any non-finite value, and how many were dropped (a diverged
-    sample is reported, never averaged in)."""
-    keep = torch.isfinite(samples.flatten(1)).all(1)
+def finite_samples(samples: torch.Tensor, bound: float | None = None) -> tuple[torch.Tensor, int]:
+    """The samples whose every value is finite and, with ``bound``, at most ``bound`` in
+    magnitude, and how many were dropped (a diverged sample is reported, never averaged in)."""
+    flat = samples.flatten(1)
+    keep = torch.isfinite(flat).all(1)
+    if bound is not None:
+        keep &= (flat.abs() <= bound).all(1)
     return samples[keep], int((~keep).sum())
+
+
+def divergence_bound(prior) -> float:
+    """Ten times the noise a sample starts from (``scale * sigma_max``, surface brightness): no
+    galaxy comes near it (the training stamps' brightest pixel is a third of it), a sample
+    beyond it has diverged."""
+    return 10.0 * prior.scale * prior.sigma_max
 
 
 def reconstruct_one(
@@ -739,7 +750,7 @@ def run_reconstruct(cfg: LensingConfig) -> Path:
         draws, operator, seconds = reconstruct_one(
             cfg, prior, obs, rc.samples, rc.sampling, rc.seed
         )
-        draws, dropped = finite_samples(draws)
+        draws, dropped = finite_samples(draws, divergence_bound(prior))
         var = obs["noise_std"] ** 2
         image = obs["image"]
         mean = draws.mean(0)
@@ -747,7 +758,7 @@ def run_reconstruct(cfg: LensingConfig) -> Path:
             "observation": obs["name"],
             "method": rc.sampling.method,
             "samples": rc.samples,
-            "nonfinite_samples": dropped,
+            "diverged_samples": dropped,
             "seconds": seconds,
             "samples_per_second": rc.samples / seconds,
             "reduced_chi_square": dg.reduced_chi_square(operator, mean, image, var),
@@ -913,10 +924,10 @@ def _diagnose_lens(
             cfg, prior, obs, d.samples, sampling, d.seed + 1000 * i
         )
         cpu_seconds = time.process_time() - cpu
-        samples, dropped = finite_samples(samples)
+        samples, dropped = finite_samples(samples, divergence_bound(prior))
         mean = samples.mean(0)
         entry[name] = {
-            "nonfinite_samples": dropped,
+            "diverged_samples": dropped,
             "reduced_chi_square": dg.reduced_chi_square(operator, mean, row["image"], var),
             "rmse": dg.source_rmse(mean, truth),
             "rmse_galaxy": dg.source_rmse(mean, truth, where),
@@ -1009,12 +1020,12 @@ def _diagnose_wrong_lens(cfg: LensingConfig, prior, row: dict[str, Any]) -> list
         samples, operator, _ = reconstruct_one(
             cfg, prior, obs, d.error_samples, mmps, d.seed + 7 + 1000 * i, lenses=wrong
         )
-        samples, dropped = finite_samples(samples)
+        samples, dropped = finite_samples(samples, divergence_bound(prior))
         rows.append(
             {
                 "lens": i,
                 "theta_e_error": rel,
-                "nonfinite_samples": dropped,
+                "diverged_samples": dropped,
                 **_galaxy_scores(operator, samples, row, obs, where, d.levels, final_noise),
             }
         )
@@ -1056,11 +1067,11 @@ def _diagnose_fit(cfg: LensingConfig, prior, row: dict[str, Any], coarse) -> dic
     samples, operator, _ = reconstruct_one(
         cfg, prior, obs, d.error_samples, mmps, d.seed + 7 + 1000 * i
     )
-    samples, dropped = finite_samples(samples)
+    samples, dropped = finite_samples(samples, divergence_bound(prior))
     where = dg.galaxy_pixels(row["source"])
     result = {
         "lens": i,
-        "nonfinite_samples": dropped,
+        "diverged_samples": dropped,
         "start_theta_e_error": rel,
         "fitted_theta_e_error": fit.params["theta_e"] / row["theta_e"] - 1,
         "fitted": fit.params,
@@ -1092,8 +1103,8 @@ def _summary(per_lens: list[dict[str, Any]]) -> dict[str, Any]:
             )
             if key in rows[0]
         }
-        if "nonfinite_samples" in rows[0]:
-            summary[method]["nonfinite_samples"] = sum(r["nonfinite_samples"] for r in rows)
+        if "diverged_samples" in rows[0]:
+            summary[method]["diverged_samples"] = sum(r["diverged_samples"] for r in rows)
         for key in ("coverage", "coverage_galaxy"):
             if key in rows[0]:
                 summary[method][key] = {
