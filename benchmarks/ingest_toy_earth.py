@@ -33,14 +33,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _commands import ROOT, appa
 
-ROOT = Path(__file__).resolve().parents[1]
 PRIOR = ROOT / "pipelines" / "priors" / "toy-earth-tiny"
 CONFIG = ROOT / "pipelines" / "configs" / "reanalysis_toy_earth.yaml"
 VARIABLES = ("2m_temperature", "mean_sea_level_pressure", "temperature", "geopotential")
@@ -64,20 +62,6 @@ INGEST_ERRORS = {
     "errors.table.temp.temperature": "0.8",
     "errors.table.temp.geopotential": "100.0",
 }
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def appa(*args: str) -> str:
-    """Runs ``appa ARGS`` (printed as a user would type it); its output, or exit on failure."""
-    command = shutil.which("appa", path=str(Path(sys.executable).parent)) or "appa"
-    log("appa " + " ".join(args))
-    done = subprocess.run([command, *args], capture_output=True, text=True, cwd=ROOT)
-    if done.returncode != 0:
-        sys.exit(f"appa {args[0]} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return done.stdout
 
 
 def sets(settings: dict[str, str]) -> list[str]:

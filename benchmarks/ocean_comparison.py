@@ -43,16 +43,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
+from _commands import ROOT, appa
 
-ROOT = Path(__file__).resolve().parents[1]
 PRIOR = ROOT / "pipelines" / "priors" / "toy-sea-tiny"
 OBSERVE = ROOT / "pipelines" / "configs" / "observe_sea.yaml"
 CONFIGS = {
@@ -62,22 +60,6 @@ CONFIGS = {
 VALIDATION_YEAR, TEST_YEAR = 2002, 2003
 TRAIN = ("2000-01-01", "2001-12-31")  # the prior's training years; the baselines' too
 SEASON = ("06-01", "11-30")  # the shelf's hypoxia season, June to November
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def appa(*args: str) -> str:
-    """Runs ``appa ARGS`` (printed as a user would type it); its output, or exit on failure."""
-    command = shutil.which("appa", path=str(Path(sys.executable).parent)) or "appa"
-    log("appa " + " ".join(args))
-    # wide enough for evaluate-sea's ten-column tables without wrapping their cells
-    env = {**os.environ, "COLUMNS": "200"}
-    done = subprocess.run([command, *args], capture_output=True, text=True, cwd=ROOT, env=env)
-    if done.returncode != 0:
-        sys.exit(f"appa {args[0]} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return done.stdout
 
 
 def window_length(config: Path) -> int:

@@ -28,17 +28,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _commands import ROOT, appa
 
-ROOT = Path(__file__).resolve().parents[1]
 PRIOR = ROOT / "pipelines" / "priors" / "toy-sea-tiny"
 OBSERVE = ROOT / "pipelines" / "configs" / "observe_sea.yaml"
 REANALYSIS = ROOT / "pipelines" / "configs" / "reanalysis_toy_sea_floats.yaml"
@@ -46,21 +42,6 @@ FORECAST = ROOT / "pipelines" / "configs" / "forecast_toy_sea.yaml"
 TRAIN = ("2000-01-01", "2001-12-31")
 BANDS = {"0-50 m": (0.0, 50.0), "50-200 m": (50.0, 200.0), "200-1000 m": (200.0, 1000.0)}
 VARIABLES = ("temperature", "salinity", "oxygen", "chlorophyll")
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def appa(*args: str) -> str:
-    """Runs ``appa ARGS`` (printed as a user would type it); its output, or exit on failure."""
-    command = shutil.which("appa", path=str(Path(sys.executable).parent)) or "appa"
-    log("appa " + " ".join(args))
-    env = {**os.environ, "COLUMNS": "200"}
-    done = subprocess.run([command, *args], capture_output=True, text=True, cwd=ROOT, env=env)
-    if done.returncode != 0:
-        sys.exit(f"appa {args[0]} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return done.stdout
 
 
 def band_means(scores, metric: str = "rmse") -> dict:
