@@ -276,6 +276,21 @@ def test_an_archive_on_a_subset_of_the_truths_levels_is_scored_on_those():
         evaluate_sea({"a": moved}, truth, VALIDATION)
 
 
+def test_figures_of_an_archive_on_a_subset_of_the_truths_levels(tmp_path):
+    from appa.metrics.plots import plot_bottom_oxygen, plot_sea_section
+
+    truth = tiny_sea(DAYS)
+    x = {v: truth[v].values[None] for v in ("temperature", "salinity", "oxygen")}
+    archive = as_archive(x, truth).isel(level=[0, 1, 2])
+    section = plot_sea_section(archive, truth, "oxygen", "2004-07-03", tmp_path / "s.png",
+                               line=((0.0, 0.0), (2.0, 3.0)))  # fmt: skip
+    bottom = plot_bottom_oxygen(archive, truth, "2004-07-03", tmp_path / "b.png")
+    assert section.stat().st_size > 0 and bottom.stat().st_size > 0
+    with pytest.raises(EvaluationError, match="not levels of the truth"):
+        moved = archive.assign_coords(level=archive["level"].values + 1.0)
+        plot_sea_section(moved, truth, "oxygen", "2004-07-03", tmp_path / "m.png")
+
+
 def test_a_json_score_table_is_replaced_with_overwrite_and_a_users_json_is_not(tmp_path):
     from appa.files import OutputExistsError
     from appa.metrics.ocean import write_sea_scores

@@ -57,6 +57,7 @@ __all__ = [
     "hypoxia_probability",
     "sea_summary",
     "select_threshold",
+    "truth_on_levels",
     "write_sea_scores",
 ]
 
@@ -258,6 +259,13 @@ def _held_levels(name: str, ds: xr.Dataset, truth: xr.Dataset) -> np.ndarray:
             f"{levels.tolist()} in the same order"
         )
     return index
+
+
+def truth_on_levels(archive: xr.Dataset, truth: xr.Dataset, name: str = "archive") -> xr.Dataset:
+    """The truth (every variable with a ``level`` dimension, ``sea_mask`` included) on the
+    levels ``archive`` holds, a subset of the truth's as a prior's state keeps; an archive on
+    other levels or another grid is an :class:`EvaluationError` naming ``name``."""
+    return truth.isel(level=_held_levels(name, archive, truth))
 
 
 def _blocks(n: int, size: int) -> list[slice]:

@@ -246,7 +246,10 @@ def plot_sea_section(
     """Depth-distance sections of ``variable`` at ``time`` along ``line`` (two (lat, lon)
     points, nearest cells): truth, ensemble mean, mean minus truth and ensemble spread
     (``ddof=1``); depths to ``max_depth_m`` (None: all). Returns ``out``."""
+    from appa.metrics.ocean import truth_on_levels
+
     t = _day(prediction, time)
+    truth = truth_on_levels(prediction, truth)
     iy, ix, dist = _section_cells(truth["latitude"].values, truth["longitude"].values, line)
     pick = {"latitude": xr.DataArray(iy, dims="x"), "longitude": xr.DataArray(ix, dims="x")}
     pred = prediction[variable].sel(time=t).isel(pick).load()
@@ -289,9 +292,10 @@ def plot_bottom_oxygen(
     hypoxia, with the truth's hypoxic area (black contour) and the cells the archive flags
     (probability >= ``flag_threshold``, red contour) on the shelf. Returns ``out``."""
     from appa.data.toy_sea import HYPOXIA_THRESHOLD, SHELF_DEPTH_M, bottom_values
-    from appa.metrics.ocean import hypoxia_probability
+    from appa.metrics.ocean import hypoxia_probability, truth_on_levels
 
     t = _day(prediction, time)
+    truth = truth_on_levels(prediction, truth)
     mask = truth["sea_mask"].values.astype(bool)
     shelf = mask.any(axis=0) & (truth["sea_floor_depth"].values < SHELF_DEPTH_M)
     true = bottom_values(truth["oxygen"].sel(time=t).values, mask)
