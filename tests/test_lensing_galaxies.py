@@ -131,6 +131,11 @@ def test_shapes_and_sizes_ignore_background_noise_that_unweighted_moments_see(ga
         shift = (dirty[key] - clean[key])[both].abs().median() / clean[key][both].abs().median()
         assert shift < 0.02, (key, float(shift))
     assert background_rms(images).max() < 1e-9 * images.std()
+    # moments measured once and handed on give the same statistics and profiles
+    measured = adaptive_moments(images)
+    for key, value in morphology(images, measured).items():
+        assert torch.equal(value.nan_to_num(-1), clean[key].nan_to_num(-1)), key
+    assert torch.equal(radial_profile(images, centroid=measured[0]), radial_profile(images))
     assert background_rms(noisy).median() == pytest.approx(0.01 * float(images.std()), rel=0.1)
 
 

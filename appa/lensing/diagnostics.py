@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from appa.files import written_whole
-from appa.lensing.galaxies import background_rms, morphology, radial_profile
+from appa.lensing.galaxies import adaptive_moments, background_rms, morphology, radial_profile
 from appa.lensing.operator import LensingOperator
 
 __all__ = [
@@ -130,7 +130,10 @@ def compare_morphology(
     relative difference of mean radial profiles (``profile``), against the reference's, and the
     background in the stamps' corners (``background``: median RMS, where every generated stamp
     is 0; as a fraction of the training pixels' standard deviation too)."""
-    stats = {k: morphology(v) for k, v in (("s", samples), ("t", training), ("r", reference))}
+    sets = {"s": samples, "t": training, "r": reference}
+    # the adaptive moments (iterations over every stamp) serve the statistics and the profiles
+    adaptive = {k: adaptive_moments(v) for k, v in sets.items()}
+    stats = {k: morphology(v, adaptive[k]) for k, v in sets.items()}
     out: dict[str, dict[str, float]] = {}
     for key in stats["s"]:
         # a shape that could not be measured (no light, or a single bright pixel) is counted
@@ -143,9 +146,7 @@ def compare_morphology(
             "unmeasured_samples": int(samples.shape[0] - s.numel()),
             "unmeasured_training": int(training.shape[0] - t.numel()),
         }
-    profiles = {
-        k: radial_profile(v).mean(0) for k, v in (("s", samples), ("t", training), ("r", reference))
-    }
+    profiles = {k: radial_profile(v, centroid=adaptive[k][0]).mean(0) for k, v in sets.items()}
     peak = profiles["t"].max()
     out["profile"] = {
         "max_difference": float((profiles["s"] - profiles["t"]).abs().max() / peak),

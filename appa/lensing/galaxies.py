@@ -356,14 +356,15 @@ def read_galaxies(
         return images, params, dict(dataset.attrs)
 
 
-def radial_profile(images: Tensor, bins: int = 16, r_max: float | None = None) -> Tensor:
+def radial_profile(
+    images: Tensor, bins: int = 16, r_max: float | None = None, centroid: Tensor | None = None
+) -> Tensor:
     """Azimuthally averaged profiles about each image's adaptive centroid
-    (:func:`adaptive_moments`): ``(n, bins)`` mean pixel values in rings of equal width out to
-    ``r_max`` pixels (default: half the width)."""
+    (:func:`adaptive_moments`, or ``centroid (n, 2)`` already measured): ``(n, bins)`` mean
+    pixel values in rings of equal width out to ``r_max`` pixels (default: half the width)."""
     x = images.double()
     H, W = x.shape[-2:]
-    centroid, _, _ = adaptive_moments(x)
-    cx, cy = centroid.unbind(-1)
+    cx, cy = (adaptive_moments(x)[0] if centroid is None else centroid).unbind(-1)
     yy = torch.arange(H, dtype=torch.float64)[:, None] - (H - 1) / 2
     xx = torch.arange(W, dtype=torch.float64)[None, :] - (W - 1) / 2
     r = torch.sqrt((xx - cx[:, None, None]) ** 2 + (yy - cy[:, None, None]) ** 2)
@@ -485,10 +486,13 @@ def background_rms(images: Tensor) -> Tensor:
     return x[:, corners].pow(2).mean(1).sqrt()
 
 
-def morphology(images: Tensor) -> dict[str, Tensor]:
+def morphology(
+    images: Tensor, adaptive: tuple[Tensor, Tensor, Tensor] | None = None
+) -> dict[str, Tensor]:
     """Per-image statistics the prior's quality checks compare: ``flux`` (sum of pixels),
-    ``ellipticity``, ``half_light_radius`` (pixels) and ``peak`` (brightest pixel); ``(n,)``."""
-    centroid, moments, _ = adaptive_moments(images)
+    ``ellipticity``, ``half_light_radius`` (pixels) and ``peak`` (brightest pixel); ``(n,)``.
+    ``adaptive``: :func:`adaptive_moments` of ``images`` when already measured."""
+    centroid, moments, _ = adaptive_moments(images) if adaptive is None else adaptive
     return {
         "flux": images.double().flatten(1).sum(1),
         "ellipticity": ellipticity(images, moments),

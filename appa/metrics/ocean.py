@@ -43,7 +43,7 @@ from appa.data.toy_sea import (
     mixed_layer_depth,
 )
 from appa.files import PRODUCT_ATTR, written_whole
-from appa.metrics.wb2 import EvaluationError, latitude_weights
+from appa.metrics.wb2 import EvaluationError, latitude_weights, open_truth
 
 __all__ = [
     "BANDS",
@@ -296,12 +296,7 @@ def evaluate_sea(
     hypoxic cell-days per range of floor depth) and ``ensemble_size(system)``."""
     if not archives:
         raise EvaluationError("no archive to evaluate")
-    source = "dataset"
-    if not isinstance(truth, xr.Dataset):
-        from appa.data.sources import open_era5
-
-        source = str(truth)
-        truth = open_era5(truth)
+    source, truth = open_truth(truth)
     for need in ("sea_mask", "sea_floor_depth", "temperature", "salinity", "oxygen"):
         if need not in truth:
             raise EvaluationError(f"the truth {source} lacks {need!r} (a toy-sea store has it)")

@@ -18,7 +18,7 @@ import xarray as xr
 from appa.data.layout import level_key
 from appa.files import PRODUCT_ATTR, written_whole
 from appa.io.archive import ArchiveError, open_archive, read_errors_named
-from appa.metrics.wb2 import EvaluationError, check_finite, evaluate, time_mean
+from appa.metrics.wb2 import EvaluationError, check_finite, evaluate, open_truth, time_mean
 
 __all__ = ["evaluate_archives", "summary_table", "write_table"]
 
@@ -35,12 +35,7 @@ def evaluate_archives(
     along ``system`` in the given order (lead times or levels a system lacks are NaN)."""
     if not archives:
         raise EvaluationError("no archive to evaluate")
-    source = "dataset"
-    if not isinstance(truth, xr.Dataset):
-        from appa.data.sources import open_era5
-
-        source = str(truth)
-        truth = open_era5(truth)
+    source, truth = open_truth(truth)
     tables = []
     for name, archive in archives.items():
         try:

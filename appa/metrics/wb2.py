@@ -30,6 +30,7 @@ Everything is expressed with xarray operations, so dask-backed inputs stay lazy 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -45,6 +46,7 @@ __all__ = [
     "crps_fair",
     "evaluate",
     "latitude_weights",
+    "open_truth",
     "spatial_mean",
     "time_mean",
 ]
@@ -57,6 +59,16 @@ IN_MEMORY_BYTES = 512 * 2**20
 
 class EvaluationError(ValueError):
     """A prediction and a truth that cannot be compared; the message names the culprit."""
+
+
+def open_truth(truth: str | Path | xr.Dataset) -> tuple[str, xr.Dataset]:
+    """The truth as a dataset (a store :func:`appa.data.open_era5` reads, or a dataset as
+    given) and how to name it in messages and attributes (its path, or ``"dataset"``)."""
+    if isinstance(truth, xr.Dataset):
+        return "dataset", truth
+    from appa.data.sources import open_era5
+
+    return str(truth), open_era5(truth)
 
 
 def latitude_weights(latitude: xr.DataArray | Sequence[float] | np.ndarray) -> xr.DataArray:
