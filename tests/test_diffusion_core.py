@@ -230,6 +230,37 @@ def test_cg_stops_at_negative_curvature_and_leaves_other_systems_alone():
     assert (op(u)[1] - b[1]).norm() < b[1].norm() * 10
 
 
+def test_cg_floor_stops_where_the_covariance_part_is_negative():
+    """``Sigma_y + K`` with ``K`` (a Tweedie covariance) negative in one direction, nearly
+    cancelling the noise there: positive definite, so plain CG takes a step of ~1/1e-4 along
+    it; with the noise as floor, CG stops before it. A positive semi-definite ``K`` never
+    trips the floor (bitwise the same iterates)."""
+    g = torch.Generator().manual_seed(6)
+    B, m = 2, 12
+    noise = torch.full((m,), 0.5, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(m, m, generator=g, dtype=torch.float64))
+    psd = q @ torch.diag(torch.linspace(0.1, 4.0, m, dtype=torch.float64)) @ q.T
+    eigenvalues = torch.linspace(0.1, 4.0, m, dtype=torch.float64)
+    eigenvalues[0] = -0.5 + 1e-4  # noise + K: eigenvalue 1e-4 along q[:, 0]
+    indefinite = q @ torch.diag(eigenvalues) @ q.T
+    K = torch.stack([psd, indefinite])
+    b = torch.randn(B, m, generator=g, dtype=torch.float64)
+
+    def system(u):
+        return noise * u + (K @ u[..., None])[..., 0]
+
+    def floor(u):
+        return noise * u
+
+    plain = cg(system, b, iterations=m)
+    guarded = cg(system, b, iterations=m, floor=floor)
+    assert torch.equal(guarded[0], plain[0])  # a true covariance: untouched
+    assert plain[1].norm() > 100 * b[1].norm()  # the near-cancelling direction blows up
+    assert torch.isfinite(guarded).all()
+    # stopped: no larger than a solve of the noise alone could make it
+    assert guarded[1].norm() <= b[1].norm() / noise.min() * 1.0001
+
+
 def test_gmres_solves_non_symmetric_systems():
     g = torch.Generator().manual_seed(4)
     m = 8

@@ -4,7 +4,10 @@ The operator acts on ``(B, m)`` tensors in the caller's dtype; the iterations th
 ``dtype`` (float64 by default). Every iteration runs regardless of convergence, so no value is
 ever read back to the host and a GPU never waits; denominators are clamped so that a converged
 system stays finite, and CG stops a system's iterations at a direction of non-positive
-curvature (an indefinite ``A``), keeping its iterate.
+curvature (an indefinite ``A``), keeping its iterate. Given a ``floor`` ``F`` whose curvature
+``A`` must exceed (MMPS: ``A = Sigma_y + A Sigma_t A^T`` with ``F = Sigma_y``), CG also stops
+where ``p.A p < p.F p``: a direction in which the model of ``A - F`` (there, a covariance)
+is wrong, and in which a positive but tiny ``p.A p`` would take a step without bound.
 """
 
 from __future__ import annotations
@@ -23,13 +26,23 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).sum(-1, keepdim=True)
 
 
-def cg(A: Operator, b: Tensor, iterations: int, dtype: torch.dtype = torch.float64) -> Tensor:
+def cg(
+    A: Operator,
+    b: Tensor,
+    iterations: int,
+    dtype: torch.dtype = torch.float64,
+    floor: Operator | None = None,
+    floor_tolerance: float = 1e-3,
+) -> Tensor:
     """Conjugate gradients for a symmetric positive (semi-)definite ``A``.
 
     Arguments:
         A: ``(B, m) -> (B, m)``.
         b: Right-hand side ``(B, m)``.
         iterations: Number of iterations (``m`` iterations solve exactly in exact arithmetic).
+        floor: ``F``, ``(B, m) -> (B, m)``, with ``A - F`` positive semi-definite when ``A`` is
+            right; a direction with ``p.A p < (1 - floor_tolerance) p.F p`` ends that system's
+            iterations. The tolerance absorbs rounding of ``A`` in the caller's dtype.
 
     Returns:
         ``u`` of shape ``(B, m)`` in the dtype of ``b``.
@@ -47,6 +60,9 @@ def cg(A: Operator, b: Tensor, iterations: int, dtype: torch.dtype = torch.float
         # (MMPS's Tweedie covariance is a network's Jacobian), ends that system's iterations:
         # it keeps its iterate so far instead of a step of rr / tiny
         active = active & (pAp > 0)
+        if floor is not None:
+            pFp = _dot(p, floor(p.to(b.dtype)).to(dtype))
+            active = active & (pAp >= (1 - floor_tolerance) * pFp)
         alpha = rr / pAp.clamp(min=tiny)
         u = torch.where(active, u + alpha * p, u)
         r = torch.where(active, r - alpha * Ap, r)

@@ -194,7 +194,9 @@ class MMPSDenoiser(_Guided):
         r = obs.residual(y_hat.detach())
         log_lik = None
         if self.solver == "cg":
-            u = cg(system, r, self.iterations)
+            # a Tweedie covariance of a network can be indefinite in some direction; there the
+            # system's curvature falls below the noise's and CG would step without bound
+            u = cg(system, r, self.iterations, floor=obs.noise_cov)
         elif self.solver == "gmres":
             u = gmres(system, r, self.iterations)
         else:
