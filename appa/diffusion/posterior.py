@@ -124,7 +124,8 @@ class MMPSDenoiser(_Guided):
     Arguments:
         prior: The prior denoiser.
         observation: The observation.
-        solver: ``"cg"`` (symmetric positive definite systems), ``"gmres"`` or ``"direct"``
+        solver: ``"cg"`` (symmetric positive definite systems; a system's iterations end
+            where its curvature falls below the noise's), ``"gmres"`` or ``"direct"``
             (exact, materialises the ``m x m`` system; for small ``m``).
         iterations: Krylov iterations (ignored by ``"direct"``).
         covariance: ``"tweedie"`` (the denoiser's Jacobian) or ``"heuristic"``:
