@@ -4,7 +4,8 @@ With ``--prior`` and ``--truth`` (a held-out period): the autoencoder's reconstr
 (area-weighted over the sea's cells; physical units and units of each channel's standard
 deviation) and the climate of unconditional prior trajectories against the data's
 (:func:`appa.assimilation.quality.prior_quality`: mean error in data standard deviations,
-standard-deviation ratio, lag-1 autocorrelation), each aggregated by variable over depth bands.
+standard-deviation ratio, lag-1 autocorrelation), each aggregated by variable over depth bands,
+and the shelf's hypoxic bottom cells of the period as the autoencoder gives them back.
 With ``--archive`` (a reanalysis of that truth), the ensemble mean's RMSE against the truth over
 the sea, the ensemble spread and the spread/skill ratio (spread times ``sqrt((M + 1) / M)``
 over the RMSE), by variable and depth band, beside the RMSE of the mean of each calendar day
@@ -84,6 +85,41 @@ def prior_figures(prior_path: Path, truth: str, period: tuple[str, str], samples
         "sample_lag1": _grouped(channels, np.where(varying, climate.lag1_samples, np.nan)),
         "data_lag1": _grouped(channels, np.where(varying, climate.lag1_data, np.nan)),
         "mean_reconstruction_rmse_standardised": round(float(standardised.mean()), 4),
+        "shelf_bottom_oxygen": shelf_hypoxia_figures(prior, ds, truth),
+    }
+
+
+def shelf_hypoxia_figures(prior, ds: xr.Dataset, truth: str) -> dict:
+    """The shelf's hypoxic bottom cell-days of the period (bottom oxygen below 63 mmol m^-3 on
+    floors above 100 m) as the truth has them and as the autoencoder gives them back: its
+    reconstruction bounds what any posterior through the decoder can flag."""
+    import torch
+
+    from appa.data import stack
+    from appa.metrics.ocean import HYPOXIA_THRESHOLD, SHELF_DEPTH_M, bottom_values
+
+    static = xr.open_zarr(truth)
+    levels = [float(v) for v in ds["level"].values]
+    mask = static["sea_mask"].sel(level=levels).values.astype(bool)
+    shelf = mask.any(axis=0) & (static["sea_floor_depth"].values < SHELF_DEPTH_M)
+    x, _ = stack(ds, prior.spec)
+    states = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    decoded = prior.decode(prior.encode(prior.fill_masked(states))).numpy()
+    oxygen = [i for i, (name, _) in enumerate(prior.spec.channels) if name == "oxygen"]
+    true_bottom = bottom_values(ds["oxygen"].values.astype(np.float64), mask)
+    coded_bottom = bottom_values(decoded[:, oxygen].astype(np.float64), mask)
+    hypoxic = (true_bottom < HYPOXIA_THRESHOLD) & shelf
+    if not hypoxic.any():
+        return {"hypoxic_cell_days": 0}
+    return {
+        "hypoxic_cell_days": int(hypoxic.sum()),
+        "truth_median": round(float(np.median(true_bottom[hypoxic])), 1),
+        "reconstruction_median": round(float(np.median(coded_bottom[hypoxic])), 1),
+        "reconstruction_min": round(float(coded_bottom[hypoxic].min()), 1),
+        "reconstruction_still_hypoxic": round(
+            float((coded_bottom[hypoxic] < HYPOXIA_THRESHOLD).mean()), 3
+        ),
+        "reconstruction_hypoxic_cell_days": int(((coded_bottom < HYPOXIA_THRESHOLD) & shelf).sum()),
     }
 
 
