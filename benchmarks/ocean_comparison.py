@@ -29,14 +29,12 @@ tables and the seconds of each step, and writes ``outputs/benchmarks/ocean_compa
     nice -n 10 python benchmarks/ocean_comparison.py --quick    # 2 windows a year, 2 members
 
 Expected time of the full comparison (13 windows a year, 4 members), from timings measured on
-the shared 2-core CPU machine (2026-12-07, ``nice -n 10``, load about 1.5): the quick run took
-511 s (observe 113 s for both stores of 4 years; 25 s per 14-day window of 2 members; each
-baseline call 12 s (climatology) and 40 s (regression) over 42 days; joining 4 s; evaluation
-5 s); one 15-day window of 4 members took 43 s and the regression with floats over the whole
-2003 season with 4 members 50 s. So: 52 windows (2 years x 13 x 2 systems) at about 42 s,
-36 min; the six baseline calls about 4 min; observing 2 min; joining and evaluating 366 days
-of five archives about 2-3 min: about 45 min in all, and about 30 min with ``--every 2``
-(7 windows a year).
+the shared 2-core CPU machine (2026-12-07, ``nice -n 10``): with the configs' 8 solver
+iterations one 14-day window of 4 members takes about 110 s alone (230 s with a one-thread job
+beside it); observing both stores of 4 years about 2 min; the six baseline calls about 7 min;
+joining and evaluating 366 days of five archives about 3 min. So 52 windows (2 years x 13 x 2
+systems) take about 1.6 hours alone, ``--every 2`` about 50 min and ``--every 4`` about 30 min
+(4260 s with the one-thread job beside it).
 """
 
 from __future__ import annotations
