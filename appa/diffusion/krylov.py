@@ -5,9 +5,10 @@ The operator acts on ``(B, m)`` tensors in the caller's dtype; the iterations th
 ever read back to the host and a GPU never waits; denominators are clamped so that a converged
 system stays finite, and CG stops a system's iterations at a direction of non-positive
 curvature (an indefinite ``A``), keeping its iterate. Given a ``floor`` ``F`` whose curvature
-``A`` must exceed (MMPS: ``A = Sigma_y + A Sigma_t A^T`` with ``F = Sigma_y``), CG also stops
-where ``p.A p < p.F p``: a direction in which the model of ``A - F`` (there, a covariance)
-is wrong, and in which a positive but tiny ``p.A p`` would take a step without bound.
+``A`` must exceed (MMPS: the system ``Sigma_y + H Sigma_t H^T`` with ``F = Sigma_y``), CG also
+stops where ``p.A p < p.F p``: a direction in which the model of ``A - F`` (there, a
+covariance) is wrong, and in which a positive but tiny ``p.A p`` would take a step without
+bound.
 """
 
 from __future__ import annotations
