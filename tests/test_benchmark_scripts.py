@@ -108,3 +108,58 @@ def test_npe_benchmark_scores_resumes_and_refuses_other_settings(tmp_path):
     # draws made with other settings are never scored as these
     other = run("--observations", "2")
     assert other.returncode != 0 and "give another --out" in other.stdout + other.stderr
+
+
+def test_observation_misfit_is_what_was_added_to_the_analysis(tmp_path):
+    """Observations made from an archive's ensemble mean plus a known offset per network (a
+    float sample between two depth levels, read linearly in depth; a surface field at the top
+    level): the misfit table gives back each offset."""
+    import numpy as np
+    import pandas as pd
+    import xarray as xr
+
+    from appa.io.archive import write_dataset
+    from appa.observations.schema import make_table, write_observations
+
+    rng = np.random.default_rng(0)
+    times = pd.date_range("2003-09-01", periods=2, freq="1D")
+    lat, lon, level = np.array([41.0, 42.0, 43.0]), np.array([30.0, 31.0, 32.0, 33.0]), [5.0, 45.0]
+    # member, time, level, lat, lon
+    temperature = (280 + rng.standard_normal((2, 2, 2, 3, 4))).astype(np.float32)
+    archive = xr.Dataset(
+        {"temperature": (("member", "time", "level", "latitude", "longitude"), temperature)},
+        coords={"member": [0, 1], "time": times, "latitude": lat, "longitude": lon,
+                "level": ("level", level, {"units": "m", "positive": "down"})},
+    )  # fmt: skip
+    write_dataset(archive, tmp_path / "archive.zarr")
+    mean = temperature.astype(np.float64).mean(0)
+    # a float at 15 m (a quarter of the way from 5 to 45 m) on a grid point, offset 0.5 K; the
+    # satellite on the top level at another point, offset -0.2 K
+    float_value = [0.75 * mean[t, 0, 1, 2] + 0.25 * mean[t, 1, 1, 2] + 0.5 for t in range(2)]
+    sst_value = [mean[t, 0, 2, 1] - 0.2 for t in range(2)]
+    table = make_table(
+        time=np.concatenate([times.values, times.values]),
+        latitude=[42.0, 42.0, 43.0, 43.0],
+        longitude=[32.0, 32.0, 31.0, 31.0],
+        variable="temperature",
+        value=float_value + sst_value,
+        error_std=[0.01, 0.01, 0.4, 0.4],
+        platform=["argo", "argo", "sst", "sst"],
+        level=[15.0, 15.0, 5.0, 5.0],
+    )
+    write_observations(table, tmp_path / "obs")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "observation_misfit.py"),
+         "--observations", str(tmp_path / "obs"), f"mine={tmp_path / 'archive.zarr'}"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2:-1]
+        for line in out.stdout.splitlines()
+        if line.startswith("| ") and "," in line.split("|")[1]
+    }
+    argo, sst = rows["argo, temperature"], rows["sst, temperature"]
+    assert int(argo[0]) == 2 and float(argo[1]) == pytest.approx(0.01)
+    assert float(argo[2]) == pytest.approx(0.5, abs=1e-3)
+    assert float(sst[2]) == pytest.approx(0.2, abs=1e-3)
