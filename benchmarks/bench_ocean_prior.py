@@ -9,12 +9,16 @@ and the shelf's hypoxic bottom cells of the period as the autoencoder gives them
 With ``--archive`` (a reanalysis of that truth), the ensemble mean's RMSE against the truth over
 the sea, the ensemble spread and the spread/skill ratio (spread times ``sqrt((M + 1) / M)``
 over the RMSE), by variable and depth band, beside the RMSE of the mean of each calendar day
-over the truth's years before the archive's. Prints JSON (also written to ``--out``).
+over the truth's years before the archive's. With ``--autoencoder`` (a checkpoint alone, for
+example one trained on other years), only its shelf-hypoxia figures. Prints JSON (also written
+to ``--out``).
 
     python benchmarks/bench_ocean_prior.py --prior pipelines/priors/toy-sea-tiny \\
         --truth data/toy_sea.zarr --period 2003-01-01 2003-12-31
     python benchmarks/bench_ocean_prior.py --truth data/toy_sea.zarr \\
         --archive outputs/reanalysis_toy_sea_2003_09_floats.zarr
+    python benchmarks/bench_ocean_prior.py --truth data/toy_sea.zarr \
+        --autoencoder runs/autoencoder-toy-sea/checkpoints --period 2003-06-01 2003-11-30
 """
 
 from __future__ import annotations
@@ -85,27 +89,50 @@ def prior_figures(prior_path: Path, truth: str, period: tuple[str, str], samples
         "sample_lag1": _grouped(channels, np.where(varying, climate.lag1_samples, np.nan)),
         "data_lag1": _grouped(channels, np.where(varying, climate.lag1_data, np.nan)),
         "mean_reconstruction_rmse_standardised": round(float(standardised.mean()), 4),
-        "shelf_bottom_oxygen": shelf_hypoxia_figures(prior, ds, truth),
+        "shelf_bottom_oxygen": shelf_hypoxia_figures(
+            str(prior_path / "autoencoder"), truth, period
+        ),
     }
 
 
-def shelf_hypoxia_figures(prior, ds: xr.Dataset, truth: str) -> dict:
-    """The shelf's hypoxic bottom cell-days of the period (bottom oxygen below 63 mmol m^-3 on
-    floors above 100 m) as the truth has them and as the autoencoder gives them back: its
-    reconstruction bounds what any posterior through the decoder can flag."""
+def reconstruct(autoencoder: str, ds: xr.Dataset) -> tuple[np.ndarray, object]:
+    """The states of ``ds`` through an autoencoder checkpoint alone (encode, then decode; NaN
+    filled with each channel's mean, the standardised 0 it was trained with there): physical
+    states ``(time, C, H, W)`` and its state spec."""
     import torch
 
     from appa.data import stack
-    from appa.metrics.ocean import HYPOXIA_THRESHOLD, SHELF_DEPTH_M, bottom_values
+    from appa.training.encode import load_autoencoder
 
+    model, meta = load_autoencoder(autoencoder)
+    if model.config.date_context:
+        raise SystemExit(f"{autoencoder}: a date-conditioned autoencoder; not supported here")
+    spec, stats = meta["card"].spec_and_statistics()
+    x, _ = stack(ds, spec)
+    states = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    mean, _ = stats.tensors(states.dtype)
+    filled = torch.where(torch.isnan(states), mean.expand_as(states), states)
+    with torch.no_grad():
+        coded = model.decode(model.encode(stats.standardize(filled)))
+    return stats.unstandardize(coded).numpy(), spec
+
+
+def shelf_hypoxia_figures(autoencoder: str, truth: str, period: tuple[str, str]) -> dict:
+    """The shelf's hypoxic bottom cell-days of the period (bottom oxygen below 63 mmol m^-3 on
+    floors above 100 m) as the truth has them and as the autoencoder gives them back: its
+    reconstruction bounds what any posterior through the decoder can flag."""
+    from appa.data.sources import open_era5
+    from appa.metrics.ocean import HYPOXIA_THRESHOLD, SHELF_DEPTH_M, bottom_values
+    from appa.training.encode import load_autoencoder
+
+    spec, _ = load_autoencoder(autoencoder)[1]["card"].spec_and_statistics()
+    ds = open_era5(truth, spec=spec, time=slice(*period)).load()
+    decoded, spec = reconstruct(autoencoder, ds)
     static = xr.open_zarr(truth)
     levels = [float(v) for v in ds["level"].values]
     mask = static["sea_mask"].sel(level=levels).values.astype(bool)
     shelf = mask.any(axis=0) & (static["sea_floor_depth"].values < SHELF_DEPTH_M)
-    x, _ = stack(ds, prior.spec)
-    states = torch.as_tensor(np.asarray(x), dtype=torch.float32)
-    decoded = prior.decode(prior.encode(prior.fill_masked(states))).numpy()
-    oxygen = [i for i, (name, _) in enumerate(prior.spec.channels) if name == "oxygen"]
+    oxygen = [i for i, (name, _) in enumerate(spec.channels) if name == "oxygen"]
     true_bottom = bottom_values(ds["oxygen"].values.astype(np.float64), mask)
     coded_bottom = bottom_values(decoded[:, oxygen].astype(np.float64), mask)
     hypoxic = (true_bottom < HYPOXIA_THRESHOLD) & shelf
@@ -186,12 +213,19 @@ def main() -> None:
     parser.add_argument("--period", nargs=2, default=("2003-01-01", "2003-12-31"))
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--archive")
+    parser.add_argument(
+        "--autoencoder", help="an autoencoder checkpoint alone: only its shelf-hypoxia figures"
+    )
     parser.add_argument("--variables", nargs="+", default=["temperature", "salinity", "oxygen"])
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     figures: dict = {}
     if args.prior is not None:
         figures["prior"] = prior_figures(args.prior, args.truth, tuple(args.period), args.samples)
+    if args.autoencoder is not None:
+        figures["autoencoder_shelf_bottom_oxygen"] = shelf_hypoxia_figures(
+            args.autoencoder, args.truth, tuple(args.period)
+        )
     if args.archive is not None:
         figures["reanalysis"] = reanalysis_figures(args.archive, args.truth, args.variables)
     text = json.dumps(figures, indent=1)
