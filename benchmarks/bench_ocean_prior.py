@@ -17,7 +17,7 @@ to ``--out``).
         --truth data/toy_sea.zarr --period 2003-01-01 2003-12-31
     python benchmarks/bench_ocean_prior.py --truth data/toy_sea.zarr \\
         --archive outputs/reanalysis_toy_sea_2003_09_floats.zarr
-    python benchmarks/bench_ocean_prior.py --truth data/toy_sea.zarr \
+    python benchmarks/bench_ocean_prior.py --truth data/toy_sea.zarr \\
         --autoencoder runs/autoencoder-toy-sea/checkpoints --period 2003-06-01 2003-11-30
 """
 
@@ -90,44 +90,47 @@ def prior_figures(prior_path: Path, truth: str, period: tuple[str, str], samples
         "data_lag1": _grouped(channels, np.where(varying, climate.lag1_data, np.nan)),
         "mean_reconstruction_rmse_standardised": round(float(standardised.mean()), 4),
         "shelf_bottom_oxygen": shelf_hypoxia_figures(
-            str(prior_path / "autoencoder"), truth, period
+            str(prior_path / "autoencoder"), truth, period, ds
         ),
     }
 
 
-def reconstruct(autoencoder: str, ds: xr.Dataset) -> tuple[np.ndarray, object]:
-    """The states of ``ds`` through an autoencoder checkpoint alone (encode, then decode; NaN
-    filled with each channel's mean, the standardised 0 it was trained with there): physical
-    states ``(time, C, H, W)`` and its state spec."""
+def reconstruct(autoencoder: str, ds: xr.Dataset | None, truth: str, period: tuple[str, str]):
+    """The truth's states over ``period`` (``ds`` when already read with the autoencoder's
+    spec) through an autoencoder checkpoint alone (encode, then decode; NaN filled with each
+    channel's mean, the standardised 0 it was trained with there). Returns the states read,
+    the physical reconstruction ``(time, C, H, W)`` and the state spec."""
     import torch
 
     from appa.data import stack
+    from appa.data.sources import open_era5
     from appa.training.encode import load_autoencoder
 
     model, meta = load_autoencoder(autoencoder)
     if model.config.date_context:
         raise SystemExit(f"{autoencoder}: a date-conditioned autoencoder; not supported here")
     spec, stats = meta["card"].spec_and_statistics()
+    if ds is None:
+        ds = open_era5(truth, spec=spec, time=slice(*period)).load()
     x, _ = stack(ds, spec)
     states = torch.as_tensor(np.asarray(x), dtype=torch.float32)
     mean, _ = stats.tensors(states.dtype)
     filled = torch.where(torch.isnan(states), mean.expand_as(states), states)
     with torch.no_grad():
         coded = model.decode(model.encode(stats.standardize(filled)))
-    return stats.unstandardize(coded).numpy(), spec
+    return ds, stats.unstandardize(coded).numpy(), spec
 
 
-def shelf_hypoxia_figures(autoencoder: str, truth: str, period: tuple[str, str]) -> dict:
+def shelf_hypoxia_figures(
+    autoencoder: str, truth: str, period: tuple[str, str], ds: xr.Dataset | None = None
+) -> dict:
     """The shelf's hypoxic bottom cell-days of the period (bottom oxygen below 63 mmol m^-3 on
     floors above 100 m) as the truth has them and as the autoencoder gives them back: its
-    reconstruction bounds what any posterior through the decoder can flag."""
-    from appa.data.sources import open_era5
+    reconstruction bounds what any posterior through the decoder can flag. ``ds``: the truth
+    over the period on the autoencoder's spec, when already read."""
     from appa.metrics.ocean import HYPOXIA_THRESHOLD, SHELF_DEPTH_M, bottom_values
-    from appa.training.encode import load_autoencoder
 
-    spec, _ = load_autoencoder(autoencoder)[1]["card"].spec_and_statistics()
-    ds = open_era5(truth, spec=spec, time=slice(*period)).load()
-    decoded, spec = reconstruct(autoencoder, ds)
+    ds, decoded, spec = reconstruct(autoencoder, ds, truth, period)
     static = xr.open_zarr(truth)
     levels = [float(v) for v in ds["level"].values]
     mask = static["sea_mask"].sel(level=levels).values.astype(bool)
