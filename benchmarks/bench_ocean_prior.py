@@ -126,7 +126,8 @@ def shelf_hypoxia_figures(
 ) -> dict:
     """The shelf's hypoxic bottom cell-days of the period (bottom oxygen below 63 mmol m^-3 on
     floors above 100 m) as the truth has them and as the autoencoder gives them back: its
-    reconstruction bounds what any posterior through the decoder can flag. ``ds``: the truth
+    reconstruction bounds what any posterior through the decoder can flag. Also the RMSE of
+    the reconstructed bottom oxygen over all the shelf's cell-days (mmol m^-3). ``ds``: the truth
     over the period on the autoencoder's spec, when already read."""
     from appa.metrics.ocean import HYPOXIA_THRESHOLD, SHELF_DEPTH_M, bottom_values
 
@@ -139,9 +140,14 @@ def shelf_hypoxia_figures(
     true_bottom = bottom_values(ds["oxygen"].values.astype(np.float64), mask)
     coded_bottom = bottom_values(decoded[:, oxygen].astype(np.float64), mask)
     hypoxic = (true_bottom < HYPOXIA_THRESHOLD) & shelf
+    # the decoder's error on every shelf bottom cell-day: a width for dressing the members'
+    # bottom oxygen (appa evaluate-sea --sigma)
+    error = (coded_bottom - true_bottom)[:, shelf]
+    rmse = round(float(np.sqrt(np.nanmean(error**2))), 1)
     if not hypoxic.any():
-        return {"hypoxic_cell_days": 0}
+        return {"shelf_bottom_rmse": rmse, "hypoxic_cell_days": 0}
     return {
+        "shelf_bottom_rmse": rmse,
         "hypoxic_cell_days": int(hypoxic.sum()),
         "truth_median": round(float(np.median(true_bottom[hypoxic])), 1),
         "reconstruction_median": round(float(np.median(coded_bottom[hypoxic])), 1),
