@@ -91,7 +91,7 @@ def test_model_info_cli_for_every_preset():
     for name in preset_names():
         result = runner.invoke(app, ["model-info", name, "--json"])
         assert result.exit_code == 0, result.output
-        data = json.loads(result.output)
+        data = json.loads(result.stdout)  # stderr may carry a Ray session's warnings
         assert data["name"] == name
         assert data["autoencoder"]["parameters"] > 0 and data["denoiser"]["parameters"] > 0
     text = runner.invoke(app, ["model-info", "paper", "-b", "2"])
