@@ -474,15 +474,65 @@ def export_checkpoint_command(
     destination: Annotated[str, typer.Argument(help="Folder that receives step-<N>/.")],
     group: Annotated[
         list[str] | None,
-        typer.Option("--group", "-g", help="Tensor group to keep (default: model and ema)."),
+        typer.Option(
+            "--group",
+            "-g",
+            help="Weight group to keep (default: model and ema); valid cells are always kept.",
+        ),
+    ] = None,
+    valid_from: Annotated[
+        str | None,
+        typer.Option(
+            help="An autoencoder's training store: add the cells where its data hold values "
+            "(decoded states are NaN elsewhere), for checkpoints written without them."
+        ),
+    ] = None,
+    period: Annotated[
+        tuple[str, str] | None,
+        typer.Option(help="With --valid-from: the training period (inclusive): START END."),
     ] = None,
 ) -> None:
     """Copy a checkpoint's weights without optimiser state (for committing or sharing)."""
     from appa.io.checkpoints import CheckpointError, export_checkpoint
 
+    add = None
+    if valid_from is not None:
+        from appa.io.cards import CardError
+
+        with _reported(CheckpointError, CardError, OSError, ValueError, KeyError):
+            add = _valid_group(source, valid_from, period)
+    elif period is not None:
+        typer.echo("error: --period goes with --valid-from", err=True)
+        raise typer.Exit(2)
     with _reported(CheckpointError, OSError):
-        path = export_checkpoint(source, destination, group or None)
+        path = export_checkpoint(source, destination, group or None, add)
     typer.echo(f"exported: {path}")
+
+
+def _valid_group(
+    source: str, store: str, period: tuple[str, str] | None
+) -> dict[str, dict[str, object]]:
+    """The ``valid`` tensor group of the autoencoder checkpoint ``source``, from ``store``."""
+    import torch
+
+    from appa.data.datasets import WindowDataset
+    from appa.io.cards import AutoencoderCard, read_card
+    from appa.io.checkpoints import VALID_GROUP, inspect_checkpoint
+
+    head = inspect_checkpoint(source)
+    card = read_card(head.metadata, head.path, kind="autoencoder").card
+    assert isinstance(card, AutoencoderCard)
+    spec, _ = card.spec_and_statistics()
+    data = WindowDataset(store, spec, window=1, period=period)
+    valid = data.valid_cells()
+    if valid is None:
+        raise ValueError(f"{head.path}: its state spec masks no variable; nothing to add")
+    if valid.shape != (card.autoencoder.in_channels, *card.autoencoder.grid):
+        raise ValueError(
+            f"{store}: states {valid.shape}, the autoencoder's "
+            f"{(card.autoencoder.in_channels, *card.autoencoder.grid)}"
+        )
+    return {VALID_GROUP: {"cells": torch.from_numpy(valid.astype("uint8"))}}
 
 
 @app.command("prior-check")

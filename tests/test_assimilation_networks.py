@@ -149,6 +149,40 @@ def test_the_denoiser_weights_are_the_ema_unless_asked_or_named(tmp_path):
         LatentPrior.from_checkpoints(ae, exported, weights="ema")
 
 
+def test_decoded_states_are_nan_where_the_autoencoders_data_never_hold_values(tmp_path):
+    """An autoencoder exported with its data's valid cells (land, cells below a sea floor)
+    decodes NaN there and nowhere else; its weights, and so the pair, are unchanged."""
+    from appa.assimilation.prior import inspect_prior
+    from appa.io import export_checkpoint, load_checkpoint
+
+    ae, dn = _write(tmp_path)
+    valid = torch.ones(2, *GRID, dtype=torch.uint8)
+    valid[1, :3, 5:9] = 0
+    exported = export_checkpoint(ae, str(tmp_path / "masked"), add={"valid": {"cells": valid}})
+    assert (
+        load_checkpoint(exported).files["model.safetensors"]
+        == load_checkpoint(ae).files["model.safetensors"]
+    )
+    assert inspect_prior(exported, dn).valid and not inspect_prior(ae, dn).valid
+    masked = LatentPrior.from_checkpoints(exported, dn)
+    plain = LatentPrior.from_checkpoints(ae, dn)
+    assert masked.masked_variables == ["mean_sea_level_pressure"] and plain.masked_variables == []
+    u = torch.randn(3, 2, *masked.latent_shape)
+    back, full = masked.decode(u), plain.decode(u)
+    hole = ~valid.bool().expand_as(back)
+    assert torch.isnan(back[hole]).all() and torch.equal(back[~hole], full[~hole])
+    # a later export keeps the group; a group that does not fit the states is refused
+    again = export_checkpoint(exported, str(tmp_path / "again"))
+    assert torch.equal(load_checkpoint(again).tensors["valid"]["cells"], valid)
+    wrong = export_checkpoint(ae, str(tmp_path / "wrong"), add={"valid": {"cells": valid[:1]}})
+    with pytest.raises(CheckpointError, match=r"valid\.safetensors: 'cells' must be \(2, 8, 16\)"):
+        inspect_prior(wrong, dn)
+    with pytest.raises(PriorMismatchError, match=r"valid cells are \(1, 8, 16\)"):
+        LatentPrior.from_checkpoints(wrong, dn)
+    with pytest.raises(CheckpointError, match="weights are only copied"):
+        export_checkpoint(ae, str(tmp_path / "no"), add={"model": {"cells": valid}})
+
+
 def test_checkpoints_without_a_card_are_refused(tmp_path):
     from appa.io import load_checkpoint
 

@@ -163,6 +163,15 @@ def test_window_dataset(store):
     assert torch.equal(data[0]["state"], streamed[0]["state"])
     with pytest.raises(ValueError, match="no window"):
         WindowDataset(store, SPEC, stats, window=400)
+    # the cells the data hold: all but sea-surface temperature over land
+    land = np.isnan(ds["sea_surface_temperature"].isel(time=0).values)
+    assert land.any() and (~land).any()
+    valid = data.valid_cells(samples=5)
+    assert valid.shape == (6, 32, 64) and valid.dtype == bool
+    np.testing.assert_array_equal(valid[1], ~land)
+    assert np.delete(valid, 1, axis=0).all()
+    unmasked = SPEC.model_copy(update={"surface": ["2m_temperature"], "masked": []})
+    assert WindowDataset(store, unmasked, window=1).valid_cells() is None
 
 
 def test_window_store_dataset_reads_latent_windows_by_dates(tmp_path):

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 import yaml
 import zarr
 
 from appa.config import ConfigError
-from appa.io import load_checkpoint
+from appa.io import load_checkpoint, save_checkpoint
 from appa.io.cards import read_card
 from appa.nn import WeightedMSE
 from appa.nn.presets import get_preset
@@ -192,6 +193,27 @@ def test_toy_earth_train_then_encode_end_to_end(toy_store: Path, tmp_path: Path)
     assert card.channel_names == stats.channels
     val = read_card(ckpt.metadata).run.metrics
     assert np.isfinite(val["val_rmse_sea_surface_temperature"])
+    # it carries the cells its data hold (sea-surface temperature: the sea), and an export
+    # of an older checkpoint without them adds the same from the store
+    land = np.isnan(xr.open_zarr(toy_store)["sea_surface_temperature"].isel(time=0).values)
+    cells = ckpt.tensors["valid"]["cells"]
+    assert cells.dtype == torch.uint8 and cells.shape == (5, 32, 64)
+    np.testing.assert_array_equal(cells[2].numpy(), ~land)
+    assert cells[[0, 1, 3, 4]].all()
+    bare = str(tmp_path / "bare")
+    save_checkpoint(bare, 3, {"model": ckpt.tensors["model"]}, metadata=ckpt.metadata)
+    args = ["export-checkpoint", bare, str(tmp_path / "added"), "--valid-from", str(toy_store),
+            "--period", "2000-01-01", "2000-01-03T18"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    added = load_checkpoint(str(tmp_path / "added"))
+    assert torch.equal(added.tensors["valid"]["cells"], cells)
+    assert added.files["model.safetensors"] == ckpt.files["model.safetensors"]
+    result = CliRunner().invoke(
+        app,
+        ["export-checkpoint", bare, str(tmp_path / "x"), "--period", "2000-01-01", "2000-01-02"],
+    )
+    assert result.exit_code == 2 and "--period goes with --valid-from" in result.output
 
     out = tmp_path / "latents.zarr"
     result = CliRunner().invoke(app, _encode_args(run, toy_store, out))

@@ -27,6 +27,7 @@ from appa.diffusion import NoiseSchedule, WindowedDenoiser, make_sampler
 from appa.diffusion.windows import StitchMode
 from appa.io.cards import AutoencoderCard, CardError, CheckpointCard, DenoiserCard, read_card
 from appa.io.checkpoints import (
+    VALID_GROUP,
     CheckpointError,
     check_tensor_shapes,
     inspect_checkpoint,
@@ -185,6 +186,19 @@ def _denoiser_group(
     return group
 
 
+def _valid_cells(tensors: dict[str, dict[str, Tensor]], path: str) -> Tensor | None:
+    """The ``valid`` group's ``cells`` of an autoencoder checkpoint as bool, or None."""
+    if VALID_GROUP not in tensors:
+        return None
+    cells = tensors[VALID_GROUP].get("cells")
+    if cells is None or cells.dtype != torch.uint8 or cells.ndim != 3:
+        got = "nothing" if cells is None else f"{cells.dtype} {tuple(cells.shape)}"
+        raise CheckpointError(
+            f"{path}/{VALID_GROUP}.safetensors: 'cells' must be uint8 (C, H, W), got {got}"
+        )
+    return cells.bool()
+
+
 def _autoencoder_sha256(files: dict[str, dict[str, Any]], path: str) -> str:
     """The SHA-256 of an autoencoder's weights file (the manifest's entry)."""
     if "model.safetensors" not in files:
@@ -201,6 +215,8 @@ class PriorParts:
         autoencoder_card, diffusion_card: Their cards.
         weights: The denoiser's tensor group that sampling takes.
         pair: ``"verified"`` or ``"unverified"`` (see :meth:`LatentPrior.from_checkpoints`).
+        valid: Whether the autoencoder carries its data's valid cells (decoded states are NaN
+            outside them).
     """
 
     autoencoder: str
@@ -209,6 +225,7 @@ class PriorParts:
     diffusion_card: CheckpointCard
     weights: str
     pair: str
+    valid: bool = False
 
 
 # networks whose weights are smaller than this are built on the CPU to learn their parameter
@@ -268,7 +285,15 @@ def inspect_prior(
         dn_head.files[f"{group}.safetensors"]["bytes"],
     )
     check_tensor_shapes(backbone, dn_head.shapes[group], f"{dn_head.path}/{group}.safetensors")
-    return PriorParts(ae_head.path, dn_head.path, ae_card, dn_card, group, pair)
+    valid = ae_head.shapes.get(VALID_GROUP)
+    if valid is not None:
+        state = (ae.autoencoder.in_channels, *ae.autoencoder.grid)
+        if tuple(valid.get("cells", ())) != state:
+            raise CheckpointError(
+                f"{ae_head.path}/{VALID_GROUP}.safetensors: 'cells' must be {state}, got "
+                f"{valid.get('cells', 'nothing')}"
+            )
+    return PriorParts(ae_head.path, dn_head.path, ae_card, dn_card, group, pair, valid is not None)
 
 
 class LatentPrior:
@@ -291,6 +316,9 @@ class LatentPrior:
             (standardised units), when known: the decoder's representation error, which
             :class:`~appa.assimilation.tasks.SamplingConfig` can add to observation errors.
         provenance: JSON facts about where the parts came from (checkpoint paths and steps).
+        valid: ``(C, H, W)`` bool, the cells where the autoencoder's data held values (the
+            ``valid`` group of its checkpoint); :meth:`decode` leaves the others NaN (land,
+            cells below the sea floor). None: every decoded cell is kept.
     """
 
     def __init__(
@@ -310,6 +338,7 @@ class LatentPrior:
         sigma_data: float = 1.0,
         provenance: dict[str, Any] | None = None,
         reconstruction_rmse: Sequence[float] | None = None,
+        valid: Tensor | None = None,
     ) -> None:
         self.codec = codec
         self.denoiser = denoiser
@@ -339,6 +368,13 @@ class LatentPrior:
         self.reconstruction_rmse = (
             None if reconstruction_rmse is None else [float(v) for v in reconstruction_rmse]
         )
+        self.valid = None
+        if valid is not None:
+            if tuple(valid.shape) != self.state_shape:
+                raise PriorMismatchError(
+                    f"the valid cells are {tuple(valid.shape)}, the states {self.state_shape}"
+                )
+            self.valid = valid.to(torch.bool).cpu()
         for module in (codec, denoiser):
             if isinstance(module, nn.Module):
                 module.eval().requires_grad_(False)
@@ -479,8 +515,9 @@ class LatentPrior:
         self, u: Tensor, batch_size: int = 64, times: Sequence | np.ndarray | None = None
     ) -> Tensor:
         """Standardised latents ``(..., c, h, w)`` to physical states ``(..., C, H, W)``,
-        batched over frames. ``times``: the frames' times (the trailing axes of ``...``),
-        needed when :attr:`codec_dates`."""
+        batched over frames, NaN outside :attr:`valid` (where the data never hold values).
+        ``times``: the frames' times (the trailing axes of ``...``), needed when
+        :attr:`codec_dates`."""
         self._check_latents(u)
         lead = u.shape[:-3]
         flat = u.reshape(-1, *self.latent_shape)
@@ -491,7 +528,18 @@ class LatentPrior:
                 date = None if dates is None else dates[i : i + batch_size]
                 decoded = self.decode_standardized(flat[i : i + batch_size], date)
                 parts.append(self.statistics.unstandardize(decoded))
-        return torch.cat(parts).reshape(*lead, *self.state_shape)
+        x = torch.cat(parts)
+        if self.valid is not None:
+            x = x.masked_fill(~self.valid.to(x.device), float("nan"))
+        return x.reshape(*lead, *self.state_shape)
+
+    @property
+    def masked_variables(self) -> list[str]:
+        """Variables whose decoded states hold NaN somewhere (cells outside :attr:`valid`)."""
+        if self.valid is None:
+            return []
+        invalid = (~self.valid).flatten(1).any(1).tolist()
+        return sorted({v for (v, _), bad in zip(self.spec.channels, invalid, strict=True) if bad})
 
     def fill_masked(self, x: Tensor) -> Tensor:
         """Replaces NaN (masked variables, e.g. sea-surface temperature over land) by the
@@ -634,5 +682,6 @@ class LatentPrior:
             sigma_data=dn.sigma_data,
             provenance=provenance,
             reconstruction_rmse=_validation_rmse(ae_card.run.metrics, spec),
+            valid=_valid_cells(ae_ckpt.tensors, ae_ckpt.path),
         )
         return prior.to(device)

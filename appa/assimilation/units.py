@@ -177,8 +177,9 @@ def member_seeds(job: AssimilationConfig, members: np.ndarray | list[int]) -> li
 class PriorLayout(StrictModel):
     """What the archive needs to know of the prior, read without loading its weights: state
     spec, statistics (``mean``, ``std`` per channel of ``spec``, physical units), grid, the
-    denoiser's window, the checkpoints' digests and whether the pair is verified (``verified``
-    or ``unverified``)."""
+    denoiser's window, the checkpoints' digests, whether the pair is verified (``verified``
+    or ``unverified``) and ``masked``: the variables whose decoded states may hold NaN (the
+    spec's masked variables when the autoencoder carries its data's valid cells)."""
 
     spec: StateSpec
     mean: list[float]
@@ -188,6 +189,7 @@ class PriorLayout(StrictModel):
     window: int
     checkpoints: dict[str, dict[str, Any]]
     pair: str = "verified"
+    masked: list[str] = Field(default_factory=list)
 
 
 def _digest(path: str) -> dict[str, Any]:
@@ -233,6 +235,7 @@ def prior_layout(prior: PriorConfig) -> PriorLayout:
         window=dn.denoiser.window,
         checkpoints={"autoencoder": _digest(autoencoder), "diffusion": _digest(diffusion)},
         pair=parts.pair,
+        masked=list(spec.masked) if parts.valid else [],
     )
 
 

@@ -173,6 +173,24 @@ class WindowDataset(Dataset):
             parts.append(np.asarray(ds[name].variable[sl].values))
         return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
 
+    def valid_cells(self, samples: int = 64) -> np.ndarray | None:
+        """Where the states hold values: ``(C, lat, lon)`` bool, False at the cells of masked
+        channels that are NaN in each of ``samples`` states spread evenly over the dataset's
+        span (land, cells below the sea floor: what a decoder should leave NaN), True
+        elsewhere; None when the spec masks no variable.
+
+        A mask that moves in time (sea ice) is True wherever any sampled state has a value."""
+        if not self._masked.any():
+            return None
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        lo, hi = self.span
+        picks = np.unique(np.linspace(lo, hi - 1, min(samples, hi - lo)).round().astype(int))
+        valid = ~self._masked[:, None, None] | np.zeros(self.read(lo, 1).shape[1:], dtype=bool)
+        for t in picks:
+            valid |= ~np.isnan(self.read(int(t), 1)[0])
+        return valid
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if not 0 <= i < len(self):
             raise IndexError(f"window {i} out of range [0, {len(self)})")

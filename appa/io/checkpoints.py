@@ -2,7 +2,8 @@
 
 A checkpoint is a folder ``<root>/step-<NNNNNNNNN>/`` holding
 
-- ``<group>.safetensors`` for each tensor group (``model``, ``ema``, ``optimizer``, ``rng``...);
+- ``<group>.safetensors`` for each tensor group (``model``, ``ema``, ``optimizer``, ``rng``...;
+  an autoencoder's ``valid``: ``cells``, uint8 ``(C, H, W)``, 1 where its data hold values);
 - ``checkpoint.json``: format version, step, the JSON-able metadata (config, state spec,
   normalisation statistics, data position...), the versions of appa, torch and Python, the
   non-tensor structure of the optimiser state, the size and SHA-256 of every tensor file, and
@@ -39,6 +40,7 @@ import appa
 
 __all__ = [
     "FORMAT_VERSION",
+    "VALID_GROUP",
     "Checkpoint",
     "CheckpointError",
     "CheckpointHeader",
@@ -58,6 +60,7 @@ __all__ = [
 
 FORMAT_VERSION = 1
 MANIFEST = "checkpoint.json"
+VALID_GROUP = "valid"
 _STEP_DIR = re.compile(r"^step-(\d{9})$")
 _TENSOR = "__tensor__"
 _ITEMS = "__items__"
@@ -590,7 +593,12 @@ def check_tensor_shapes(
         )
 
 
-def export_checkpoint(source: str, destination: str, groups: list[str] | None = None) -> str:
+def export_checkpoint(
+    source: str,
+    destination: str,
+    groups: list[str] | None = None,
+    add: Mapping[str, Mapping[str, Tensor]] | None = None,
+) -> str:
     """Copies the weights of a checkpoint, without optimiser or RNG state, for distribution.
 
     The kept tensor files are copied byte for byte, so their SHA-256 (in the manifest's
@@ -600,18 +608,29 @@ def export_checkpoint(source: str, destination: str, groups: list[str] | None = 
     Arguments:
         source: A checkpoint folder or a run's checkpoints folder (the newest is taken).
         destination: Folder receiving ``step-<N>/`` (its other checkpoints are removed).
-        groups: Tensor groups to keep (default: ``model`` and ``ema`` where present).
+        groups: Weight groups to keep (default: ``model`` and ``ema`` where present). The
+            ``valid`` group (an autoencoder's valid cells) is kept whenever present.
+        add: Tensor groups to add or replace (e.g. ``{"valid": {"cells": ...}}`` for a
+            checkpoint written before autoencoders carried it); never a kept weights group.
 
     Returns:
         The exported checkpoint's path. Its metadata is the source's plus ``exported_from``
-        (path, step and the SHA-256 of each kept file) and, when one group is kept, ``weights``
+        (path, step and the SHA-256 of each kept file; an exported source's own, which names
+        the run the weights came from) and, when one weights group is kept, ``weights``
         naming it: the weights to use (:class:`appa.io.cards.CheckpointCard`).
     """
     fs, base, manifest = _manifest(source)
     where = _url(fs, base)
     present = [f.removesuffix(".safetensors") for f in manifest["files"]]
     tensor_groups = [g for g in present if not g.startswith("state-")]
+    add = dict(add or {})
+    clash = [g for g in add if g in ("model", "ema") or g.startswith("state-")]
+    if clash:
+        raise CheckpointError(f"export adds tensor groups {clash}: weights are only copied")
     wanted = groups if groups is not None else [g for g in ("model", "ema") if g in present]
+    if VALID_GROUP in present and VALID_GROUP not in wanted:
+        wanted = [*wanted, VALID_GROUP]
+    wanted = [g for g in wanted if g not in add]
     missing = [g for g in wanted if g not in tensor_groups]
     if missing or not wanted:
         raise CheckpointError(
@@ -626,15 +645,22 @@ def export_checkpoint(source: str, destination: str, groups: list[str] | None = 
             raise CheckpointError(
                 f"{where}/{fname}: not a readable safetensors file ({error})"
             ) from None
+    for name, group in add.items():
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            raise ValueError(f"bad tensor group name {name!r}")
+        blobs[f"{name}.safetensors"] = st_save(_prepare(group))
     step = int(manifest["step"])
     origin = {
         "path": where,
         "step": step,
         "sha256": {g: manifest["files"][f"{g}.safetensors"]["sha256"] for g in wanted},
     }
-    metadata = {**manifest["metadata"], "exported_from": origin}
-    if len(wanted) == 1:
-        metadata["weights"] = wanted[0]
+    # a copy of a copy still holds the weights of the first source's run: name that one
+    metadata = dict(manifest["metadata"])
+    metadata.setdefault("exported_from", origin)
+    weights = [g for g in wanted if g != VALID_GROUP]
+    if len(weights) == 1:
+        metadata["weights"] = weights[0]
     record = manifest.get("network")
     network = record["keys"] if isinstance(record, dict) else None
     path = _commit(destination, step, blobs, metadata, {}, None, network)

@@ -76,6 +76,7 @@ def plan_archive(job: AssimilateConfig) -> Archive:
         config=job_identity(job),
         inputs=digests,
         provenance={**provenance(job, layout, times, observations), "input_digests": digests},
+        allow_nan=layout.masked,
         overwrite=job.overwrite,
         storage_options=job.storage_options or None,
     )

@@ -285,6 +285,7 @@ def run_daily(
                         config=identity,
                         inputs=digests,
                         provenance=facts,
+                        allow_nan=layout.masked,
                         extensible=True,
                         storage_options=options,
                     )

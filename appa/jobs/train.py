@@ -388,6 +388,7 @@ def build_trainer(job: TrainConfig, callbacks: Iterable[Callback] = (), device=N
             statistics=train.stats.to_json(),
             static=train.static,
             longitudes=train.longitudes,
+            valid=train.train.valid_cells(),
         )
         store = {"source": train.source.store, "statistics_path": train.source.statistics}
         if train.static is not None:

@@ -252,6 +252,8 @@ class Trainer:
             tensors = {"model": model_state}
             if self.ema is not None:
                 tensors["ema"] = self.ema.module.state_dict()
+            groups = getattr(self.objective, "tensor_groups", None)
+            tensors.update(groups() if groups is not None else {})
             rng: dict[str, Any] = {"torch": torch.get_rng_state()}
             if torch.cuda.is_available():
                 rng["cuda"] = torch.cuda.get_rng_state_all()

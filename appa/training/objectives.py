@@ -28,6 +28,7 @@ from appa.diffusion import (
     sample_training_sigma,
 )
 from appa.io.cards import AutoencoderCard, DenoiserCard
+from appa.io.checkpoints import VALID_GROUP
 from appa.nn import StateAutoencoder, WeightedMSE, ZonalSpectrumLoss, known_frames_input
 from appa.nn.latent import LatentStandardizer, latent_denoiser
 from appa.nn.presets import AutoencoderConfig, DenoiserConfig
@@ -67,6 +68,10 @@ class Objective(Protocol):
 
     def card(self) -> AutoencoderCard | DenoiserCard:
         """What a checkpoint of the network must carry to be used (configs, statistics)."""
+        ...
+
+    def tensor_groups(self) -> dict[str, dict[str, Tensor]]:
+        """Tensors beside the weights that every checkpoint carries (e.g. ``valid``)."""
         ...
 
 
@@ -150,6 +155,9 @@ class AutoencoderObjective:
         date_key: The batch entry holding date features.
         longitudes: The grid's longitudes (degrees); a regional grid's are carried into
             checkpoints (a global grid's, equally spaced from 0, are implied).
+        valid: ``(C, H, W)`` bool, the cells where the data hold values
+            (:meth:`appa.data.WindowDataset.valid_cells`); carried into checkpoints as the
+            ``valid`` tensor group, so that decoded states are NaN where the data never are.
     """
 
     kind = "autoencoder"
@@ -167,6 +175,7 @@ class AutoencoderObjective:
         static: np.ndarray | None = None,
         date_key: str = "date",
         longitudes: Sequence[float] | None = None,
+        valid: np.ndarray | None = None,
     ) -> None:
         loss = loss if loss is not None else AutoencoderLossConfig()
         if len(latitudes) != config.grid[0]:
@@ -206,6 +215,15 @@ class AutoencoderObjective:
                 raise ValueError(f"{len(lon)} longitudes for a grid of {config.grid[1]} columns")
             if not np.allclose(lon, regular_longitudes(config.grid[1]), rtol=0, atol=1e-9):
                 self.regional_longitudes = lon
+        self.valid = None
+        if valid is not None:
+            valid = np.asarray(valid)
+            if valid.dtype != bool or valid.shape != (config.in_channels, *config.grid):
+                raise ValueError(
+                    f"valid must be bool ({config.in_channels}, {config.grid[0]}, "
+                    f"{config.grid[1]}), got {valid.dtype} {valid.shape}"
+                )
+            self.valid = torch.from_numpy(valid.astype(np.uint8))
 
     def _states(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
         """States ``(N, C, H, W)`` with invalid points zeroed, and the mask (or None)."""
@@ -315,6 +333,9 @@ class AutoencoderObjective:
             statistics=self.statistics,
             regional_longitudes=self.regional_longitudes,
         )
+
+    def tensor_groups(self) -> dict[str, dict[str, Tensor]]:
+        return {} if self.valid is None else {VALID_GROUP: {"cells": self.valid}}
 
 
 class DiffusionObjective:
@@ -512,3 +533,6 @@ class DiffusionObjective:
             latent_mean=self.latent_mean,
             latent_std=self.latent_std,
         )
+
+    def tensor_groups(self) -> dict[str, dict[str, Tensor]]:
+        return {}
