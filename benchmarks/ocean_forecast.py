@@ -35,7 +35,6 @@ import numpy as np
 import pandas as pd
 from _commands import ROOT, appa
 
-PRIOR = ROOT / "pipelines" / "priors" / "toy-sea-tiny"
 OBSERVE = ROOT / "pipelines" / "configs" / "observe_sea.yaml"
 REANALYSIS = ROOT / "pipelines" / "configs" / "reanalysis_toy_sea_floats.yaml"
 FORECAST = ROOT / "pipelines" / "configs" / "forecast_toy_sea.yaml"
@@ -72,6 +71,14 @@ def main() -> None:
     parser.add_argument("--truth", type=Path, default=None, help="toy sea of 2000-2003")
     parser.add_argument("--periods", nargs="+", default=["2003-06-01", "2003-09-01"])
     parser.add_argument("--members", type=int, default=4)
+    parser.add_argument(
+        "--prior", type=Path, default=None,
+        help="prior folder for both steps (default: each config's, the committed sea prior)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--forecaster", type=Path, default=None,
+        help="the forecast's denoiser checkpoint (default: the forecast config's)",
+    )  # fmt: skip
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "ocean_forecast")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmarks")
     args = parser.parse_args()
@@ -85,6 +92,8 @@ def main() -> None:
         if not truth.exists():
             appa("toy-sea", "--out", str(truth), "--years", "4", "--seed", "0", "--no-progress")
     leads = [f"{d}D" for d in range(1, 6)]
+    chosen = [] if args.prior is None else ["--set", f"prior.path={args.prior}"]
+    forecaster = [] if args.forecaster is None else ["--set", f"prior.diffusion={args.forecaster}"]
     lead_args = [a for lead in leads for a in ("--lead-time", lead)]
     per_period, seconds = [], {}
     for period in args.periods:
@@ -99,15 +108,14 @@ def main() -> None:
         analysis = work / "reanalysis.zarr"
         appa("reanalysis", "--config", str(REANALYSIS), "--start", f"{first:%Y-%m-%d}",
              "--end", f"{last:%Y-%m-%d}", "--members", str(args.members), "--out", str(analysis),
-             "--set", f"observations=[{obs}]", "--set", f"prior.path={PRIOR}",
-             "--set", "prior.device=cpu", "--set", "runner.progress=false",
-             "--set", "overwrite=true")  # fmt: skip
+             "--set", f"observations=[{obs}]", *chosen, "--set", "prior.device=cpu",
+             "--set", "runner.progress=false", "--set", "overwrite=true")  # fmt: skip
         seconds[f"reanalysis {period}"] = time.perf_counter() - t
         t = time.perf_counter()
         forecast = work / "forecast.zarr"
         appa("forecast", "--config", str(FORECAST), "--start", f"{init0:%Y-%m-%d}",
              "--end", f"{last:%Y-%m-%d}", "--members", str(args.members), "--out", str(forecast),
-             "--set", f"forecast.initial={analysis}", "--set", f"prior.path={PRIOR}",
+             "--set", f"forecast.initial={analysis}", *chosen, *forecaster,
              "--set", "prior.device=cpu", "--set", "runner.progress=false",
              "--set", "overwrite=true")  # fmt: skip
         seconds[f"forecast {period}"] = time.perf_counter() - t

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces the committed tiny toy-sea prior (pipelines/priors/toy-sea-tiny/) end to end on a
-# CPU: the data, the autoencoder, the latents, the latent diffusion model, the export of their
-# weights and the quality checks. Seeds are fixed in the configs (toy sea seed 0, loop.seed 0).
+# CPU: the data, the autoencoder, the latents, the latent diffusion model and its forecaster
+# (the same network with a known-frame input), the export of their weights and the quality
+# checks. Seeds are fixed in the configs (toy sea seed 0, loop.seed 0).
 # Usage: bash pipelines/train_toy_sea_prior.sh [PRIOR_DIR]   (from the repository root, .venv set up)
 set -euo pipefail
 APPA=${APPA:-.venv/bin/appa}
@@ -14,8 +15,11 @@ CONFIGS=pipelines/configs
 "$APPA" train autoencoder --config "$CONFIGS/train_autoencoder_toy_sea.yaml"
 "$APPA" encode --config "$CONFIGS/encode_toy_sea.yaml"
 "$APPA" train diffusion --config "$CONFIGS/train_diffusion_toy_sea.yaml"
+"$APPA" train diffusion --config "$CONFIGS/train_diffusion_toy_sea_forecast.yaml"
 
-# weights only (no optimiser state): the final trained weights of both, as the atmosphere's
+# weights only (no optimiser state; the autoencoder keeps its valid cells): the final trained
+# weights of each, as the atmosphere's
 "$APPA" export-checkpoint runs/autoencoder-toy-sea/checkpoints "$PRIOR/autoencoder" -g model
 "$APPA" export-checkpoint runs/diffusion-toy-sea/checkpoints "$PRIOR/diffusion" -g model
+"$APPA" export-checkpoint runs/forecaster-toy-sea/checkpoints "$PRIOR/forecast" -g model
 "$APPA" prior-check --prior "$PRIOR" --truth data/toy_sea.zarr --period 2003-01-01 2003-12-31

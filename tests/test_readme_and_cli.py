@@ -121,6 +121,7 @@ def test_every_pipeline_config_validates():
         "train_autoencoder_toy_sea.yaml": TrainAutoencoderConfig,
         "encode_toy_sea.yaml": EncodeConfig,
         "train_diffusion_toy_sea.yaml": TrainDiffusionConfig,
+        "train_diffusion_toy_sea_forecast.yaml": TrainDiffusionConfig,
         "reanalysis_toy_sea_surface.yaml": AssimilateConfig,
         "reanalysis_toy_sea_floats.yaml": AssimilateConfig,
         "forecast_toy_sea.yaml": AssimilateConfig,
