@@ -129,13 +129,14 @@ def shelf_hypoxia_figures(
     reconstruction bounds what any posterior through the decoder can flag. Also the RMSE of
     the reconstructed bottom oxygen over all the shelf's cell-days (mmol m^-3). ``ds``: the truth
     over the period on the autoencoder's spec, when already read."""
-    from appa.metrics.ocean import HYPOXIA_THRESHOLD, SHELF_DEPTH_M, bottom_values
+    from appa.data.toy_sea import shelf_cells
+    from appa.metrics.ocean import HYPOXIA_THRESHOLD, bottom_values
 
     ds, decoded, spec = reconstruct(autoencoder, ds, truth, period)
     static = xr.open_zarr(truth)
     levels = [float(v) for v in ds["level"].values]
     mask = static["sea_mask"].sel(level=levels).values.astype(bool)
-    shelf = mask.any(axis=0) & (static["sea_floor_depth"].values < SHELF_DEPTH_M)
+    shelf = shelf_cells(mask, static["sea_floor_depth"].values)
     oxygen = [i for i, (name, _) in enumerate(spec.channels) if name == "oxygen"]
     true_bottom = bottom_values(ds["oxygen"].values.astype(np.float64), mask)
     coded_bottom = bottom_values(decoded[:, oxygen].astype(np.float64), mask)

@@ -25,11 +25,11 @@ from appa.data.toy_sea import (
     KELVIN,
     LATITUDE_RANGE,
     LONGITUDE_RANGE,
-    SHELF_DEPTH_M,
     ToySeaConfig,
     bottom_values,
     mixed_layer_depth,
     oxygen_solubility,
+    shelf_cells,
     toy_sea_dataset,
 )
 
@@ -56,7 +56,7 @@ def summarise(ds) -> dict:
             round(float(np.nanmean(values[month == m][:, where])), digits) for m in range(1, 13)
         ]
 
-    shelf = sea & (floor < SHELF_DEPTH_M)
+    shelf = shelf_cells(mask, floor)
     hypoxic = (bottom_values(o2, mask) < HYPOXIA_THRESHOLD) & shelf[None]
     area = (hypoxic * cell_areas_km2(ds.latitude.values, ds.sizes["longitude"])).sum(axis=(1, 2))
     by_year = {
@@ -98,8 +98,7 @@ def figure(ds, path: Path) -> Path:
 
     mask = ds.sea_mask.values.astype(bool)
     bottom = bottom_values(ds.oxygen.values, mask)
-    floor = np.nan_to_num(ds.sea_floor_depth.values)
-    shelf = (floor > 0) & (floor < SHELF_DEPTH_M)
+    shelf = shelf_cells(mask, ds.sea_floor_depth.values)
     day = int(np.argmax(((bottom < HYPOXIA_THRESHOLD) & shelf[None]).sum(axis=(1, 2))))
     row = int(np.argmin(np.abs(ds.latitude.values - 43.5)))
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), constrained_layout=True)

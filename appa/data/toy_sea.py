@@ -100,6 +100,7 @@ __all__ = [
     "mixed_layer_depth",
     "oxygen_solubility",
     "potential_density",
+    "shelf_cells",
     "steric_height",
     "toy_sea_dataset",
 ]
@@ -1028,6 +1029,13 @@ def bottom_values(field: NDArray, mask: NDArray) -> NDArray:
     index = np.broadcast_to(bottom, (*field.shape[:-3], 1, *bottom.shape))
     out = np.take_along_axis(field, index, axis=-3)[..., 0, :, :]
     return np.where(mask.any(axis=0), out, np.nan)
+
+
+def shelf_cells(mask: NDArray, floor_depth: NDArray) -> NDArray:
+    """``(lat, lon)`` bool: the sea's columns (any level of ``mask`` ``(level, lat, lon)``) whose
+    floor (``floor_depth`` ``(lat, lon)``, m; NaN or 0 on land) is shallower than
+    :data:`SHELF_DEPTH_M`: where shelf hypoxia is looked for."""
+    return np.asarray(mask, dtype=bool).any(axis=0) & (np.nan_to_num(floor_depth) < SHELF_DEPTH_M)
 
 
 # ------------------------------------------------------------------------------ writing

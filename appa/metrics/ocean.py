@@ -41,6 +41,7 @@ from appa.data.toy_sea import (
     SHELF_DEPTH_M,
     bottom_values,
     mixed_layer_depth,
+    shelf_cells,
 )
 from appa.files import PRODUCT_ATTR, written_whole
 from appa.metrics.wb2 import EvaluationError, latitude_weights, open_truth
@@ -304,7 +305,7 @@ def evaluate_sea(
     floor = truth["sea_floor_depth"].values.astype(np.float64)
     level = truth["level"].values.astype(np.float64)
     lat, lon = truth["latitude"].values, truth["longitude"].values
-    shelf = mask.any(axis=0) & (floor < SHELF_DEPTH_M)
+    shelf = shelf_cells(mask, floor)
     areas = cell_areas_km2(lat, lon) * shelf
     v0, v1 = pd.Timestamp(validation[0]), pd.Timestamp(validation[1])
     edges = np.asarray(floor_edges_m, dtype=np.float64)

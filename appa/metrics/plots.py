@@ -291,13 +291,13 @@ def plot_bottom_oxygen(
     """Bottom oxygen at ``time``: the truth's, the ensemble mean's and the probability of
     hypoxia, with the truth's hypoxic area (black contour) and the cells the archive flags
     (probability >= ``flag_threshold``, red contour) on the shelf. Returns ``out``."""
-    from appa.data.toy_sea import HYPOXIA_THRESHOLD, SHELF_DEPTH_M, bottom_values
+    from appa.data.toy_sea import HYPOXIA_THRESHOLD, bottom_values, shelf_cells
     from appa.metrics.ocean import hypoxia_probability, truth_on_levels
 
     t = _day(prediction, time)
     truth = truth_on_levels(prediction, truth)
     mask = truth["sea_mask"].values.astype(bool)
-    shelf = mask.any(axis=0) & (truth["sea_floor_depth"].values < SHELF_DEPTH_M)
+    shelf = shelf_cells(mask, truth["sea_floor_depth"].values)
     true = bottom_values(truth["oxygen"].sel(time=t).values, mask)
     members = bottom_values(prediction["oxygen"].sel(time=t).values, mask)
     mean = members.mean(axis=0)
