@@ -286,6 +286,21 @@ def test_daily_provenance_notebook_shows_a_rewritten_partition(daily_world, tmp_
     assert "days whose stores differ now: ['2003-03-03']" in text_of(nb)
 
 
+def test_daily_provenance_notebook_tells_land_from_unwritten(daily_world, tmp_path):
+    """Sea-surface temperature is NaN on land in every state: that cell is refused, not shown
+    as a day no member wrote."""
+    from appa.io import load_checkpoint
+
+    cells = load_checkpoint(str(ROOT / "pipelines/priors/toy-earth-tiny/autoencoder"))
+    assert not cells.tensors["valid"]["cells"][2, 18, 14]  # 14.06 N, 78.75 E: land
+    parameters = {"archive": daily_world["daily"], "variable": "sea_surface_temperature",
+                  "level": None, "latitude": 14.06, "longitude": 78.75}  # fmt: skip
+    path = ROOT / "notebooks" / "daily_provenance.ipynb"
+    with pytest.raises(nbclient.exceptions.CellExecutionError) as error:
+        run_notebook(path, tmp_path, parameters)
+    assert "sea_surface_temperature holds no value at 14.06N 78.75E" in str(error.value)
+
+
 def test_daily_provenance_notebook_names_what_the_archive_lacks(daily_world, tmp_path):
     from appa.jobs.baseline import BaselineConfig, run_baseline
 
