@@ -186,9 +186,10 @@ class WindowDataset(Dataset):
             raise ValueError(f"samples must be >= 1, got {samples}")
         lo, hi = self.span
         picks = np.unique(np.linspace(lo, hi - 1, min(samples, hi - lo)).round().astype(int))
-        valid = ~self._masked[:, None, None] | np.zeros(self.read(lo, 1).shape[1:], dtype=bool)
-        for t in picks:
+        valid = ~np.isnan(self.read(int(picks[0]), 1)[0])
+        for t in picks[1:]:
             valid |= ~np.isnan(self.read(int(t), 1)[0])
+        valid[~self._masked] = True
         return valid
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:

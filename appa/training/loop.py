@@ -252,8 +252,7 @@ class Trainer:
             tensors = {"model": model_state}
             if self.ema is not None:
                 tensors["ema"] = self.ema.module.state_dict()
-            groups = getattr(self.objective, "tensor_groups", None)
-            tensors.update(groups() if groups is not None else {})
+            tensors.update(self.objective.tensor_groups())
             rng: dict[str, Any] = {"torch": torch.get_rng_state()}
             if torch.cuda.is_available():
                 rng["cuda"] = torch.cuda.get_rng_state_all()
